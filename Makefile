@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test install clean lock
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	KERAS_BACKEND=torch $(BIN)/nasprobe demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 tests
+
+# Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

@@ -1,0 +1,122 @@
+"""Streaming statistics of NAS maps, with memory bounded by the batch (DESIGN.md §1).
+
+Per (run, epoch, layer) the store keeps median, mean, min, max, quantiles and a histogram over
+all (probe image, location) values, and per location the mean map. Exact order statistics would
+need every value at once; instead each value is counted in a fine histogram of
+:data:`FINE_BINS` bins on [0, 1] that also records, per bin, the smallest and largest value that
+fell in it. A quantile is then located exactly by rank and interpolated within its bin, so its
+error is below one fine bin (2e-5) — and it is exact where neighbouring order statistics lie in
+different bins, as the per-bin min/max are exact values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .measures import entropy_from_nas
+
+__all__ = ["QUANTILES", "NAS_BINS", "FINE_BINS", "LayerStats"]
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Edges of the stored histogram ``nas_hist``: 100 bins of width 0.01 on [0, 1].
+NAS_BINS = np.linspace(0.0, 1.0, 101)
+FINE_BINS = 50_000
+
+
+
+class LayerStats:
+    """Accumulates the NAS maps of one layer for one epoch, batch by batch.
+
+    Args:
+        channels: ``D`` of the layer (to recover entropy as ``ln(D (1 - s))``).
+        spatial: location shape of the maps, e.g. ``(16, 16)`` or ``()`` for a dense layer.
+        keep_images: how many leading probe images keep their full map.
+    """
+
+    def __init__(self, channels: int, spatial: tuple[int, ...], keep_images: int = 8):
+        self.channels = channels
+        self.spatial = tuple(spatial)
+        self.keep_images = keep_images
+        self.count = np.zeros(FINE_BINS, np.int64)
+        self.hist = np.zeros(len(NAS_BINS) - 1, np.int64)
+        self.bin_min = np.full(FINE_BINS, np.inf)
+        self.bin_max = np.full(FINE_BINS, -np.inf)
+        self.n = 0
+        self.total = 0.0
+        self.entropy_total = 0.0
+        self.nonfinite = 0
+        self.map_sum = np.zeros(self.spatial, np.float64)
+        self.images = 0
+        self.image_maps: list[np.ndarray] = []
+
+    def update(self, maps: np.ndarray) -> None:
+        """Add a batch of NAS maps, shape ``(B, *spatial)``, values in [0, 1]."""
+        maps = np.asarray(maps)
+        if maps.shape[1:] != self.spatial:
+            raise ValueError(f"NAS map shape {maps.shape[1:]} differs from {self.spatial}")
+        take = max(0, min(self.keep_images - self.images, maps.shape[0]))
+        if take:
+            self.image_maps.append(np.array(maps[:take], dtype=np.float32))
+        self.images += maps.shape[0]
+        m64 = maps.astype(np.float64)
+        self.map_sum += m64.sum(axis=0)
+        v = m64.ravel()
+        finite = np.isfinite(v)
+        if not finite.all():
+            self.nonfinite += int((~finite).sum())
+            v = v[finite]
+        if v.size == 0:
+            return
+        self.n += v.size
+        self.total += float(v.sum())
+        self.entropy_total += float(entropy_from_nas(v, self.channels).sum())
+        self.hist += np.histogram(v, bins=NAS_BINS)[0]
+        v = np.sort(np.clip(v, 0.0, 1.0))
+        idx = np.minimum((v * FINE_BINS).astype(np.int64), FINE_BINS - 1)
+        bins, first, counts = np.unique(idx, return_index=True, return_counts=True)
+        self.count[bins] += counts
+        self.bin_min[bins] = np.minimum(self.bin_min[bins], v[first])
+        self.bin_max[bins] = np.maximum(self.bin_max[bins], v[first + counts - 1])
+
+    def _order_stat(self, k: np.ndarray, cum: np.ndarray) -> np.ndarray:
+        """Approximate the k-th smallest value (0-based) for each k."""
+        b = np.searchsorted(cum, k, side="right")  # bin holding rank k
+        start = np.where(b > 0, cum[b - 1], 0)
+        c = self.count[b]
+        lo, hi = self.bin_min[b], self.bin_max[b]
+        frac = np.where(c > 1, (k - start) / np.maximum(c - 1, 1), 0.0)
+        return lo + frac * (hi - lo)
+
+    def quantiles(self, qs=QUANTILES) -> np.ndarray:
+        """Quantiles of all values so far, numpy's linear method; NaN when any value was not finite."""
+        qs = np.asarray(qs, dtype=np.float64)
+        if self.n == 0 or self.nonfinite:
+            return np.full(qs.shape, np.nan)
+        cum = np.cumsum(self.count)
+        h = (self.n - 1) * qs
+        lo_k = np.floor(h).astype(np.int64)
+        hi_k = np.minimum(lo_k + 1, self.n - 1)
+        lo = self._order_stat(lo_k, cum)
+        hi = self._order_stat(hi_k, cum)
+        return lo + (h - lo_k) * (hi - lo)
+
+    def summary(self) -> dict[str, np.ndarray | float]:
+        """The stored statistics: ``nas_median``, ``nas_mean``, ``nas_min``, ``nas_max``,
+        ``entropy_mean`` (nats) as floats, ``nas_quantile`` (5,), ``nas_hist`` (100,) counts,
+        ``nas_map`` (*spatial) mean map and ``nas_image_map`` (K, *spatial)."""
+        bad = self.nonfinite > 0 or self.n == 0
+        q = self.quantiles()
+        nonzero = np.flatnonzero(self.count)
+        images = (np.concatenate(self.image_maps) if self.image_maps
+                  else np.zeros((0, *self.spatial), np.float32))
+        return {
+            "nas_median": float(self.quantiles([0.5])[0]),
+            "nas_mean": np.nan if bad else self.total / self.n,
+            "nas_min": np.nan if bad else float(self.bin_min[nonzero[0]]),
+            "nas_max": np.nan if bad else float(self.bin_max[nonzero[-1]]),
+            "entropy_mean": np.nan if bad else self.entropy_total / self.n,
+            "nas_quantile": q,
+            "nas_hist": self.hist.copy(),
+            "nas_map": self.map_sum / max(self.images, 1),
+            "nas_image_map": images,
+        }

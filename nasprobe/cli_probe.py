@@ -1,0 +1,147 @@
+"""CLI commands that read checkpoints: ``probe``, ``export``, ``info`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import main
+
+
+def _floats(text: str | None) -> list[float] | None:
+    return [float(v) for v in text.split(",")] if text else None
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(v) for v in text.split(",")) if text else None
+
+
+def framework_options(f):
+    """Options shared by ``probe`` and ``export`` (how checkpoints are read and tapped)."""
+    opts = [
+        click.option("--framework", type=click.Choice(["auto", "onnx", "torch", "keras"]),
+                     default="auto", show_default=True, help="Checkpoint format."),
+        click.option("--model", "model", default=None, metavar="MODULE:CALLABLE",
+                     help="Factory of the architecture for weight-only checkpoints; "
+                          "MODULE:CALLABLE(key=value, ...) passes keyword arguments."),
+        click.option("--input-shape", default=None, metavar="C,H,W",
+                     help="Input shape without the batch axis (framework checkpoints)."),
+        click.option("--tap", type=click.Choice(["linear", "preact"]), default="linear",
+                     show_default=True, help="linear: output of Conv/Gemm/MatMul+bias before "
+                     "BatchNorm; preact: input of the nonlinearity."),
+        click.option("--exclude-bias", is_flag=True, help="Subtract the layer's bias first."),
+        click.option("--layers", default=None, metavar="REGEX", help="Only layers matching."),
+        click.option("--epoch-regex", default=None, metavar="RE",
+                     help="Regex with a group 'epoch' parsing file names."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Allow pickles that hold more than weights (runs their code!)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@main.command("probe")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--probe", "probe_path", required=True, type=click.Path(exists=True),
+              help=".npy images, .npz (x, optional y) or a folder of images.")
+@click.option("--out", required=True, type=click.Path(), help="The zarr store to write.")
+@click.option("--run", default=None, help="Run name (default: the folder's name).")
+@framework_options
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--keep-images", default=8, show_default=True, type=click.IntRange(0),
+              help="Per-image heatmaps for the first N probe images.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+              show_default=True, help="What to do with a bad checkpoint.")
+@click.option("--mean", default=None, metavar="M[,M,M]", help="Probe normalisation mean.")
+@click.option("--std", default=None, metavar="S[,S,S]", help="Probe normalisation std.")
+@click.option("--metrics", "metrics_log", default=None, type=click.Path(exists=True),
+              help="Training log (Keras CSV/JSON, Lightning metrics.csv, TensorBoard events, "
+                   "nasprobe metrics.csv) to import as loss/accuracy.")
+@click.option("--force", is_flag=True, help="Allow a store written with another probe set.")
+def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, tap,
+              exclude_bias, layers, epoch_regex, trust_pickle, batch_size, keep_images, device,
+              on_error, mean, std, metrics_log, force):
+    """Measure NAS in every checkpoint of a run and write it into a zarr store."""
+    from .probe import probe
+    from .store import Store
+
+    path = probe(list(checkpoints), probe=probe_path, out=out, run=run, framework=framework,
+                 model=model, input_shape=_shape(input_shape), tap=tap,
+                 exclude_bias=exclude_bias, layers=layers, batch_size=batch_size,
+                 keep_images=keep_images, epoch_regex=epoch_regex, device=device,
+                 on_error=on_error, trust_pickle=trust_pickle, mean=_floats(mean),
+                 std=_floats(std), force=force)
+    if metrics_log:
+        from .training_logs import read_training_log
+
+        first = Path(checkpoints[0])
+        name = run or (first.name if first.is_dir() else first.parent.name)
+        n = Store(path).write_metrics(name, read_training_log(metrics_log))
+        click.echo(f"imported {n} metric values from {metrics_log}", err=True)
+    click.echo(str(path))
+
+
+@main.command("export")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the tapped ONNX files.")
+@framework_options
+def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bias, layers,
+               epoch_regex, trust_pickle):
+    """Write one ONNX file per checkpoint with every tap exposed as an extra output."""
+    from .export import export_tapped
+
+    for path in export_tapped(list(checkpoints), out, framework=framework, model=model,
+                              input_shape=_shape(input_shape), tap=tap,
+                              exclude_bias=exclude_bias, layers=layers,
+                              epoch_regex=epoch_regex, trust_pickle=trust_pickle):
+        click.echo(str(path))
+
+
+@main.command("info")
+@click.argument("store", type=click.Path(exists=True))
+def info_cmd(store):
+    """Print a store's runs, epochs, layers and provenance."""
+    from .store import open_store
+
+    dt = open_store(store)
+    ds = dt.to_dataset()
+    click.echo(f"store: {store}")
+    attrs = dict(ds.attrs)
+    runs = json.loads(attrs.pop("runs", "{}"))
+    attrs.pop("sources", None)
+    for key in sorted(attrs):
+        click.echo(f"  {key}: {attrs[key]}")
+    click.echo(f"runs ({ds.sizes['run']}):")
+    for r in ds["run"].values:
+        done = ds["probed"].sel(run=r).values.astype(bool)
+        eps = ds["epoch"].values[done]
+        span = f"{eps.min()}..{eps.max()}" if len(eps) else "none"
+        p = runs.get(str(r), {})
+        click.echo(f"  {r}: {done.sum()} epochs ({span}), {p.get('framework', '?')} from "
+                   f"{p.get('source', '?')}, provider {p.get('provider', '?')}")
+        for f, why in p.get("skipped", {}).items():
+            click.echo(f"    skipped {f}: {why}")
+    click.echo(f"layers ({ds.sizes['layer']}):")
+    for i in range(ds.sizes["layer"]):
+        row = ds.isel(layer=i)
+        click.echo(f"  {str(row.layer.values):24s} {str(row.layer_kind.values):14s} "
+                   f"channels={int(row.channels)} locations={int(row.locations)}")
+    extra = [v for v in ("loss", "accuracy", "train_loss", "train_accuracy") if v in ds]
+    if extra:
+        click.echo(f"metrics: {', '.join(extra)}")
+
+
+@main.command("demo")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(2))
+def demo_cmd(out, epochs):
+    """Train a small CNN on sklearn's digits, probe every epoch, and draw the figures."""
+    from .demo import run_demo
+
+    run_demo(Path(out), epochs=epochs)

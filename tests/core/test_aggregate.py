@@ -1,0 +1,45 @@
+"""Streaming statistics equal exact numpy statistics over all values (1e-4)."""
+
+import numpy as np
+import pytest
+
+from nasprobe.aggregate import NAS_BINS, QUANTILES, LayerStats
+from nasprobe.measures import entropy_from_nas
+
+
+@pytest.mark.parametrize("kind", ["beta", "clustered", "dense", "ties"])
+def test_streamed_statistics_equal_numpy(kind):
+    rng = np.random.default_rng(0)
+    shape = (203, 5, 4)
+    maps = {"beta": rng.beta(2, 6, shape), "clustered": np.where(rng.random(shape) < 0.5, 0.1, 0.6) + rng.normal(0, 1e-3, shape),
+            "dense": rng.uniform(0, 1e-3, shape), "ties": np.round(rng.uniform(0, 0.8, shape), 2)}[kind]
+    st = LayerStats(channels=8, spatial=(5, 4), keep_images=3)
+    for i in range(0, shape[0], 17):
+        st.update(maps[i:i + 17])
+    s = st.summary()
+    v = maps.ravel()
+    np.testing.assert_allclose(s["nas_quantile"], np.quantile(v, QUANTILES), atol=1e-4)
+    assert s["nas_median"] == pytest.approx(np.median(v), abs=1e-4)
+    assert s["nas_mean"] == pytest.approx(v.mean(), abs=1e-10)
+    assert (s["nas_min"], s["nas_max"]) == (v.min(), v.max())
+    assert s["entropy_mean"] == pytest.approx(entropy_from_nas(v, 8).mean(), abs=1e-10)
+    np.testing.assert_array_equal(s["nas_hist"], np.histogram(v, bins=NAS_BINS)[0])
+    np.testing.assert_allclose(s["nas_map"], maps.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(s["nas_image_map"], maps[:3], atol=1e-6)
+
+
+def test_nonfinite_values_make_statistics_nan():
+    st = LayerStats(4, ())
+    st.update(np.array([0.1, np.nan, 0.3]))
+    s = st.summary()
+    assert np.isnan(s["nas_median"]) and np.isnan(s["nas_mean"]) and np.isnan(s["nas_quantile"]).all()
+
+
+def test_memory_is_independent_of_the_number_of_values():
+    st = LayerStats(4, (8, 8))
+    before = sum(a.nbytes for a in (st.count, st.bin_min, st.bin_max, st.map_sum))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        st.update(rng.uniform(0, 0.7, (64, 8, 8)))
+    after = sum(a.nbytes for a in (st.count, st.bin_min, st.bin_max, st.map_sum))
+    assert before == after and st.n == 20 * 64 * 64
