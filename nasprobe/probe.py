@@ -154,7 +154,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
         "nasprobe_version": __version__, "tap": tap, "exclude_bias": bool(exclude_bias),
         "probe_sha256": probeset.sha256, "probe_size": int(probeset.size),
         "probe_source": str(probe), "framework": source.framework,
-    }, force=force)
+    }, force=force, layer_chunk=len(taps))
     infos = [LayerInfo(t.layer, t.kind, t.channels, spatial[t.layer], t.depth) for t in taps]
     provenance = {"source": str(Path(checkpoints[0]).resolve()), "framework": source.framework,
                   "checkpoints": len(ckpts), "provider": tapped.provider, "skipped": {}}

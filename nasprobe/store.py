@@ -66,11 +66,25 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._handles: dict[str, zarr.Array] = {}
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def _array(self, name: str) -> zarr.Array:
+        """An array by path, opened once (handles are dropped whenever shapes change)."""
+        if name not in self._handles:
+            self._handles[name] = zarr.open_array(str(self.path / name), mode="r+", zarr_format=3)
+        return self._handles[name]
 
     # -- opening -------------------------------------------------------------------------
     def _root(self, mode: str = "r+") -> zarr.Group:
         try:
-            return zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+            return zarr.open_group(str(self.path), mode=mode, zarr_format=3,
+                                   **({} if mode in ("w", "w-") else {"use_consolidated": False}))
         except (OSError, PermissionError) as exc:
             raise StoreError(self.path, f"cannot be written: {exc}") from exc
 
@@ -78,9 +92,11 @@ class Store:
         """True when a store is already at the path."""
         return (self.path / "zarr.json").exists()
 
-    def create_or_check(self, attrs: dict, force: bool = False) -> None:
+    def create_or_check(self, attrs: dict, force: bool = False, layer_chunk: int = _LAYER_CHUNK
+                        ) -> None:
         """Create the store, or check that an existing one was written with the same probe set,
-        tap mode and bias setting (``force`` allows another probe set)."""
+        tap mode and bias setting (``force`` allows another probe set). ``layer_chunk`` (the
+        first run's layer count) sizes chunks along ``layer`` so an epoch writes whole chunks."""
         if self.exists():
             old = dict(self._root("r").attrs)
             for key in ("tap", "exclude_bias"):
@@ -100,6 +116,7 @@ class Store:
         root = self._root("w-")
         root.attrs.update({**attrs, "runs": "{}", "sources": "{}"})
         mk = self._make
+        lc = max(1, int(layer_chunk))
         mk(root, "run", (0,), str, ("run",), "", (64,))
         mk(root, "epoch", (0,), "int64", ("epoch",), _EPOCH_FILL, (1024,))
         mk(root, "layer", (0,), str, ("layer",), "", (_LAYER_CHUNK,))
@@ -113,14 +130,19 @@ class Store:
         mk(root, "probed", (0, 0), "int8", ("run", "epoch"), 0, (1, 1))
         lay = ("run", "epoch", "layer")
         for name in SCALARS:
-            mk(root, name, (0, 0, 0), "float64", lay, np.nan, (1, 1, _LAYER_CHUNK), _LAYER_COORDS)
-        mk(root, "nas_quantile", (0, 0, 0, 5), "float64", lay + ("quantile",), np.nan, (1, 1, _LAYER_CHUNK, 5), _LAYER_COORDS)
-        mk(root, "nas_hist", (0, 0, 0, 100), "int64", lay + ("nas_bin",), 0, (1, 1, _LAYER_CHUNK, 100), _LAYER_COORDS)
-        mk(root, "corr_hist", (0, 0, 0, 200), "int64", lay + ("corr_bin",), 0, (1, 1, _LAYER_CHUNK, 200), _LAYER_COORDS)
+            mk(root, name, (0, 0, 0), "float64", lay, np.nan, (1, 1, lc), _LAYER_COORDS)
+        mk(root, "nas_quantile", (0, 0, 0, 5), "float64", lay + ("quantile",), np.nan, (1, 1, lc, 5), _LAYER_COORDS)
+        mk(root, "nas_hist", (0, 0, 0, 100), "int64", lay + ("nas_bin",), 0, (1, 1, lc, 100), _LAYER_COORDS)
+        mk(root, "corr_hist", (0, 0, 0, 200), "int64", lay + ("corr_bin",), 0, (1, 1, lc, 200), _LAYER_COORDS)
         for name in ("loss", "accuracy"):
             mk(root, name, (0, 0), "float64", ("run", "epoch"), np.nan, (1, 1))
         root.create_group("heatmaps")
-        zarr.consolidate_metadata(str(self.path))
+        self._consolidate()
+
+    def _consolidate(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not part of zarr v3"
+            zarr.consolidate_metadata(str(self.path))
 
     @staticmethod
     def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
@@ -134,6 +156,7 @@ class Store:
         """Add ``run``, ``epochs`` and ``layers`` where missing; returns ``(run_index,
         {epoch: epoch_index}, epochs already probed for this run)``. ``provenance`` is stored
         under the run in the ``runs`` attribute."""
+        self._handles.clear()
         root = self._root()
         runs = list(root["run"][:])
         if run not in runs:
@@ -184,7 +207,7 @@ class Store:
         root.attrs["sources"] = json.dumps({r: p.get("source") for r, p in allruns.items()})
         fws = sorted({p.get("framework", "") for p in allruns.values()} - {""})
         root.attrs["framework"] = ",".join(fws)
-        zarr.consolidate_metadata(str(self.path))
+        self._consolidate()
         probed = root["probed"][run_i, :] if n_ep else np.zeros(0)
         done = {e for i, e in enumerate(ep) if probed[i]}
         return run_i, {e: ep.index(e) for e in epochs}, done
@@ -208,31 +231,37 @@ class Store:
             metrics: ``loss``/``accuracy`` (and other run × epoch variables) for this epoch.
             corr: layer → ``corr_hist`` counts (200,).
         """
-        root = self._root()
-        names = list(root["layer"][:])
+        a = self._array
+        if "layers" not in self._handles:
+            self._handles["layers"] = list(a("layer")[:])  # type: ignore[assignment]
+        names = self._handles["layers"]
         idx = [names.index(layer) for layer in summaries]
         for name in SCALARS:
-            root[name].oindex[run_i, epoch_i, idx] = [summaries[layer][name] for layer in summaries]
-        root["nas_quantile"].oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_quantile"] for s in summaries.values()])
-        root["nas_hist"].oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_hist"] for s in summaries.values()])
+            a(name).oindex[run_i, epoch_i, idx] = [summaries[layer][name] for layer in summaries]
+        a("nas_quantile").oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_quantile"] for s in summaries.values()])
+        a("nas_hist").oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_hist"] for s in summaries.values()])
         if corr:
             cidx = [names.index(layer) for layer in corr]
-            root["corr_hist"].oindex[run_i, epoch_i, cidx, :] = np.stack(list(corr.values()))
-        heat = root["heatmaps"]
+            a("corr_hist").oindex[run_i, epoch_i, cidx, :] = np.stack(list(corr.values()))
         for layer, s in summaries.items():
-            grp = heat[group_name(layer)]
-            grp["nas_map"][run_i, epoch_i] = s["nas_map"]
-            img = s["nas_image_map"][: grp["nas_image_map"].shape[2]]
+            g = f"heatmaps/{group_name(layer)}"
+            a(f"{g}/nas_map")[run_i, epoch_i] = s["nas_map"]
+            img_arr = a(f"{g}/nas_image_map")
+            img = s["nas_image_map"][: img_arr.shape[2]]
             if len(img):
-                grp["nas_image_map"][run_i, epoch_i, : len(img)] = img
+                img_arr[run_i, epoch_i, : len(img)] = img
         for name, value in (metrics or {}).items():
-            self._metric_array(root, name)[run_i, epoch_i] = value
-        root["probed"][run_i, epoch_i] = 1
+            try:
+                arr = a(name)
+            except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
+                arr = self._metric_array(self._root(), name)
+            arr[run_i, epoch_i] = value
+        a("probed")[run_i, epoch_i] = 1
 
     def _metric_array(self, root, name):
         if name not in root:
             self._make(root, name, root["probed"].shape, "float64", ("run", "epoch"), np.nan, (1, 1))
-            zarr.consolidate_metadata(str(self.path))
+            self._consolidate()
         return root[name]
 
     def write_metrics(self, run: str, metrics: dict[str, dict[int, float]]) -> int:
@@ -256,8 +285,13 @@ class Store:
 def _tidy(ds: xr.Dataset, keep: np.ndarray, order: np.ndarray, probed: xr.DataArray) -> xr.Dataset:
     ds = ds.isel(epoch=keep).isel(epoch=order) if "epoch" in ds.dims else ds
     for name in list(ds.variables):
-        if ds[name].dtype.kind == "T":  # numpy StringDType → plain str for every tool downstream
-            ds[name] = ds[name].astype(str)
+        var = ds.variables[name]
+        if var.dtype.kind == "T":  # numpy StringDType → plain str for every tool downstream
+            values = np.array(var.values.tolist(), dtype=str).reshape(var.shape)
+            if name in ds.coords:
+                ds = ds.assign_coords({name: (var.dims, values, var.attrs)})
+            else:
+                ds[name] = (var.dims, values, var.attrs)
     for name, var in ds.data_vars.items():
         if {"run", "epoch"} <= set(var.dims) and name != "probed":
             ds[name] = var.where(probed)

@@ -1,0 +1,427 @@
+"""Probe sets: the images every checkpoint is run on (DESIGN.md §3, ``--probe PROBE``).
+
+Sources. ``.npy``: one image array, memory-mapped. ``.npz``: images ``x`` and optional labels
+``y`` (``(N,)``, ``(N, 1)`` or one-hot ``(N, K)`` integers); uncompressed members (``np.savez``)
+are memory-mapped, compressed ones read whole. Folder: PNG/JPEG files (hidden ones ignored),
+sorted by relative path, decoded one batch at a time; labels by the first rule that applies:
+(1) ``labels.csv`` in the folder, rows ``filename,label`` (relative path; optional header):
+integers as they are, else the sorted distinct names -> 0..K-1; (2) images all in sub-folders
+``CLASS/img.png``: sorted CLASS names -> 0..K-1; (3) images all at the top: no labels.
+
+Model layout, from the ONNX input shape (batch axis first; symbolic dims None or str). Rank 4:
+NCHW when dims[1] is 1, 3 or 4 and dims[3] is not, NHWC in the opposite case, else NCHW (the
+ONNX convention); ``channels_last`` overrides. Other ranks ("flat", no channel axis): the probe
+must have the model's sample shape, except that grayscale ``(N, H, W)`` or single-channel 4-D
+probes are flattened for ``(N, H*W)`` and single-channel 4-D ones squeezed for ``(N, H, W)``.
+
+Preprocessing, in order: layout (transpose NCHW <-> NHWC; add the channel axis of a grayscale
+``(N, H, W)`` probe for a 1-channel model); integers to [0, 1] (uint8 / 255, uint16 / 65535,
+bool 0/1; other integer types refused); ``(x - mean) / std`` per channel. Arrays are never
+resized; folder images are converted to L/RGB/RGBA to match the channels and resized (Pillow,
+bilinear) to the model's H x W when ``resize`` is true.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ProbeSetError
+
+__all__ = ["ProbeSet", "load_probe_set", "IMAGE_SUFFIXES"]
+
+#: File name endings (lower case) read from a probe folder.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+_CHANNELS = (1, 3, 4)
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_HASH_TAG = b"nasprobe-probeset-v1\n"
+_CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much at once
+
+
+@dataclass(frozen=True)
+class _Layout:
+    kind: str  # "NCHW", "NHWC" or "flat" (no channel axis)
+    dims: tuple[int | None, ...]  # the model's per-sample dims; None = symbolic
+
+
+def _fmt_model(dims: Sequence[int | None]) -> str:
+    return "(" + ", ".join(["N"] + ["?" if d is None else str(d) for d in dims]) + ")"
+
+
+def _fits(shape: Sequence[int], dims: Sequence[int | None]) -> bool:
+    return len(shape) == len(dims) and all(d is None or d == s for s, d in zip(shape, dims))
+
+
+def _model_layout(path: Path, input_shape: Sequence, channels_last: bool | None) -> _Layout:
+    if len(input_shape) < 2:
+        raise ProbeSetError(path, f"model input shape {tuple(input_shape)} has no sample axes")
+    dims = tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+                 for d in input_shape[1:])
+    if len(dims) != 3:
+        return _Layout("flat", dims)
+    if channels_last is None:
+        channels_last = dims[2] in _CHANNELS and dims[0] not in _CHANNELS
+    return _Layout("NHWC" if channels_last else "NCHW", dims)
+
+
+_OPS = {"expand": np.expand_dims, "squeeze": np.squeeze, "transpose": np.transpose,
+        "flatten": lambda a, _: a.reshape(a.shape[0], -1)}
+
+
+def _adapt(a: np.ndarray, steps: tuple) -> np.ndarray:
+    for op, arg in steps:
+        a = _OPS[op](a, arg)
+    return a
+
+
+@dataclass
+class _ArraySource:
+    """Images from an in-memory or memory-mapped ``array``, adapted one slice at a time."""
+
+    array: np.ndarray
+    steps: tuple  # ((op, arg), ...) from _OPS: the probe's layout -> the model's
+    divisor: float | None  # integer images are divided by it (255 for uint8)
+    shape: tuple  # per-sample shape after adaptation
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised."""
+        a = np.array(_adapt(self.array[start:stop], self.steps), dtype=np.float32, order="C")
+        if self.divisor is not None:
+            a /= np.float32(self.divisor)
+        return a
+
+
+def _candidates(shape: tuple, layout: _Layout) -> list[tuple]:
+    """Adaptations (step tuples) to try for a probe array of ``shape``, most literal first."""
+    rank = len(shape)
+    if layout.kind != "flat":
+        perm = (0, 3, 1, 2) if layout.kind == "NCHW" else (0, 2, 3, 1)
+        return {3: [(("expand", 1 if layout.kind == "NCHW" else 3),)],
+                4: [(), (("transpose", perm),)]}.get(rank, [])
+    cands: list[tuple] = [()] if rank == len(layout.dims) + 1 else []
+    squeezes = [(("squeeze", ax),) for ax in (1, 3) if rank == 4 and shape[ax] == 1]
+    if len(layout.dims) == 2:
+        cands += squeezes
+    elif len(layout.dims) == 1:
+        flat = (("flatten", None),)
+        cands += [flat] if rank == 3 else [s + flat for s in squeezes]
+    return cands
+
+
+def _plan_array(path: Path, shape: tuple, layout: _Layout) -> tuple[tuple, tuple]:
+    """Choose the adaptation of a probe array; return (steps, per-sample shape) or raise."""
+    one = np.broadcast_to(np.zeros((), np.uint8), (1,) + tuple(shape[1:]))
+    fitting = [(steps, out) for steps in _candidates(shape, layout)
+               if _fits(out := _adapt(one, steps).shape[1:], layout.dims)]
+    if not fitting:
+        raise ProbeSetError(path, f"probe shape {tuple(shape)} does not fit the model input "
+                            f"{_fmt_model(layout.dims)}" + (" (arrays are never resized)"
+                            if len(shape) == len(layout.dims) + 1 else ""))
+    if len(fitting) > 1 and layout.kind != "flat":  # both fit: trust the probe's channel axis
+        other = (3, 1) if layout.kind == "NCHW" else (1, 3)  # its channel axis if transposed
+        if shape[other[0]] in _CHANNELS and shape[other[1]] not in _CHANNELS:
+            return fitting[1]
+    return fitting[0]
+
+
+def _array_source(path: Path, x: np.ndarray, layout: _Layout) -> _ArraySource:
+    kind = x.dtype.kind
+    if kind not in "biuf" or (kind in "iu" and not (kind == "u" and x.dtype.itemsize <= 2)):
+        raise ProbeSetError(path, f"probe images have dtype {x.dtype}: expected uint8 (scaled "
+                                  "to [0, 1]), uint16, bool or float")
+    if x.ndim >= 1 and len(x) == 0:
+        raise ProbeSetError(path, f"probe set is empty (shape {x.shape})")
+    steps, shape = _plan_array(path, x.shape, layout)
+    if kind == "f":  # only floats can hold NaN or inf
+        step = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
+        for start in range(0, len(x), step):
+            chunk = np.asarray(x[start:start + step])
+            bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+            if bad.any():
+                raise ProbeSetError(path, f"probe image {start + int(np.argmax(bad))} has "
+                                          "non-finite values (NaN or inf)")
+    divisor = float(np.iinfo(x.dtype).max) if kind == "u" else None
+    return _ArraySource(x, steps, divisor, tuple(int(s) for s in shape))
+
+
+def _check_labels(path: Path, y: np.ndarray, n: int) -> np.ndarray:
+    """Labels as ``(n,)`` int64 class indices; ``(n, 1)`` and one-hot ``(n, K)`` accepted."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.size and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
+        y = y.argmax(axis=1)
+    if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
+        raise ProbeSetError(path, f"labels y have dtype {y.dtype} and shape {y.shape}: "
+                                  f"expected integer class indices of shape ({n},)")
+    if y.size and y.min() < 0:
+        raise ProbeSetError(path, "labels y contain negative class indices")
+    return y.astype(np.int64)
+
+
+def _hash_stream(h, name: str, size: int, stream) -> None:
+    h.update(f"{name}:{size}\n".encode())
+    while chunk := stream.read(1 << 20):
+        h.update(chunk)
+
+
+def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """A ``.npz`` member: memory-mapped when stored uncompressed, else read whole."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)  # the zip local file header; its name and extra field follow
+        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
+        version = fmt.read_magic(f) if info.compress_type == zipfile.ZIP_STORED else None
+        if version in ((1, 0), (2, 0)):
+            shape, fortran, dtype = getattr(fmt, f"read_array_header_{version[0]}_0")(f)
+            if not dtype.hasobject and int(np.prod(shape)) > 0:
+                return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                 order="F" if fortran else "C")
+    with zf.open(info) as f:
+        return fmt.read_array(f, allow_pickle=False)
+
+
+def _load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
+    """Open a .npy/.npz source as (x, y), hashing the .npy bytes of ``x`` and ``y`` into ``h``."""
+    try:
+        if path.suffix.lower() == ".npy":
+            try:
+                x = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError:  # empty arrays cannot be mapped; object arrays fail again here
+                x = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                _hash_stream(h, "x", path.stat().st_size, f)
+            return x, None
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+            if "x" not in members:
+                raise ProbeSetError(path, f"no array 'x' in the .npz (keys found: "
+                                          f"{sorted(members)}); expected images x, labels y")
+            arrays = {}
+            for key in ("x", "y"):
+                if key in members:
+                    arrays[key] = _npz_member(path, zf, members[key])
+                    with zf.open(members[key]) as f:
+                        _hash_stream(h, key, members[key].file_size, f)
+            return arrays["x"], arrays.get("y")
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ProbeSetError(path, f"cannot read the probe array: {e}") from e
+
+
+@dataclass
+class _FolderSource:
+    """Image files, decoded, converted and resized one batch at a time."""
+
+    root: Path
+    files: list[str]  # relative posix paths, sorted
+    mode: str  # Pillow mode: L, RGB or RGBA
+    size: tuple[int, int] | None  # (W, H) to resize to, or None
+    layout: _Layout
+    shape: tuple  # per-sample shape in the model's layout
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` as a new float32 array ``(n, *shape)`` in [0, 1]."""
+        images = []
+        for name in self.files[start:stop]:
+            try:
+                with Image.open(self.root / name) as im:
+                    im = im.convert(self.mode)
+                    if self.size is not None and im.size != self.size:
+                        im = im.resize(self.size, Image.Resampling.BILINEAR)
+                    images.append(np.asarray(im))
+            except OSError as e:
+                raise ProbeSetError(self.root / name, f"cannot read the image: {e}") from e
+        if not images:
+            return np.zeros((0, *self.shape), np.float32)
+        x = np.stack(images)  # (n, H, W) for L, (n, H, W, C) otherwise
+        if self.layout.kind != "flat" and x.ndim == 3:
+            x = x[..., None]
+        if self.layout.kind == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        x = np.array(x.reshape(len(x), *self.shape), dtype=np.float32, order="C")
+        x /= np.float32(255)
+        return x
+
+
+def _folder_labels(root: Path, files: list[str], h) -> np.ndarray | None:
+    """Labels of a folder's images by the rules of the module docstring; hashes labels.csv."""
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        depths = {name.count("/") for name in files}
+        if depths == {0}:
+            return None
+        if depths != {1}:
+            raise ProbeSetError(root, "images must all lie in the folder, or all in class "
+                                      "sub-folders CLASS/image, unless labels.csv names them")
+        values = [name.split("/")[0] for name in files]
+    else:
+        data = csv_path.read_bytes()
+        h.update(f"labels.csv:{len(data)}\n".encode() + data)
+        lines = data.decode("utf-8-sig").splitlines()
+        rows = [[c.strip() for c in r] for r in csv.reader(lines) if "".join(r).strip()]
+        table: dict[str, str] = {}
+        for i, row in enumerate(rows):
+            if i == 0 and row[0] not in files:
+                continue  # header
+            if len(row) < 2 or row[0] in table:
+                raise ProbeSetError(csv_path, f"bad or repeated row {row}: expected filename,label")
+            table[row[0]] = row[1]
+        missing, extra = sorted(set(files) - set(table)), sorted(set(table) - set(files))
+        if missing or extra:
+            raise ProbeSetError(csv_path, "labels.csv does not match the images: " + "; ".join(
+                f"{what} {names[:5]}" for what, names in (("no label for", missing),
+                                                           ("no image for", extra)) if names))
+        values = [table[name] for name in files]
+        if all(v.lstrip("-").isdigit() for v in values):
+            return _check_labels(csv_path, np.array([int(v) for v in values]), len(files))
+    index = {c: i for i, c in enumerate(sorted(set(values)))}
+    return np.array([index[v] for v in values], np.int64)
+
+
+def _folder_source(root: Path, layout: _Layout, resize: bool, h
+                   ) -> tuple[_FolderSource, np.ndarray | None]:
+    """Scan, hash and check (headers only) a folder of images; pixels are read later."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise ProbeSetError(root, f"probe folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+    channels = 1 if layout.kind == "flat" else layout.dims[0 if layout.kind == "NCHW" else 2] or 3
+    if channels not in _MODES or len(layout.dims) > 2 and layout.kind == "flat":
+        raise ProbeSetError(root, f"image files cannot feed the model input {_fmt_model(layout.dims)}")
+    hw = (None, None) if len(layout.dims) == 1 else (
+        layout.dims[1:] if layout.kind == "NCHW" else layout.dims[:2])
+    target = (hw[1], hw[0]) if resize and None not in hw else None  # Pillow sizes are (W, H)
+    first = None
+    for name in files:
+        data = (root / name).read_bytes()
+        h.update(f"{name}:{len(data)}\n".encode() + data)
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                size = im.size
+        except OSError as e:
+            raise ProbeSetError(root / name, f"not a readable image: {e}") from e
+        first = first or size
+        if target is None and not (size == first and _fits(size[::-1], hw) and (
+                len(layout.dims) != 1 or layout.dims[0] in (None, size[0] * size[1]))):
+            raise ProbeSetError(root / name, f"image shape {(size[1], size[0], channels)} "
+                                f"(H, W, C) does not fit the model input {_fmt_model(layout.dims)}"
+                                f"; the first image is {first[1]}x{first[0]}"
+                                + ("" if resize else "; resize is off"))
+    w, ht = target or first
+    shape = {"NCHW": (channels, ht, w), "NHWC": (ht, w, channels)}.get(
+        layout.kind, (ht, w) if len(layout.dims) == 2 else (ht * w,))
+    labels = _folder_labels(root, files, h)
+    return _FolderSource(root, files, _MODES[channels], target, layout, shape), labels
+
+
+def _vector(path: Path, name: str, value, channels: int) -> np.ndarray:
+    """``mean`` or ``std`` as ``(channels,)`` float64; None gives 0 or 1."""
+    v = np.atleast_1d(np.asarray(float(name == "std") if value is None else value, np.float64))
+    if v.ndim != 1 or len(v) not in (1, channels):
+        raise ProbeSetError(path, f"{name} has shape {v.shape}: expected one value or ({channels},)")
+    if not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
+        raise ProbeSetError(path, f"{name} {v.tolist()} must be finite (and std > 0)")
+    return np.broadcast_to(v, (channels,)).copy()
+
+
+@dataclass(eq=False)
+class ProbeSet:
+    """A loaded probe set of ``size`` images from ``path``, read lazily, batch by batch.
+
+    ``labels``: ``(N,)`` int64 class indices or None. ``shape``: per-sample shape in the model's
+    ``layout`` ("NCHW", "NHWC" or "flat"), e.g. ``(3, 32, 32)``. ``sha256``: hex digest of the
+    data (the .npy bytes of ``x`` and ``y``, so ``.npy`` and ``.npz`` hash alike; for a folder the
+    sorted relative names, image bytes and labels.csv) and of the preprocessing (layout, shape,
+    mean, std); settings that give the same arrays (mean None or 0) give the same hash.
+    """
+
+    path: Path
+    size: int
+    sha256: str
+    labels: np.ndarray | None
+    shape: tuple[int, ...] = ()
+    layout: str = "NCHW"
+    _source: _ArraySource | _FolderSource | None = field(default=None, repr=False)
+    _mean: np.ndarray | None = field(default=None, repr=False)  # broadcastable to a batch
+    _std: np.ndarray | None = field(default=None, repr=False)
+
+    def batches(self, batch_size: int, limit: int | None = None
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Yield ``(start, x, y)`` over the first ``limit`` images (all when None), in order.
+
+        ``x`` is a new float32 array ``(n, *shape)`` in the model's layout, preprocessed; ``y``
+        the ``(n,)`` int64 labels or None; ``n = batch_size`` except in the last batch. Only one
+        batch of pixels is in memory at a time.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        stop = self.size if limit is None else max(0, min(int(limit), self.size))
+        for start in range(0, stop, batch_size):
+            end = min(start + batch_size, stop)
+            y = None if self.labels is None else self.labels[start:end]
+            yield start, self.read(start, end), y
+
+    def first(self, n: int) -> np.ndarray:
+        """The first ``min(n, size)`` images, float32 ``(n, *shape)``, as in :meth:`batches`."""
+        return self.read(0, max(0, min(int(n), self.size)))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` (``0 <= start <= stop <= size``), as in :meth:`batches`."""
+        x = self._source.read(start, stop)
+        if self._mean is not None:
+            x -= self._mean
+            x /= self._std
+        return x
+
+
+def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: bool = True,
+                   channels_last: bool | None = None) -> ProbeSet:
+    """Open a probe set (.npy, .npz or image folder) and fit it to a model input.
+
+    Args:
+        path: the source (see the module docstring).
+        input_shape: the model's ONNX input shape with the batch axis, e.g. ``(None, 3, 32, 32)``;
+            dims may be None or str (symbolic).
+        mean, std: one float, or one per channel; ``x = (x - mean) / std`` after scaling
+            integers to [0, 1]. None means 0 and 1. Models without a channel axis take one float.
+        resize: resize folder images to the model's H x W (arrays are never resized).
+        channels_last: force NHWC (True) or NCHW (False) for a 4-D input.
+
+    Raises:
+        ProbeSetError: naming the file and the fault (expected and given shape for misfits).
+    """
+    path = Path(path)
+    layout = _model_layout(path, input_shape, channels_last)
+    h = hashlib.sha256(_HASH_TAG)
+    if path.is_dir():
+        source, labels = _folder_source(path, layout, resize, h)
+    elif not path.exists():
+        raise ProbeSetError(path, "no such probe file or folder")
+    elif path.suffix.lower() in (".npy", ".npz"):
+        x, y = _load_arrays(path, h)
+        source = _array_source(path, x, layout)
+        labels = None if y is None else _check_labels(path, y, len(x))
+    else:
+        raise ProbeSetError(path, "unsupported probe set: expected .npy, .npz or a folder of images")
+    n = len(source.files) if isinstance(source, _FolderSource) else len(source.array)
+    channels = {"NCHW": source.shape[0], "NHWC": source.shape[-1]}.get(layout.kind, 1)
+    mean_v, std_v = (_vector(path, k, v, channels) for k, v in (("mean", mean), ("std", std)))
+    h.update(json.dumps({"layout": layout.kind, "shape": list(source.shape),
+                         "mean": mean_v.tolist(), "std": std_v.tolist()}).encode())
+    plain = not mean_v.any() and (std_v == 1).all()
+    bshape = {"NCHW": (1, channels, 1, 1), "NHWC": (1, 1, 1, channels)}.get(layout.kind, (1,))
+    m32, s32 = (None if plain else v.astype(np.float32).reshape(bshape) for v in (mean_v, std_v))
+    return ProbeSet(path=path, size=n, sha256=h.hexdigest(), labels=labels, shape=source.shape,
+                    layout=layout.kind, _source=source, _mean=m32, _std=s32)
