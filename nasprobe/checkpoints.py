@@ -142,8 +142,11 @@ def find_checkpoints(inputs: Iterable[str | os.PathLike], epoch_regex: str | Non
         else:
             raise CheckpointError(p, "no such file or folder")
     by_epoch: dict[int, Path] = {}
+    weights_only = any(f.name.lower().endswith(".weights.h5") for f in files)
     for f in files:
         epoch = parse_epoch(f, epoch_regex)
+        if epoch is None and weights_only and f.suffix.lower() == ".keras":
+            continue  # the architecture file beside Keras weights-only checkpoints
         if epoch is None:
             raise CheckpointError(f, "cannot parse an epoch from the file name; pass "
                                   "--epoch-regex with a group named 'epoch'")

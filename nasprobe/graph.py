@@ -230,10 +230,23 @@ def _linear_tap(g: _Graph, node: onnx.NodeProto) -> Tap | None:
     return tap
 
 
+def _is_swish(g: _Graph, name: str) -> bool:
+    """``x * sigmoid(x)`` (SiLU/swish written out): x feeds exactly a Sigmoid and the Mul."""
+    users = g.consumers.get(name, [])
+    if len(users) != 2 or name in g.graph_outputs:
+        return False
+    sig = [u for u in users if u.op_type == "Sigmoid"]
+    mul = [u for u in users if u.op_type == "Mul"]
+    return len(sig) == 1 and len(mul) == 1 and sig[0].output[0] in mul[0].input
+
+
 def _preact(g: _Graph, tap: Tap) -> tuple[str, int] | None:
     """Follow per-channel ops from the linear output to a nonlinearity's input."""
     name, axis, bias_only = tap.tensor, tap.channel_axis, True
     for _ in range(32):
+        if _is_swish(g, name):
+            tap.bias_only_path = bias_only
+            return name, axis
         nxt = g.sole_consumer(name)
         if nxt is None:
             return None

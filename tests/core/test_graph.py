@@ -120,3 +120,14 @@ def test_old_opset_reductions():
     got = _run(build_probe_graph(model, taps), x, [taps[0].output])[taps[0].output]
     raw = _run(om.with_outputs(model, [taps[0].tensor]), x, [taps[0].tensor])[taps[0].tensor]
     np.testing.assert_allclose(got, nas(raw.astype(np.float64), axis=1), atol=1e-5)
+
+
+def test_swish_written_out_is_a_nonlinearity():
+    rng = np.random.default_rng(8)
+    inits = [om._init("w", rng.normal(0, 1, (4, 3)))]
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["g"], name="fc", transB=1),
+             helper.make_node("Sigmoid", ["g"], ["s"]),
+             helper.make_node("Mul", ["g", "s"], ["y"])]
+    model = om._model(nodes, inits, om._vi("x", ["N", 3]), om._vi("y", ["N", 4]))
+    (t,) = find_taps(model, "preact")
+    assert t.tensor == "g"
