@@ -1,0 +1,15 @@
+"""nasprobe's Keras adapter: Keras checkpoints → ONNX with separate linear/activation taps.
+
+Public API:
+
+* :func:`make_source` — the ``CheckpointSource`` of a run (used by ``nasprobe.open_source``);
+* :class:`KerasSource` — ``architecture()`` (ONNX, once) and ``weights(checkpoint)`` per epoch;
+* :func:`export_onnx` — convert a built Keras model to ONNX.
+
+Keras is imported lazily (set ``KERAS_BACKEND``; ``torch`` works, TensorFlow is not needed).
+"""
+
+from .export import UnsupportedLayerError, export_onnx
+from .source import KerasSource, make_source
+
+__all__ = ["make_source", "KerasSource", "export_onnx", "UnsupportedLayerError"]
