@@ -20,6 +20,7 @@ demo: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/nasprobe demo --out $(DEMO_OUT)
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 tests
 
 # Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
