@@ -1,0 +1,381 @@
+"""Training-time regularisers of the papers for Keras 3 (any backend; math in ``keras.ops``).
+
+Same definitions as :mod:`nasprobe_torch.regularizers` (DESIGN.md §1):
+
+    NASReg       L = -Σ_i λ_i Σ_k mean_n ρ_{n,k}^i     λ_i = 1/r_i ("auto")
+    SparsityReg  L = -Σ_i λ_i Σ_k mean_n H_{n,k}^i     λ_i = 0.001
+    DecorrReg    L =  Σ_i κ_i Σ_{d<e} c_de^i            filter correlations of the kernels
+
+**Taps.** Keras puts the activation inside ``Conv*``/``Dense``; their ``call`` ends with
+``self.activation(outputs)``. During a regularised forward pass the layer's ``activation``
+attribute is *temporarily* replaced by a function that records its input (the linear output,
+bias included) and then applies the original activation, so the tap costs no extra compute
+and the model is left untouched (saving it is unaffected). ``tap="linear"``: that linear
+output. ``tap="preact"``: for a layer with a non-linear activation, the same tensor; for a
+layer with a linear activation, the input of the first activation layer (``Activation``,
+``ReLU``, ``LeakyReLU``, ``ELU``, ``PReLU``, ``Softmax``) after it in layer order and before the
+next Conv/Dense layer (after BatchNormalization where there is one; its ``call`` is wrapped
+likewise). The channel axis is ``-1`` (``channels_last``; ``1`` for ``channels_first`` convs).
+
+**Training.** Wrap the model: ``Regularized(model, [NASReg(model), DecorrReg(model)])`` is a
+``keras.Model`` whose training ``call`` runs ``model`` with the taps and ``add_loss``-es the
+summed penalty (Keras' own mechanism for activity regularisers, on every backend), so
+``compile``/``fit`` include it in the reported ``loss``; ``val_loss`` stays the plain loss.
+Save the inner ``model``, not the wrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = ["NASReg", "SparsityReg", "DecorrReg", "Regularized", "NASMonitor", "entropy", "filter_correlations",
+           "select_layers"]
+
+_LINEAR = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
+           keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose, keras.layers.Dense)
+_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+_ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                      keras.layers.ELU, keras.layers.PReLU, keras.layers.Softmax)
+
+
+def entropy(a, axis: int = -1):
+    """Softmax entropy (nats) along ``axis``, ``H = logsumexp(z) - Σ softmax(z)·z``, ``z = a - max a``.
+
+    ``a``: any shape, float32 (float64 stays float64; other dtypes become float32). Returns
+    ``a``'s shape without ``axis``, values in ``[0, ln D]``; differentiable, finite for |a| ~ 1e4.
+    """
+    if a.dtype != "float64":
+        a = ops.cast(a, "float32")
+    z = a - ops.stop_gradient(ops.max(a, axis=axis, keepdims=True))
+    lse = ops.logsumexp(z, axis=axis, keepdims=True)
+    p = ops.exp(z - lse)
+    h = ops.squeeze(lse, axis=axis) - ops.sum(p * z, axis=axis)
+    return ops.maximum(h, 0.0)
+
+
+def _all_layers(model):
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)]
+
+
+def select_layers(model, layers=None) -> list:
+    """The tapped Keras layers, in layer order: ``None`` = every Conv/Dense but the last; a list
+    of layer names; or a regex string (``re.search`` on the names of Conv/Dense layers)."""
+    every = _all_layers(model)
+    linear = [l for l in every if isinstance(l, _LINEAR)]
+    if layers is None:
+        chosen = linear[:-1]
+    elif isinstance(layers, str):
+        chosen = [l for l in linear if re.search(layers, l.name)]
+    else:
+        by_name = {l.name: l for l in every}
+        chosen = []
+        for name in layers:
+            if name not in by_name:
+                raise ValueError(f"no layer {name!r} in the model")
+            if not isinstance(by_name[name], _LINEAR):
+                raise ValueError(f"layer {name!r} is a {type(by_name[name]).__name__}, not Conv/Dense")
+            chosen.append(by_name[name])
+    if not chosen:
+        raise ValueError(f"no layer selected by {layers!r} among {[l.name for l in linear]}")
+    return chosen
+
+
+def _channel_axis(layer) -> int:
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
+
+
+def _is_linear_activation(fn) -> bool:
+    return fn is None or fn is keras.activations.linear
+
+
+class _Taps:
+    """Records, per layer, the entropy map ``(N, *locations)`` of its tap during a forward pass."""
+
+    def __init__(self, model, layers, tap, exclude_bias):
+        if tap not in ("linear", "preact"):
+            raise ValueError(f"tap must be 'linear' or 'preact', not {tap!r}")
+        self.model, self.exclude_bias = model, exclude_bias
+        self.layers = select_layers(model, layers)
+        self.names = [l.name for l in self.layers]
+        self.plan = []  # (layer, where: the activation layer for "preact" on linear layers, or None)
+        every = _all_layers(model)
+        for layer in self.layers:
+            where = None
+            if tap == "preact" and _is_linear_activation(layer.activation):
+                for nxt in every[every.index(layer) + 1:]:
+                    if isinstance(nxt, _LINEAR):
+                        break
+                    if isinstance(nxt, _ACTIVATION_LAYERS):
+                        where = nxt
+                        break
+                if where is None:
+                    raise ValueError(f"tap='preact': no activation follows layer {layer.name!r} "
+                                     "(linear activation, no Activation layer before the next Conv/Dense)")
+            self.plan.append((layer, where))
+        self.records: dict[str, tuple] = {}  # name -> (entropy map, D)
+
+    def _record(self, layer, a):
+        axis = _channel_axis(layer)
+        if self.exclude_bias and getattr(layer, "use_bias", False):
+            shape = [1] * len(a.shape)
+            shape[axis] = -1
+            a = a - ops.reshape(ops.cast(layer.bias, a.dtype), shape)
+        self.records[layer.name] = (entropy(a, axis), a.shape[axis])
+
+    @contextlib.contextmanager
+    def capturing(self):
+        """Within this context every forward pass of the model records the taps."""
+        restore = []
+        try:
+            for layer, where in self.plan:
+                if where is None:
+                    orig = layer.activation
+
+                    def act(x, layer=layer, orig=orig):
+                        self._record(layer, x)
+                        return orig(x)
+                    layer.activation = act
+                    restore.append(lambda layer=layer, orig=orig: setattr(layer, "activation", orig))
+                else:
+                    orig_call = where.call
+
+                    def call(x, *args, layer=layer, orig_call=orig_call, **kwargs):
+                        self._record(layer, x)
+                        return orig_call(x, *args, **kwargs)
+                    object.__setattr__(where, "call", call)
+                    restore.append(lambda where=where: where.__dict__.pop("call", None))
+            yield self
+        finally:
+            for undo in reversed(restore):
+                undo()
+
+    def nas_maps(self) -> dict:
+        """``{layer name: NAS map (N, *locations)}`` of the last capture, numpy float32."""
+        out = {}
+        for name in self.names:
+            h, d = self.record(name)
+            out[name] = (1.0 - ops.convert_to_numpy(ops.exp(ops.stop_gradient(h))) / d).astype("float32")
+        return out
+
+    def record(self, name):
+        try:
+            return self.records[name]
+        except KeyError:
+            raise RuntimeError(f"layer {name!r} has not run yet: call penalty(x) or the model first") from None
+
+
+class NASMonitor:
+    """NAS maps of a model's taps, without a penalty.
+
+    Args:
+        model, layers, tap, exclude_bias: as :class:`NASReg`.
+
+    ``nas(x, batch_size=None)`` runs ``x`` (inference mode) and returns
+    ``{layer name: NAS maps (N, *locations)}`` as float32 numpy arrays in ``[0, 1 - 1/D]``.
+    """
+
+    def __init__(self, model, layers=None, tap="linear", exclude_bias=False):
+        self.model = model
+        self._taps = _Taps(model, layers, tap, exclude_bias)
+        self.layers = self._taps.names
+
+    def nas(self, x, batch_size=None) -> dict:
+        n = len(x)
+        batch_size = batch_size or n
+        out = {name: [] for name in self.layers}
+        for i in range(0, n, batch_size):
+            with self._taps.capturing():
+                self.model(x[i:i + batch_size], training=False)
+            for name, m in self._taps.nas_maps().items():
+                out[name].append(m)
+        return {name: np.concatenate(v).astype(np.float32) for name, v in out.items()}
+
+
+class _Reg:
+    """Base class: ``penalty(x)``; subclasses define ``_penalty()`` from the last capture."""
+
+    _taps = None
+
+    def _context(self):
+        return self._taps.capturing() if self._taps is not None else contextlib.nullcontext()
+
+    def penalty(self, x=None, training: bool = False):
+        """The penalty (scalar backend tensor) for a forward pass of ``x`` (or, with ``x=None``,
+        the last regularised forward pass)."""
+        if x is not None:
+            with self._context():
+                self.model(x, training=training)
+        return self._penalty()
+
+
+def _per_layer(value, names, what):
+    if isinstance(value, dict):
+        missing = set(names) - set(value)
+        if missing:
+            raise ValueError(f"{what} has no value for layers {sorted(missing)}")
+        return {n: value[n] for n in names}
+    return {n: value for n in names}
+
+
+class _ActivationReg(_Reg):
+    def __init__(self, model, layers, lam, tap, exclude_bias):
+        self.model = model
+        self._taps = _Taps(model, layers, tap, exclude_bias)
+        self.layers = self._taps.names
+        self.lam = _per_layer(lam, self.layers, "lam")
+
+    def _penalty(self):
+        total = 0.0
+        for name in self.layers:
+            h, _ = self._taps.record(name)
+            r = math.prod(h.shape[1:])
+            lam = 1.0 / r if self.lam[name] == "auto" else float(self.lam[name])
+            per_sample = ops.sum(ops.reshape(self._term(h), (-1, r)), axis=1)
+            total = total - lam * ops.mean(per_sample)
+        return total
+
+    def last_nas(self) -> dict:
+        """``{layer name: NAS map (N, *locations)}`` (numpy, float32) of the last forward pass."""
+        return self._taps.nas_maps()
+
+
+class NASReg(_ActivationReg):
+    """Perplexity regulariser (2021 paper Eq. 7) for a built Keras model.
+
+    Args:
+        model: a built ``keras.Model`` (functional, Sequential or nested).
+        layers: layer names, a regex (``re.search``), or ``None`` = every Conv/Dense but the last.
+        lam: ``"auto"`` (``1/r_i``), a float, or ``{layer name: float | "auto"}``.
+        tap: ``"linear"`` or ``"preact"`` (module docstring).
+        exclude_bias: subtract the layer's bias from the tap.
+    """
+
+    def __init__(self, model, layers=None, lam="auto", tap="linear", exclude_bias=False):
+        super().__init__(model, layers, lam, tap, exclude_bias)
+
+    def _term(self, h):
+        return ops.exp(h)
+
+
+class SparsityReg(_ActivationReg):
+    """Entropy regulariser (2020 paper Eq. 5); arguments as :class:`NASReg`, ``lam=0.001``."""
+
+    def __init__(self, model, layers=None, lam=0.001, tap="linear", exclude_bias=False):
+        super().__init__(model, layers, lam, tap, exclude_bias)
+
+    def _term(self, h):
+        return h
+
+
+def filter_correlations(f, centring: str = "paper"):
+    """Differentiable ``(D, D)`` filter correlations of ``f`` ``(D, K)`` (see
+    :func:`nasprobe.correlation.filter_correlations`; zero-norm filters give 0; not clipped)."""
+    if f.dtype != "float64":
+        f = ops.cast(f, "float32")
+    if centring == "paper":
+        u = f - ops.mean(f, axis=0, keepdims=True)
+    elif centring == "pearson":
+        u = f - ops.mean(f, axis=1, keepdims=True)
+    else:
+        raise ValueError(f"centring must be 'paper' or 'pearson', not {centring!r}")
+    norm = ops.sqrt(ops.sum(u * u, axis=1))
+    nonzero = norm > 0
+    safe = ops.where(nonzero, norm, ops.ones_like(norm))
+    c = ops.matmul(u, ops.transpose(u)) / (safe[:, None] * safe[None, :])
+    return ops.where(ops.logical_and(nonzero[:, None], nonzero[None, :]), c, ops.zeros_like(c))
+
+
+def _filters(layer):
+    """A Conv/Dense kernel as ``(D, K)``: Conv ``(..., in, out)`` / Dense ``(in, out)`` have the
+    filters on the last axis, ConvTranspose ``(..., out, in)`` on the one before. The order of the
+    K components differs from PyTorch's, which leaves correlations unchanged."""
+    k = layer.kernel
+    axis = len(k.shape) - 2 if isinstance(layer, _TRANSPOSE) else len(k.shape) - 1
+    k = ops.moveaxis(k, axis, 0)
+    return ops.reshape(k, (k.shape[0], -1))
+
+
+class DecorrReg(_Reg):
+    """Filter-decorrelation regulariser (2020 paper Eq. 6-7) on the kernels; needs no forward.
+
+    Args:
+        model: a built Keras model.
+        layers: as :class:`NASReg`.
+        kappa: κ for all layers or ``{layer name: float}``.
+        centring: ``"paper"`` (mean filter) or ``"pearson"``.
+        reduction: ``"signed"`` (paper), ``"abs"`` or ``"square"`` of each ``c_de``, ``d < e``.
+    """
+
+    def __init__(self, model, layers=None, kappa=1.0, centring="paper", reduction="signed"):
+        if reduction not in ("signed", "abs", "square"):
+            raise ValueError(f"reduction must be 'signed', 'abs' or 'square', not {reduction!r}")
+        if centring not in ("paper", "pearson"):
+            raise ValueError(f"centring must be 'paper' or 'pearson', not {centring!r}")
+        self.model = model
+        self._layers = select_layers(model, layers)
+        self.layers = [l.name for l in self._layers]
+        self.kappa = _per_layer(kappa, self.layers, "kappa")
+        self.centring, self.reduction = centring, reduction
+
+    def correlations(self) -> dict:
+        """``{layer name: c (D, D)}`` as numpy arrays."""
+        return {l.name: ops.convert_to_numpy(filter_correlations(_filters(l), self.centring))
+                for l in self._layers}
+
+    def _penalty(self):
+        total = 0.0
+        for layer in self._layers:
+            c = filter_correlations(_filters(layer), self.centring)
+            d = c.shape[0]
+            lower = ops.tril(ops.ones((d, d), dtype=c.dtype), k=-1)
+            v = c
+            if self.reduction == "abs":
+                v = ops.abs(c)
+            elif self.reduction == "square":
+                v = c * c
+            total = total + float(self.kappa[layer.name]) * ops.sum(v * lower)
+        return total
+
+
+class Regularized(keras.Model):
+    """``keras.Model`` wrapper whose training forward pass adds the regularisers' penalty.
+
+    Args:
+        model: the built model to train (its layers are shared, not copied).
+        regularizers: :class:`NASReg`/:class:`SparsityReg`/:class:`DecorrReg` built on ``model``.
+
+    ``compile``/``fit`` the wrapper. In a training forward pass (``training=True``, as in
+    ``fit``) ``call`` runs ``model`` with the taps and ``add_loss``-es the summed penalty, so the
+    reported ``loss`` is the compiled loss plus the penalty of each batch; the penalty alone is
+    logged as ``penalty`` (a mean over the epoch's batches). Inference passes (``evaluate``,
+    ``predict``, ``val_loss``) add nothing: ``val_loss`` is the plain compiled loss, the papers'
+    test loss. ``inner`` is the wrapped model (save that one).
+    """
+
+    def __init__(self, model, regularizers, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = model
+        self._nasprobe_regs = tuple(regularizers)
+        if not self._nasprobe_regs:
+            raise ValueError("Regularized needs at least one regulariser")
+        self.penalty_tracker = keras.metrics.Mean(name="penalty")
+
+    def call(self, inputs, training=None):
+        if not training:
+            return self.inner(inputs, training=training)
+        with contextlib.ExitStack() as stack:
+            for reg in self._nasprobe_regs:
+                stack.enter_context(reg._context())
+            y = self.inner(inputs, training=training)
+        penalty = sum((reg._penalty() for reg in self._nasprobe_regs[1:]),
+                      self._nasprobe_regs[0]._penalty())
+        self.add_loss(penalty)
+        if not keras.backend.is_keras_tensor(penalty):
+            self.penalty_tracker.update_state(ops.stop_gradient(penalty))
+        return y
