@@ -1,0 +1,299 @@
+"""Reading PyTorch checkpoint files: state dicts in their usual wrappings, and self-contained
+programs (TorchScript archives, ``torch.export`` ``.pt2`` files, pickled modules).
+
+Security: pickles are always read with ``torch.load(..., weights_only=True)``; a file that needs
+more than plain tensors and containers is refused with a :class:`CheckpointError` that names
+``--trust-pickle``, and only then is it read with ``weights_only=False``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import pickle
+import sys
+import warnings
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from nasprobe.errors import CheckpointError, NasprobeError
+
+__all__ = [
+    "StateDict",
+    "load_file",
+    "state_dict_of",
+    "fit_state_dict",
+    "parse_model_spec",
+    "build_model",
+    "archive_kind",
+]
+
+#: A flat mapping from parameter/buffer names (PyTorch module paths) to tensors.
+StateDict = dict[str, torch.Tensor]
+
+#: Keys under which training scripts nest the state dict, tried in order.
+NESTING_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+
+#: Prefixes that wrappers add to every key: DDP/DataParallel and ``torch.compile``.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+TRUST_HINT = ("it holds Python objects besides plain tensors, and reading those can run code; "
+              "pass --trust-pickle (trust_pickle=True) only if you trust this file")
+
+
+def archive_kind(path: Path) -> str:
+    """``"torchscript"``, ``"pt2"``, ``"safetensors"`` or ``"pickle"`` for a checkpoint file.
+
+    Decided from the file's contents (zip members) where possible, else from its extension.
+    """
+    if path.name.lower().endswith(".safetensors"):
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any(n.endswith("/archive_format") or n.endswith("models/model.json") for n in names):
+            return "pt2"
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
+    if path.name.lower().endswith(".pt2"):
+        return "pt2"
+    return "pickle"
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise CheckpointError(path, f"refused to unpickle: {TRUST_HINT} "
+                                  f"({str(exc).splitlines()[-1].strip()[:200]})") from None
+    except Exception as exc:
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint "
+                              f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(path, f"cannot be unpickled even with --trust-pickle "
+                              f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+
+
+def load_file(path: str | Path, trust_pickle: bool = False) -> Any:
+    """The object stored in one checkpoint file, on the CPU.
+
+    Returns:
+        A ``dict`` (state dict or a dict nesting one) for pickles and ``.safetensors``; a
+        ``torch.jit.ScriptModule`` for TorchScript archives; a ``torch.export.ExportedProgram``
+        for ``.pt2`` files; an ``nn.Module`` for a pickled module (needs ``trust_pickle``).
+
+    Raises:
+        CheckpointError: unreadable file, or a pickle with code objects without ``trust_pickle``.
+    """
+    path = Path(path)
+    kind = archive_kind(path)
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file as load_safetensors
+            return load_safetensors(str(path), device="cpu")
+        if kind == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # "switch to torch.export"
+                return torch.jit.load(str(path), map_location="cpu")
+        if kind == "pt2":
+            return torch.export.load(str(path))
+    except Exception as exc:
+        raise CheckpointError(path, f"not a readable {kind} file "
+                              f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+    return _torch_load(path, trust_pickle)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) for k in obj)
+            and any(isinstance(v, torch.Tensor) for v in obj.values())
+            and all(isinstance(v, (torch.Tensor, int, float)) for v in obj.values()))
+
+
+def state_dict_of(obj: Any, path: str | Path) -> StateDict:
+    """The flat state dict inside a loaded checkpoint object (see :func:`load_file`).
+
+    Unwraps dicts nesting it under ``state_dict``, ``model_state_dict``, ``model`` (also a
+    pickled module there), Lightning checkpoints, TorchScript modules and exported programs.
+    Non-tensor entries (e.g. ``_metadata``) are dropped. Keys are not yet fitted to a model
+    (see :func:`fit_state_dict`).
+
+    Raises:
+        CheckpointError: no state dict could be found (names the file and the keys seen).
+    """
+    if isinstance(obj, torch.export.ExportedProgram):
+        return {k: v for k, v in obj.state_dict.items() if isinstance(v, torch.Tensor)}
+    if isinstance(obj, nn.Module):  # also torch.jit.ScriptModule
+        return dict(obj.state_dict())
+    if _is_state_dict(obj):
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if isinstance(obj, Mapping):
+        for key in NESTING_KEYS:
+            if key in obj:
+                inner = obj[key]
+                if isinstance(inner, nn.Module) or _is_state_dict(inner) or isinstance(inner, Mapping):
+                    try:
+                        return state_dict_of(inner, path)
+                    except CheckpointError:
+                        continue
+        keys = ", ".join(map(repr, list(obj)[:12]))
+        raise CheckpointError(path, f"no state dict found: a dict with keys {keys}; expected "
+                              "tensors, or one nested under 'state_dict', 'model_state_dict' "
+                              "or 'model'")
+    raise CheckpointError(path, f"no state dict found in a {type(obj).__name__}")
+
+
+def _strip(sd: StateDict, prefix: str) -> StateDict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _best_prefix(keys: list[str], wanted: set[str]) -> str | None:
+    """The key prefix (ending in ``.``) that maps most checkpoint keys onto ``wanted``."""
+    votes: Counter[str] = Counter()
+    for k in keys:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in wanted:
+                votes[".".join(parts[:i]) + "."] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def fit_state_dict(sd: StateDict, expected: Mapping[str, torch.Size], path: str | Path
+                   ) -> StateDict:
+    """Rename a checkpoint's keys to the model's and check every tensor's shape.
+
+    Strips wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``) and, when keys
+    still do not fit, the one common prefix (e.g. Lightning's ``model.``) that maps the most
+    keys onto the model's; keys outside that prefix (a Lightning module's other attributes,
+    e.g. a loss's buffers) are then ignored.
+
+    Args:
+        sd: the checkpoint's flat state dict.
+        expected: the model's state-dict key → shape (PyTorch layout).
+        path: the file, for messages.
+
+    Returns:
+        The state dict with exactly the model's keys (``num_batches_tracked`` may be missing).
+
+    Raises:
+        CheckpointError: a missing or unexpected tensor, or a wrong shape; names the tensor.
+    """
+    wanted = set(expected)
+    for prefix in WRAPPER_PREFIXES:
+        while sd and all(k.startswith(prefix) for k in sd):
+            sd = _strip(sd, prefix)
+    if not set(sd) >= {k for k in wanted if not k.endswith("num_batches_tracked")}:
+        prefix = _best_prefix(list(sd), wanted)
+        if prefix is not None and len(_strip(sd, prefix).keys() & wanted) > len(sd.keys() & wanted):
+            sd = _strip(sd, prefix)
+            for p in WRAPPER_PREFIXES:
+                while sd and all(k.startswith(p) for k in sd):
+                    sd = _strip(sd, p)
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CheckpointError(path, f"tensor {missing[0]!r} of the model is missing from the "
+                              f"checkpoint ({len(missing)} missing in all; the checkpoint has "
+                              f"e.g. {sorted(sd)[:4]}): another architecture?")
+    unexpected = [k for k in sd if k not in wanted]
+    if unexpected:
+        raise CheckpointError(path, f"tensor {unexpected[0]!r} in the checkpoint is not in the "
+                              f"model ({len(unexpected)} unexpected in all): another "
+                              "architecture?")
+    for k, shape in expected.items():
+        if k in sd and tuple(sd[k].shape) != tuple(shape):
+            raise CheckpointError(path, f"tensor {k!r} has shape {tuple(sd[k].shape)} in the "
+                                  f"checkpoint but {tuple(shape)} in the model: another "
+                                  "architecture?")
+    return sd
+
+
+def _import_module(name: str) -> Any:
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        file = Path(name).resolve()
+        if not file.is_file():
+            raise NasprobeError(f"--model: no such file {name!r}")
+        mod_name = f"nasprobe_user_model_{abs(hash(str(file)))}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(name)
+
+
+def parse_model_spec(spec: str) -> tuple[str, str, tuple, dict[str, Any]]:
+    """Split ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(arg, key=value, ...)``.
+
+    Arguments must be Python literals (read with :func:`ast.literal_eval`; nothing is run).
+    ``MODULE`` is a dotted module name or a path to a ``.py`` file.
+
+    Returns:
+        ``(module, callable_name, args, kwargs)``.
+
+    Raises:
+        NasprobeError: a malformed spec or a non-literal argument.
+    """
+    head, paren, tail = spec.partition("(")
+    if ":" not in head:
+        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE or "
+                            "MODULE:CALLABLE(key=value, ...)")
+    module, _, func = head.strip().rpartition(":")
+    if not module or not func.replace(".", "_").isidentifier():
+        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE")
+    args: tuple = ()
+    kwargs: dict[str, Any] = {}
+    if paren:
+        try:
+            call = ast.parse(f"f({tail}", mode="eval").body
+            if not isinstance(call, ast.Call):
+                raise ValueError("not a call")
+            args = tuple(ast.literal_eval(a) for a in call.args)
+            for kw in call.keywords:
+                if kw.arg is None:
+                    raise ValueError("**kwargs is not allowed")
+                kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except (SyntaxError, ValueError) as exc:
+            raise NasprobeError(f"--model {spec!r}: arguments must be Python literals "
+                                f"({exc})") from None
+    return module, func, args, kwargs
+
+
+def build_model(model: str | nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """The model an option names: an ``nn.Module``, a callable returning one, or a spec string
+    for :func:`parse_model_spec`.
+
+    Raises:
+        NasprobeError: the module or callable cannot be found, or does not give an nn.Module.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        module_name, func_name, args, kwargs = parse_model_spec(model)
+        try:
+            obj: Any = _import_module(module_name)
+        except ImportError as exc:
+            raise NasprobeError(f"--model {model!r}: cannot import {module_name!r} ({exc})"
+                                ) from exc
+        for part in func_name.split("."):
+            if not hasattr(obj, part):
+                raise NasprobeError(f"--model {model!r}: {module_name!r} has no {func_name!r}")
+            obj = getattr(obj, part)
+        built = obj(*args, **kwargs)
+    elif callable(model):
+        built = model()
+    else:
+        raise NasprobeError(f"model must be MODULE:CALLABLE, a callable or an nn.Module, "
+                            f"not {type(model).__name__}")
+    if not isinstance(built, nn.Module):
+        raise NasprobeError(f"--model {model!r} returned a {type(built).__name__}, "
+                            "not a torch.nn.Module")
+    return built
