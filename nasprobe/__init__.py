@@ -14,5 +14,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 from .measures import entropy, nas, perplexity  # noqa: E402
 from .store import open_store  # noqa: E402
 from .probe import probe  # noqa: E402
+from . import analysis  # noqa: E402,F401  (registers the ``.nas`` accessor)
 
 __all__ = ["probe", "open_store", "nas", "entropy", "perplexity", "__version__"]

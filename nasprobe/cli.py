@@ -33,3 +33,4 @@ def main() -> None:
 # Commands live in modules named after what they do; importing them registers them on `main`.
 from . import cli_probe  # noqa: E402,F401
 from . import cli_report  # noqa: E402,F401
+from . import cli_figures  # noqa: E402,F401

@@ -220,6 +220,8 @@ def test_figure_without_its_data_is_listed_not_drawn():
     tree = _tree()
     tree.dataset = tree.to_dataset(inherit=False).drop_vars(["corr_hist"])
     tree["nas_median"][{"run": 1, "epoch": slice(-3, None)}] = np.nan  # run-s1 stopped early
+    if "probed" in tree.to_dataset():
+        tree["probed"][{"run": 1, "epoch": slice(-3, None)}] = 0  # ... so it never committed them
     text = render_report(tree, kinds=("corr", "line"))
     page = _Page(text)
     assert [a["id"] for t, a in page.tags if t == "img"] == ["fig-line"]

@@ -1,0 +1,87 @@
+"""The figures of the two papers, drawn from a nasprobe store.
+
+>>> fig = draw(tree, "line", width="single", runs=["vanilla-s0"], layers="conv")
+>>> save(fig, "line.pdf")
+
+Kinds (one module each): ``line`` (2021 Fig. 2b/3), ``stripes`` (2021 Fig. 2c/5),
+``heatmaps`` (2021 Fig. 4), ``corr`` (2020 Fig. 7), ``entropy`` (2020 Fig. 5).
+Runs are grouped into configurations as described in :mod:`nasprobe.plots.select`.
+Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global state).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from .corr import draw_corr
+from .entropy import draw_entropy
+from .heatmaps import draw_heatmaps
+from .line import draw_line
+from .select import select
+from .stripes import draw_stripes
+from .style import RC, fig_width
+
+__all__ = ["KINDS", "draw", "save", "select", "SAVE_DPI"]
+
+#: Figure kinds and the function drawing each.
+KINDS = {
+    "line": draw_line,
+    "stripes": draw_stripes,
+    "heatmaps": draw_heatmaps,
+    "corr": draw_corr,
+    "entropy": draw_entropy,
+}
+#: Resolution of saved PNGs (dots per inch); vector formats keep it for rasterised parts.
+SAVE_DPI = 300
+_FORMATS = {".pdf": "pdf", ".svg": "svg", ".png": "png"}
+_NEEDS = {"line": "nas_median", "stripes": "nas_median", "heatmaps": "nas_mean",
+          "corr": "corr_hist", "entropy": "entropy_mean"}
+
+
+def draw(tree_or_ds, kind: str, *, width="double", runs=None, layers=None, groups=None,
+         **kw) -> Figure:
+    """Draw one figure of a store.
+
+    tree_or_ds: an ``xarray.DataTree`` (a store; heatmaps read its ``heatmaps/<layer>``
+    groups) or its root ``xarray.Dataset``. kind: one of :data:`KINDS`.
+    width: ``"single"`` (3.5 in), ``"double"`` (7.16 in) or a width in inches.
+    runs: run names (list or "A,B"); layers: names (list) or a regex (``re.search``);
+    groups: ``{name: [runs]}`` drawn as one band each (default: the ``config`` coordinate
+    on ``run`` if any, else all selected runs as one group).
+    kw: passed to the kind's function (e.g. ``max_cols`` for heatmaps, ``var`` for line and
+    stripes) or to :class:`~matplotlib.figure.Figure` (e.g. ``dpi``).
+    Returns the Figure (height grows with the number of layers/groups, at most 9.5 in).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown figure kind {kind!r}; choose one of {sorted(KINDS)}")
+    sel = select(tree_or_ds, runs=runs, layers=layers, groups=groups)
+    need = kw.get("var", _NEEDS[kind])
+    if need not in sel.ds:
+        raise ValueError(f"the store has no {need!r}, which the {kind} figure needs")
+    with matplotlib.rc_context(RC):
+        return KINDS[kind](sel, fig_width(width), **kw)
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path``; the format comes from the suffix (.pdf, .svg or .png).
+
+    Output is deterministic (identical figures give identical bytes): no dates or software
+    stamps in the metadata, a fixed SVG hash salt, fixed dpi (:data:`SAVE_DPI`). Fonts are
+    embedded (PDF TrueType, SVG text as paths). Returns the path written.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown figure format {path.suffix!r}; use .pdf, .svg "
+                         "or .png")
+    metadata = {"pdf": {"CreationDate": None, "ModDate": None, "Producer": None,
+                        "Creator": None},
+                "svg": {"Date": None, "Creator": None},
+                "png": {"Software": None}}[fmt]
+    with matplotlib.rc_context(RC):
+        fig.savefig(path, format=fmt, dpi=SAVE_DPI, metadata=metadata)
+    return path

@@ -1,0 +1,59 @@
+"""NAS Line Plot (2021 paper Fig. 2b, 3): median NAS per layer over epochs.
+
+One panel per group (configuration). In a panel, one line per layer, coloured by depth from
+dark blue (first layer) to light blue (last); with several runs in the group the line is the
+median over runs and a band spans their minimum to maximum (a functional box plot). The test
+loss (median over the group's runs) is drawn in red on a second y axis, with a dashed red
+vertical line at the loss onset (:func:`nasprobe.onsets.loss_onset`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .select import Selection
+from .style import add_loss, depth_colors, onset_line, panel_height
+
+__all__ = ["draw_line"]
+
+
+def draw_line(sel: Selection, width_in: float, *, var: str = "nas_median",
+              ylabel: str = "median NAS", legend: bool | None = None, **kw) -> Figure:
+    """Draw the line plot of ``var`` (dims run, epoch, layer) for a :class:`Selection`.
+
+    width_in: figure width in inches; height :func:`panel_height` per group (at most 9.5 in).
+    legend: label the layers (default: only when there are at most 8 layers).
+    Returns the Figure: one NAS axes per group (``get_label()`` "nas"), plus a red twin
+    axes (label "loss") per group that has a loss.
+    """
+    groups = list(sel.groups)
+    fig = Figure(figsize=(width_in, min(9.5, panel_height(width_in) * len(groups))), **kw)
+    axes = fig.subplots(len(groups), 1, squeeze=False, sharex=True)[:, 0]
+    epochs = sel.epochs
+    colors = depth_colors(len(sel.layers))
+    show_legend = len(sel.layers) <= 8 if legend is None else legend
+    for ax, group in zip(axes, groups):
+        ax.set_label("nas")
+        for color, layer in zip(colors, sel.layers):
+            med, lo, hi = sel.band(var, group, layer)
+            ok = np.isfinite(med)
+            if len(sel.groups[group]) > 1:
+                ax.fill_between(epochs[ok], lo[ok], hi[ok], color=color, alpha=0.25,
+                                linewidth=0, zorder=1)
+            ax.plot(epochs[ok], med[ok], color=color, label=layer, zorder=2)
+        if var.startswith("nas"):
+            ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel(ylabel)
+        ax.set_title(group, loc="left")
+        ax.margins(x=0)
+        lax = add_loss(ax, epochs, sel.loss(group))
+        onset_line(ax, sel.loss_onset(group))
+        if show_legend:
+            ax.legend(loc="upper left", ncol=2, frameon=False, handlelength=1.2)
+        if lax is not None:
+            ax.set_zorder(lax.get_zorder() + 1)  # NAS lines above, loss axis visible
+            ax.patch.set_visible(False)
+    axes[-1].set_xlabel("epoch")
+    fig.set_layout_engine("constrained")
+    return fig

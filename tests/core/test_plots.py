@@ -1,0 +1,190 @@
+"""Figures: pixels, colours, structure, deterministic files, every kind in every shape."""
+
+import functools
+import io
+
+import matplotlib
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+
+from nasprobe.plots import KINDS, draw, save
+from tests.core.figures_data import make_tree
+
+VIRIDIS = matplotlib.colormaps["viridis"]
+RED = to_rgb("#d62728")
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def _pixel_at(fig, img, ax, x, y) -> np.ndarray:
+    """RGB (0-255) of the pixel under data point (x, y) of ax."""
+    px, py = ax.transData.transform((x, y))
+    return img[int(img.shape[0] - py), int(px)]
+
+
+def _axes(fig, label):
+    return [ax for ax in fig.axes if ax.get_label() == label]
+
+
+def test_heatmap_cells_are_viridis_of_the_map_values():
+    tree = make_tree(n_runs=2, n_layers=7, n_epochs=6)  # conv (y, x), conv1d (t), dense
+    fig = draw(tree, "heatmaps", width="double", dpi=100)
+    img = _pixels(fig)
+    (ax,) = _axes(fig, "nas")
+    shown = fig.nas_columns[next(iter(fig.nas_columns))]
+    assert list(shown) == list(tree["epoch"].values)  # 6 epochs <= 12 columns: all shown
+    layers = [str(v) for v in tree["layer"].values]
+    g = 1.0 / fig.nas_cell_pixels
+    checked = 0
+    for j, epoch in enumerate(shown):
+        for i, layer in enumerate(layers):
+            m = tree[f"heatmaps/{layer}"]["nas_map"].sel(epoch=epoch).values.mean(axis=0)
+            m = np.atleast_2d(m)  # (y, x); (1, t); (1, 1)
+            h, w = m.shape
+            for yy, xx in [(0, 0), (h - 1, w - 1), (h // 2, w // 2)]:
+                # element centre; the cell spans [j, j + 1 - g] x [i, i + 1 - g]
+                got = _pixel_at(fig, img, ax, j + (xx + 0.5) / w * (1 - g),
+                                i + (yy + 0.5) / h * (1 - g))
+                want = np.round(np.array(VIRIDIS(m[yy, xx])[:3]) * 255)
+                assert np.abs(got - want).max() <= 2, (layer, epoch, yy, xx, got, want)
+                checked += 1
+    assert checked == 6 * 7 * 3
+    (lax,) = _axes(fig, "loss")
+    assert [to_rgb(line.get_color()) for line in lax.lines][0] == RED
+
+
+def test_heatmap_columns_are_subsampled_evenly_with_first_and_last():
+    tree = make_tree(n_layers=2, n_epochs=31)
+    fig = draw(tree, "heatmaps", width="double", dpi=30)
+    shown = next(iter(fig.nas_columns.values()))
+    epochs = tree["epoch"].values
+    assert len(shown) == 12 and shown[0] == epochs[0] and shown[-1] == epochs[-1]
+    assert np.all(np.diff(shown) >= 2) and np.ptp(np.diff(shown)) <= 1
+    fig = draw(tree, "heatmaps", width="single", dpi=30)
+    assert len(next(iter(fig.nas_columns.values()))) == 7
+
+
+def test_line_plot_colours_follow_depth_and_loss_axis_is_red():
+    tree = make_tree(n_runs=3, n_layers=6, n_epochs=20)
+    fig = draw(tree, "line", width="single", dpi=50)
+    (ax,) = _axes(fig, "nas")
+    lines = [ln for ln in ax.lines if ln.get_label() in set(tree["layer"].values)]
+    assert [ln.get_label() for ln in lines] == [str(v) for v in tree["layer"].values]
+    rgb = np.array([to_rgb(ln.get_color()) for ln in lines])
+    lightness = rgb.mean(axis=1)
+    assert np.all(np.diff(lightness) > 0)  # dark (shallow) -> light (deep)
+    assert np.all(rgb[:, 2] > rgb[:, 0])  # blue
+    # the line is the median over runs, the band spans min..max over runs
+    med = np.median(tree["nas_median"].values[:, :, 2], axis=0)
+    assert np.allclose(lines[2].get_ydata(), med)
+    assert len(ax.collections) == 6
+    (lax,) = _axes(fig, "loss")
+    assert to_rgb(lax.lines[0].get_color()) == RED
+    assert to_rgb(lax.yaxis.label.get_color()) == RED
+    assert np.allclose(lax.lines[0].get_ydata(), np.median(tree["loss"].values, axis=0))
+    onset = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(onset) == 1 and to_rgb(onset[0].get_color()) == RED
+    assert abs(onset[0].get_xdata()[0] - tree.attrs["loss_onset_true"]) <= 1
+
+
+def test_line_plot_single_run_has_no_band_and_no_loss_axis_without_loss():
+    fig = draw(make_tree(n_runs=1, n_layers=3, loss=False), "line", dpi=30)
+    (ax,) = _axes(fig, "nas")
+    assert len(ax.collections) == 0
+    assert _axes(fig, "loss") == []
+    assert not [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+
+
+def test_stripes_sixty_layers_give_sixty_distinct_rows():
+    tree = make_tree(n_layers=60, n_epochs=8, noise=0.0, loss=False)  # no red line over it
+    values = np.linspace(0.0, 1.0, 60)
+    med = tree["nas_median"].copy()
+    med.loc[dict(epoch=2)] = values[None, :]
+    tree["nas_median"] = med
+    fig = draw(tree, "stripes", width="double", dpi=100)
+    img = _pixels(fig)
+    (ax,) = _axes(fig, "nas")
+    rows = np.array([_pixel_at(fig, img, ax, 2.0, i + 0.5) for i in range(60)])
+    want = np.round(VIRIDIS(values)[:, :3] * 255)
+    assert np.abs(rows - want).max() <= 2
+    assert len({tuple(r) for r in rows}) == 60
+    fig = draw(make_tree(n_layers=60, n_epochs=8), "stripes", dpi=30)
+    (lax,) = _axes(fig, "loss")
+    assert to_rgb(lax.lines[0].get_color()) == RED
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".pdf"])
+def test_identical_input_gives_identical_bytes(tmp_path, suffix):
+    tree = make_tree(n_runs=2, n_layers=3, n_epochs=6)
+    a = save(draw(tree, "line", width="single"), tmp_path / f"a{suffix}").read_bytes()
+    b = save(draw(tree, "line", width="single"), tmp_path / f"b{suffix}").read_bytes()
+    assert a == b
+    if suffix == ".pdf":
+        assert b"CreationDate" not in a and b"/FontFile2" in a  # TrueType embedded
+    else:
+        assert b"<text" not in a  # glyphs as paths
+
+
+def test_save_format_from_suffix(tmp_path):
+    fig = draw(make_tree(), "stripes", width="single")
+    assert save(fig, tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert save(fig, tmp_path / "f.PDF").read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(ValueError, match="unknown figure format"):
+        save(fig, tmp_path / "f.jpg")
+
+
+def test_unknown_kind_layer_and_run_are_errors():
+    tree = make_tree()
+    with pytest.raises(ValueError, match="unknown figure kind"):
+        draw(tree, "pie")
+    with pytest.raises(ValueError, match="no layer matches"):
+        draw(tree, "line", layers="^nothing$")
+    with pytest.raises(ValueError, match="unknown runs"):
+        draw(tree, "line", runs="nobody")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_single_epoch_and_slashed_layer_names_render(kind):
+    tree = make_tree(n_runs=2, n_layers=3, n_epochs=1)
+    fig = draw(tree, kind, dpi=20)
+    fig.savefig(io.BytesIO(), format="png", dpi=20)
+    if kind == "heatmaps":  # ONNX node names: group "heatmaps/_conv_0" holds layer "/conv/0"
+        ds = tree.to_dataset().assign_coords(layer=["/conv/0", "conv1", "fc2"])
+        kids = {"/": ds, "heatmaps/_conv_0": tree["heatmaps/conv0"].to_dataset(inherit=False)}
+        fig = draw(xr.DataTree.from_dict(kids), kind, layers=["/conv/0"], dpi=20)
+        img = _axes(fig, "nas")[0].images[0].get_array()
+        want = tree["heatmaps/conv0"]["nas_map"].mean("run").values[0]
+        px = fig.nas_cell_pixels
+        assert np.allclose(np.unique(img[: px - 1, : px - 1]), np.unique(want))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_tree(n_runs, n_layers, loss):
+    """Built once per shape (drawing never modifies a tree); epoch 4 not probed."""
+    return make_tree(n_runs=n_runs, n_layers=n_layers, loss=loss, n_epochs=10, missing_epoch=4)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("n_runs", [1, 3])
+@pytest.mark.parametrize("n_layers", [2, 60])
+@pytest.mark.parametrize("loss", [True, False])
+def test_every_kind_renders(kind, n_runs, n_layers, loss):
+    tree = _shared_tree(n_runs, n_layers, loss)
+    width = "single" if n_layers == 2 else "double"
+    fig = draw(tree, kind, width=width, dpi=20)
+    assert fig.get_size_inches()[0] == pytest.approx({"single": 3.5, "double": 7.16}[width])
+    assert 1.0 <= fig.get_size_inches()[1] <= 9.5
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=20)
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    loss_lines = [ln for ax in _axes(fig, "loss") for ln in ax.lines]
+    if kind in ("line", "stripes", "heatmaps"):
+        assert bool(loss_lines) == loss
