@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
-	KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 tests
+	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 # Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
 lock:

@@ -185,7 +185,7 @@ def _linear_tap(g: _Graph, node: onnx.NodeProto) -> Tap | None:
         group = _attr(node, "group", 1)
         d = wdims[0] if op == "Conv" else wdims[1] * group
         layout = "out_first" if op == "Conv" else "out_second"
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] in g.consts else None
         rank = g.rank(node.output[0]) or len(wdims)
         tap = Tap("", op, node.name, node.output[0], 1, rank, int(d), src[0], layout, src[1], bias)
     elif op == "Gemm":
@@ -196,7 +196,7 @@ def _linear_tap(g: _Graph, node: onnx.NodeProto) -> Tap | None:
         wdims = list(w.dims) if src[1] is None else [w.dims[i] for i in src[1]]
         trans_b = _attr(node, "transB", 0)
         d = wdims[0] if trans_b else wdims[1]
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] in g.consts else None
         tap = Tap("", op, node.name, node.output[0], 1, 2, int(d), src[0],
                   "out_first" if trans_b else "out_last", src[1], bias)
     elif op == "MatMul":

@@ -1,0 +1,54 @@
+"""The command line: probe, info, export; errors on stderr with exit code 2."""
+
+import numpy as np
+import onnxruntime as ort
+from click.testing import CliRunner
+
+import nasprobe
+from nasprobe.cli import main
+from nasprobe.measures import nas
+from tests.core import onnx_models as om
+
+
+def test_probe_then_info(conv_run, labelled_probe, tmp_path):
+    folder, _, _ = conv_run
+    out = tmp_path / "nas.zarr"
+    runner = CliRunner()
+    res = runner.invoke(main, ["probe", str(folder), "--probe", str(labelled_probe), "--out",
+                               str(out), "--run", "vanilla", "--keep-images", "2"])
+    assert res.exit_code == 0, res.output
+    dt = nasprobe.open_store(out)
+    assert dt["heatmaps/conv1"].to_dataset().sizes["image"] == 2
+    res = runner.invoke(main, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    for text in ["vanilla: 3 epochs (-1..2)", "conv1", "Conv", "channels=6", "locations=64",
+                 "fc", "channels=4", "tap: linear", "probe_size: 21", "metrics: loss, accuracy"]:
+        assert text in res.output
+
+
+def test_export_writes_tapped_files(conv_run, tmp_path):
+    folder, paths, expected = conv_run
+    res = CliRunner().invoke(main, ["export", str(folder), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "x").glob("*.onnx"))
+    assert [f.name for f in files] == ["epoch_001.onnx", "epoch_002.onnx", "init.onnx"]
+    x = np.random.default_rng(0).normal(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "x" / "epoch_002.onnx"))
+    names = [o.name for o in sess.get_outputs()]
+    assert names[:4] == ["y", "tap::conv1", "tap::conv2", "tap::fc"]
+    outs = dict(zip(names, sess.run(None, {"x": x})))
+    ref = ort.InferenceSession(om.with_outputs(__import__("onnx").load(str(paths[2])), ["c1"]).SerializeToString())
+    y, c1 = ref.run(["y", "c1"], {"x": x})
+    np.testing.assert_allclose(outs["y"], y, atol=1e-6)
+    np.testing.assert_allclose(outs["tap::conv1"], c1, atol=1e-6)
+    np.testing.assert_allclose(outs["nasprobe_nas::conv1"], nas(c1.astype(np.float64), axis=1), atol=1e-5)
+
+
+def test_bad_input_exits_2_with_the_file_named(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.save(tmp_path / "p.npy", np.zeros((2, 3, 8, 8), np.float32))
+    res = CliRunner().invoke(main, ["probe", str(empty), "--probe", str(tmp_path / "p.npy"),
+                                    "--out", str(tmp_path / "s.zarr")])
+    assert res.exit_code == 2
+    assert "empty" in res.output and "no checkpoint file" in res.output
