@@ -13,3 +13,18 @@ from .export import UnsupportedLayerError, export_onnx
 from .source import KerasSource, make_source
 
 __all__ = ["make_source", "KerasSource", "export_onnx", "UnsupportedLayerError"]
+
+_LAZY = {
+    "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
+    "NASMonitor": "regularizers", "Regularized": "regularizers",
+    "CheckpointCallback": "callbacks", "LiveNASCallback": "callbacks",
+}
+
+
+def __getattr__(name: str):
+    """Regularisers and callbacks, imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

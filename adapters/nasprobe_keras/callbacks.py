@@ -5,7 +5,7 @@
   after ``e + 1`` passes) and ``metrics.csv`` (``epoch,train_loss,train_accuracy,test_loss,
   test_accuracy`` from the logs ``loss, accuracy, val_loss, val_accuracy``).
 * :class:`LiveNASCallback` writes, at each epoch end, the median NAS over all (probe image,
-  location) pairs per layer as scalar ``nas/<layer>`` and the mean NAS map per layer as image
+  location) pairs per layer as scalar ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses) and the mean NAS map per layer as image
   ``nas_heatmap/<layer>`` (viridis on [0, 1], as ``nasprobe tensorboard`` draws it), with
   TensorBoard's own event writer (``tensorboard`` package, no TensorFlow).
 
@@ -125,7 +125,7 @@ class LiveNASCallback(keras.callbacks.Callback):
         values, medians = [], {}
         for name, maps in monitor.nas(self.probe_x, self.batch_size).items():
             medians[name] = float(np.median(maps))
-            values.append(summary_pb2.Summary.Value(tag=f"nas/{name}", simple_value=medians[name]))
+            values.append(summary_pb2.Summary.Value(tag=f"nas_median/{name}", simple_value=medians[name]))
             rgba = heatmap_rgba(maps.mean(axis=0))
             image = summary_pb2.Summary.Image(height=rgba.shape[0], width=rgba.shape[1], colorspace=4,
                                               encoded_image_string=_png(rgba))

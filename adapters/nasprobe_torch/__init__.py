@@ -148,3 +148,20 @@ def make_source(checkpoints: Sequence[Checkpoint], *,
     """
     return TorchSource(checkpoints, model=model, input_shape=input_shape,
                        trust_pickle=trust_pickle)
+
+
+_LAZY = {
+    "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
+    "NASMonitor": "regularizers", "CheckpointWriter": "training", "LiveNAS": "training",
+    "NASCheckpointCallback": "training",
+}
+
+
+def __getattr__(name: str):
+    """Regularisers and training helpers, imported on first use (they pull in tensorboard and
+    lightning only when those are used)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@
   the model after ``e + 1`` passes over the training data.
 * ``NASCheckpointCallback`` (attribute resolved lazily; needs the ``lightning`` package) does
   the same from a Lightning ``Trainer``.
-* :class:`LiveNAS` writes median NAS per layer (scalars ``nas/<layer>``) and the mean NAS heatmap
+* :class:`LiveNAS` writes median NAS per layer (scalars ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses)) and the mean NAS heatmap
   per layer (images ``nas_heatmap/<layer>``, viridis on ``[0, 1]``) to TensorBoard (needs the
   ``tensorboard`` package).
 """
@@ -120,7 +120,7 @@ class LiveNAS:
 
     :meth:`log` runs the probe in eval mode under ``no_grad`` (restoring train mode), and writes,
     per layer, the median of NAS over all (probe image, location) pairs as scalar
-    ``nas/<layer>`` and the per-location mean over probe images as image ``nas_heatmap/<layer>``.
+    ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses) and the per-location mean over probe images as image ``nas_heatmap/<layer>``.
     """
 
     def __init__(self, model: nn.Module, probe_x, logdir=None, layers=None, tap: str = "linear",
@@ -161,7 +161,7 @@ class LiveNAS:
         medians = {}
         for name, m in self.compute().items():
             medians[name] = float(np.median(m))
-            self.writer.add_scalar(f"nas/{name}", medians[name], epoch)
+            self.writer.add_scalar(f"nas_median/{name}", medians[name], epoch)
             self.writer.add_image(f"nas_heatmap/{name}", heatmap_rgba(m.mean(axis=0)), epoch,
                                   dataformats="HWC")
         self.writer.flush()

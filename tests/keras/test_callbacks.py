@@ -105,9 +105,9 @@ def test_live_nas_callback(tmp_path, data):
     assert set(live.medians) == {0, 1}
     ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
-    assert sorted(ea.Tags()["scalars"]) == ["nas/c1", "nas/c2", "nas/d1"]
+    assert sorted(ea.Tags()["scalars"]) == ["nas_median/c1", "nas_median/c2", "nas_median/d1"]
     for name in ("c1", "c2", "d1"):
-        events = ea.Scalars(f"nas/{name}")
+        events = ea.Scalars(f"nas_median/{name}")
         assert [e.step for e in events] == [0, 1]
         assert [e.value for e in events] == pytest.approx([expected[e][name] for e in (0, 1)], abs=1e-5)
     img = ea.Images("nas_heatmap/c2")[1]

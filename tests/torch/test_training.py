@@ -130,9 +130,9 @@ def test_live_nas_event_files(tmp_path):
     assert net.training
     ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
-    assert sorted(ea.Tags()["scalars"]) == ["nas/0", "nas/2", "nas/5"]
+    assert sorted(ea.Tags()["scalars"]) == ["nas_median/0", "nas_median/2", "nas_median/5"]
     for name in ("0", "2", "5"):
-        events = ea.Scalars(f"nas/{name}")
+        events = ea.Scalars(f"nas_median/{name}")
         assert [e.step for e in events] == [0, 1]
         assert [e.value for e in events] == pytest.approx([r[name] for r in expected], abs=1e-6)
     images = ea.Images("nas_heatmap/2")
