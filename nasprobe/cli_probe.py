@@ -63,25 +63,37 @@ def framework_options(f):
               help="Training log (Keras CSV/JSON, Lightning metrics.csv, TensorBoard events, "
                    "nasprobe metrics.csv) to import as loss/accuracy.")
 @click.option("--force", is_flag=True, help="Allow a store written with another probe set.")
+@click.option("--workers", default=None, type=click.IntRange(1), metavar="N",
+              help="Probe on a local Dask cluster of N processes (needs nasprobe[dask]).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Probe on an existing Dask scheduler, e.g. tcp://HOST:8786.")
 def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, tap,
               exclude_bias, layers, epoch_regex, trust_pickle, batch_size, keep_images, device,
-              on_error, mean, std, metrics_log, force):
-    """Measure NAS in every checkpoint of a run and write it into a zarr store."""
-    from .probe import probe
+              on_error, mean, std, metrics_log, force, workers, scheduler):
+    """Measure NAS in every checkpoint of a run and write it into a zarr store.
+
+    CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
+    the folder (nasprobe probe runs/*)."""
+    from .errors import NasprobeError
+    from .probe import probe, run_folders
     from .store import Store
 
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers or --scheduler, not both")
+    runs = run_folders(checkpoints, run)
+    if metrics_log and len(runs) > 1:
+        raise NasprobeError(f"--metrics imports the log of one run, but {len(runs)} run "
+                            "folders were given; import each run's log separately")
     path = probe(list(checkpoints), probe=probe_path, out=out, run=run, framework=framework,
                  model=model, input_shape=_shape(input_shape), tap=tap,
                  exclude_bias=exclude_bias, layers=layers, batch_size=batch_size,
                  keep_images=keep_images, epoch_regex=epoch_regex, device=device,
                  on_error=on_error, trust_pickle=trust_pickle, mean=_floats(mean),
-                 std=_floats(std), force=force)
+                 std=_floats(std), force=force, workers=workers, scheduler=scheduler)
     if metrics_log:
         from .training_logs import read_training_log
 
-        first = Path(checkpoints[0])
-        name = run or (first.name if first.is_dir() else first.parent.name)
-        n = Store(path).write_metrics(name, read_training_log(metrics_log))
+        n = Store(path).write_metrics(runs[0][0], read_training_log(metrics_log))
         click.echo(f"imported {n} metric values from {metrics_log}", err=True)
     click.echo(str(path))
 
@@ -127,6 +139,8 @@ def info_cmd(store):
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}")
         for f, why in p.get("skipped", {}).items():
             click.echo(f"    skipped {f}: {why}")
+        for f, names in p.get("nonfinite", {}).items():
+            click.echo(f"    non-finite weights in {f} ({', '.join(names[:5])}): NaN statistics")
     click.echo(f"layers ({ds.sizes['layer']}):")
     for i in range(ds.sizes["layer"]):
         row = ds.isel(layer=i)

@@ -1,7 +1,12 @@
-"""The probe job: a run's checkpoints → tapped ONNX → onnxruntime → statistics → the store.
+"""The probe job: runs' checkpoints → tapped ONNX → onnxruntime → statistics → the store.
 
-Pure parts (:func:`probe_epoch`) take a session and a probe set and return numbers; the I/O
-(reading checkpoints, writing the store, progress) stays in :func:`probe`.
+:func:`probe` is the coordinator. It finds each run's checkpoints, builds each run's tapped
+model once (to learn its layers), reserves every (run, epoch) slot of the store, then runs one
+task per (run, epoch) — in this process, or on Dask workers (``workers=``/``scheduler=``, see
+:mod:`nasprobe.parallel`). A task (:func:`nasprobe.tasks.run_epoch`) probes one checkpoint and
+writes only its own slot, setting the commit flag last, so a stopped job continues where it
+stopped and a serial and a parallel job write the same store. The pure part,
+:func:`probe_epoch`, takes a session and a probe set and returns numbers.
 """
 
 from __future__ import annotations
@@ -9,93 +14,155 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from onnx import numpy_helper
 from tqdm.auto import tqdm
 
 from . import __version__
-from .aggregate import LayerStats
-from .checkpoints import Checkpoint, find_checkpoints, open_source
-from .correlation import corr_histogram
-from .errors import CheckpointError, NasprobeError
-from .graph import Tap, build_probe_graph, find_taps
-from .probesets import ProbeSet, load_probe_set
-from .runtime import TappedModel
+from .checkpoints import EXTENSIONS, Checkpoint, find_checkpoints, parse_epoch
+from .errors import CheckpointError, NasprobeError, StoreError
 from .store import LayerInfo, Store
+from .tasks import EpochResult, Outcome, RunSpec, context, output_kind, probe_epoch, run_epoch
 
-__all__ = ["probe", "probe_epoch", "EpochResult", "output_kind"]
+__all__ = ["probe", "probe_epoch", "EpochResult", "output_kind", "run_folders", "run_info"]
+
+
+def _folder_name(p: Path) -> str:
+    return p.name or p.resolve().name
+
+
+def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
+                ) -> list[tuple[str, list[Path]]]:
+    """Split the CHECKPOINTS arguments into runs: ``[(run name, inputs)]``.
+
+    Several arguments that are all folders are one run each, named after the folder
+    (``nasprobe probe runs/*``); anything else — one folder, or files — is one run named
+    ``run`` (default: the folder's name, or the folder of the first file).
+
+    Raises:
+        NasprobeError: ``run`` given with several run folders, or two run folders of one name.
+    """
+    items = [Path(c) for c in checkpoints]
+    if not items:
+        raise NasprobeError("no checkpoints given")
+    if len(items) > 1 and all(p.is_dir() for p in items):
+        if run:
+            raise NasprobeError(f"--run names one run, but {len(items)} run folders were given "
+                                "(each folder is a run named after it); drop --run")
+        seen: dict[str, Path] = {}
+        for p in items:
+            name = _folder_name(p)
+            if name in seen:
+                raise CheckpointError(p, f"run folder of the same name as {seen[name]}; runs "
+                                      "are named after their folders, so names must differ")
+            seen[name] = p
+        return [(name, [p]) for name, p in seen.items()]
+    first = items[0]
+    return [(run or (_folder_name(first) if first.is_dir() else first.parent.name), items)]
+
+
+def _is_checkpoint(p: Path) -> bool:
+    name = p.name.lower()
+    return p.is_file() and any(name.endswith(e) for v in EXTENSIONS.values() for e in v)
+
+
+def _explicit(inputs: list[Path]) -> list[Path]:
+    """Folders replaced by their checkpoint files."""
+    out: list[Path] = []
+    for p in inputs:
+        out.extend(sorted(q for q in p.iterdir() if _is_checkpoint(q)) if p.is_dir() else [p])
+    return out
+
+
+def _find(inputs: list[Path], epoch_regex: str | None, on_error: str,
+          skipped: dict[str, str]) -> list[Checkpoint]:
+    """The run's checkpoints. With ``on_error="skip"``, files without an epoch and every file
+    of an epoch claimed twice are left out and recorded in ``skipped`` (path → reason)."""
+    files = inputs
+    while True:
+        try:
+            return find_checkpoints(files, epoch_regex)
+        except CheckpointError as exc:
+            if "holds no checkpoint file" in exc.message:
+                _hint_subfolders(Path(exc.path), exc)
+            bad = Path(exc.path)
+            if on_error == "fail" or not bad.is_file():
+                raise
+            files = _explicit(files)
+            epoch = parse_epoch(bad, epoch_regex)
+            drop = [bad] if epoch is None else \
+                [f for f in files if parse_epoch(f, epoch_regex) == epoch]
+            for f in drop:
+                others = ", ".join(str(o) for o in drop if o != f)
+                skipped[str(f)] = (exc.message if epoch is None else
+                                   f"claims epoch {epoch}, as does {others}")
+                print(f"nasprobe: skipped {f}: {skipped[str(f)]}", file=sys.stderr)
+            files = [f for f in files if f not in drop]
+            if not files:
+                raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
+                                      f"{', '.join(skipped)})") from exc
+
+
+def _hint_subfolders(folder: Path, exc: CheckpointError) -> None:
+    subs = sorted(q for q in folder.iterdir() if q.is_dir() and any(map(_is_checkpoint, q.iterdir())))
+    if subs:
+        names = ", ".join(q.name for q in subs[:4]) + (", …" if len(subs) > 4 else "")
+        raise CheckpointError(folder, f"folder holds no checkpoint file, but its sub-folders "
+                              f"{names} do: pass them as runs, e.g. nasprobe probe "
+                              f"{folder}/*") from exc
 
 
 @dataclass
-class EpochResult:
-    """One epoch's numbers: per-layer summaries, ``loss``/``accuracy`` (NaN without labels)."""
+class _Plan:
+    """One run as the coordinator sees it."""
 
-    summaries: dict[str, dict]
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def output_kind(model) -> str:
-    """``"probs"``, ``"logprobs"`` or ``"logits"``: what the model's first output holds."""
-    out = model.graph.output[0].name
-    for node in model.graph.node:
-        if out in node.output:
-            return {"Softmax": "probs", "LogSoftmax": "logprobs"}.get(node.op_type, "logits")
-    return "logits"
+    spec: RunSpec
+    infos: list[LayerInfo]
+    epochs: list[int]
+    provenance: dict
+    attrs: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+    nonfinite: dict[str, list[str]] = field(default_factory=dict)
+    run_i: int = -1
 
 
-def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)
-    if kind == "probs":
-        return np.log(np.clip(out, 1e-300, None))
-    if kind == "logprobs":
-        return out
-    m = out.max(axis=1, keepdims=True)
-    return out - m - np.log(np.exp(out - m).sum(axis=1, keepdims=True))
-
-
-def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
-                *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
-                input_name: str = "input") -> EpochResult:
-    """Run the probe set through a tapped session and aggregate every layer's NAS maps.
-
-    Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
-    With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
-    come from the same forward pass (the model's first output).
-    """
-    stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
-    names = [t.output for t in taps]
-    labelled = probeset.labels is not None
-    out_names = ([session.get_outputs()[0].name] if labelled else []) + names
-    loss_sum, correct, n = 0.0, 0, 0
-    for _, xb, yb in probeset.batches(batch_size):
-        outs = session.run(out_names, {input_name: xb})
-        if labelled:
-            lp = _log_probs(outs[0], kind)
-            yb = np.asarray(yb, dtype=np.int64)
-            loss_sum += float(-lp[np.arange(len(yb)), yb].sum())
-            correct += int((lp.argmax(axis=1) == yb).sum())
-            outs = outs[1:]
-        n += len(xb)
-        for t, o in zip(taps, outs):
-            stats[t.layer].update(o)
-    metrics = {}
-    if labelled:
-        metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
-    return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics)
-
-
-def _arch_weights(model) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
-def _nonfinite(weights: dict[str, np.ndarray]) -> list[str]:
-    return [k for k, v in weights.items()
-            if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+def _plan(name: str, inputs: list[Path], options: dict, epoch_regex, on_error) -> _Plan:
+    """Find the run's checkpoints and build its tapped model once (in this process's cache).
+    With ``on_error="skip"`` a first checkpoint that cannot give the architecture is skipped
+    and the next one tried."""
+    skipped: dict[str, str] = {}
+    found = _find(inputs, epoch_regex, on_error, skipped)
+    ckpts = list(found)
+    while True:
+        spec = RunSpec.make(run=name, checkpoints=tuple((str(c.path), c.epoch) for c in ckpts),
+                            **options)
+        try:
+            ctx = context(spec)
+            break
+        except CheckpointError as exc:
+            if on_error == "fail" or Path(exc.path) != ckpts[0].path:
+                raise
+            skipped[str(ckpts[0].path)] = exc.message
+            print(f"nasprobe: skipped {exc}", file=sys.stderr)
+            ckpts = ckpts[1:]
+            if not ckpts:
+                raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
+                                      f"{', '.join(skipped)})") from exc
+    spec = replace(spec, probe_sha256=ctx.probeset.sha256)
+    infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth)
+             for t in ctx.taps]
+    provenance = {"source": str(inputs[0].resolve()), "framework": ctx.source.framework,
+                  "checkpoints": len(found), "provider": ctx.tapped.provider,
+                  "skipped": dict(skipped)}
+    attrs = {"nasprobe_version": __version__, "tap": spec.tap,
+             "exclude_bias": bool(spec.exclude_bias), "probe_sha256": ctx.probeset.sha256,
+             "probe_size": int(ctx.probeset.size), "probe_source": spec.probe,
+             "framework": ctx.source.framework}
+    return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs, skipped)
 
 
 def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
@@ -105,14 +172,16 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
           batch_size: int = 64, keep_images: int = 8, epoch_regex: str | None = None,
           device: str = "auto", on_error: str = "fail", trust_pickle: bool = False,
           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-          force: bool = False, progress: bool = True) -> Path:
-    """Probe every checkpoint of one run and write NAS statistics into the store ``out``.
+          force: bool = False, progress: bool = True, workers: int | None = None,
+          scheduler=None) -> Path:
+    """Probe every checkpoint of one or more runs and write NAS statistics into the store ``out``.
 
     Args:
-        checkpoints: a folder of checkpoints (epochs parsed from file names) and/or files.
+        checkpoints: a folder of checkpoints (epochs parsed from file names) and/or files: one
+            run. Several folders: one run each, named after the folder (see :func:`run_folders`).
         probe: ``.npy`` images, ``.npz`` with ``x`` (and optional labels ``y``), or an image folder.
         out: the zarr store (created, or extended: runs and epochs already there are kept).
-        run: the run's name (default: the folder's name).
+        run: the run's name (default: the folder's name); only with a single run.
         framework: ``auto``, ``onnx``, ``torch`` or ``keras``.
         model, input_shape, trust_pickle: for framework checkpoints (see the adapters).
         tap: ``linear`` (output of the linear op, before BatchNorm) or ``preact``.
@@ -122,72 +191,109 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
         keep_images: per-image heatmaps kept for the first N probe images.
         epoch_regex: overrides the epoch patterns of file names.
         device: ``auto``, ``cpu`` or ``cuda`` (falls back to CPU with a notice).
-        on_error: ``fail`` stops at the first bad checkpoint; ``skip`` records it and goes on.
+        on_error: ``fail`` stops at the first bad checkpoint; ``skip`` records it under the
+            run's ``skipped`` provenance and goes on with the other epochs.
         mean, std: per-channel normalisation of the probe images.
         force: allow a store written with another probe set.
+        progress: a progress bar over finished (run, epoch) tasks on stderr.
+        workers: run the tasks on a new local Dask cluster of this many processes.
+        scheduler: run them on an existing Dask scheduler (``tcp://HOST:PORT`` or a Client).
 
     Returns:
-        The store path. Epochs already stored for ``run`` are skipped, so running the same call
-        again after an interruption continues where it stopped.
+        The store path. Epochs already stored are skipped, so running the same call again after
+        an interruption continues where it stopped. Epochs with non-finite weights are stored
+        (NaN statistics where affected) with a warning, and listed under ``nonfinite``.
     """
     if on_error not in ("fail", "skip"):
         raise NasprobeError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
-    ckpts = find_checkpoints(checkpoints, epoch_regex)
-    first_in = Path(checkpoints[0])
-    run = run or (first_in.name if first_in.is_dir() else first_in.parent.name)
-    source = open_source(ckpts, framework, model=model, input_shape=input_shape,
-                         trust_pickle=trust_pickle, tap=tap)
-    arch = source.architecture()
-    label = str(ckpts[0].path)
-    taps = find_taps(arch, tap=tap, layers=layers, source=label)
-    tapped_graph = build_probe_graph(arch, taps, exclude_bias=exclude_bias, source=label)
-    tapped = TappedModel(tapped_graph, device=device)
-    probeset = load_probe_set(probe, tapped.input_shape, mean=mean, std=std)
-    base = _arch_weights(arch)
-    # One image through the architecture gives every map's location shape.
-    sess = tapped.session()
-    _, x1, _ = next(probeset.batches(1))
-    outs = sess.run([t.output for t in taps], {tapped.input_name: x1})
-    spatial = {t.layer: tuple(o.shape[1:]) for t, o in zip(taps, outs)}
-    store = Store(out)
-    store.create_or_check({
-        "nasprobe_version": __version__, "tap": tap, "exclude_bias": bool(exclude_bias),
-        "probe_sha256": probeset.sha256, "probe_size": int(probeset.size),
-        "probe_source": str(probe), "framework": source.framework,
-    }, force=force, layer_chunk=len(taps))
-    infos = [LayerInfo(t.layer, t.kind, t.channels, spatial[t.layer], t.depth) for t in taps]
-    provenance = {"source": str(Path(checkpoints[0]).resolve()), "framework": source.framework,
-                  "checkpoints": len(ckpts), "provider": tapped.provider, "skipped": {}}
-    run_i, slots, done = store.reserve(run, [c.epoch for c in ckpts], infos, keep_images, provenance)
-    todo = [c for c in ckpts if c.epoch not in done]
-    kind = output_kind(arch)
-    skipped: dict[str, str] = {}
-    bar = tqdm(todo, desc=f"probe {run}", unit="epoch", disable=not progress, file=sys.stderr)
-    for ck in bar:
+    if workers is not None and scheduler is not None:
+        raise NasprobeError("give --workers or --scheduler, not both")
+    options = dict(probe=str(probe), framework=framework, model=model,
+                   input_shape=None if input_shape is None else tuple(input_shape),
+                   trust_pickle=trust_pickle, tap=tap, exclude_bias=exclude_bias, layers=layers,
+                   device=device, mean=None if mean is None else tuple(mean),
+                   std=None if std is None else tuple(std), batch_size=batch_size,
+                   keep_images=keep_images)
+    _check_out(Path(out))
+    groups = run_folders(checkpoints, run)
+    plans: list[_Plan] = []
+    for name, inputs in groups:
         try:
-            weights = source.weights(ck)
-            session = tapped.session(weights, ck.path)
+            plans.append(_plan(name, inputs, options, epoch_regex, on_error))
         except CheckpointError as exc:
-            if on_error == "fail":
+            if on_error == "fail" or len(groups) == 1:
                 raise
-            skipped[str(ck.path)] = exc.message
-            print(f"nasprobe: skipped {exc}", file=sys.stderr)
-            continue
-        bad = _nonfinite(weights)
-        if bad:
-            warnings.warn(f"{ck.path}: non-finite weights in {', '.join(bad[:5])}; NAS of "
-                          "affected layers is recorded as NaN", stacklevel=2)
-        result = probe_epoch(session, probeset, taps, spatial, batch_size=batch_size,
-                             keep_images=keep_images, kind=kind, input_name=tapped.input_name)
-        full = {**base, **weights}
-        corr = {t.layer: corr_histogram(t.filters(full)) for t in taps
-                if np.isfinite(full[t.weight]).all()}
-        store.write_epoch(run_i, slots[ck.epoch], result.summaries, result.metrics, corr)
-        bar.set_postfix(provider=session.get_providers()[0].replace("ExecutionProvider", ""))
-    if skipped:
-        provenance["skipped"] = skipped
-        store.reserve(run, [], infos, keep_images, provenance)
+            print(f"nasprobe: skipped run {name}: {exc}", file=sys.stderr)
+    if not plans:
+        raise NasprobeError("no run could be probed (see the messages above)")
+    store = Store(out)
+    for plan in plans:
+        store.create_or_check(plan.attrs, force=force, layer_chunk=len(plans[0].infos))
+    job = uuid.uuid4().hex[:12]
+    tasks = []
+    for plan in plans:
+        plan.run_i, slots, done = store.reserve(plan.spec.run, plan.epochs, plan.infos,
+                                                keep_images, plan.provenance)
+        tasks += [(plan.spec, path, epoch, str(out), plan.run_i, slots[epoch], job)
+                  for path, epoch in plan.spec.checkpoints if epoch not in done]
+    _execute(tasks, {p.spec.run: p for p in plans}, on_error, progress, workers, scheduler)
+    for plan in plans:
+        if plan.skipped != plan.provenance["skipped"] or plan.nonfinite:
+            plan.provenance["skipped"] = plan.skipped
+            if plan.nonfinite:
+                plan.provenance["nonfinite"] = plan.nonfinite
+            store.reserve(plan.spec.run, [], plan.infos, keep_images, plan.provenance)
     return Path(out)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, a store path that cannot be a store folder."""
+    if out.exists() and not out.is_dir():
+        raise StoreError(out, "is a file, not a store folder; use another --out")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(out, f"cannot be created: {parent} is a file, not a folder")
+    if not out.exists() and not os.access(parent, os.W_OK):
+        raise StoreError(out, f"cannot be created: {parent} is not writable")
+
+
+def _execute(tasks: list[tuple], plans: dict[str, _Plan], on_error: str, progress: bool,
+             workers: int | None, scheduler) -> None:
+    """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
+    desc = "probe " + (next(iter(plans)) if len(plans) == 1 else f"{len(plans)} runs")
+    bar = tqdm(total=len(tasks), desc=desc, unit="epoch", disable=not progress,
+               file=sys.stderr)
+
+    def handle(o: Outcome) -> bool:
+        bar.update(1)
+        plan = plans[o.run]
+        if o.status == "error":
+            if on_error == "fail":
+                raise CheckpointError(o.path, o.message)
+            plan.skipped[o.path] = o.message
+            print(f"nasprobe: skipped {o.path}: {o.message}", file=sys.stderr)
+            return True
+        if o.nonfinite:
+            plan.nonfinite[o.path] = o.nonfinite
+            warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
+                          "of affected layers is recorded as NaN", stacklevel=4)
+        bar.set_postfix(provider=o.provider.replace("ExecutionProvider", ""))
+        return True
+
+    try:
+        if workers is None and scheduler is None:
+            for args in tasks:
+                if not handle(run_epoch(*args)):
+                    break
+        else:
+            from .parallel import dask_client, run_on_dask
+
+            with dask_client(workers, scheduler) as client:
+                run_on_dask(client, tasks, handle)
+    finally:
+        bar.close()
 
 
 def run_info(path: str | os.PathLike) -> dict:

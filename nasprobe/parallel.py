@@ -1,0 +1,105 @@
+"""Running a probe job's (run, epoch) tasks on Dask (``--workers N`` / ``--scheduler ADDRESS``).
+
+dask and distributed are an optional extra: they are imported only here, only when asked for.
+The coordinator (:func:`nasprobe.probe`) reserves every slot of the store first; each task then
+rebuilds its run's tapped model on its worker (cached per worker, see :mod:`nasprobe.tasks`)
+and writes only its own slot's chunks, so no locks are needed. A worker process that dies
+mid-task (killed, out of memory) costs only that task: the scheduler gives it to another worker
+(up to ``distributed.scheduler.allowed-failures`` times), and the commit flag ``probed``, written
+last, keeps a half-written epoch invisible. Exceptions raised by a task are retried ``retries``
+times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Callable, Iterator, Sequence
+
+from .errors import NasprobeError
+from .tasks import Outcome, run_epoch
+
+__all__ = ["dask_client", "run_on_dask", "RETRIES"]
+
+#: Retries of a task that raised (a dying worker is rescheduled by the scheduler itself).
+RETRIES = 2
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise NasprobeError("--workers and --scheduler need dask and distributed: "
+                            f"pip install 'nasprobe[dask]' ({exc})") from exc
+    return distributed
+
+
+def _dashboard(client) -> str:
+    try:
+        import bokeh  # noqa: F401  (distributed serves its dashboard with bokeh)
+    except ImportError:
+        return "unavailable (pip install bokeh)"
+    return client.dashboard_link or "unavailable"
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler=None) -> Iterator:
+    """A ``distributed.Client``: on a new local cluster of ``workers`` processes (one thread
+    each), or on the scheduler at ``scheduler`` (``tcp://HOST:PORT``, or a ``Client``, used
+    as is). Prints the dashboard link to stderr; a local cluster is closed on exit."""
+    distributed = _distributed()
+    if scheduler is not None and not isinstance(scheduler, str):
+        yield scheduler
+        return
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise NasprobeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+        with client:
+            print(f"nasprobe: Dask scheduler {scheduler}, dashboard {_dashboard(client)}",
+                  file=sys.stderr)
+            yield client
+        return
+    if workers is None or workers < 1:
+        raise NasprobeError(f"--workers must be at least 1, not {workers}")
+    with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        with distributed.Client(cluster) as client:
+            print(f"nasprobe: local Dask cluster of {workers} worker processes, dashboard "
+                  f"{_dashboard(client)}", file=sys.stderr)
+            yield client
+
+
+def run_on_dask(client, tasks: Sequence[tuple], handle: Callable[[Outcome], bool],
+                retries: int = RETRIES) -> None:
+    """Submit one :func:`nasprobe.tasks.run_epoch` per ``tasks`` item (its positional
+    arguments) and pass each :class:`~nasprobe.tasks.Outcome` to ``handle`` as it completes.
+
+    ``handle`` returns False to stop: the remaining tasks are cancelled (slots already being
+    written are either committed whole or stay invisible). A task whose worker died more than
+    the scheduler allows is reported as an ``error`` outcome naming its checkpoint.
+    """
+    distributed = _distributed()
+    futures = {}
+    for args in tasks:
+        spec, path, epoch = args[0], args[1], args[2]
+        fut = client.submit(run_epoch, *args, retries=retries, pure=False,
+                            key=f"nasprobe-{spec.run}-{epoch}-{args[-1]}")
+        futures[fut] = (spec.run, epoch, str(path))
+    pending = distributed.as_completed(list(futures))
+    try:
+        for fut in pending:
+            run, epoch, path = futures.pop(fut)
+            try:
+                outcome = fut.result()
+            except distributed.KilledWorker as exc:
+                outcome = Outcome(run, epoch, path, "error", "the worker probing it died "
+                                  f"repeatedly (a crash or out of memory): {exc}")
+            fut.release()
+            if not handle(outcome):
+                break
+    finally:
+        if futures:
+            client.cancel(list(futures))

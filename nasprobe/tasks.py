@@ -1,0 +1,280 @@
+"""One (run, epoch) as a self-contained task: the unit of work of serial and Dask probing.
+
+A task receives only small, picklable things — a :class:`RunSpec` (paths and options), one
+checkpoint's path and epoch, the store path and the slot ``(run_i, epoch_i)`` reserved for it by
+the coordinator — and rebuilds the heavy objects (checkpoint source, tapped ONNX graph,
+onnxruntime model, probe set) itself. They are cached per process in a small LRU keyed by
+:attr:`RunSpec.key`, so a worker builds a run's tapped model once and keeps at most
+:data:`CACHE_SIZE` of them: memory grows with neither the number of epochs nor of runs.
+
+:func:`run_epoch` writes the epoch's slot with :meth:`nasprobe.store.Store.write_epoch` (which
+sets the commit flag ``probed`` last) and returns a small :class:`Outcome`; nothing per epoch
+is kept after it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import numpy_helper
+
+from .checkpoints import Checkpoint, open_source
+from .correlation import corr_histogram
+from .errors import CheckpointError, ProbeSetError
+from .aggregate import LayerStats
+from .graph import Tap, build_probe_graph, find_taps
+from .probesets import ProbeSet, load_probe_set
+from .runtime import TappedModel
+
+__all__ = ["RunSpec", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
+           "probe_epoch", "output_kind", "CACHE_SIZE"]
+
+#: Run contexts (tapped model + probe set) kept per process.
+CACHE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a process needs to rebuild one run's tapped model; small and picklable.
+
+    ``checkpoints`` are ``(path, epoch)`` pairs of the run (the first gives the architecture);
+    the other fields are :func:`nasprobe.probe` options. ``probe_sha256``, once known, lets a
+    worker check that it reads the probe set the coordinator hashed. ``key`` identifies the
+    run's tapped model in the per-process cache (see :meth:`make`).
+    """
+
+    run: str
+    checkpoints: tuple[tuple[str, int], ...]
+    probe: str
+    framework: str = "auto"
+    model: Any = None
+    input_shape: tuple[int, ...] | None = None
+    trust_pickle: bool = False
+    tap: str = "linear"
+    exclude_bias: bool = False
+    layers: str | None = None
+    device: str = "auto"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    batch_size: int = 64
+    keep_images: int = 8
+    probe_sha256: str | None = None
+    key: str = field(default="", compare=False)
+
+    @classmethod
+    def make(cls, **kw) -> "RunSpec":
+        """A spec whose ``key`` hashes every option (a non-string ``model`` — a callable or
+        module object — is keyed by its identity in this process)."""
+        spec = cls(**kw)
+        model = spec.model if spec.model is None or isinstance(spec.model, str) else \
+            f"<{type(spec.model).__qualname__} {id(spec.model)} {os.getpid()}>"
+        text = json.dumps([spec.run, spec.checkpoints, spec.probe, spec.framework, model,
+                           spec.input_shape, spec.trust_pickle, spec.tap, spec.exclude_bias,
+                           spec.layers, spec.device, spec.mean, spec.std], default=str)
+        return replace(spec, key=hashlib.sha256(text.encode()).hexdigest())
+
+    def ckpts(self) -> list[Checkpoint]:
+        """The run's checkpoints as :class:`~nasprobe.checkpoints.Checkpoint` objects."""
+        return [Checkpoint(Path(p), e) for p, e in self.checkpoints]
+
+
+@dataclass
+class RunContext:
+    """One run's heavy objects, built once per process by :func:`context`.
+
+    ``spatial`` maps layer → location shape of its NAS map (``()`` for a dense layer);
+    ``base`` holds the architecture's initializers (name → array) for the weight correlations;
+    ``kind`` says what the model's first output holds (see :func:`output_kind`).
+    """
+
+    source: Any
+    taps: list[Tap]
+    tapped: TappedModel
+    probeset: ProbeSet
+    spatial: dict[str, tuple[int, ...]]
+    base: dict[str, np.ndarray]
+    kind: str
+
+
+@dataclass
+class Outcome:
+    """What a task reports back: ``status`` ``ok`` or ``error``; for ``error`` the file and
+    message; for ``ok`` the execution provider and the tensors with non-finite weights."""
+
+    run: str
+    epoch: int
+    path: str
+    status: str = "ok"
+    message: str = ""
+    provider: str = ""
+    nonfinite: list[str] = field(default_factory=list)
+
+
+def output_kind(model) -> str:
+    """``"probs"``, ``"logprobs"`` or ``"logits"``: what the model's first output holds."""
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        if out in node.output:
+            return {"Softmax": "probs", "LogSoftmax": "logprobs"}.get(node.op_type, "logits")
+    return "logits"
+
+
+@dataclass
+class EpochResult:
+    """One epoch's numbers: per-layer summaries, ``loss``/``accuracy`` (NaN without labels)."""
+
+    summaries: dict[str, dict]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
+    out = np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)
+    if kind == "probs":
+        return np.log(np.clip(out, 1e-300, None))
+    if kind == "logprobs":
+        return out
+    m = out.max(axis=1, keepdims=True)
+    return out - m - np.log(np.exp(out - m).sum(axis=1, keepdims=True))
+
+
+def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
+                *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
+                input_name: str = "input") -> EpochResult:
+    """Run the probe set through a tapped session and aggregate every layer's NAS maps.
+
+    Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
+    With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
+    come from the same forward pass (the model's first output).
+    """
+    stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
+    names = [t.output for t in taps]
+    labelled = probeset.labels is not None
+    out_names = ([session.get_outputs()[0].name] if labelled else []) + names
+    loss_sum, correct, n = 0.0, 0, 0
+    for _, xb, yb in probeset.batches(batch_size):
+        outs = session.run(out_names, {input_name: xb})
+        if labelled:
+            lp = _log_probs(outs[0], kind)
+            yb = np.asarray(yb, dtype=np.int64)
+            loss_sum += float(-lp[np.arange(len(yb)), yb].sum())
+            correct += int((lp.argmax(axis=1) == yb).sum())
+            outs = outs[1:]
+        n += len(xb)
+        for t, o in zip(taps, outs):
+            stats[t.layer].update(o)
+    metrics = {}
+    if labelled:
+        metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+    return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics)
+
+
+_CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
+_PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
+
+
+def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
+    """The probe set fitted to ``input_shape``, shared by runs of one architecture."""
+    k = (spec.probe, tuple(input_shape), spec.mean, spec.std)
+    if k not in _PROBESETS:
+        _PROBESETS[k] = load_probe_set(spec.probe, input_shape, mean=spec.mean, std=spec.std)
+        while len(_PROBESETS) > CACHE_SIZE:
+            _PROBESETS.popitem(last=False)
+    _PROBESETS.move_to_end(k)
+    return _PROBESETS[k]
+
+
+def _build(spec: RunSpec) -> RunContext:
+    ckpts = spec.ckpts()
+    source = open_source(ckpts, spec.framework, model=spec.model, input_shape=spec.input_shape,
+                         trust_pickle=spec.trust_pickle, tap=spec.tap)
+    arch = source.architecture()
+    label = str(ckpts[0].path)
+    taps = find_taps(arch, tap=spec.tap, layers=spec.layers, source=label)
+    graph = build_probe_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+    tapped = TappedModel(graph, device=spec.device)
+    probeset = _probe_set(spec, tapped.input_shape)
+    # One image through the architecture gives every map's location shape.
+    outs = tapped.session().run([t.output for t in taps],
+                                {tapped.input_name: probeset.first(1)})
+    spatial = {t.layer: tuple(o.shape[1:]) for t, o in zip(taps, outs)}
+    base = {t.name: numpy_helper.to_array(t) for t in arch.graph.initializer}
+    return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch))
+
+
+def context(spec: RunSpec) -> RunContext:
+    """The run's :class:`RunContext`, from this process's cache or built (and cached)."""
+    ctx = _CONTEXTS.get(spec.key)
+    if ctx is None:
+        ctx = _build(spec)
+        _CONTEXTS[spec.key] = ctx
+        while len(_CONTEXTS) > CACHE_SIZE:
+            _CONTEXTS.popitem(last=False)
+    _CONTEXTS.move_to_end(spec.key)
+    if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
+        raise ProbeSetError(spec.probe, "changed while it was being probed (sha256 "
+                            f"{ctx.probeset.sha256[:12]}…, expected {spec.probe_sha256[:12]}…)")
+    return ctx
+
+
+def nonfinite(weights: dict[str, np.ndarray]) -> list[str]:
+    """Names of float tensors in ``weights`` that hold NaN or ±Inf."""
+    return [k for k, v in weights.items()
+            if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+
+
+_STORES: dict[tuple[str, str], Any] = {}
+
+
+def _store(path: str, job: str):
+    """A :class:`~nasprobe.store.Store` per (path, job): array handles are reused within one
+    probe job and never across jobs (whose reserve may have resized the arrays)."""
+    from .store import Store
+
+    k = (str(path), job)
+    if k not in _STORES:
+        _STORES.clear()
+        _STORES[k] = Store(path)
+    return _STORES[k]
+
+
+def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
+              epoch_i: int, job: str = "") -> Outcome:
+    """Probe one checkpoint and write its (run, epoch) slot; the unit of work of a probe job.
+
+    Args:
+        spec: the run (paths and options, not objects).
+        path, epoch: the checkpoint file and its epoch.
+        store_path: the store, already reserved by the coordinator.
+        run_i, epoch_i: the slot (indices along ``run`` and ``epoch``).
+        job: a token of the probe job (store handles are cached per job).
+
+    Returns:
+        An :class:`Outcome`. A checkpoint that cannot be used (corrupt, another architecture)
+        gives ``status="error"`` and leaves its slot uncommitted; other errors propagate.
+    """
+    ctx = context(spec)
+    ck = Checkpoint(Path(path), epoch)
+    try:
+        weights = ctx.source.weights(ck)
+        session = ctx.tapped.session(weights, ck.path)
+    except CheckpointError as exc:
+        return Outcome(spec.run, epoch, str(path), "error", exc.message)
+    bad = nonfinite(weights)
+    result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
+                         batch_size=spec.batch_size, keep_images=spec.keep_images,
+                         kind=ctx.kind, input_name=ctx.tapped.input_name)
+    provider = session.get_providers()[0]
+    del session
+    full = {**ctx.base, **weights}
+    corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
+            if np.isfinite(full[t.weight]).all()}
+    del full, weights
+    _store(store_path, job).write_epoch(run_i, epoch_i, result.summaries, result.metrics, corr)
+    return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)

@@ -1,0 +1,201 @@
+"""Probing on Dask (issue 6): several runs at once, a killed worker, and bounded memory.
+
+One LocalCluster (2 worker processes, 1 thread each) serves the whole module.
+"""
+
+import gc
+import os
+import signal
+import tracemalloc
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+from distributed import Client, LocalCluster, WorkerPlugin
+
+import nasprobe
+from nasprobe.cli import main
+from nasprobe.probe import run_info
+from tests.core import onnx_models as om
+from tests.core.conftest import write_run
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as lc, Client(lc) as client:
+        yield lc, client
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two run folders of the conv model (different epochs) and a labelled probe set."""
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root / "a", om.conv_bn_relu_net, ["init.onnx"] + [f"epoch_{i:03d}.onnx" for i in range(4)], seed=1)
+    write_run(root / "b", om.conv_bn_relu_net, [f"epoch_{i:03d}.onnx" for i in (2, 5, 7)], seed=2)
+    rng = np.random.default_rng(7)
+    probe = root / "probe.npz"
+    np.savez(probe, x=rng.normal(0, 1, (30, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 30))
+    serial = root / "serial.zarr"
+    nasprobe.probe([root / "a", root / "b"], probe=probe, out=serial, batch_size=8, progress=False)
+    return root, probe, serial
+
+
+def assert_same_store(a, b):
+    """Every node of two stores equal: values, coordinates and attributes."""
+    ta, tb = nasprobe.open_store(a), nasprobe.open_store(b)
+    assert sorted(n.path for n in ta.subtree) == sorted(n.path for n in tb.subtree)
+    for node in tb.subtree:
+        xr.testing.assert_identical(ta[node.path].to_dataset(inherit=False),
+                                    node.to_dataset(inherit=False))
+
+
+def test_run_folders_are_runs_named_after_them(runs):
+    root, _, serial = runs
+    ds = nasprobe.open_store(serial).to_dataset()
+    assert list(ds.run.values) == ["a", "b"]
+    assert list(ds.epoch.values) == [-1, 0, 1, 2, 3, 5, 7]
+    probed = ds.probed.astype(bool)
+    assert probed.sel(run="a").values.tolist() == [True] * 5 + [False] * 2
+    assert probed.sel(run="b", epoch=[2, 5, 7]).values.all()
+    assert run_info(serial)["b"]["source"] == str((root / "b").resolve())
+
+
+def test_dask_store_equals_serial_store(runs, cluster, tmp_path):
+    root, probe, serial = runs
+    out = tmp_path / "dask.zarr"
+    nasprobe.probe([root / "a", root / "b"], probe=probe, out=out, batch_size=8,
+                   progress=False, scheduler=cluster[0].scheduler_address)
+    assert_same_store(out, serial)
+
+
+def test_cli_workers_builds_its_own_cluster(runs, tmp_path):
+    root, probe, serial = runs
+    out = tmp_path / "cli.zarr"
+    res = CliRunner().invoke(main, ["probe", str(root / "a"), str(root / "b"), "--probe",
+                                    str(probe), "--out", str(out), "--batch-size", "8",
+                                    "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "local Dask cluster of 2 worker processes, dashboard" in res.stderr
+    assert "8/8" in res.stderr  # the progress bar counts finished (run, epoch) tasks
+    assert_same_store(out, serial)
+
+
+def test_cli_refuses_run_name_for_several_runs_and_both_executors(runs, tmp_path):
+    root, probe, _ = runs
+    base = ["probe", str(root / "a"), str(root / "b"), "--probe", str(probe), "--out",
+            str(tmp_path / "s.zarr")]
+    res = CliRunner().invoke(main, base + ["--run", "x"])
+    assert res.exit_code == 2 and "--run names one run, but 2 run folders" in res.stderr
+    res = CliRunner().invoke(main, base + ["--workers", "2", "--scheduler", "tcp://h:1"])
+    assert res.exit_code == 2 and "not both" in res.stderr
+
+
+class KillBeforeCommitOnce(WorkerPlugin):
+    """Makes the first ``write_epoch`` on any worker write every chunk of its slot, then
+    SIGKILL its own process just before the commit flag; later calls run normally."""
+
+    name = "kill-before-commit-once"
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def setup(self, worker):
+        from nasprobe.store import Store
+
+        original = getattr(Store.write_epoch, "original", Store.write_epoch)
+        marker = self.marker
+
+        def write_epoch(store, *args, **kwargs):
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return original(store, *args, **kwargs)
+            opened = store._array
+
+            def array(name):
+                if name == "probed":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return opened(name)
+
+            store._array = array
+            original(store, *args, **kwargs)
+
+        write_epoch.original = original
+        Store.write_epoch = write_epoch
+
+    def teardown(self, worker):
+        from nasprobe.store import Store
+
+        Store.write_epoch = getattr(Store.write_epoch, "original", Store.write_epoch)
+
+
+def test_killed_worker_costs_only_its_task(runs, cluster, tmp_path):
+    root, probe, serial = runs
+    _, client = cluster
+    marker = tmp_path / "killed-once"
+    client.register_plugin(KillBeforeCommitOnce(marker))
+    try:
+        out = tmp_path / "killed.zarr"
+        nasprobe.probe([root / "a", root / "b"], probe=probe, out=out, batch_size=8,
+                       progress=False, scheduler=client)
+    finally:
+        client.unregister_worker_plugin(KillBeforeCommitOnce.name)
+    assert marker.exists()  # one task's worker was killed after writing its data, uncommitted
+    assert_same_store(out, serial)
+    client.wait_for_workers(2, timeout=60)
+
+
+def _live(kinds):
+    gc.collect()
+    return {k.__name__: sum(isinstance(o, k) for o in gc.get_objects()) for k in kinds}
+
+
+def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
+    """At every commit the same objects are alive, whatever the epoch or run; the peak of
+    Python-tracked memory (numpy included) grows with neither epochs nor runs."""
+    import onnxruntime as ort
+
+    from nasprobe.aggregate import LayerStats
+    from nasprobe.store import Store
+    from nasprobe.tasks import EpochResult, Outcome
+
+    rng = np.random.default_rng(0)
+    probe = tmp_path / "probe.npy"
+    np.save(probe, rng.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
+    folders = []
+    for r in range(3):
+        write_run(tmp_path / f"r{r}", om.conv_bn_relu_net, [f"epoch_{i:02d}.onnx" for i in range(6)], seed=r)
+        folders.append(tmp_path / f"r{r}")
+    kinds = (LayerStats, EpochResult, Outcome, ort.InferenceSession)
+    seen = []
+    original = Store.write_epoch
+
+    def counting(self, *args, **kwargs):
+        seen.append(_live(kinds) if len(seen) in (4, 5, 13, 21) else None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "write_epoch", counting)
+
+    def peak(folders, epochs, name):
+        for f in folders:  # probe only the first `epochs` files of each run
+            for p in sorted(f.glob("*.onnx"))[epochs:]:
+                p.rename(p.with_suffix(".later"))
+        tracemalloc.start()
+        nasprobe.probe(folders, probe=probe, out=tmp_path / name, batch_size=16, progress=False)
+        result = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        for f in folders:
+            for p in f.glob("*.later"):
+                p.rename(p.with_suffix(".onnx"))
+        return result
+
+    small = peak(folders[:2], 2, "small.zarr")
+    n_small = len(seen)
+    large = peak(folders, 6, "large.zarr")
+    assert n_small == 4 and len(seen) == 4 + 18
+    first, *rest = [s for s in seen if s is not None]  # commits 1, 2, 10, 18 of the large job
+    assert all(s == first for s in rest), (first, rest)
+    assert first["LayerStats"] == 0 and first["InferenceSession"] == 0
+    assert large <= 1.1 * small, (small, large)
