@@ -232,8 +232,9 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
     job = uuid.uuid4().hex[:12]
     tasks = []
     for plan in plans:
+        kept = min(keep_images, plan.attrs["probe_size"])  # no padding past the probe set
         plan.run_i, slots, done = store.reserve(plan.spec.run, plan.epochs, plan.infos,
-                                                keep_images, plan.provenance)
+                                                kept, plan.provenance)
         tasks += [(plan.spec, path, epoch, str(out), plan.run_i, slots[epoch], job)
                   for path, epoch in plan.spec.checkpoints if epoch not in done]
     _execute(tasks, {p.spec.run: p for p in plans}, on_error, progress, workers, scheduler)
@@ -242,7 +243,8 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
             plan.provenance["skipped"] = plan.skipped
             if plan.nonfinite:
                 plan.provenance["nonfinite"] = plan.nonfinite
-            store.reserve(plan.spec.run, [], plan.infos, keep_images, plan.provenance)
+            store.reserve(plan.spec.run, [], plan.infos, min(keep_images, plan.attrs["probe_size"]),
+                          plan.provenance)
     return Path(out)
 
 

@@ -47,7 +47,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int = 30,
                  seed: int = 0, optimizer: str = "adam", lr: float | None = None,
                  batch_size: int = 32, train: int = 150, probe: int = 500,
-                 regularizer=None) -> dict:
+                 regularizer=None, split_seed: int | None = None) -> dict:
     """Train a paper network on digits, saving ``init.pt`` and ``epoch_NNN.pt`` per epoch.
 
     Args:
@@ -58,6 +58,8 @@ def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int
         optimizer, lr: ``adam`` (default lr 0.002; overfits 150 digits within ~15 epochs) or
             ``sgd`` (the papers' plain SGD, default lr 0.01, no momentum; needs more epochs).
         train, probe: sizes of the training split and the held-out probe/test split.
+        split_seed: seed of the train/probe split (default ``seed``); keep it fixed across
+            seeds so that every run shares one probe set and can go into one store.
         regularizer: optional callable ``model -> object with .penalty()`` (e.g.
             ``lambda m: NASReg(m, ...)``), added to the loss each step.
 
@@ -66,7 +68,7 @@ def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int
     """
     folder = Path(folder)
     torch.manual_seed(seed)
-    x_tr, y_tr, x_pr, y_pr = digits_splits(train, probe, seed)
+    x_tr, y_tr, x_pr, y_pr = digits_splits(train, probe, seed if split_seed is None else split_seed)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "probe.npz", x=x_pr, y=y_pr)
     model = NETS[net](widths=DIGITS_WIDTHS, in_channels=1, classes=10, input_size=16)

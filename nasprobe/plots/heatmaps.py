@@ -91,17 +91,21 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
     loss_h = 0.7 if width_in >= 5 else 0.55
     total = sum(grid_h) + len(groups) * (loss_h + 0.35) + 0.3
     scale = min(1.0, 9.5 / total)
-    ratios = [r for h in grid_h for r in (loss_h, h * scale)]
     fig = Figure(figsize=(width_in, min(total, 9.5)), **kw)
-    gs = fig.add_gridspec(2 * len(groups), 1, height_ratios=ratios, hspace=0.08)
+    # One block per group (loss above its cells), with room between blocks for the epoch
+    # tick labels and the next group's title.
+    outer = fig.add_gridspec(len(groups), 1, height_ratios=[loss_h + h * scale for h in grid_h],
+                             hspace=0.45 if len(groups) > 1 else 0.0)
     fig.nas_columns = {}
     px = fig.nas_cell_pixels = _cell_pixels(sel)
     for gi, group in enumerate(groups):
         runs = sel.groups[group]
         shown = cols[group]
         fig.nas_columns[group] = shown
-        lax = fig.add_subplot(gs[2 * gi], label="loss")
-        ax = fig.add_subplot(gs[2 * gi + 1], sharex=lax, label="nas")
+        inner = outer[gi].subgridspec(2, 1, height_ratios=[loss_h, grid_h[gi] * scale],
+                                      hspace=0.08)
+        lax = fig.add_subplot(inner[0], label="loss")
+        ax = fig.add_subplot(inner[1], sharex=lax, label="nas")
         ax.imshow(np.ma.masked_invalid(compose(sel, runs, shown, px)), cmap=NAS_CMAP,
                   vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto", origin="upper",
                   extent=(0, max(len(shown), 1), len(layers), 0))
@@ -113,7 +117,8 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
         ax.tick_params(length=0)
         for side in ax.spines.values():
             side.set_visible(False)
-        ax.set_xlabel("epoch")
+        if gi == len(groups) - 1:
+            ax.set_xlabel("epoch")
         _draw_loss(lax, sel, group, shown)
         lax.set_title(group, loc="left")
     fig.subplots_adjust(left=0.8 / width_in + 0.02, right=0.98, top=0.95, bottom=0.06)

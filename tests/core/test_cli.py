@@ -52,3 +52,12 @@ def test_bad_input_exits_2_with_the_file_named(tmp_path):
                                     "--out", str(tmp_path / "s.zarr")])
     assert res.exit_code == 2
     assert "empty" in res.output and "no checkpoint file" in res.output
+
+
+def test_image_maps_stop_at_the_probe_set_size(conv_run, tmp_path):
+    folder, _, _ = conv_run
+    np.save(tmp_path / "three.npy", np.random.default_rng(1).normal(0, 1, (3, 3, 8, 8)).astype(np.float32))
+    nasprobe.probe([folder], probe=tmp_path / "three.npy", out=tmp_path / "s.zarr", keep_images=8,
+                   progress=False)
+    maps = nasprobe.open_store(tmp_path / "s.zarr")["heatmaps/conv1"].to_dataset().nas_image_map
+    assert maps.sizes["image"] == 3 and np.isfinite(maps.values).all()
