@@ -50,7 +50,10 @@ def draw_line(sel: Selection, width_in: float, *, var: str = "nas_median",
         lax = add_loss(ax, epochs, sel.loss(group))
         onset_line(ax, sel.loss_onset(group))
         if show_legend:
-            ax.legend(loc="upper left", ncol=2, frameon=False, handlelength=1.2)
+            # Above the axes, right of the title: never on top of the curves.
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2,
+                      ncol=min(len(sel.layers), 8 if width_in >= 5 else 4), frameon=False,
+                      handlelength=1.2, columnspacing=1.0)
         if lax is not None:
             ax.set_zorder(lax.get_zorder() + 1)  # NAS lines above, loss axis visible
             ax.patch.set_visible(False)
