@@ -72,6 +72,16 @@ def dask_client(workers: int | None = None, scheduler=None) -> Iterator:
             yield client
 
 
+def _match_worker_threads(dask_worker) -> int:
+    """On a Dask worker (``client.run`` passes it): limit onnxruntime sessions to the
+    worker's thread count."""
+    from .runtime import set_intra_op_threads
+
+    n = dask_worker.state.nthreads
+    set_intra_op_threads(n)
+    return n
+
+
 def run_on_dask(client, tasks: Sequence[tuple], handle: Callable[[Outcome], bool],
                 retries: int = RETRIES) -> None:
     """Submit one :func:`nasprobe.tasks.run_epoch` per ``tasks`` item (its positional
@@ -82,6 +92,8 @@ def run_on_dask(client, tasks: Sequence[tuple], handle: Callable[[Outcome], bool
     the scheduler allows is reported as an ``error`` outcome naming its checkpoint.
     """
     distributed = _distributed()
+    # Each worker's onnxruntime uses the worker's own threads, not every core of the machine.
+    client.run(_match_worker_threads)
     futures = {}
     for args in tasks:
         spec, path, epoch = args[0], args[1], args[2]

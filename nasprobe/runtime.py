@@ -16,9 +16,19 @@ from onnx import numpy_helper
 
 from .errors import CheckpointError, NasprobeError
 
-__all__ = ["select_providers", "TappedModel", "provider_notice"]
+__all__ = ["select_providers", "TappedModel", "provider_notice", "set_intra_op_threads"]
 
 _NOTICED: set[str] = set()
+#: onnxruntime intra-op threads for new sessions (None: onnxruntime's default, all cores).
+_INTRA_OP_THREADS: int | None = None
+
+
+def set_intra_op_threads(n: int | None) -> None:
+    """Threads one onnxruntime session may use in this process (None = all cores). Dask
+    workers set it to their own thread count so that N workers on N cores do not each start
+    N threads."""
+    global _INTRA_OP_THREADS
+    _INTRA_OP_THREADS = None if n is None else max(1, int(n))
 
 
 def provider_notice(message: str) -> None:
@@ -106,6 +116,8 @@ class TappedModel:
                     numpy_helper.from_array(np.ascontiguousarray(arr, dtype=init.dtype), name))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if _INTRA_OP_THREADS is not None:
+            opts.intra_op_num_threads = _INTRA_OP_THREADS
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)

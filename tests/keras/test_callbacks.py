@@ -20,13 +20,6 @@ from nasprobe_keras.callbacks import CheckpointCallback, LiveNASCallback  # noqa
 from nasprobe_keras.regularizers import NASReg, Regularized  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_model():

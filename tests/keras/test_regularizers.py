@@ -24,13 +24,6 @@ from nasprobe_torch.regularizers import SparsityReg as TSparsityReg  # noqa: E40
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_model(seed=0):

@@ -13,13 +13,6 @@ from nasprobe.correlation import filter_correlations, lower_triangle
 from nasprobe.measures import entropy, nas, perplexity
 from nasprobe_torch.regularizers import DecorrReg, NASMonitor, NASReg, SparsityReg
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 LAYERS = ["0", "3", "7"]  # conv, conv, hidden linear; "9" is the prediction layer

@@ -17,13 +17,6 @@ from nasprobe.tensorboard import heatmap_scale
 from nasprobe_torch.training import CheckpointWriter, LiveNAS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_net():
