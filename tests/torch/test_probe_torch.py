@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import nasprobe
+from nasprobe.correlation import corr_histogram
 from nasprobe.measures import nas
 from nasprobe_torch import models
 
@@ -69,3 +70,53 @@ def test_probe_stores_nas_of_torch_tensors(run_folder, tmp_path, tap):
             stored = stored.isel(image=slice(0, len(x))).values
             np.testing.assert_allclose(stored, nas(tensor.astype(np.float64), axis=1),
                                        rtol=1e-4, atol=1e-4, err_msg=f"{tap} {layer} {epoch}")
+
+
+#: Per model kind: its ``--model`` spec and, for ``preact``, the ReLU module whose input is each
+#: layer's pre-activation (layers absent here reach no nonlinearity: logits, a residual sum).
+MODELS = {
+    "vanilla": ("nasprobe_torch.models:vanilla_net(widths=(3, 3, 4, 4, 5), input_size=8)",
+                {"conv1": "relu1", "conv2": "relu2", "conv3": "relu3", "conv4": "relu4",
+                 "fc1": "relu_fc1"}),
+    "drop": ("nasprobe_torch.models:drop_net(widths=(3, 3, 4, 4, 5), input_size=8)",
+             {"conv1": "relu1", "conv2": "relu2", "conv3": "relu3", "conv4": "relu4",
+              "fc1": "relu_fc1"}),
+    "residual_depthwise": ("tests.torch.conftest:ResidualNet",
+                           {"conv1": "relu1", "depthwise": "relu_dw"}),
+    "conv1d_sequence": ("tests.torch.conftest:SequenceNet",
+                        {"conv1": "act1", "conv2": "act2", "embed": "act3"}),
+}
+
+
+@pytest.mark.parametrize("tap", ["linear", "preact"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_model_kind_end_to_end(kind, tap, tmp_path):
+    """VanillaNet, DropNet (eval mode), a residual depthwise-separable net, Conv1d and a Linear
+    on (N, T, D) sequences: the stored per-image NAS maps equal numpy NAS of torch's tensors."""
+    from .conftest import FACTORIES, save_pair, torch_taps
+
+    spec, preact_of = MODELS[kind]
+    nets = save_pair(kind, tmp_path / kind)
+    shape = FACTORIES[kind]().input_shape
+    x = np.random.default_rng(3).standard_normal((4, *shape)).astype(np.float32)
+    np.save(tmp_path / "probe.npy", x)
+    store = tmp_path / "s.zarr"
+    nasprobe.probe([tmp_path / kind], probe=tmp_path / "probe.npy", out=store, run="r",
+                   framework="torch", model=spec, input_shape=shape, tap=tap, progress=False)
+    tree = nasprobe.open_store(store)
+    layers = list(tree.to_dataset()["layer"].values)
+    modules = dict(nets[0].named_modules())
+    for epoch, net in zip((1, 2), nets):
+        linear, relu_in = torch_taps(net, x)
+        assert layers == (list(linear) if tap == "linear" else list(preact_of))
+        for layer in layers:
+            tensor = linear[layer] if tap == "linear" else relu_in[preact_of[layer]]
+            axis = -1 if isinstance(modules[layer], torch.nn.Linear) else 1
+            stored = tree[f"heatmaps/{layer}"]["nas_image_map"].sel(run="r", epoch=epoch).values
+            np.testing.assert_allclose(stored, nas(tensor.astype(np.float64), axis=axis),
+                                       rtol=1e-4, atol=1e-4, err_msg=f"{kind} {tap} {layer}")
+            # Filter correlations from the framework's own weights (2020 paper Fig. 7).
+            w = dict(net.named_modules())[layer].weight.detach().numpy()
+            np.testing.assert_array_equal(
+                tree.to_dataset().corr_hist.sel(run="r", epoch=epoch, layer=layer).values,
+                corr_histogram(w))
