@@ -183,9 +183,9 @@ def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
     """The probe set fitted to ``input_shape``, shared by runs of one architecture."""
     k = (spec.probe, tuple(input_shape), spec.mean, spec.std)
     if k not in _PROBESETS:
-        _PROBESETS[k] = load_probe_set(spec.probe, input_shape, mean=spec.mean, std=spec.std)
-        while len(_PROBESETS) > CACHE_SIZE:
+        while len(_PROBESETS) >= CACHE_SIZE:
             _PROBESETS.popitem(last=False)
+        _PROBESETS[k] = load_probe_set(spec.probe, input_shape, mean=spec.mean, std=spec.std)
     _PROBESETS.move_to_end(k)
     return _PROBESETS[k]
 
@@ -212,10 +212,10 @@ def context(spec: RunSpec) -> RunContext:
     """The run's :class:`RunContext`, from this process's cache or built (and cached)."""
     ctx = _CONTEXTS.get(spec.key)
     if ctx is None:
+        while len(_CONTEXTS) >= CACHE_SIZE:  # evict first: never CACHE_SIZE + 1 alive at once
+            _CONTEXTS.popitem(last=False)
         ctx = _build(spec)
         _CONTEXTS[spec.key] = ctx
-        while len(_CONTEXTS) > CACHE_SIZE:
-            _CONTEXTS.popitem(last=False)
     _CONTEXTS.move_to_end(spec.key)
     if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
         raise ProbeSetError(spec.probe, "changed while it was being probed (sha256 "
