@@ -198,4 +198,45 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
     first, *rest = [s for s in seen if s is not None]  # commits 1, 2, 10, 18 of the large job
     assert all(s == first for s in rest), (first, rest)
     assert first["LayerStats"] == 0 and first["InferenceSession"] == 0
+    assert small > 0 and large > 0
+    # The peak comparison runs in a fresh process: in this one, what earlier tests imported and
+    # cached (torch, keras, zarr's async machinery) shifts the Python-heap peak by ~10 %.
+    small, large = _fresh_peaks(folders, probe, tmp_path)
     assert large <= 1.1 * small, (small, large)
+
+
+_PEAKS = """
+import gc, sys, tracemalloc
+from pathlib import Path
+import nasprobe
+folders, probe, tmp = [Path(p) for p in sys.argv[1:4]], Path(sys.argv[4]), Path(sys.argv[5])
+
+def peak(folders, epochs, name):
+    for f in folders:
+        for p in sorted(f.glob("*.onnx"))[epochs:]:
+            p.rename(p.with_suffix(".later"))
+    gc.collect()
+    tracemalloc.start()
+    nasprobe.probe(folders, probe=probe, out=tmp / name, batch_size=16, progress=False)
+    result = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    for f in folders:
+        for p in f.glob("*.later"):
+            p.rename(p.with_suffix(".onnx"))
+    return result
+
+peak(folders, 6, "fresh-warm.zarr")  # first-use caches of the libraries
+print(peak(folders[:2], 2, "fresh-small.zarr"), peak(folders, 6, "fresh-large.zarr"))
+"""
+
+
+def _fresh_peaks(folders, probe, tmp_path):
+    """Python-heap peaks (bytes) of a 2-run × 2-epoch and a 3-run × 6-epoch job, measured in
+    a new interpreter after one warm-up job."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAKS, *map(str, folders), str(probe),
+                          str(tmp_path)], capture_output=True, text=True, check=True)
+    small, large = (int(v) for v in out.stdout.split())
+    return small, large
