@@ -23,20 +23,20 @@ bilinear) to the model's H x W when ``resize`` is true.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from .errors import ProbeSetError
+
+if TYPE_CHECKING:  # image_folders imports this module
+    from .image_folders import FolderSource
 
 __all__ = ["ProbeSet", "load_probe_set", "IMAGE_SUFFIXES"]
 
@@ -92,6 +92,11 @@ class _ArraySource:
     steps: tuple  # ((op, arg), ...) from _OPS: the probe's layout -> the model's
     divisor: float | None  # integer images are divided by it (255 for uint8)
     shape: tuple  # per-sample shape after adaptation
+
+    @property
+    def count(self) -> int:
+        """Number of images."""
+        return len(self.array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised."""
@@ -219,113 +224,6 @@ def _load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
         raise ProbeSetError(path, f"cannot read the probe array: {e}") from e
 
 
-@dataclass
-class _FolderSource:
-    """Image files, decoded, converted and resized one batch at a time."""
-
-    root: Path
-    files: list[str]  # relative posix paths, sorted
-    mode: str  # Pillow mode: L, RGB or RGBA
-    size: tuple[int, int] | None  # (W, H) to resize to, or None
-    layout: _Layout
-    shape: tuple  # per-sample shape in the model's layout
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Images ``start:stop`` as a new float32 array ``(n, *shape)`` in [0, 1]."""
-        images = []
-        for name in self.files[start:stop]:
-            try:
-                with Image.open(self.root / name) as im:
-                    im = im.convert(self.mode)
-                    if self.size is not None and im.size != self.size:
-                        im = im.resize(self.size, Image.Resampling.BILINEAR)
-                    images.append(np.asarray(im))
-            except OSError as e:
-                raise ProbeSetError(self.root / name, f"cannot read the image: {e}") from e
-        if not images:
-            return np.zeros((0, *self.shape), np.float32)
-        x = np.stack(images)  # (n, H, W) for L, (n, H, W, C) otherwise
-        if self.layout.kind != "flat" and x.ndim == 3:
-            x = x[..., None]
-        if self.layout.kind == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        x = np.array(x.reshape(len(x), *self.shape), dtype=np.float32, order="C")
-        x /= np.float32(255)
-        return x
-
-
-def _folder_labels(root: Path, files: list[str], h) -> np.ndarray | None:
-    """Labels of a folder's images by the rules of the module docstring; hashes labels.csv."""
-    csv_path = root / "labels.csv"
-    if not csv_path.is_file():
-        depths = {name.count("/") for name in files}
-        if depths == {0}:
-            return None
-        if depths != {1}:
-            raise ProbeSetError(root, "images must all lie in the folder, or all in class "
-                                      "sub-folders CLASS/image, unless labels.csv names them")
-        values = [name.split("/")[0] for name in files]
-    else:
-        data = csv_path.read_bytes()
-        h.update(f"labels.csv:{len(data)}\n".encode() + data)
-        lines = data.decode("utf-8-sig").splitlines()
-        rows = [[c.strip() for c in r] for r in csv.reader(lines) if "".join(r).strip()]
-        table: dict[str, str] = {}
-        for i, row in enumerate(rows):
-            if i == 0 and row[0] not in files:
-                continue  # header
-            if len(row) < 2 or row[0] in table:
-                raise ProbeSetError(csv_path, f"bad or repeated row {row}: expected filename,label")
-            table[row[0]] = row[1]
-        missing, extra = sorted(set(files) - set(table)), sorted(set(table) - set(files))
-        if missing or extra:
-            raise ProbeSetError(csv_path, "labels.csv does not match the images: " + "; ".join(
-                f"{what} {names[:5]}" for what, names in (("no label for", missing),
-                                                           ("no image for", extra)) if names))
-        values = [table[name] for name in files]
-        if all(v.lstrip("-").isdigit() for v in values):
-            return _check_labels(csv_path, np.array([int(v) for v in values]), len(files))
-    index = {c: i for i, c in enumerate(sorted(set(values)))}
-    return np.array([index[v] for v in values], np.int64)
-
-
-def _folder_source(root: Path, layout: _Layout, resize: bool, h
-                   ) -> tuple[_FolderSource, np.ndarray | None]:
-    """Scan, hash and check (headers only) a folder of images; pixels are read later."""
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise ProbeSetError(root, f"probe folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-    channels = 1 if layout.kind == "flat" else layout.dims[0 if layout.kind == "NCHW" else 2] or 3
-    if channels not in _MODES or len(layout.dims) > 2 and layout.kind == "flat":
-        raise ProbeSetError(root, f"image files cannot feed the model input {_fmt_model(layout.dims)}")
-    hw = (None, None) if len(layout.dims) == 1 else (
-        layout.dims[1:] if layout.kind == "NCHW" else layout.dims[:2])
-    target = (hw[1], hw[0]) if resize and None not in hw else None  # Pillow sizes are (W, H)
-    first = None
-    for name in files:
-        data = (root / name).read_bytes()
-        h.update(f"{name}:{len(data)}\n".encode() + data)
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                size = im.size
-        except OSError as e:
-            raise ProbeSetError(root / name, f"not a readable image: {e}") from e
-        first = first or size
-        if target is None and not (size == first and _fits(size[::-1], hw) and (
-                len(layout.dims) != 1 or layout.dims[0] in (None, size[0] * size[1]))):
-            raise ProbeSetError(root / name, f"image shape {(size[1], size[0], channels)} "
-                                f"(H, W, C) does not fit the model input {_fmt_model(layout.dims)}"
-                                f"; the first image is {first[1]}x{first[0]}"
-                                + ("" if resize else "; resize is off"))
-    w, ht = target or first
-    shape = {"NCHW": (channels, ht, w), "NHWC": (ht, w, channels)}.get(
-        layout.kind, (ht, w) if len(layout.dims) == 2 else (ht * w,))
-    labels = _folder_labels(root, files, h)
-    return _FolderSource(root, files, _MODES[channels], target, layout, shape), labels
-
-
 def _vector(path: Path, name: str, value, channels: int) -> np.ndarray:
     """``mean`` or ``std`` as ``(channels,)`` float64; None gives 0 or 1."""
     v = np.atleast_1d(np.asarray(float(name == "std") if value is None else value, np.float64))
@@ -353,7 +251,7 @@ class ProbeSet:
     labels: np.ndarray | None
     shape: tuple[int, ...] = ()
     layout: str = "NCHW"
-    _source: _ArraySource | _FolderSource | None = field(default=None, repr=False)
+    _source: _ArraySource | FolderSource | None = field(default=None, repr=False)
     _mean: np.ndarray | None = field(default=None, repr=False)  # broadcastable to a batch
     _std: np.ndarray | None = field(default=None, repr=False)
 
@@ -406,7 +304,9 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
     layout = _model_layout(path, input_shape, channels_last)
     h = hashlib.sha256(_HASH_TAG)
     if path.is_dir():
-        source, labels = _folder_source(path, layout, resize, h)
+        from .image_folders import folder_source
+
+        source, labels = folder_source(path, layout, resize, h)
     elif not path.exists():
         raise ProbeSetError(path, "no such probe file or folder")
     elif path.suffix.lower() in (".npy", ".npz"):
@@ -415,7 +315,7 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
         labels = None if y is None else _check_labels(path, y, len(x))
     else:
         raise ProbeSetError(path, "unsupported probe set: expected .npy, .npz or a folder of images")
-    n = len(source.files) if isinstance(source, _FolderSource) else len(source.array)
+    n = source.count
     channels = {"NCHW": source.shape[0], "NHWC": source.shape[-1]}.get(layout.kind, 1)
     mean_v, std_v = (_vector(path, k, v, channels) for k, v in (("mean", mean), ("std", std)))
     h.update(json.dumps({"layout": layout.kind, "shape": list(source.shape),
