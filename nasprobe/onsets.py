@@ -82,6 +82,19 @@ def _noise_k(n: int, sigma_samples: float, noise_k: float | None) -> float:
     return 3.5 * float(np.sqrt(2.0 * np.log(n_eff)))
 
 
+def _smoothed_curve(values, epochs, sigma: float, noise_k: float | None):
+    """``(epochs, smoothed values, noise bound)`` of the finite points, or None below 3 points.
+
+    The noise bound is the largest swing noise alone would cause on a curve of this length
+    (``noise_k`` deviations of the smoothed residual noise)."""
+    y, e = _finite(values, epochs)
+    if y.size < 3:
+        return None
+    sig = _sigma_samples(e, sigma)
+    s = gaussian_filter1d(y, sig, mode="nearest")
+    return e, s, _noise_k(y.size, sig, noise_k) * _smoothed_noise(y, s, sig)
+
+
 def loss_onset(loss, epochs, sigma: float = 2.0, rel_tol: float = 0.01,
                noise_k: float | None = None) -> int | None:
     """Epoch after which the smoothed loss rises (the moment of overfitting), or None.
@@ -91,15 +104,14 @@ def loss_onset(loss, epochs, sigma: float = 2.0, rel_tol: float = 0.01,
     curve, accepted only when the rise after it exceeds ``rel_tol`` of the curve's range and
     ``noise_k`` noise deviations). Returns the epoch (int) or None when the loss never rises.
     """
-    y, e = _finite(loss, epochs)
-    if y.size < 3:
+    curve = _smoothed_curve(loss, epochs, sigma, noise_k)
+    if curve is None:
         return None
-    sig = _sigma_samples(e, sigma)
-    s = gaussian_filter1d(y, sig, mode="nearest")
+    e, s, noise = curve
     i_min = int(np.argmin(s))
     rise = float(np.max(s[i_min:]) - s[i_min])
     span = float(np.max(s) - np.min(s))
-    threshold = max(rel_tol * span, _noise_k(y.size, sig, noise_k) * _smoothed_noise(y, s, sig))
+    threshold = max(rel_tol * span, noise)
     if span <= 0 or rise <= threshold:
         return None
     return int(round(e[i_min]))
@@ -115,15 +127,14 @@ def nas_onset(nas, epochs, sigma: float = 2.0, min_rise: float = 0.05,
     deviations from the minimum to the later maximum, of which the last value keeps at
     least half; the onset is the half-maximum-slope point before the steepest rise.
     """
-    y, e = _finite(nas, epochs)
-    if y.size < 3:
+    curve = _smoothed_curve(nas, epochs, sigma, noise_k)
+    if curve is None:
         return None
-    sig = _sigma_samples(e, sigma)
-    s = gaussian_filter1d(y, sig, mode="nearest")
+    e, s, noise = curve
     i_hi = int(np.argmax(s))
     i_lo = int(np.argmin(s[: i_hi + 1]))
     rise = float(s[i_hi] - s[i_lo])
-    threshold = max(min_rise, _noise_k(y.size, sig, noise_k) * _smoothed_noise(y, s, sig))
+    threshold = max(min_rise, noise)
     if i_hi <= i_lo or rise <= threshold or s[-1] - s[i_lo] < 0.5 * rise:
         return None
     slope = np.gradient(s, e)
