@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .measures import entropy_from_nas
+from .kernels import fold
 
 __all__ = ["QUANTILES", "NAS_BINS", "FINE_BINS", "LayerStats"]
 
@@ -58,25 +58,13 @@ class LayerStats:
         if take:
             self.image_maps.append(np.array(maps[:take], dtype=np.float32))
         self.images += maps.shape[0]
-        m64 = maps.astype(np.float64)
-        self.map_sum += m64.sum(axis=0)
-        v = m64.ravel()
-        finite = np.isfinite(v)
-        if not finite.all():
-            self.nonfinite += int((~finite).sum())
-            v = v[finite]
-        if v.size == 0:
-            return
-        self.n += v.size
-        self.total += float(v.sum())
-        self.entropy_total += float(entropy_from_nas(v, self.channels).sum())
-        self.hist += np.histogram(v, bins=NAS_BINS)[0]
-        v = np.sort(np.clip(v, 0.0, 1.0))
-        idx = np.minimum((v * FINE_BINS).astype(np.int64), FINE_BINS - 1)
-        bins, first, counts = np.unique(idx, return_index=True, return_counts=True)
-        self.count[bins] += counts
-        self.bin_min[bins] = np.minimum(self.bin_min[bins], v[first])
-        self.bin_max[bins] = np.maximum(self.bin_max[bins], v[first + counts - 1])
+        self.map_sum += maps.sum(axis=0, dtype=np.float64)
+        finite, bad, total, ent = fold(maps, self.count, self.bin_min, self.bin_max, self.hist,
+                                       NAS_BINS, self.channels)
+        self.n += finite
+        self.nonfinite += bad
+        self.total += total
+        self.entropy_total += ent
 
     def _order_stat(self, k: np.ndarray, cum: np.ndarray) -> np.ndarray:
         """Approximate the k-th smallest value (0-based) for each k."""

@@ -55,6 +55,9 @@ def framework_options(f):
               help="Per-image heatmaps for the first N probe images.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
+@click.option("--nas-on", type=click.Choice(["auto", "graph", "host"]), default="auto",
+              show_default=True, help="Compute NAS inside the ONNX graph, or on the host from "
+                                      "raw taps with the fused C kernel (auto: host on CPU).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               show_default=True, help="What to do with a bad checkpoint.")
 @click.option("--mean", default=None, metavar="M[,M,M]", help="Probe normalisation mean.")
@@ -69,7 +72,7 @@ def framework_options(f):
               help="Probe on an existing Dask scheduler, e.g. tcp://HOST:8786.")
 def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, tap,
               exclude_bias, layers, epoch_regex, trust_pickle, batch_size, keep_images, device,
-              on_error, mean, std, metrics_log, force, workers, scheduler):
+              nas_on, on_error, mean, std, metrics_log, force, workers, scheduler):
     """Measure NAS in every checkpoint of a run and write it into a zarr store.
 
     CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
@@ -89,7 +92,8 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
                  exclude_bias=exclude_bias, layers=layers, batch_size=batch_size,
                  keep_images=keep_images, epoch_regex=epoch_regex, device=device,
                  on_error=on_error, trust_pickle=trust_pickle, mean=_floats(mean),
-                 std=_floats(std), force=force, workers=workers, scheduler=scheduler)
+                 std=_floats(std), force=force, workers=workers, scheduler=scheduler,
+                 nas_on=nas_on)
     if metrics_log:
         from .training_logs import read_training_log
 

@@ -19,7 +19,7 @@ from onnx import helper, shape_inference
 
 from .errors import GraphError
 
-__all__ = ["Tap", "find_taps", "build_probe_graph", "layer_name", "NAS_PREFIX", "ACTIVATIONS"]
+__all__ = ["Tap", "find_taps", "build_probe_graph", "build_tap_graph", "layer_name", "NAS_PREFIX", "ACTIVATIONS"]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ACTIVATIONS = frozenset({
@@ -327,4 +327,4 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
 
 
 # The NAS computation appended to a tapped graph lives in its own module.
-from .nas_graph import build_probe_graph  # noqa: E402
+from .nas_graph import build_probe_graph, build_tap_graph  # noqa: E402

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 from .errors import GraphError
 from .graph import Tap, _Graph
 
-__all__ = ["build_probe_graph"]
+__all__ = ["build_probe_graph", "build_tap_graph"]
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -20,6 +20,79 @@ def _opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     return 13
+
+
+class _Builder:
+    """Appends nodes and initializers to a copy of ``model``; shared by both graph builders."""
+
+    def __init__(self, model: onnx.ModelProto, source: str):
+        if _opset(model) < 13:
+            raise GraphError(source, f"opset {_opset(model)} is too old; nasprobe needs opset >= 13")
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self.index = _Graph(model)
+        self.opset = _opset(model)
+        self.source = source
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def tap_input(self, t: Tap, exclude_bias: bool) -> str:
+        """The float32 tensor whose NAS is measured: the tap, cast, less its bias if asked."""
+        p = f"nasprobe/{t.depth}/"
+        x = t.tensor
+        if self.index.elem_type(x) != onnx.TensorProto.FLOAT:
+            self.nodes.append(helper.make_node("Cast", [x], [p + "f32"], to=onnx.TensorProto.FLOAT))
+            x = p + "f32"
+        if exclude_bias and t.bias is not None:
+            if not t.bias_only_path:
+                raise GraphError(self.source, f"layer {t.layer}: --exclude-bias cannot be applied "
+                                 "to a preact tap behind BatchNorm or scaling; use --tap linear")
+            shape = [1] * t.rank
+            shape[t.channel_axis] = t.channels
+            self.nodes.append(helper.make_node(
+                "Reshape", [t.bias, self.const(p + "bshape", np.array(shape, np.int64))], [p + "b"]))
+            b = p + "b"
+            if self.index.elem_type(t.bias) != onnx.TensorProto.FLOAT:
+                self.nodes.append(helper.make_node("Cast", [b], [p + "bf"], to=onnx.TensorProto.FLOAT))
+                b = p + "bf"
+            self.nodes.append(helper.make_node("Sub", [x, b], [p + "nobias"]))
+            x = p + "nobias"
+        return x
+
+    def finish(self, outputs: list) -> onnx.ModelProto:
+        g = self.model.graph
+        g.node.extend(self.nodes)
+        g.initializer.extend(self.inits)
+        del g.output[:]
+        g.output.extend(outputs)
+        return self.model
+
+
+def build_tap_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: bool = False,
+                    keep_outputs: bool = True, source: str = "<model>"
+                    ) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose outputs are the raw tap tensors (float32, bias removed when
+    ``exclude_bias``), for NAS computed outside onnxruntime by :func:`nasprobe.kernels.nas_map`.
+
+    Returns:
+        The graph, and per tap the name of its output (shape of the tap, e.g. ``(N, D, H, W)``),
+        after the model's own outputs when ``keep_outputs``.
+    """
+    bld = _Builder(model, source)
+    outputs = [o for o in bld.model.graph.output] if keep_outputs else []
+    have = {o.name for o in outputs}
+    names = []
+    for t in taps:
+        x = bld.tap_input(t, exclude_bias)
+        names.append(x)
+        if x not in have:
+            have.add(x)
+            outputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    return bld.finish(outputs), names
 
 
 def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: bool = False,
@@ -32,43 +105,12 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
     ``exclude_bias`` subtracts the layer's bias first (linear taps, or preact taps whose path
     from the linear op holds no BatchNorm or scaling).
     """
-    if _opset(model) < 13:
-        raise GraphError(source, f"opset {_opset(model)} is too old; nasprobe needs opset >= 13")
-    new = onnx.ModelProto()
-    new.CopyFrom(model)
-    g = new.graph
-    g_index = _Graph(model)
-    opset = _opset(model)
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-    outputs = [o for o in g.output] if keep_outputs else []
-
-    def c(name: str, value) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
+    bld = _Builder(model, source)
+    opset, nodes, c = bld.opset, bld.nodes, bld.const
+    outputs = [o for o in bld.model.graph.output] if keep_outputs else []
     for t in taps:
         p = f"nasprobe/{t.depth}/"
-        x = t.tensor
-        if g_index.elem_type(x) != onnx.TensorProto.FLOAT:
-            nodes.append(helper.make_node("Cast", [x], [p + "f32"], to=onnx.TensorProto.FLOAT))
-            x = p + "f32"
-        if exclude_bias:
-            if t.bias is None:
-                pass  # no bias: nothing to subtract
-            elif not t.bias_only_path:
-                raise GraphError(source, f"layer {t.layer}: --exclude-bias cannot be applied to a "
-                                 "preact tap behind BatchNorm or scaling; use --tap linear")
-            else:
-                shape = [1] * t.rank
-                shape[t.channel_axis] = t.channels
-                nodes.append(helper.make_node("Reshape", [t.bias, c(p + "bshape", np.array(shape, np.int64))], [p + "b"]))
-                b = p + "b"
-                if g_index.elem_type(t.bias) != onnx.TensorProto.FLOAT:
-                    nodes.append(helper.make_node("Cast", [b], [p + "bf"], to=onnx.TensorProto.FLOAT))
-                    b = p + "bf"
-                nodes.append(helper.make_node("Sub", [x, b], [p + "nobias"]))
-                x = p + "nobias"
+        x = bld.tap_input(t, exclude_bias)
         axes = c(p + "axes", np.array([t.channel_axis], np.int64))
         if opset >= 18:
             nodes.append(helper.make_node("ReduceMax", [x, axes], [p + "max"], keepdims=1))
@@ -88,8 +130,4 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
             helper.make_node("Sub", [c(p + "one", np.array(1.0, np.float32)), p + "tau"], [t.output]),
         ]
         outputs.append(helper.make_tensor_value_info(t.output, onnx.TensorProto.FLOAT, None))
-    g.node.extend(nodes)
-    g.initializer.extend(inits)
-    del g.output[:]
-    g.output.extend(outputs)
-    return new
+    return bld.finish(outputs)

@@ -73,12 +73,14 @@ def dask_client(workers: int | None = None, scheduler=None) -> Iterator:
 
 
 def _match_worker_threads(dask_worker) -> int:
-    """On a Dask worker (``client.run`` passes it): limit onnxruntime sessions to the
-    worker's thread count."""
+    """On a Dask worker (``client.run`` passes it): limit onnxruntime sessions and the host NAS
+    kernel to the worker's thread count."""
+    from .kernels import set_threads
     from .runtime import set_intra_op_threads
 
     n = dask_worker.state.nthreads
     set_intra_op_threads(n)
+    set_threads(n)
     return n
 
 

@@ -173,7 +173,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
           device: str = "auto", on_error: str = "fail", trust_pickle: bool = False,
           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
           force: bool = False, progress: bool = True, workers: int | None = None,
-          scheduler=None) -> Path:
+          scheduler=None, nas_on: str = "auto") -> Path:
     """Probe every checkpoint of one or more runs and write NAS statistics into the store ``out``.
 
     Args:
@@ -198,6 +198,9 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
         progress: a progress bar over finished (run, epoch) tasks on stderr.
         workers: run the tasks on a new local Dask cluster of this many processes.
         scheduler: run them on an existing Dask scheduler (``tcp://HOST:PORT`` or a Client).
+        nas_on: where NAS is computed: ``graph`` (appended to the ONNX graph), ``host`` (raw taps
+            out of onnxruntime, NAS by the fused C kernel of :mod:`nasprobe.kernels`) or
+            ``auto`` (host on CPU when the kernel is built, else graph). Results agree to 1e-5.
 
     Returns:
         The store path. Epochs already stored are skipped, so running the same call again after
@@ -213,7 +216,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
                    trust_pickle=trust_pickle, tap=tap, exclude_bias=exclude_bias, layers=layers,
                    device=device, mean=None if mean is None else tuple(mean),
                    std=None if std is None else tuple(std), batch_size=batch_size,
-                   keep_images=keep_images)
+                   keep_images=keep_images, nas_on=nas_on)
     _check_out(Path(out))
     groups = run_folders(checkpoints, run)
     plans: list[_Plan] = []

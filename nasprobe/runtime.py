@@ -116,6 +116,9 @@ class TappedModel:
                     numpy_helper.from_array(np.ascontiguousarray(arr, dtype=init.dtype), name))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
+        # cores from the host NAS kernel and the store writes that follow every batch.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if _INTRA_OP_THREADS is not None:
             opts.intra_op_num_threads = _INTRA_OP_THREADS
         with warnings.catch_warnings():

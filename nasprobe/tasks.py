@@ -27,14 +27,15 @@ from onnx import numpy_helper
 
 from .checkpoints import Checkpoint, open_source
 from .correlation import corr_histogram
-from .errors import CheckpointError, ProbeSetError
+from .errors import CheckpointError, NasprobeError, ProbeSetError
 from .aggregate import LayerStats
-from .graph import Tap, build_probe_graph, find_taps
+from .graph import Tap, build_probe_graph, build_tap_graph, find_taps
+from .kernels import available as kernels_available, nas_map
 from .probesets import ProbeSet, load_probe_set
-from .runtime import TappedModel
+from .runtime import TappedModel, select_providers
 
 __all__ = ["RunSpec", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
-           "probe_epoch", "output_kind", "CACHE_SIZE"]
+           "probe_epoch", "output_kind", "host_nas", "CACHE_SIZE"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -45,7 +46,7 @@ class RunSpec:
     """Everything a process needs to rebuild one run's tapped model; small and picklable.
 
     ``checkpoints`` are ``(path, epoch)`` pairs of the run (the first gives the architecture);
-    the other fields are :func:`nasprobe.probe` options. ``probe_sha256``, once known, lets a
+    the other fields are :func:`nasprobe.probe` options (``nas_on``: see :func:`host_nas`). ``probe_sha256``, once known, lets a
     worker check that it reads the probe set the coordinator hashed. ``key`` identifies the
     run's tapped model in the per-process cache (see :meth:`make`).
     """
@@ -65,6 +66,7 @@ class RunSpec:
     std: tuple[float, ...] | None = None
     batch_size: int = 64
     keep_images: int = 8
+    nas_on: str = "auto"
     probe_sha256: str | None = None
     key: str = field(default="", compare=False)
 
@@ -77,7 +79,7 @@ class RunSpec:
             f"<{type(spec.model).__qualname__} {id(spec.model)} {os.getpid()}>"
         text = json.dumps([spec.run, spec.checkpoints, spec.probe, spec.framework, model,
                            spec.input_shape, spec.trust_pickle, spec.tap, spec.exclude_bias,
-                           spec.layers, spec.device, spec.mean, spec.std], default=str)
+                           spec.layers, spec.device, spec.mean, spec.std, spec.nas_on], default=str)
         return replace(spec, key=hashlib.sha256(text.encode()).hexdigest())
 
     def ckpts(self) -> list[Checkpoint]:
@@ -91,7 +93,9 @@ class RunContext:
 
     ``spatial`` maps layer → location shape of its NAS map (``()`` for a dense layer);
     ``base`` holds the architecture's initializers (name → array) for the weight correlations;
-    ``kind`` says what the model's first output holds (see :func:`output_kind`).
+    ``kind`` says what the model's first output holds (see :func:`output_kind`); ``fetch``
+    names, per tap, the session output to read: the NAS map, or with ``host`` the raw tap
+    tensor whose NAS :func:`nasprobe.kernels.nas_map` computes.
     """
 
     source: Any
@@ -101,6 +105,8 @@ class RunContext:
     spatial: dict[str, tuple[int, ...]]
     base: dict[str, np.ndarray]
     kind: str
+    fetch: list[str]
+    host: bool = False
 
 
 @dataclass
@@ -146,15 +152,18 @@ def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
 
 def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
-                input_name: str = "input") -> EpochResult:
+                input_name: str = "input", fetch: list[str] | None = None,
+                host: bool = False) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
     Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
     With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
-    come from the same forward pass (the model's first output).
+    come from the same forward pass (the model's first output). ``fetch`` names the outputs to
+    read per tap (default ``tap.output``, the in-graph NAS map); with ``host`` they are raw tap
+    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`.
     """
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
-    names = [t.output for t in taps]
+    names = list(fetch) if fetch is not None else [t.output for t in taps]
     labelled = probeset.labels is not None
     out_names = ([session.get_outputs()[0].name] if labelled else []) + names
     loss_sum, correct, n = 0.0, 0, 0
@@ -168,7 +177,7 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
             outs = outs[1:]
         n += len(xb)
         for t, o in zip(taps, outs):
-            stats[t.layer].update(o)
+            stats[t.layer].update(nas_map(o, t.channel_axis) if host else o)
     metrics = {}
     if labelled:
         metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
@@ -197,15 +206,40 @@ def _build(spec: RunSpec) -> RunContext:
     arch = source.architecture()
     label = str(ckpts[0].path)
     taps = find_taps(arch, tap=spec.tap, layers=spec.layers, source=label)
-    graph = build_probe_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+    host = host_nas(spec.nas_on, spec.device)
+    if host:
+        graph, fetch = build_tap_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+    else:
+        graph = build_probe_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+        fetch = [t.output for t in taps]
     tapped = TappedModel(graph, device=spec.device)
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
-    outs = tapped.session().run([t.output for t in taps],
-                                {tapped.input_name: probeset.first(1)})
-    spatial = {t.layer: tuple(o.shape[1:]) for t, o in zip(taps, outs)}
+    outs = tapped.session().run(fetch, {tapped.input_name: probeset.first(1)})
+    spatial = {}
+    for t, o in zip(taps, outs):
+        shape = [int(d) for d in o.shape]
+        if host:
+            del shape[t.channel_axis]
+        spatial[t.layer] = tuple(shape[1:])
     base = {t.name: numpy_helper.to_array(t) for t in arch.graph.initializer}
-    return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch))
+    return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,
+                      host)
+
+
+def host_nas(nas_on: str, device: str = "auto") -> bool:
+    """Whether NAS is computed on the host from raw taps (True) or inside the graph (False).
+
+    ``nas_on``: ``graph``, ``host``, or ``auto`` — host when the compiled kernels are built and
+    onnxruntime runs on CPU (on CPU the fused host kernel is cheaper than five graph operators
+    over each tap tensor; on CUDA the graph keeps the taps on the GPU and only maps leave).
+    """
+    if nas_on not in ("auto", "graph", "host"):
+        raise NasprobeError(f"nas_on must be auto, graph or host, not {nas_on!r}")
+    if nas_on == "auto":
+        return kernels_available() and select_providers(device)[0] == "CPUExecutionProvider"
+    return nas_on == "host"
+
 
 
 def context(spec: RunSpec) -> RunContext:
@@ -269,7 +303,8 @@ def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
     bad = nonfinite(weights)
     result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
                          batch_size=spec.batch_size, keep_images=spec.keep_images,
-                         kind=ctx.kind, input_name=ctx.tapped.input_name)
+                         kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
+                         host=ctx.host)
     provider = session.get_providers()[0]
     del session
     full = {**ctx.base, **weights}

@@ -1,0 +1,160 @@
+"""Host-side NAS kernels: NAS maps from raw tap tensors, and the folding of NAS values into
+running histogram statistics.
+
+On CPU it is cheaper to let onnxruntime hand back the raw tap tensors and compute NAS in one
+fused pass over memory than to append NAS as five or six separate operators to the graph, each
+of which reads (and most of which write) the whole tap tensor. The fused pass is the small C
+extension :mod:`nasprobe._kernels`, built at install time when a C compiler is present; without
+it every function here falls back to numpy (same results, slower) and
+:func:`available` is False, in which case probing keeps NAS inside the graph.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .measures import entropy_from_nas, nas
+
+try:  # built by setup.py; optional
+    from . import _kernels as _c
+except ImportError:  # pragma: no cover - exercised only where no C compiler was available
+    _c = None
+
+__all__ = ["available", "nas_map", "fold", "set_threads"]
+
+_THREADS: int | None = None
+_POOL: ThreadPoolExecutor | None = None
+
+
+def available() -> bool:
+    """True when the compiled kernels are importable (``nasprobe._kernels``)."""
+    return _c is not None
+
+
+def set_threads(n: int | None) -> None:
+    """Threads :func:`nas_map` may use (None: the CPUs this process may run on)."""
+    global _THREADS
+    _THREADS = None if n is None else max(1, int(n))
+
+
+def _threads() -> int:
+    if _THREADS is not None:
+        return _THREADS
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers != n:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="nasprobe-kernel")
+    return _POOL
+
+
+def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
+            use_c: bool | None = None) -> np.ndarray:
+    """NAS along ``axis`` of a tap tensor (DESIGN.md §1), as float32.
+
+    Args:
+        a: the tap tensor, any float dtype, e.g. ``(N, D, H, W)`` with ``axis=1`` or
+            ``(N, T, D)`` with ``axis=2``.
+        axis: the channel axis (``D`` channels; negative counts from the end).
+        bias: optional ``(D,)`` values subtracted per channel first.
+        use_c: force (True) or forbid (False) the compiled kernel; default: use it when built.
+
+    Returns:
+        ``a.shape`` without ``axis``, float32 in ``[0, 1 - 1/D]``; NaN where any channel value at
+        that location is NaN or infinite. Matches :func:`nasprobe.measures.nas` in float64 to
+        ~1e-6 (float32 arithmetic with float64 totals; the max shift keeps ±1e4 inputs finite).
+    """
+    a = np.asarray(a)
+    axis = axis % a.ndim
+    channels = a.shape[axis]
+    out_shape = a.shape[:axis] + a.shape[axis + 1:]
+    if use_c is None:
+        use_c = _c is not None
+    if use_c and _c is None:
+        raise RuntimeError("nasprobe._kernels is not built (no C compiler at install time?)")
+    if not use_c:
+        x = a.astype(np.float64)
+        if bias is not None:
+            shape = [1] * a.ndim
+            shape[axis] = channels
+            x = x - np.asarray(bias, np.float64).reshape(shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return nas(x, axis=axis).astype(np.float32)
+    if a.ndim > 2 and axis != 1:  # channels to axis 1, so that locations are contiguous
+        a = np.moveaxis(a, axis, 1)
+        axis = 1
+    x = np.ascontiguousarray(a, dtype=np.float32)
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1:])
+    b = (np.zeros(channels, np.float32) if bias is None
+         else np.ascontiguousarray(bias, dtype=np.float32).reshape(channels))
+    out = np.empty(outer * inner, np.float32)
+    threads = min(_threads(), outer)
+    if threads <= 1 or x.size < 1 << 16:
+        _c.nas_rows(x, outer, channels, inner, b, out, 0, outer)
+    else:
+        step = -(-outer // threads)
+        jobs = [_pool(threads).submit(_c.nas_rows, x, outer, channels, inner, b, out, s,
+                                      min(outer, s + step)) for s in range(0, outer, step)]
+        for j in jobs:
+            j.result()
+    return out.reshape(out_shape)
+
+
+def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np.ndarray,
+         hist: np.ndarray, edges: np.ndarray, channels: int, *,
+         use_c: bool | None = None) -> tuple[int, int, float, float]:
+    """Add NAS ``values`` to running statistics, in place.
+
+    Args:
+        values: NAS values, any shape: float64 as they are, anything else rounded to float32
+            (the dtype of NAS maps) first.
+        count, bin_min, bin_max: per fine bin of ``[0, 1]`` (``F`` bins, int64 / float64 /
+            float64): how many values fell in it and the smallest / largest (values clipped to
+            ``[0, 1]`` first).
+        hist: ``(B,)`` int64 counts over ``edges`` (``(B+1,)`` float64, evenly spaced), with
+            :func:`numpy.histogram`'s rules (the last bin is closed; values outside not counted).
+        channels: ``D`` of the layer, for the entropy ``H = ln(D (1 - s))``.
+
+    Returns:
+        ``(finite, nonfinite, sum, entropy_sum)``: counts of finite and of NaN/±Inf values (the
+        latter are skipped), the sum of the finite values and of their entropies (nats).
+    """
+    if use_c is None:
+        use_c = _c is not None
+    if use_c:
+        v = np.asarray(values)
+        v = np.ascontiguousarray(v, np.float64 if v.dtype == np.float64 else np.float32).ravel()
+        return _c.fold(v, count, bin_min, bin_max, hist, np.ascontiguousarray(edges, np.float64),
+                       float(channels), v.dtype == np.float64)
+    v = np.asarray(values)
+    v = (v if v.dtype == np.float64 else v.astype(np.float32)).astype(np.float64).ravel()
+    finite = np.isfinite(v)
+    nonfinite = int(v.size - finite.sum())
+    if nonfinite:
+        v = v[finite]
+    if v.size == 0:
+        return 0, nonfinite, 0.0, 0.0
+    total = float(v.sum())
+    with np.errstate(divide="ignore"):
+        ent = float(entropy_from_nas(v, channels).sum())
+    hist += np.histogram(v, bins=edges)[0]
+    v = np.sort(np.clip(v, 0.0, 1.0))
+    fine = len(count)
+    idx = np.minimum((v * fine).astype(np.int64), fine - 1)
+    bins, first, counts = np.unique(idx, return_index=True, return_counts=True)
+    count[bins] += counts
+    bin_min[bins] = np.minimum(bin_min[bins], v[first])
+    bin_max[bins] = np.maximum(bin_max[bins], v[first + counts - 1])
+    return int(v.size), nonfinite, total, ent

@@ -1,0 +1,10 @@
+"""Builds the optional C kernels (nasprobe/_kernels.c); everything else is in pyproject.toml.
+
+``optional=True``: without a C compiler the package still installs and nasprobe falls back to
+computing NAS inside the onnxruntime graph (see nasprobe/kernels.py).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("nasprobe._kernels", ["nasprobe/_kernels.c"],
+                             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"], optional=True)])
