@@ -85,6 +85,8 @@ class TappedModel:
         self.input_shape = tuple(
             d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim)
         self.output_names = [o.name for o in model.graph.output]
+        #: the batch size the graph was exported with, when its batch axis is not dynamic
+        self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
 
     def check_weights(self, weights: dict[str, np.ndarray], path) -> None:
         """Raise :class:`CheckpointError` naming ``path`` and the tensor when ``weights`` do not fit."""

@@ -35,7 +35,7 @@ from .probesets import ProbeSet, load_probe_set
 from .runtime import TappedModel, select_providers
 
 __all__ = ["RunSpec", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
-           "probe_epoch", "output_kind", "host_nas", "CACHE_SIZE"]
+           "probe_epoch", "run_batch", "output_kind", "host_nas", "CACHE_SIZE"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -153,22 +153,26 @@ def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
 def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
-                host: bool = False) -> EpochResult:
+                host: bool = False, fixed_batch: int | None = None) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
     Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
     With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
     come from the same forward pass (the model's first output). ``fetch`` names the outputs to
     read per tap (default ``tap.output``, the in-graph NAS map); with ``host`` they are raw tap
-    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`.
+    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`. A model exported
+    with a fixed batch size ``fixed_batch`` gets batches of exactly that size (the last one
+    padded with zeros, whose outputs are dropped).
     """
+    if fixed_batch:
+        batch_size = fixed_batch
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
     labelled = probeset.labels is not None
     out_names = ([session.get_outputs()[0].name] if labelled else []) + names
     loss_sum, correct, n = 0.0, 0, 0
     for _, xb, yb in probeset.batches(batch_size):
-        outs = session.run(out_names, {input_name: xb})
+        outs = run_batch(session, out_names, input_name, xb, fixed_batch)
         if labelled:
             lp = _log_probs(outs[0], kind)
             yb = np.asarray(yb, dtype=np.int64)
@@ -182,6 +186,17 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     if labelled:
         metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
     return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics)
+
+
+def run_batch(session, names: list[str], input_name: str, x: np.ndarray,
+              fixed_batch: int | None = None) -> list[np.ndarray]:
+    """``session.run(names, {input_name: x})``; with ``fixed_batch``, ``x`` (``n <= fixed_batch``
+    images) is padded with zeros to that size and every output cut back to ``n`` rows."""
+    n = len(x)
+    if fixed_batch and n < fixed_batch:
+        x = np.concatenate([x, np.zeros((fixed_batch - n, *x.shape[1:]), x.dtype)])
+    outs = session.run(names, {input_name: x})
+    return [o[:n] for o in outs] if fixed_batch else outs
 
 
 _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
@@ -215,7 +230,8 @@ def _build(spec: RunSpec) -> RunContext:
     tapped = TappedModel(graph, device=spec.device)
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
-    outs = tapped.session().run(fetch, {tapped.input_name: probeset.first(1)})
+    outs = run_batch(tapped.session(), fetch, tapped.input_name, probeset.first(1),
+                     tapped.fixed_batch)
     spatial = {}
     for t, o in zip(taps, outs):
         shape = [int(d) for d in o.shape]
@@ -304,7 +320,7 @@ def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
     result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
                          batch_size=spec.batch_size, keep_images=spec.keep_images,
                          kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
-                         host=ctx.host)
+                         host=ctx.host, fixed_batch=ctx.tapped.fixed_batch)
     provider = session.get_providers()[0]
     del session
     full = {**ctx.base, **weights}
