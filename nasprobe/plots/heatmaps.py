@@ -77,8 +77,8 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
     width_in: figure width in inches; rows are square-ish (at most 9.5 in in total).
     max_cols: most epoch columns (see the module docstring). Returns the Figure: per group a
     loss axes (``get_label()`` "loss", title = group; without loss values it says "no test
-    loss") and a cell axes (label "nas"); ``fig.nas_columns`` maps each group to the epochs
-    shown.
+    loss") and a cell axes (label "nas"), and one colour bar (label "colorbar", NAS 0–1);
+    ``fig.nas_columns`` maps each group to the epochs shown.
     """
     groups = list(sel.groups)
     layers = sel.layers
@@ -98,6 +98,7 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
                              hspace=0.45 if len(groups) > 1 else 0.0)
     fig.nas_columns = {}
     px = fig.nas_cell_pixels = _cell_pixels(sel)
+    cells = []
     for gi, group in enumerate(groups):
         runs = sel.groups[group]
         shown = cols[group]
@@ -106,7 +107,8 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
                                       hspace=0.08)
         lax = fig.add_subplot(inner[0], label="loss")
         ax = fig.add_subplot(inner[1], sharex=lax, label="nas")
-        ax.imshow(np.ma.masked_invalid(compose(sel, runs, shown, px)), cmap=NAS_CMAP,
+        cells.append(ax)
+        image = ax.imshow(np.ma.masked_invalid(compose(sel, runs, shown, px)), cmap=NAS_CMAP,
                   vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto", origin="upper",
                   extent=(0, max(len(shown), 1), len(layers), 0))
         ax.set_xlim(0, max(len(shown), 1))
@@ -121,7 +123,13 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
             ax.set_xlabel("epoch")
         _draw_loss(lax, sel, group, shown)
         lax.set_title(group, loc="left")
-    fig.subplots_adjust(left=0.8 / width_in + 0.02, right=0.98, top=0.95, bottom=0.06)
+    right = 1 - 0.62 / width_in  # room for the colour bar
+    fig.subplots_adjust(left=0.8 / width_in + 0.02, right=right, top=0.95, bottom=0.06)
+    if cells:
+        lo = min(a.get_position().y0 for a in cells)
+        hi = max(a.get_position().y1 for a in cells)
+        cax = fig.add_axes((right + 0.1 / width_in, lo, 0.09 / width_in, hi - lo), label="colorbar")
+        fig.colorbar(image, cax=cax, label="NAS")
     return fig
 
 

@@ -61,6 +61,17 @@ def test_heatmap_cells_are_viridis_of_the_map_values():
     assert [to_rgb(line.get_color()) for line in lax.lines][0] == RED
 
 
+def test_heatmap_colour_bar_spans_nas_0_to_1_beside_the_cells():
+    tree = make_tree(n_runs=2, n_layers=3, n_epochs=4, loss=True)
+    fig = draw(tree, "heatmaps", width="single", dpi=60)
+    (cax,) = _axes(fig, "colorbar")
+    assert cax.get_ylabel() == "NAS"
+    assert cax.get_ylim() == pytest.approx((0.0, 1.0))
+    cells = _axes(fig, "nas")
+    assert cax.get_position().x0 > max(a.get_position().x1 for a in cells)
+    assert cax.get_position().x1 <= 1.0
+
+
 def test_heatmap_columns_are_subsampled_evenly_with_first_and_last():
     tree = make_tree(n_layers=2, n_epochs=31)
     fig = draw(tree, "heatmaps", width="double", dpi=30)
