@@ -3,8 +3,8 @@
  *
  * nas_rows: NAS along the channel axis of a float32 tensor viewed as (outer, C, inner), less a
  *   per-channel bias, in one pass over memory: per location the max over channels, then sum(e) and sum(e*z) with
- *   z = a - max, e = exp(z); H = ln S - T/S, NAS = 1 - exp(H)/C. A NaN or infinite input value
- *   makes its location's NAS NaN.
+ *   z = a - max, e = exp(z); H = ln S - T/S, NAS = 1 - exp(H)/C, clamped to [0, 1 - 1/C]
+ *   against rounding. A NaN or infinite input value makes its location's NAS NaN.
  * fold: adds NAS values (float32, or float64 when is_double) to the running histogram
  *   statistics of nasprobe.aggregate.LayerStats.
  *
@@ -27,14 +27,16 @@
 
 #define BLOCK 256
 
-/* EXP_NONPOS(z, e): e = exp(z) for z <= 0, a macro so that it is inlined into every target
- * clone. A NaN z gives a finite e (callers track non-finite inputs apart). Relative error
+/* EXP_NONPOS(z, zc, e): zc = max(z, -80) and e = exp(zc) for z <= 0, a macro so that it is
+ * inlined into every target clone. A NaN z gives finite zc and e (callers track non-finite
+ * inputs apart). Relative error
  * ~2e-7 on [-80, 0]; exp(z < -80) is taken as exp(-80) ~ 1.8e-35, which keeps every result a
  * normal float (subnormals are slow) at a cost below 1e-30 in S = sum e. Range reduction
  * z = k ln2 + r, |r| <= ln2/2 (k rounded with the 1.5 * 2^23 trick, ln2 split in two parts),
  * then a degree-6 Taylor polynomial for e^r and 2^k built from its exponent bits. */
-#define EXP_NONPOS(z, e) do {                                                            \
+#define EXP_NONPOS(z, zc, e) do {                                                        \
         float zn_ = (z) > -80.0f ? (z) : -80.0f;          /* NaN -> -80 before the cast */  \
+        (zc) = zn_;                                                                        \
         float kf_ = (zn_ * 1.4426950408889634f + 12582912.0f) - 12582912.0f;              \
         int32_t k_ = (int32_t)kf_;                                                         \
         float r_ = (zn_ - kf_ * 0.693145751953125f) - kf_ * 1.428606765330187e-06f;       \
@@ -71,19 +73,21 @@ static void nas_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner, P
             const float *restrict xc = x + c * inner;
             const float b = bias[c];
             for (Py_ssize_t j = 0; j < n; j++) {
-                float z = (xc[j] - b) - m[j];
-                float e;
-                EXP_NONPOS(z, e);
+                float z = (xc[j] - b) - m[j], zc, e;
+                EXP_NONPOS(z, zc, e);                     /* e * zc: finite for any spread */
                 s[j] += e;
-                t[j] += e * z;
+                t[j] += e * zc;
             }
         }
         for (Py_ssize_t j = 0; j < n; j++) { S[j] += (double)s[j]; T[j] += (double)t[j]; }
     }
     const double inv_c = 1.0 / (double)C;
+    const float top = (float)(1.0 - inv_c);               /* NAS in [0, 1 - 1/D], exactly */
     for (Py_ssize_t j = 0; j < n; j++) {
         double H = log(S[j]) - T[j] / S[j];
-        out[j] = (float)(1.0 - exp(H) * inv_c) + bad[j];
+        float v = (float)(1.0 - exp(H) * inv_c);
+        v = v < 0.0f ? 0.0f : (v > top ? top : v);       /* rounding only; NaN stays NaN */
+        out[j] = v + bad[j];
     }
 }
 
@@ -113,6 +117,7 @@ static PyObject *nas_rows(PyObject *self, PyObject *args)
         return NULL;
     }
     int ok = C > 0 && outer >= 0 && inner > 0 && 0 <= start && start <= stop && stop <= outer
+             && outer <= PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / C / inner  /* no overflow */
              && xv.len == (Py_ssize_t)sizeof(float) * outer * C * inner
              && ov.len == (Py_ssize_t)sizeof(float) * outer * inner
              && bv.len == (Py_ssize_t)sizeof(float) * C;

@@ -72,7 +72,8 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
 
     Returns:
         ``a.shape`` without ``axis``, float32 in ``[0, 1 - 1/D]``; NaN where any channel value at
-        that location is NaN or infinite. Matches :func:`nasprobe.measures.nas` in float64 to
+        that location is NaN or infinite. The kernel works in float32, so float64 inputs beyond
+        the float32 range (|a| > 3.4e38) count as infinite. Matches :func:`nasprobe.measures.nas` in float64 to
         ~1e-6 (float32 arithmetic with float64 totals; the max shift keeps ±1e4 inputs finite).
     """
     a = np.asarray(a)
@@ -89,7 +90,7 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
             shape = [1] * a.ndim
             shape[axis] = channels
             x = x - np.asarray(bias, np.float64).reshape(shape)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return nas(x, axis=axis).astype(np.float32)
     if a.ndim > 2 and axis != 1:  # channels to axis 1, so that locations are contiguous
         a = np.moveaxis(a, axis, 1)
@@ -100,6 +101,8 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     b = (np.zeros(channels, np.float32) if bias is None
          else np.ascontiguousarray(bias, dtype=np.float32).reshape(channels))
     out = np.empty(outer * inner, np.float32)
+    if out.size == 0:
+        return out.reshape(out_shape)
     threads = min(_threads(), outer)
     if threads <= 1 or x.size < 1 << 16:
         _c.nas_rows(x, outer, channels, inner, b, out, 0, outer)
@@ -147,7 +150,7 @@ def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np
     if v.size == 0:
         return 0, nonfinite, 0.0, 0.0
     total = float(v.sum())
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         ent = float(entropy_from_nas(v, channels).sum())
     hist += np.histogram(v, bins=edges)[0]
     v = np.sort(np.clip(v, 0.0, 1.0))

@@ -63,11 +63,13 @@ def nas(a: np.ndarray, axis: int = 1) -> np.ndarray:
 
     Returns:
         ``a``'s shape without ``axis``; values in ``[0, 1 - 1/D]`` (0 = all channels equal,
-        dense; ``1 - 1/D`` = one channel dominates, sparse). ``D = 1`` gives 0.
+        dense; ``1 - 1/D`` = one channel dominates, sparse), clamped to that range against
+        rounding (``exp(ln D) / D`` may exceed 1 by an ulp). ``D = 1`` gives 0.
     """
     a = _float(a)
     d = a.shape[axis]
-    return 1 - perplexity(a, axis=axis) / d
+    s = 1 - perplexity(a, axis=axis) / d
+    return np.clip(s, 0, s.dtype.type(1 - 1 / d))
 
 
 def nas_from_entropy(h: np.ndarray, channels: int) -> np.ndarray:

@@ -101,7 +101,8 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
     named ``tap.output``), plus the model's own outputs when ``keep_outputs``.
 
     NAS is computed along the channel axis as ``H = ln S - Σ e z / S`` with ``z = a - max(a)``,
-    ``e = exp(z)``, ``S = Σ e``, then ``s = 1 - exp(H) / D`` — finite for inputs of ±1e4.
+    ``e = exp(z)``, ``S = Σ e``, then ``s = 1 - exp(H) / D`` clipped to ``[0, 1 - 1/D]``
+    against rounding — finite for inputs of ±1e4.
     ``exclude_bias`` subtracts the layer's bias first (linear taps, or preact taps whose path
     from the linear op holds no BatchNorm or scaling).
     """
@@ -127,7 +128,11 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
             helper.make_node("Sub", [p + "logS", p + "mean_z"], [p + "H"]),
             helper.make_node("Exp", [p + "H"], [p + "rho"]),
             helper.make_node("Div", [p + "rho", c(p + "D", np.array(t.channels, np.float32))], [p + "tau"]),
-            helper.make_node("Sub", [c(p + "one", np.array(1.0, np.float32)), p + "tau"], [t.output]),
+            helper.make_node("Sub", [c(p + "one", np.array(1.0, np.float32)), p + "tau"], [p + "s"]),
+            # clamp to [0, 1 - 1/D] against rounding (exp(ln D) / D may exceed 1 by an ulp)
+            helper.make_node("Clip", [p + "s", c(p + "lo", np.array(0.0, np.float32)),
+                                      c(p + "hi", np.array(1 - 1 / t.channels, np.float32))],
+                             [t.output]),
         ]
         outputs.append(helper.make_tensor_value_info(t.output, onnx.TensorProto.FLOAT, None))
     return bld.finish(outputs)
