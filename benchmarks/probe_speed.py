@@ -11,7 +11,9 @@ VanillaNet-m (64/64/128/128/256) at 32×32, 256 probe images, EPOCHS checkpoints
       median per layer at the end) — target ≤ 0.5
   peak memory (max RSS of a fresh process) probing 2,000 vs 200 images — target ≤ 1.2
 
-Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra).
+Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra);
+``--images 2048`` shows how the fixed costs (store, sessions) weigh less with a larger probe
+set; ``--no-memory`` skips the peak-memory part.
 """
 
 from __future__ import annotations
@@ -147,7 +149,16 @@ def peak_rss(folder: Path, n: int, tmp: Path) -> float:
 
 
 def main() -> None:
+    import argparse
+
     import nasprobe.kernels
+
+    global IMAGES
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=IMAGES, help="probe images (default 256)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory part")
+    args = ap.parse_args()
+    IMAGES = args.images
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -177,6 +188,8 @@ def main() -> None:
               f"in graph {graph_t / ort_t:.3f}; floor {taps_t / ort_t:.3f})")
         print(f"  (b) nasprobe / torch hooks       = {nas_t / torch_t:.3f}   (target <= 0.5; "
               f"in graph {graph_t / torch_t:.3f}; floor {taps_t / torch_t:.3f})")
+        if args.no_memory:
+            return
         small, big = peak_rss(folder, 200, tmp), peak_rss(folder, 2000, tmp)
         print(f"  peak RSS: 200 images {small:.0f} MiB, 2000 images {big:.0f} MiB, "
               f"ratio {big / small:.3f}   (target <= 1.2)")
