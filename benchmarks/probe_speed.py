@@ -18,7 +18,6 @@ set; ``--no-memory`` skips the peak-memory part.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import tempfile
@@ -135,14 +134,18 @@ def time_torch_hooks(folder: Path, x: np.ndarray) -> float:
 
 
 def peak_rss(folder: Path, n: int, tmp: Path) -> float:
-    """Max RSS (MiB) of a fresh process probing ``n`` images (pixels memory-mapped from .npy)."""
+    """Peak RSS (MiB) of a fresh process probing ``n`` images (pixels memory-mapped from .npy).
+
+    Read from the child's own ``VmHWM`` (/proc/self/status), which starts afresh at exec:
+    ``getrusage().ru_maxrss`` would also count the parent's pages the child held between fork
+    and exec, i.e. report this (large) benchmark process instead of the probe."""
     x = np.random.default_rng(1).normal(0, 1, (n, 3, 32, 32)).astype(np.float32)
     np.save(tmp / f"probe{n}.npy", x)
     code = (
-        "import resource, nasprobe, sys; "
+        "import nasprobe, re; "
         f"nasprobe.probe([{str(folder)!r}], probe={str(tmp / f'probe{n}.npy')!r}, "
         f"out={str(tmp / f'mem{n}.zarr')!r}, batch_size={BATCH}, progress=False); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(res.stdout.strip().splitlines()[-1]) / 1024

@@ -14,7 +14,6 @@ Needs only the core and the ``dask`` extra. Run by hand: ``.venv/bin/python benc
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,21 +80,24 @@ def make_runs(root: Path) -> list[Path]:
 
 def serial_child(folders: list[Path], probe: Path, out: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of a fresh process probing ``folders`` serially."""
-    code = ("import sys, time, nasprobe; t = time.perf_counter(); "
+    code = ("import re, sys, time, nasprobe; t = time.perf_counter(); "
             "nasprobe.probe(sys.argv[3:], probe=sys.argv[1], out=sys.argv[2], "
-            f"batch_size={BATCH}, progress=False); print(time.perf_counter() - t)")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            f"batch_size={BATCH}, progress=False); "
+            "peak = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1]; "
+            "print(time.perf_counter() - t, peak)")
     res = subprocess.run([sys.executable, "-c", code, str(probe), str(out), *map(str, folders)],
                          check=True, capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert peak >= before
-    return float(res.stdout.strip().splitlines()[-1]), peak / 1024
+    wall, peak = res.stdout.strip().splitlines()[-1].split()
+    return float(wall), int(peak) / 1024
 
 
 def _worker_peak_mib() -> float:
-    import resource as r
+    """This process's peak RSS in MiB, from ``VmHWM`` (reset at exec, unlike ``ru_maxrss``,
+    which also counts the parent's pages held between fork and exec)."""
+    import re
 
-    return r.getrusage(r.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s*(\d+)", f.read())[1]) / 1024
 
 
 def main() -> None:
@@ -106,7 +108,6 @@ def main() -> None:
         root = Path(tmp)
         folders = make_runs(root)
         probe = root / "probe.npz"
-        # Children's peaks are a running max: measure the small job first.
         _, small_peak = serial_child(folders[:1], probe, root / "small.zarr")
         t_serial, serial_peak = serial_child(folders, probe, root / "serial.zarr")
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -99,11 +100,28 @@ class _ArraySource:
         return len(self.array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised."""
+        """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised.
+
+        A memory-mapped array's pages are released after the copy, so that the resident
+        memory of a probe job does not grow with the probe file (the OS page cache keeps them).
+        """
         a = np.array(_adapt(self.array[start:stop], self.steps), dtype=np.float32, order="C")
+        _release(self.array)
         if self.divisor is not None:
             a /= np.float32(self.divisor)
         return a
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop this process's resident pages of the mapping behind ``array``, if it is one."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - platform without madvise
+            pass
 
 
 def _candidates(shape: tuple, layout: _Layout) -> list[tuple]:

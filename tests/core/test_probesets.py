@@ -300,3 +300,28 @@ def test_folder_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     _raises(empty, "no images")
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_reading_a_memory_mapped_probe_set_does_not_keep_its_pages(tmp_path):
+    # 4,000 images of 3x32x32 float32 = 49 MB: read batch by batch, as a probe job does.
+    path = tmp_path / "big.npy"
+    np.save(path, np.random.default_rng(0).normal(0, 1, (4000, 3, 32, 32)).astype(np.float32))
+    ps = load_probe_set(path, (None, 3, 32, 32))
+    total = 0.0
+    for _, x, _ in ps.batches(256):
+        total += float(x[:, 0, 0, 0].sum())
+        assert _mapped_rss_kib(path) < 8 * 1024  # never more than a few batches' pages
+    assert np.isfinite(total)
+    assert _mapped_rss_kib(path) < 8 * 1024
