@@ -30,6 +30,15 @@ _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has no threads: the parent's pool would hang there
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def available() -> bool:
     """True when the compiled kernels are importable (``nasprobe._kernels``)."""
     return _c is not None

@@ -409,3 +409,19 @@ def test_raw_fold_rejects_read_only_state():
     args[4].flags.writeable = False
     with pytest.raises(TypeError):
         _c.fold(*args)
+
+
+def test_threaded_kernel_works_in_a_forked_child():
+    """A process forked after the kernel's thread pool exists gets a fresh pool, not a hang."""
+    import multiprocessing as mp
+
+    kernels.set_threads(2)
+    try:
+        a = np.random.default_rng(5).normal(0, 2, (64, 16, 32, 32)).astype(np.float32)
+        expected = kernels.nas_map(a, 1)  # creates the pool in this process
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(kernels.nas_map, (a, 1)).get(timeout=60)
+        np.testing.assert_array_equal(got, expected)
+    finally:
+        kernels.set_threads(None)
