@@ -19,7 +19,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) \
+    && defined(__linux__)   /* x86-64-v3 clones: gcc 12 on glibc (ifunc) */
 #define NP_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define NP_CLONES
