@@ -10,7 +10,10 @@ rises meaningfully afterwards: ``max(s[i_min:]) - s[i_min]`` must exceed both
 ``rel_tol`` (default 1 %) of the smoothed curve's range and ``noise_k`` standard
 deviations of the noise left in the smoothed curve (the residual ``raw - smoothed`` estimated
 robustly with the median absolute deviation, scaled by the Gaussian kernel's noise gain
-``1 / sqrt(2 sqrt(pi) sigma)``). By default ``noise_k = 3.5 sqrt(2 ln n_eff)`` with
+``1 / sqrt(2 sqrt(pi) sigma)``). The residuals are taken where the rise is judged — from
+``2 sigma`` before the minimum to the end, widened leftwards to at least half the curve and
+16 points — because those of a fast early descent are smoothing bias, not noise: counted in,
+they hid a clear but slow rise on 30-epoch runs. By default ``noise_k = 3.5 sqrt(2 ln n_eff)`` with
 ``n_eff = n / (2 sigma)`` independent stretches in ``n`` epochs: the largest swing smoothed
 noise alone makes on a curve of that length (about 7 for 30 epochs, 9 for 300), so a noisy
 plateau is not taken for a rise. A loss that never rises that much has no onset: ``None``.
@@ -38,6 +41,8 @@ from scipy.ndimage import gaussian_filter1d
 __all__ = ["smooth", "loss_onset", "nas_onset", "onsets"]
 
 _KERNEL_NOISE_GAIN = 1.0 / np.sqrt(2.0 * np.sqrt(np.pi))
+#: fewest residuals the loss-onset noise estimate uses (it widens leftwards to reach them)
+_MIN_NOISE_POINTS = 16
 
 
 def _finite(values, epochs) -> tuple[np.ndarray, np.ndarray]:
@@ -104,11 +109,16 @@ def loss_onset(loss, epochs, sigma: float = 2.0, rel_tol: float = 0.01,
     curve, accepted only when the rise after it exceeds ``rel_tol`` of the curve's range and
     ``noise_k`` noise deviations). Returns the epoch (int) or None when the loss never rises.
     """
-    curve = _smoothed_curve(loss, epochs, sigma, noise_k)
-    if curve is None:
+    y, e = _finite(loss, epochs)
+    if y.size < 3:
         return None
-    e, s, noise = curve
+    sig = _sigma_samples(e, sigma)
+    s = gaussian_filter1d(y, sig, mode="nearest")
     i_min = int(np.argmin(s))
+    # The noise that matters is the noise where the rise is judged: from a little before the
+    # minimum to the end. Residuals of the fast early descent are smoothing bias, not noise.
+    start = max(0, min(i_min - int(np.ceil(2 * sig)), y.size - max(_MIN_NOISE_POINTS, y.size // 2)))
+    noise = _noise_k(y.size, sig, noise_k) * _smoothed_noise(y[start:], s[start:], sig)
     rise = float(np.max(s[i_min:]) - s[i_min])
     span = float(np.max(s) - np.min(s))
     threshold = max(rel_tol * span, noise)

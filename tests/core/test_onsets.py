@@ -37,6 +37,35 @@ def test_monotone_decreasing_loss_has_no_onset(seed):
     assert loss_onset(np.full(e.size, 0.7), e) is None  # constant
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_slow_rise_after_a_fast_descent_is_found(seed):
+    # 30 epochs: a steep early descent (large smoothing residuals), then a slow rise of
+    # 0.08-0.15 nats from epoch 14 with little noise: the demo's shape. The bottom is flat
+    # within the early noise (0.05), so the smoothed minimum may sit a few epochs off 14.
+    rng = np.random.default_rng(300 + seed)
+    e = np.arange(-1, 30)
+    loss = (0.5 + 1.8 * np.exp(-(e + 1) / 2.5) + np.clip(e - 14, 0, None) * rng.uniform(0.005, 0.01)
+            + rng.normal(0, 1, e.size) * np.where(e < 18, 0.05, 0.004))
+    assert loss_onset(loss, e) is not None and 9 <= loss_onset(loss, e) <= 20
+
+
+def test_demo_loss_curve_has_its_onset():
+    # probe loss of `nasprobe demo` (VanillaNet on digits, 30 epochs) as it printed it
+    loss = [2.311, 2.31, 2.304, 2.276, 2.143, 1.75, 1.281, 0.84, 0.723, 0.655, 0.811, 0.618,
+            0.634, 0.542, 0.495, 0.659, 0.578, 0.553, 0.54, 0.604, 0.617, 0.588, 0.606, 0.625,
+            0.622, 0.633, 0.641, 0.645, 0.65, 0.653, 0.654]
+    assert 13 <= loss_onset(np.array(loss), np.arange(-1, 30)) <= 16
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_long_noisy_plateau_after_descent_has_no_onset(seed):
+    # the minimum of a long flat noisy tail sits anywhere in it; noise alone must not count
+    rng = np.random.default_rng(500 + seed)
+    e = np.arange(-1, int(rng.integers(100, 200)))
+    loss = 1 + 2 * np.exp(-(e + 1) / rng.uniform(2, 10)) + rng.normal(0, rng.uniform(0.005, 0.05), e.size)
+    assert loss_onset(loss, e) is None
+
+
 def test_loss_onset_ignores_unprobed_epochs():
     e = np.arange(30)
     loss = 1.0 + 0.01 * (e - 12.0) ** 2
