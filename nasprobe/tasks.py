@@ -46,9 +46,10 @@ class RunSpec:
     """Everything a process needs to rebuild one run's tapped model; small and picklable.
 
     ``checkpoints`` are ``(path, epoch)`` pairs of the run (the first gives the architecture);
-    the other fields are :func:`nasprobe.probe` options (``nas_on``: see :func:`host_nas`). ``probe_sha256``, once known, lets a
-    worker check that it reads the probe set the coordinator hashed. ``key`` identifies the
-    run's tapped model in the per-process cache (see :meth:`make`).
+    the other fields are :func:`nasprobe.probe` options (``nas_on``: see :func:`host_nas`).
+    ``probe_sha256``, once known, lets a worker check that it reads the probe set the
+    coordinator hashed. ``key`` identifies the run's tapped model in the per-process cache
+    (see :meth:`make`).
     """
 
     run: str
@@ -247,7 +248,7 @@ def host_nas(nas_on: str, device: str = "auto") -> bool:
     """Whether NAS is computed on the host from raw taps (True) or inside the graph (False).
 
     ``nas_on``: ``graph``, ``host``, or ``auto`` — host when the compiled kernels are built and
-    onnxruntime runs on CPU (on CPU the fused host kernel is cheaper than five graph operators
+    onnxruntime runs on CPU (on CPU the fused host kernel is cheaper than six graph operators
     over each tap tensor; on CUDA the graph keeps the taps on the GPU and only maps leave).
     """
     if nas_on not in ("auto", "graph", "host"):
@@ -255,7 +256,6 @@ def host_nas(nas_on: str, device: str = "auto") -> bool:
     if nas_on == "auto":
         return kernels_available() and select_providers(device)[0] == "CPUExecutionProvider"
     return nas_on == "host"
-
 
 
 def context(spec: RunSpec) -> RunContext:
