@@ -28,6 +28,7 @@ __all__ = ["available", "nas_map", "fold", "set_threads"]
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
 def _forget_pool() -> None:
@@ -60,11 +61,11 @@ def _threads() -> int:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL._max_workers != n:
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE != n:
         if _POOL is not None:
             _POOL.shutdown(wait=False)
-        _POOL = ThreadPoolExecutor(n, thread_name_prefix="nasprobe-kernel")
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="nasprobe-kernel"), n
     return _POOL
 
 
