@@ -140,7 +140,8 @@ def info_cmd(store):
         span = f"{eps.min()}..{eps.max()}" if len(eps) else "none"
         p = runs.get(str(r), {})
         click.echo(f"  {r}: {done.sum()} epochs ({span}), {p.get('framework', '?')} from "
-                   f"{p.get('source', '?')}, provider {p.get('provider', '?')}")
+                   f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
+                   f"NAS computed in {p.get('nas_on', 'graph')}")
         for f, why in p.get("skipped", {}).items():
             click.echo(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():

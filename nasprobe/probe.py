@@ -157,6 +157,7 @@ def _plan(name: str, inputs: list[Path], options: dict, epoch_regex, on_error) -
              for t in ctx.taps]
     provenance = {"source": str(inputs[0].resolve()), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
+                  "nas_on": "host" if ctx.host else "graph",
                   "skipped": dict(skipped)}
     attrs = {"nasprobe_version": __version__, "tap": spec.tap,
              "exclude_bias": bool(spec.exclude_bias), "probe_sha256": ctx.probeset.sha256,

@@ -201,6 +201,8 @@ def test_cli_nas_on(conv_run, labelled_probe, tmp_path):
                                    "--keep-images", "21"])
         assert res.exit_code == 0, res.output
         stores[on] = nasprobe.open_store(out)
+        info = runner.invoke(main, ["info", str(out)])
+        assert info.exit_code == 0 and f"NAS computed in {on}" in info.output, info.output
     assert list(stores["graph"].to_dataset().layer.values) == ["conv1", "conv2", "fc"]
     _assert_same_store(stores["graph"], stores["host"])
     res = runner.invoke(main, ["probe", str(folder), "--probe", str(labelled_probe), "--out",
