@@ -115,11 +115,9 @@ def _finished(run_dir: Path, epochs: int) -> bool:
 def train_one(out: str, config: str, seed: int, epochs: int, beta: float) -> tuple[str, float]:
     """Train one run into ``out/runs/<config>-s<seed>`` (one CPU thread); returns (name, s)."""
     import torch
-    from torch import nn
 
-    from nasprobe_torch.digits import digits_splits
+    from nasprobe_torch.digits import digits_splits, fit_digits
     from nasprobe_torch.regularizers import NASReg
-    from nasprobe_torch.training import CheckpointWriter
 
     torch.set_num_threads(1)
     name = run_name(config, seed)
@@ -137,33 +135,8 @@ def train_one(out: str, config: str, seed: int, epochs: int, beta: float) -> tup
     if config == "nasreg":
         reg = _Scaled(NASReg(model, layers=NASREG_LAYERS, lam="auto", tap="linear"), beta)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    xp, yp = torch.from_numpy(x_pr), torch.from_numpy(y_pr)
-    writer = CheckpointWriter(run_dir, model)
-
-    def evaluate(x, y):
-        model.eval()
-        with torch.no_grad():
-            logits = model(x)
-            return (float(nn.functional.cross_entropy(logits, y)),
-                    float((logits.argmax(1) == y).float().mean()))
-
-    def metrics():
-        (tl, ta), (vl, va) = evaluate(xt, yt), evaluate(xp, yp)
-        return {"train_loss": tl, "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
-
-    writer.save_init(metrics())
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=gen).split(BATCH):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            if reg is not None:
-                loss = loss + reg.penalty()
-            loss.backward()
-            opt.step()
-        writer.save(epoch, metrics())
+    fit_digits(model, opt, (x_tr, y_tr, x_pr, y_pr), run_dir, epochs=epochs, seed=seed,
+               batch_size=BATCH, regularizer=reg)
     return name, time.perf_counter() - t0
 
 
@@ -297,7 +270,7 @@ def main(argv=None) -> int:
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "examples/digits_overfitting.py",
                                                 *(sys.argv[1:] if argv is None else argv)])
 
-    from nasprobe_torch.digits import digits_splits
+    from nasprobe_torch.digits import digits_splits, fit_digits
 
     _, _, x_pr, y_pr = digits_splits(TRAIN, PROBE, SPLIT_SEED)
     probe_npz = out / "probe.npz"

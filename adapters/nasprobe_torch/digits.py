@@ -17,7 +17,7 @@ from torch import nn
 from .models import drop_net, norm_net, vanilla_net
 from .training import CheckpointWriter
 
-__all__ = ["digits_splits", "train_digits", "NETS", "DIGITS_WIDTHS"]
+__all__ = ["digits_splits", "fit_digits", "train_digits", "NETS", "DIGITS_WIDTHS"]
 
 #: Channels of conv1..conv4 and fc1 used on digits (the 2020 paper's size "s").
 DIGITS_WIDTHS = (16, 16, 32, 32, 64)
@@ -42,6 +42,39 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     with torch.no_grad():
         out = model(x)
         return float(nn.functional.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+
+
+def fit_digits(model: nn.Module, opt: torch.optim.Optimizer, splits, run_dir, *, epochs: int,
+               seed: int, batch_size: int = 32, regularizer=None) -> None:
+    """Train ``model`` with cross-entropy (+ ``regularizer.penalty()``), saving ``init.pt``, one
+    ``epoch_NNN.pt`` per epoch and ``metrics.csv`` (train/test loss in nats and accuracy as a
+    fraction) into ``run_dir`` with :class:`~nasprobe_torch.training.CheckpointWriter`.
+
+    ``splits`` is :func:`digits_splits`' ``(x_train, y_train, x_test, y_test)``; ``seed`` seeds
+    the order of the mini-batches (``batch_size`` images each).
+    """
+    x_tr, y_tr, x_pr, y_pr = splits
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    xp, yp = torch.from_numpy(x_pr), torch.from_numpy(y_pr)
+    writer = CheckpointWriter(run_dir, model)
+
+    def metrics():
+        tl, ta = _evaluate(model, xt, yt)
+        vl, va = _evaluate(model, xp, yp)
+        return {"train_loss": tl, "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
+
+    writer.save_init(metrics())
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            if regularizer is not None:
+                loss = loss + regularizer.penalty()
+            loss.backward()
+            opt.step()
+        writer.save(epoch, metrics())
 
 
 def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int = 30,
@@ -79,27 +112,8 @@ def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int
         opt = torch.optim.SGD(model.parameters(), lr=lr or 0.01)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', not {optimizer!r}")
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    xp, yp = torch.from_numpy(x_pr), torch.from_numpy(y_pr)
-    writer = CheckpointWriter(folder / "run", model)
-
-    def metrics():
-        tl, ta = _evaluate(model, xt, yt)
-        vl, va = _evaluate(model, xp, yp)
-        return {"train_loss": tl, "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
-
-    writer.save_init(metrics())
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            if reg is not None:
-                loss = loss + reg.penalty()
-            loss.backward()
-            opt.step()
-        writer.save(epoch, metrics())
+    fit_digits(model, opt, (x_tr, y_tr, x_pr, y_pr), folder / "run", epochs=epochs, seed=seed,
+               batch_size=batch_size, regularizer=reg)
     factory = {"vanilla": "vanilla_net", "norm": "norm_net", "drop": "drop_net"}[net]
     spec = (f"nasprobe_torch.models:{factory}(widths={list(DIGITS_WIDTHS)}, in_channels=1, "
             "classes=10, input_size=16)")
