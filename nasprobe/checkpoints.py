@@ -1,33 +1,28 @@
-"""Checkpoint folders: finding the files, parsing epochs, and the per-framework sources.
+"""Checkpoint folders: finding a run's checkpoints and parsing epochs from their names.
 
-A *source* turns a list of checkpoint files of one run into (a) one ONNX architecture, exported
-once, and (b) per epoch, the values of that architecture's initializers. The core knows only
-ONNX (:class:`OnnxSource`); framework sources live in the adapters (``nasprobe_torch``,
-``nasprobe_keras``) and are imported by name, lazily, when a non-ONNX checkpoint is given.
+Which files (or folders) are checkpoints, and how they become a source, is up to the adapters
+(:mod:`nasprobe.adapters`); this module only finds them and orders them by epoch.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
-
-from .errors import CheckpointError, NasprobeError
+from . import adapters
+from .adapters import detect_framework, open_source
+from .contract import Checkpoint, CheckpointSource
+from .errors import CheckpointError, EpochError, NoCheckpointError
 
 __all__ = [
     "Checkpoint",
     "CheckpointSource",
-    "OnnxSource",
     "DEFAULT_EPOCH_PATTERNS",
     "parse_epoch",
     "find_checkpoints",
+    "checkpoints_in",
     "detect_framework",
     "open_source",
 ]
@@ -42,29 +37,11 @@ DEFAULT_EPOCH_PATTERNS: tuple[str, ...] = (
     r"(?P<epoch>\d+)(?=\D*$)",
 )
 
-#: File extensions per framework; ``detect_framework`` uses them.
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "onnx": (".onnx",),
-    "torch": (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".tar"),
-    "keras": (".keras", ".h5", ".weights.h5"),
-}
-
-ADAPTERS = {"torch": "nasprobe_torch", "keras": "nasprobe_keras"}
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One saved epoch: its file and the epoch number (-1 for the untrained model)."""
-
-    path: Path
-    epoch: int
-
 
 def _strip_ext(name: str) -> str:
-    for exts in EXTENSIONS.values():
-        for ext in sorted(exts, key=len, reverse=True):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
+    for ext in adapters.extensions():
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
     return Path(name).stem
 
 
@@ -92,27 +69,9 @@ def parse_epoch(path: str | os.PathLike, epoch_regex: str | None = None) -> int 
     return None
 
 
-def detect_framework(paths: Iterable[Path]) -> str:
-    """``onnx``, ``torch`` or ``keras`` from the files' extensions; error when mixed or unknown."""
-    found = set()
-    for p in paths:
-        name = p.name.lower()
-        for fw in ("keras", "onnx", "torch"):
-            if any(name.endswith(ext) for ext in EXTENSIONS[fw]):
-                found.add(fw)
-                break
-    if len(found) == 1:
-        return found.pop()
-    if not found:
-        raise NasprobeError("no checkpoint file with a known extension "
-                            f"({', '.join(e for v in EXTENSIONS.values() for e in v)})")
-    raise NasprobeError(f"checkpoints of several frameworks in one run: {sorted(found)}; "
-                        "pass --framework")
-
-
-def _is_checkpoint(p: Path) -> bool:
-    name = p.name.lower()
-    return p.is_file() and any(name.endswith(e) for v in EXTENSIONS.values() for e in v)
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that an adapter claims as checkpoints, sorted by name."""
+    return sorted(q for q in Path(folder).iterdir() if adapters.is_checkpoint(q))
 
 
 def find_checkpoints(inputs: Iterable[str | os.PathLike], epoch_regex: str | None = None,
@@ -120,123 +79,39 @@ def find_checkpoints(inputs: Iterable[str | os.PathLike], epoch_regex: str | Non
     """Checkpoints of one run, sorted by epoch.
 
     Args:
-        inputs: a folder (every checkpoint file in it) and/or checkpoint files.
+        inputs: a folder (every checkpoint in it) and/or checkpoints (files, or folders that
+            an adapter claims, such as orbax checkpoints).
         epoch_regex: overrides the default epoch patterns (see :func:`parse_epoch`).
 
     Raises:
-        CheckpointError: an empty folder, a file whose epoch cannot be parsed, or two files that
-            claim the same epoch (all named in the message).
+        NoCheckpointError: a folder without checkpoints.
+        EpochError: a file whose epoch cannot be parsed, or two files that claim the same
+            epoch (both named in the message).
+        CheckpointError: a path that does not exist.
     """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if _is_checkpoint(q))
-            if not found:
-                raise CheckpointError(p, "folder holds no checkpoint file "
-                                      "(.onnx, .pt, .pth, .bin, .ckpt, .safetensors, .pt2, "
-                                      ".keras, .h5)")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
+        if not p.exists():
             raise CheckpointError(p, "no such file or folder")
+        if p.is_dir() and not adapters.is_checkpoint(p):
+            found = checkpoints_in(p)
+            if not found:
+                raise NoCheckpointError(p, "folder holds no checkpoint file "
+                                        f"({', '.join(adapters.extensions())})")
+            files.extend(found)
+        else:
+            files.append(p)
     by_epoch: dict[int, Path] = {}
-    weights_only = any(f.name.lower().endswith(".weights.h5") for f in files)
+    extra = adapters.companions(files)
     for f in files:
         epoch = parse_epoch(f, epoch_regex)
-        if epoch is None and weights_only and f.suffix.lower() == ".keras":
-            continue  # the architecture file beside Keras weights-only checkpoints
+        if epoch is None and f in extra:
+            continue  # e.g. the architecture file beside weight-only checkpoints
         if epoch is None:
-            raise CheckpointError(f, "cannot parse an epoch from the file name; pass "
-                                  "--epoch-regex with a group named 'epoch'")
+            raise EpochError(f, "cannot parse an epoch from the file name; pass "
+                             "--epoch-regex with a group named 'epoch'")
         if epoch in by_epoch:
-            raise CheckpointError(f, f"claims epoch {epoch}, as does {by_epoch[epoch]}")
+            raise EpochError(f, f"claims epoch {epoch}, as does {by_epoch[epoch]}")
         by_epoch[epoch] = f
     return [Checkpoint(by_epoch[e], e) for e in sorted(by_epoch)]
-
-
-class CheckpointSource(Protocol):
-    """What the probe needs from a run's checkpoints, whatever the framework.
-
-    ``architecture()`` returns one ONNX model (with the weights of the first checkpoint) whose
-    graph keeps every linear operator and BatchNorm as in the framework model, and whose layer
-    names are the framework's own. ``weights(ckpt)`` returns the values of that model's
-    initializers for one checkpoint, keyed by initializer name (only those that differ per
-    epoch need to be given). ``framework`` names the framework for provenance.
-    """
-
-    framework: str
-
-    def architecture(self) -> onnx.ModelProto: ...
-
-    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]: ...
-
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file, refusing external data that points outside the file's folder."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several kinds
-        raise CheckpointError(path, f"not a readable ONNX model ({exc.__class__.__name__}: "
-                              f"{exc})") from exc
-    folder = path.resolve().parent
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            loc = dict((e.key, e.value) for e in init.external_data).get("location", "")
-            target = (folder / loc).resolve()
-            if folder not in target.parents:
-                raise CheckpointError(path, f"initializer {init.name!r} points to external "
-                                      f"data outside its folder ({loc!r}); refused")
-    try:
-        onnx.load_external_data_for_model(model, str(folder))
-    except Exception as exc:
-        raise CheckpointError(path, f"cannot read its external data: {exc}") from exc
-    return model
-
-
-class OnnxSource:
-    """Checkpoints that are already ONNX files: the first one gives the architecture."""
-
-    framework = "onnx"
-
-    def __init__(self, checkpoints: list[Checkpoint]):
-        self.checkpoints = checkpoints
-        self._first = load_onnx(checkpoints[0].path)
-
-    def architecture(self) -> onnx.ModelProto:
-        """The first checkpoint's model."""
-        return self._first
-
-    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-        """All initializers of ``checkpoint``'s file, by name (arrays in the file's dtype)."""
-        if checkpoint.path == self.checkpoints[0].path:
-            model = self._first
-        else:
-            model = load_onnx(checkpoint.path)
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
-def open_source(checkpoints: list[Checkpoint], framework: str = "auto", **options
-                ) -> CheckpointSource:
-    """The :class:`CheckpointSource` for a run's checkpoints.
-
-    Args:
-        checkpoints: from :func:`find_checkpoints` (not empty).
-        framework: ``auto`` (from the file extensions), ``onnx``, ``torch`` or ``keras``.
-        **options: passed to the adapter's ``make_source`` (``model``, ``input_shape``,
-            ``tap``, ``trust_pickle``...).
-    """
-    if framework == "auto":
-        framework = detect_framework(c.path for c in checkpoints)
-    if framework == "onnx":
-        return OnnxSource(checkpoints)
-    if framework not in ADAPTERS:
-        raise NasprobeError(f"unknown framework {framework!r}; use auto, onnx, torch or keras")
-    name = ADAPTERS[framework]
-    try:
-        adapter = importlib.import_module(name)
-    except ImportError as exc:
-        raise NasprobeError(f"{framework} checkpoints need the {name} adapter and {framework}: "
-                            f"pip install 'nasprobe[{framework}]' ({exc})") from exc
-    return adapter.make_source(checkpoints, **options)

@@ -8,6 +8,9 @@ import sys
 
 import click
 
+from .cli_figures import plot
+from .cli_probe import demo_cmd, export_cmd, info_cmd, probe_cmd
+from .cli_report import report_command, tensorboard_command
 from .errors import NasprobeError
 
 
@@ -30,7 +33,7 @@ def main() -> None:
     """Neural Activation Sparsity of saved checkpoints: probe, store, plot."""
 
 
-# Commands live in modules named after what they do; importing them registers them on `main`.
-from . import cli_probe  # noqa: E402,F401
-from . import cli_report  # noqa: E402,F401
-from . import cli_figures  # noqa: E402,F401
+# Commands live in modules named after what they do, as plain click commands; the group adds them.
+for command in (probe_cmd, export_cmd, info_cmd, demo_cmd, report_command, tensorboard_command,
+                plot):
+    main.add_command(command)

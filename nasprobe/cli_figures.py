@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
-from .cli import main
 from .errors import NasprobeError
 
 __all__ = ["plot"]
 
 
-@main.command("plot")
+@click.command("plot")
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--kind", required=True,
               type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy"]),

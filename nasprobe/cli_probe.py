@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from .cli import main
+from . import adapters
+
+__all__ = ["probe_cmd", "export_cmd", "info_cmd", "demo_cmd", "framework_options"]
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -21,8 +23,10 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 def framework_options(f):
     """Options shared by ``probe`` and ``export`` (how checkpoints are read and tapped)."""
     opts = [
-        click.option("--framework", type=click.Choice(["auto", "onnx", "torch", "keras"]),
-                     default="auto", show_default=True, help="Checkpoint format."),
+        click.option("--framework", type=click.Choice(["auto", *adapters.names()]),
+                     default="auto", show_default=True,
+                     help="Checkpoint format (auto: from the files; the choices are the "
+                          "installed adapters)."),
         click.option("--model", "model", default=None, metavar="MODULE:CALLABLE",
                      help="Factory of the architecture for weight-only checkpoints; "
                           "MODULE:CALLABLE(key=value, ...) passes keyword arguments."),
@@ -43,7 +47,7 @@ def framework_options(f):
     return f
 
 
-@main.command("probe")
+@click.command("probe")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--probe", "probe_path", required=True, type=click.Path(exists=True),
               help=".npy images, .npz (x, optional y) or a folder of images.")
@@ -78,6 +82,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
     the folder (nasprobe probe runs/*)."""
     from .errors import NasprobeError
+    from .options import ProbeOptions
     from .probe import probe, run_folders
     from .store import Store
 
@@ -87,13 +92,13 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     if metrics_log and len(runs) > 1:
         raise NasprobeError(f"--metrics imports the log of one run, but {len(runs)} run "
                             "folders were given; import each run's log separately")
-    path = probe(list(checkpoints), probe=probe_path, out=out, run=run, framework=framework,
-                 model=model, input_shape=_shape(input_shape), tap=tap,
-                 exclude_bias=exclude_bias, layers=layers, batch_size=batch_size,
-                 keep_images=keep_images, epoch_regex=epoch_regex, device=device,
-                 on_error=on_error, trust_pickle=trust_pickle, mean=_floats(mean),
-                 std=_floats(std), force=force, workers=workers, scheduler=scheduler,
-                 nas_on=nas_on)
+    options = ProbeOptions.build(probe_path, framework=framework, model=model,
+                                 input_shape=_shape(input_shape), trust_pickle=trust_pickle,
+                                 tap=tap, exclude_bias=exclude_bias, layers=layers,
+                                 device=device, mean=_floats(mean), std=_floats(std),
+                                 batch_size=batch_size, keep_images=keep_images, nas_on=nas_on)
+    path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,
+                 on_error=on_error, force=force, workers=workers, scheduler=scheduler)
     if metrics_log:
         from .training_logs import read_training_log
 
@@ -102,7 +107,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     click.echo(str(path))
 
 
-@main.command("export")
+@click.command("export")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for the tapped ONNX files.")
@@ -119,7 +124,7 @@ def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bia
         click.echo(str(path))
 
 
-@main.command("info")
+@click.command("info")
 @click.argument("store", type=click.Path(exists=True))
 def info_cmd(store):
     """Print a store's runs, epochs, layers and provenance."""
@@ -156,7 +161,7 @@ def info_cmd(store):
         click.echo(f"metrics: {', '.join(extra)}")
 
 
-@main.command("demo")
+@click.command("demo")
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(2))
 def demo_cmd(out, epochs):

@@ -1,14 +1,14 @@
 """``nasprobe report`` and ``nasprobe tensorboard``: a store as one HTML file, or as
-TensorBoard event files (DESIGN.md §3). Importing this module registers both commands."""
+TensorBoard event files (DESIGN.md §3). The group in :mod:`nasprobe.cli` adds both commands."""
 
 from __future__ import annotations
 
 import click
 
-from .cli import main
+__all__ = ["report_command", "tensorboard_command"]
 
 
-@main.command("report")
+@click.command("report")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (self-contained: figures embedded, no network).")
@@ -28,7 +28,7 @@ def report_command(store: str, out: str, title: str | None, dpi: int,
     click.echo(f"report: {path}")
 
 
-@main.command("tensorboard")
+@click.command("tensorboard")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.argument("logdir", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["NasprobeError", "CheckpointError", "ProbeSetError", "GraphError", "StoreError"]
+__all__ = ["NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
+           "ProbeSetError", "GraphError", "StoreError"]
 
 
 class NasprobeError(Exception):
@@ -24,6 +25,14 @@ class _FileError(NasprobeError):
 
 class CheckpointError(_FileError):
     """A checkpoint file or folder that cannot be used (corrupt, other architecture, ...)."""
+
+
+class NoCheckpointError(CheckpointError):
+    """A folder in which no adapter finds a checkpoint."""
+
+
+class EpochError(CheckpointError):
+    """A checkpoint whose epoch cannot be parsed from its name, or claimed by two files."""
 
 
 class ProbeSetError(_FileError):

@@ -9,7 +9,9 @@ from typing import Iterator, Sequence
 import onnx
 from onnx import helper, numpy_helper
 
-from .checkpoints import find_checkpoints, open_source
+from .adapters import open_source
+from .checkpoints import find_checkpoints
+from .contract import SourceOptions
 from .graph import build_probe_graph, find_taps
 
 __all__ = ["export_tapped", "TAP_PREFIX"]
@@ -30,8 +32,8 @@ def export_tapped(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLi
     e.g. ``(N, D, H, W)``), then every NAS map as ``nasprobe_nas::<layer>`` (``(N, H, W)``).
     """
     ckpts = find_checkpoints(checkpoints, epoch_regex)
-    source = open_source(ckpts, framework, model=model, input_shape=input_shape,
-                         trust_pickle=trust_pickle, tap=tap)
+    source = open_source(ckpts, framework, SourceOptions(model=model, input_shape=input_shape,
+                                                         trust_pickle=trust_pickle))
     arch = source.architecture()
     taps = find_taps(arch, tap=tap, layers=layers, source=str(ckpts[0].path))
     tapped = build_probe_graph(arch, taps, exclude_bias=exclude_bias, source=str(ckpts[0].path))

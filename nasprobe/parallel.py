@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Iterator, Sequence
 
 from .errors import NasprobeError
-from .tasks import Outcome, run_epoch
+from .tasks import EpochTask, Outcome, run_epoch
 
 __all__ = ["dask_client", "run_on_dask", "RETRIES"]
 
@@ -84,10 +84,9 @@ def _match_worker_threads(dask_worker) -> int:
     return n
 
 
-def run_on_dask(client, tasks: Sequence[tuple], handle: Callable[[Outcome], bool],
+def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], bool],
                 retries: int = RETRIES) -> None:
-    """Submit one :func:`nasprobe.tasks.run_epoch` per ``tasks`` item (its positional
-    arguments) and pass each :class:`~nasprobe.tasks.Outcome` to ``handle`` as it completes.
+    """Submit one :func:`nasprobe.tasks.run_epoch` per task and pass each :class:`~nasprobe.tasks.Outcome` to ``handle`` as it completes.
 
     ``handle`` returns False to stop: the remaining tasks are cancelled (slots already being
     written are either committed whole or stay invisible). A task whose worker died more than
@@ -97,11 +96,10 @@ def run_on_dask(client, tasks: Sequence[tuple], handle: Callable[[Outcome], bool
     # Each worker's onnxruntime uses the worker's own threads, not every core of the machine.
     client.run(_match_worker_threads)
     futures = {}
-    for args in tasks:
-        spec, path, epoch = args[0], args[1], args[2]
-        fut = client.submit(run_epoch, *args, retries=retries, pure=False,
-                            key=f"nasprobe-{spec.run}-{epoch}-{args[-1]}")
-        futures[fut] = (spec.run, epoch, str(path))
+    for task in tasks:
+        fut = client.submit(run_epoch, task, retries=retries, pure=False,
+                            key=f"nasprobe-{task.spec.run}-{task.epoch}-{task.job}")
+        futures[fut] = (task.spec.run, task.epoch, str(task.path))
     pending = distributed.as_completed(list(futures))
     try:
         for fut in pending:

@@ -18,17 +18,21 @@ import uuid
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import EXTENSIONS, Checkpoint, find_checkpoints, parse_epoch
-from .errors import CheckpointError, NasprobeError, StoreError
+from .adapters import is_checkpoint
+from .checkpoints import Checkpoint, checkpoints_in, find_checkpoints, parse_epoch
+from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointError, StoreError
+from .options import ProbeOptions
 from .store import LayerInfo, Store
-from .tasks import EpochResult, Outcome, RunSpec, context, output_kind, probe_epoch, run_epoch
+from .tasks import (EpochResult, EpochTask, Outcome, RunSpec, context, output_kind, probe_epoch,
+                    run_epoch)
 
-__all__ = ["probe", "probe_epoch", "EpochResult", "output_kind", "run_folders", "run_info"]
+__all__ = ["probe", "probe_epoch", "EpochResult", "ProbeOptions", "output_kind", "run_folders",
+           "run_info"]
 
 
 def _folder_name(p: Path) -> str:
@@ -39,9 +43,10 @@ def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
                 ) -> list[tuple[str, list[Path]]]:
     """Split the CHECKPOINTS arguments into runs: ``[(run name, inputs)]``.
 
-    Several arguments that are all folders are one run each, named after the folder
-    (``nasprobe probe runs/*``); anything else — one folder, or files — is one run named
-    ``run`` (default: the folder's name, or the folder of the first file).
+    Several arguments that are all folders (and not themselves checkpoints, as orbax folders
+    are) are one run each, named after the folder (``nasprobe probe runs/*``); anything else —
+    one folder, or checkpoints — is one run named ``run`` (default: the folder's name, or the
+    folder of the first checkpoint).
 
     Raises:
         NasprobeError: ``run`` given with several run folders, or two run folders of one name.
@@ -49,7 +54,8 @@ def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
     items = [Path(c) for c in checkpoints]
     if not items:
         raise NasprobeError("no checkpoints given")
-    if len(items) > 1 and all(p.is_dir() for p in items):
+    runs = [p.is_dir() and not is_checkpoint(p) for p in items]
+    if len(items) > 1 and all(runs):
         if run:
             raise NasprobeError(f"--run names one run, but {len(items)} run folders were given "
                                 "(each folder is a run named after it); drop --run")
@@ -62,19 +68,14 @@ def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
             seen[name] = p
         return [(name, [p]) for name, p in seen.items()]
     first = items[0]
-    return [(run or (_folder_name(first) if first.is_dir() else first.parent.name), items)]
-
-
-def _is_checkpoint(p: Path) -> bool:
-    name = p.name.lower()
-    return p.is_file() and any(name.endswith(e) for v in EXTENSIONS.values() for e in v)
+    return [(run or (_folder_name(first) if runs[0] else first.parent.name), items)]
 
 
 def _explicit(inputs: list[Path]) -> list[Path]:
-    """Folders replaced by their checkpoint files."""
+    """Run folders replaced by their checkpoints."""
     out: list[Path] = []
     for p in inputs:
-        out.extend(sorted(q for q in p.iterdir() if _is_checkpoint(q)) if p.is_dir() else [p])
+        out.extend(checkpoints_in(p) if p.is_dir() and not is_checkpoint(p) else [p])
     return out
 
 
@@ -86,11 +87,12 @@ def _find(inputs: list[Path], epoch_regex: str | None, on_error: str,
     while True:
         try:
             return find_checkpoints(files, epoch_regex)
-        except CheckpointError as exc:
-            if "holds no checkpoint file" in exc.message:
-                _hint_subfolders(Path(exc.path), exc)
+        except NoCheckpointError as exc:
+            _hint_subfolders(Path(exc.path), exc)
+            raise
+        except EpochError as exc:
             bad = Path(exc.path)
-            if on_error == "fail" or not bad.is_file():
+            if on_error == "fail":
                 raise
             files = _explicit(files)
             epoch = parse_epoch(bad, epoch_regex)
@@ -107,11 +109,11 @@ def _find(inputs: list[Path], epoch_regex: str | None, on_error: str,
                                       f"{', '.join(skipped)})") from exc
 
 
-def _hint_subfolders(folder: Path, exc: CheckpointError) -> None:
-    subs = sorted(q for q in folder.iterdir() if q.is_dir() and any(map(_is_checkpoint, q.iterdir())))
+def _hint_subfolders(folder: Path, exc: NoCheckpointError) -> None:
+    subs = [q for q in sorted(folder.iterdir()) if q.is_dir() and checkpoints_in(q)]
     if subs:
         names = ", ".join(q.name for q in subs[:4]) + (", …" if len(subs) > 4 else "")
-        raise CheckpointError(folder, f"folder holds no checkpoint file, but its sub-folders "
+        raise NoCheckpointError(folder, f"folder holds no checkpoint file, but its sub-folders "
                               f"{names} do: pass them as runs, e.g. nasprobe probe "
                               f"{folder}/*") from exc
 
@@ -130,7 +132,7 @@ class _Plan:
     run_i: int = -1
 
 
-def _plan(name: str, inputs: list[Path], options: dict, epoch_regex, on_error) -> _Plan:
+def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error) -> _Plan:
     """Find the run's checkpoints and build its tapped model once (in this process's cache).
     With ``on_error="skip"`` a first checkpoint that cannot give the architecture is skipped
     and the next one tried."""
@@ -138,8 +140,8 @@ def _plan(name: str, inputs: list[Path], options: dict, epoch_regex, on_error) -
     found = _find(inputs, epoch_regex, on_error, skipped)
     ckpts = list(found)
     while True:
-        spec = RunSpec.make(run=name, checkpoints=tuple((str(c.path), c.epoch) for c in ckpts),
-                            **options)
+        spec = RunSpec(run=name, checkpoints=tuple((str(c.path), c.epoch) for c in ckpts),
+                       options=options)
         try:
             ctx = context(spec)
             break
@@ -159,65 +161,60 @@ def _plan(name: str, inputs: list[Path], options: dict, epoch_regex, on_error) -
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
                   "skipped": dict(skipped)}
-    attrs = {"nasprobe_version": __version__, "tap": spec.tap,
-             "exclude_bias": bool(spec.exclude_bias), "probe_sha256": ctx.probeset.sha256,
-             "probe_size": int(ctx.probeset.size), "probe_source": spec.probe,
+    attrs = {"nasprobe_version": __version__, "tap": options.tap,
+             "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
+             "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
              "framework": ctx.source.framework}
     return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs, skipped)
 
 
-def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
-          out: str | os.PathLike, run: str | None = None, framework: str = "auto",
-          model: str | None = None, input_shape: Sequence[int] | None = None,
-          tap: str = "linear", exclude_bias: bool = False, layers: str | None = None,
-          batch_size: int = 64, keep_images: int = 8, epoch_regex: str | None = None,
-          device: str = "auto", on_error: str = "fail", trust_pickle: bool = False,
-          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-          force: bool = False, progress: bool = True, workers: int | None = None,
-          scheduler=None, nas_on: str = "auto") -> Path:
+def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
+          options: ProbeOptions | None = None, run: str | None = None,
+          epoch_regex: str | None = None, on_error: str = "fail", force: bool = False,
+          progress: bool = True, workers: int | None = None, scheduler=None,
+          **option_fields: Any) -> Path:
     """Probe every checkpoint of one or more runs and write NAS statistics into the store ``out``.
+
+    What is measured is given either as ``options`` (a :class:`~nasprobe.options.ProbeOptions`)
+    or as its fields in keyword arguments, e.g. ``probe(ckpts, out=..., probe="probe.npz",
+    tap="preact")``; ``model``, ``input_shape`` and ``trust_pickle`` are accepted there too
+    (see :meth:`ProbeOptions.build <nasprobe.options.ProbeOptions.build>`).
 
     Args:
         checkpoints: a folder of checkpoints (epochs parsed from file names) and/or files: one
             run. Several folders: one run each, named after the folder (see :func:`run_folders`).
-        probe: ``.npy`` images, ``.npz`` with ``x`` (and optional labels ``y``), or an image folder.
         out: the zarr store (created, or extended: runs and epochs already there are kept).
+        options: the probe options (or give their fields as keyword arguments).
         run: the run's name (default: the folder's name); only with a single run.
-        framework: ``auto``, ``onnx``, ``torch`` or ``keras``.
-        model, input_shape, trust_pickle: for framework checkpoints (see the adapters).
-        tap: ``linear`` (output of the linear op, before BatchNorm) or ``preact``.
-        exclude_bias: subtract the layer's bias before measuring.
-        layers: regex selecting layers by name.
-        batch_size: probe images per forward pass (bounds memory).
-        keep_images: per-image heatmaps kept for the first N probe images.
         epoch_regex: overrides the epoch patterns of file names.
-        device: ``auto``, ``cpu`` or ``cuda`` (falls back to CPU with a notice).
         on_error: ``fail`` stops at the first bad checkpoint; ``skip`` records it under the
             run's ``skipped`` provenance and goes on with the other epochs.
-        mean, std: per-channel normalisation of the probe images.
         force: allow a store written with another probe set.
         progress: a progress bar over finished (run, epoch) tasks on stderr.
         workers: run the tasks on a new local Dask cluster of this many processes.
         scheduler: run them on an existing Dask scheduler (``tcp://HOST:PORT`` or a Client).
-        nas_on: where NAS is computed: ``graph`` (appended to the ONNX graph), ``host`` (raw taps
-            out of onnxruntime, NAS by the fused C kernel of :mod:`nasprobe.kernels`) or
-            ``auto`` (host on CPU when the kernel is built, else graph). Results agree to 1e-5.
+        **option_fields: the fields of :class:`~nasprobe.options.ProbeOptions` (``probe``,
+            ``framework``, ``tap``, ``nas_on``...), when ``options`` is not given. ``nas_on``:
+            ``graph`` (NAS appended to the ONNX graph), ``host`` (raw taps out of onnxruntime,
+            NAS by the fused C kernel of :mod:`nasprobe.kernels`) or ``auto`` (host on CPU when
+            the kernel is built, else graph); results agree to 1e-5.
 
     Returns:
         The store path. Epochs already stored are skipped, so running the same call again after
         an interruption continues where it stopped. Epochs with non-finite weights are stored
         (NaN statistics where affected) with a warning, and listed under ``nonfinite``.
     """
+    if options is None:
+        if "probe" not in option_fields:
+            raise NasprobeError("no probe set given (probe=...)")
+        options = ProbeOptions.build(**option_fields)
+    elif option_fields:
+        raise NasprobeError(f"give options= or its fields ({', '.join(option_fields)}), "
+                            "not both")
     if on_error not in ("fail", "skip"):
         raise NasprobeError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if workers is not None and scheduler is not None:
         raise NasprobeError("give --workers or --scheduler, not both")
-    options = dict(probe=str(probe), framework=framework, model=model,
-                   input_shape=None if input_shape is None else tuple(input_shape),
-                   trust_pickle=trust_pickle, tap=tap, exclude_bias=exclude_bias, layers=layers,
-                   device=device, mean=None if mean is None else tuple(mean),
-                   std=None if std is None else tuple(std), batch_size=batch_size,
-                   keep_images=keep_images, nas_on=nas_on)
     _check_out(Path(out))
     groups = run_folders(checkpoints, run)
     plans: list[_Plan] = []
@@ -236,10 +233,10 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
     job = uuid.uuid4().hex[:12]
     tasks = []
     for plan in plans:
-        kept = min(keep_images, plan.attrs["probe_size"])  # no padding past the probe set
+        kept = min(options.keep_images, plan.attrs["probe_size"])  # no padding past the set
         plan.run_i, slots, done = store.reserve(plan.spec.run, plan.epochs, plan.infos,
                                                 kept, plan.provenance)
-        tasks += [(plan.spec, path, epoch, str(out), plan.run_i, slots[epoch], job)
+        tasks += [EpochTask(plan.spec, path, epoch, str(out), plan.run_i, slots[epoch], job)
                   for path, epoch in plan.spec.checkpoints if epoch not in done]
     _execute(tasks, {p.spec.run: p for p in plans}, on_error, progress, workers, scheduler)
     for plan in plans:
@@ -247,8 +244,8 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, probe: str | os.PathLike,
             plan.provenance["skipped"] = plan.skipped
             if plan.nonfinite:
                 plan.provenance["nonfinite"] = plan.nonfinite
-            store.reserve(plan.spec.run, [], plan.infos, min(keep_images, plan.attrs["probe_size"]),
-                          plan.provenance)
+            store.reserve(plan.spec.run, [], plan.infos,
+                          min(options.keep_images, plan.attrs["probe_size"]), plan.provenance)
     return Path(out)
 
 
@@ -265,7 +262,7 @@ def _check_out(out: Path) -> None:
         raise StoreError(out, f"cannot be created: {parent} is not writable")
 
 
-def _execute(tasks: list[tuple], plans: dict[str, _Plan], on_error: str, progress: bool,
+def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, progress: bool,
              workers: int | None, scheduler) -> None:
     """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
     desc = "probe " + (next(iter(plans)) if len(plans) == 1 else f"{len(plans)} runs")
@@ -290,8 +287,8 @@ def _execute(tasks: list[tuple], plans: dict[str, _Plan], on_error: str, progres
 
     try:
         if workers is None and scheduler is None:
-            for args in tasks:
-                if not handle(run_epoch(*args)):
+            for task in tasks:
+                if not handle(run_epoch(task)):
                     break
         else:
             from .parallel import dask_client, run_on_dask

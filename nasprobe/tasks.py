@@ -1,8 +1,8 @@
 """One (run, epoch) as a self-contained task: the unit of work of serial and Dask probing.
 
-A task receives only small, picklable things — a :class:`RunSpec` (paths and options), one
-checkpoint's path and epoch, the store path and the slot ``(run_i, epoch_i)`` reserved for it by
-the coordinator — and rebuilds the heavy objects (checkpoint source, tapped ONNX graph,
+A task (:class:`EpochTask`) holds only small, picklable things — a :class:`RunSpec` (paths and
+options), one checkpoint's path and epoch, the store path and the slot ``(run_i, epoch_i)``
+reserved for it by the coordinator — and rebuilds the heavy objects (checkpoint source, tapped ONNX graph,
 onnxruntime model, probe set) itself. They are cached per process in a small LRU keyed by
 :attr:`RunSpec.key`, so a worker builds a run's tapped model once and keeps at most
 :data:`CACHE_SIZE` of them: memory grows with neither the number of epochs nor of runs.
@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnx import numpy_helper
 
-from .checkpoints import Checkpoint, open_source
+from .adapters import open_source
+from .contract import Checkpoint
 from .correlation import corr_histogram
 from .errors import CheckpointError, NasprobeError, ProbeSetError
 from .aggregate import LayerStats
 from .graph import Tap, build_probe_graph, build_tap_graph, find_taps
 from .kernels import available as kernels_available, nas_map
+from .options import ProbeOptions
 from .probesets import ProbeSet, load_probe_set
 from .runtime import TappedModel, select_providers
 
-__all__ = ["RunSpec", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
+__all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
            "probe_epoch", "run_batch", "output_kind", "host_nas", "CACHE_SIZE"]
 
 #: Run contexts (tapped model + probe set) kept per process.
@@ -46,46 +48,47 @@ class RunSpec:
     """Everything a process needs to rebuild one run's tapped model; small and picklable.
 
     ``checkpoints`` are ``(path, epoch)`` pairs of the run (the first gives the architecture);
-    the other fields are :func:`nasprobe.probe` options (``nas_on``: see :func:`host_nas`).
-    ``probe_sha256``, once known, lets a worker check that it reads the probe set the
-    coordinator hashed. ``key`` identifies the run's tapped model in the per-process cache
-    (see :meth:`make`).
+    ``options`` are the job's :class:`~nasprobe.options.ProbeOptions`. ``probe_sha256``, once
+    known, lets a worker check that it reads the probe set the coordinator hashed. ``key``
+    identifies the run's tapped model in the per-process cache: the run, its checkpoints and
+    the options' fingerprint.
     """
 
     run: str
     checkpoints: tuple[tuple[str, int], ...]
-    probe: str
-    framework: str = "auto"
-    model: Any = None
-    input_shape: tuple[int, ...] | None = None
-    trust_pickle: bool = False
-    tap: str = "linear"
-    exclude_bias: bool = False
-    layers: str | None = None
-    device: str = "auto"
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    batch_size: int = 64
-    keep_images: int = 8
-    nas_on: str = "auto"
+    options: ProbeOptions
     probe_sha256: str | None = None
-    key: str = field(default="", compare=False)
 
-    @classmethod
-    def make(cls, **kw) -> "RunSpec":
-        """A spec whose ``key`` hashes every option (a non-string ``model`` — a callable or
-        module object — is keyed by its identity in this process)."""
-        spec = cls(**kw)
-        model = spec.model if spec.model is None or isinstance(spec.model, str) else \
-            f"<{type(spec.model).__qualname__} {id(spec.model)} {os.getpid()}>"
-        text = json.dumps([spec.run, spec.checkpoints, spec.probe, spec.framework, model,
-                           spec.input_shape, spec.trust_pickle, spec.tap, spec.exclude_bias,
-                           spec.layers, spec.device, spec.mean, spec.std, spec.nas_on], default=str)
-        return replace(spec, key=hashlib.sha256(text.encode()).hexdigest())
+    @cached_property
+    def key(self) -> str:
+        """Cache key of the run's tapped model (see the class docstring)."""
+        text = json.dumps([self.run, self.checkpoints, self.options.fingerprint])
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def ckpts(self) -> list[Checkpoint]:
-        """The run's checkpoints as :class:`~nasprobe.checkpoints.Checkpoint` objects."""
+        """The run's checkpoints as :class:`~nasprobe.contract.Checkpoint` objects."""
         return [Checkpoint(Path(p), e) for p, e in self.checkpoints]
+
+
+@dataclass(frozen=True)
+class EpochTask:
+    """One (run, epoch) of a probe job: the argument of :func:`run_epoch`.
+
+    Attributes:
+        spec: the run (paths and options, not objects).
+        path, epoch: the checkpoint and its epoch.
+        store_path: the store, already reserved by the coordinator.
+        run_i, epoch_i: the slot (indices along ``run`` and ``epoch``).
+        job: a token of the probe job (store handles are cached per job).
+    """
+
+    spec: RunSpec
+    path: str
+    epoch: int
+    store_path: str
+    run_i: int
+    epoch_i: int
+    job: str = ""
 
 
 @dataclass
@@ -206,29 +209,30 @@ _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
 
 def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
     """The probe set fitted to ``input_shape``, shared by runs of one architecture."""
-    k = (spec.probe, tuple(input_shape), spec.mean, spec.std)
+    opts = spec.options
+    k = (opts.probe, tuple(input_shape), opts.mean, opts.std)
     if k not in _PROBESETS:
         while len(_PROBESETS) >= CACHE_SIZE:
             _PROBESETS.popitem(last=False)
-        _PROBESETS[k] = load_probe_set(spec.probe, input_shape, mean=spec.mean, std=spec.std)
+        _PROBESETS[k] = load_probe_set(opts.probe, input_shape, mean=opts.mean, std=opts.std)
     _PROBESETS.move_to_end(k)
     return _PROBESETS[k]
 
 
 def _build(spec: RunSpec) -> RunContext:
     ckpts = spec.ckpts()
-    source = open_source(ckpts, spec.framework, model=spec.model, input_shape=spec.input_shape,
-                         trust_pickle=spec.trust_pickle, tap=spec.tap)
+    opts = spec.options
+    source = open_source(ckpts, opts.framework, opts.source)
     arch = source.architecture()
     label = str(ckpts[0].path)
-    taps = find_taps(arch, tap=spec.tap, layers=spec.layers, source=label)
-    host = host_nas(spec.nas_on, spec.device)
+    taps = find_taps(arch, tap=opts.tap, layers=opts.layers, source=label)
+    host = host_nas(opts.nas_on, opts.device)
     if host:
-        graph, fetch = build_tap_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+        graph, fetch = build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
     else:
-        graph = build_probe_graph(arch, taps, exclude_bias=spec.exclude_bias, source=label)
+        graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
         fetch = [t.output for t in taps]
-    tapped = TappedModel(graph, device=spec.device)
+    tapped = TappedModel(graph, device=opts.device)
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
     outs = run_batch(tapped.session(), fetch, tapped.input_name, probeset.first(1),
@@ -260,15 +264,16 @@ def host_nas(nas_on: str, device: str = "auto") -> bool:
 
 def context(spec: RunSpec) -> RunContext:
     """The run's :class:`RunContext`, from this process's cache or built (and cached)."""
-    ctx = _CONTEXTS.get(spec.key)
+    key = spec.key
+    ctx = _CONTEXTS.get(key)
     if ctx is None:
         while len(_CONTEXTS) >= CACHE_SIZE:  # evict first: never CACHE_SIZE + 1 alive at once
             _CONTEXTS.popitem(last=False)
         ctx = _build(spec)
-        _CONTEXTS[spec.key] = ctx
-    _CONTEXTS.move_to_end(spec.key)
+        _CONTEXTS[key] = ctx
+    _CONTEXTS.move_to_end(key)
     if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
-        raise ProbeSetError(spec.probe, "changed while it was being probed (sha256 "
+        raise ProbeSetError(spec.options.probe, "changed while it was being probed (sha256 "
                             f"{ctx.probeset.sha256[:12]}…, expected {spec.probe_sha256[:12]}…)")
     return ctx
 
@@ -294,21 +299,14 @@ def _store(path: str, job: str):
     return _STORES[k]
 
 
-def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
-              epoch_i: int, job: str = "") -> Outcome:
+def run_epoch(task: EpochTask) -> Outcome:
     """Probe one checkpoint and write its (run, epoch) slot; the unit of work of a probe job.
-
-    Args:
-        spec: the run (paths and options, not objects).
-        path, epoch: the checkpoint file and its epoch.
-        store_path: the store, already reserved by the coordinator.
-        run_i, epoch_i: the slot (indices along ``run`` and ``epoch``).
-        job: a token of the probe job (store handles are cached per job).
 
     Returns:
         An :class:`Outcome`. A checkpoint that cannot be used (corrupt, another architecture)
         gives ``status="error"`` and leaves its slot uncommitted; other errors propagate.
     """
+    spec, path, epoch = task.spec, task.path, task.epoch
     ctx = context(spec)
     ck = Checkpoint(Path(path), epoch)
     try:
@@ -318,7 +316,8 @@ def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)
     result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
-                         batch_size=spec.batch_size, keep_images=spec.keep_images,
+                         batch_size=spec.options.batch_size,
+                         keep_images=spec.options.keep_images,
                          kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
                          host=ctx.host, fixed_batch=ctx.tapped.fixed_batch)
     provider = session.get_providers()[0]
@@ -327,5 +326,6 @@ def run_epoch(spec: RunSpec, path: str, epoch: int, store_path: str, run_i: int,
     corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
             if np.isfinite(full[t.weight]).all()}
     del full, weights
-    _store(store_path, job).write_epoch(run_i, epoch_i, result.summaries, result.metrics, corr)
+    _store(task.store_path, task.job).write_epoch(task.run_i, task.epoch_i, result.summaries,
+                                                  result.metrics, corr)
     return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)

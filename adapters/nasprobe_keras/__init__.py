@@ -1,20 +1,29 @@
 """nasprobe's Keras adapter: Keras checkpoints → ONNX with separate linear/activation taps.
 
-Public API:
+The core finds this adapter through its entry point (:mod:`nasprobe_keras.plugin`). Public API:
 
-* :func:`make_source` — the ``CheckpointSource`` of a run (used by ``nasprobe.open_source``);
+* :func:`make_source` — the ``CheckpointSource`` of a run;
 * :class:`KerasSource` — ``architecture()`` (ONNX, once) and ``weights(checkpoint)`` per epoch;
-* :func:`export_onnx` — convert a built Keras model to ONNX.
+* :func:`export_onnx` — convert a built Keras model to ONNX;
+* the regularisers and callbacks (:class:`NASReg`, :class:`SparsityReg`, :class:`DecorrReg`,
+  :class:`NASMonitor`, :class:`Regularized`, :class:`CheckpointCallback`,
+  :class:`LiveNASCallback`).
 
-Keras is imported lazily (set ``KERAS_BACKEND``; ``torch`` works, TensorFlow is not needed).
+Everything is imported on first use, so importing the package does not import keras (set
+``KERAS_BACKEND``; ``torch`` works, TensorFlow is not needed).
 """
 
-from .export import UnsupportedLayerError, export_onnx
-from .source import KerasSource, make_source
+from __future__ import annotations
 
-__all__ = ["make_source", "KerasSource", "export_onnx", "UnsupportedLayerError"]
+import importlib
+
+__all__ = ["make_source", "KerasSource", "export_onnx", "UnsupportedLayerError", "NASReg",
+           "SparsityReg", "DecorrReg", "NASMonitor", "Regularized", "CheckpointCallback",
+           "LiveNASCallback"]
 
 _LAZY = {
+    "make_source": "source", "KerasSource": "source",
+    "export_onnx": "export", "UnsupportedLayerError": "export",
     "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
     "NASMonitor": "regularizers", "Regularized": "regularizers",
     "CheckpointCallback": "callbacks", "LiveNASCallback": "callbacks",
@@ -22,9 +31,11 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    """Regularisers and callbacks, imported on first use."""
+    """The public names, imported on first use."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,10 +8,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from nasprobe.checkpoints import Checkpoint
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
 
 from .export import UnsupportedLayerError, WeightRef, convert
+from .plugin import WEIGHTS_ONLY
 from .loading import (find_architecture_file, load_architecture_json, load_model,
                       model_from_spec, read_weights)
 
@@ -19,7 +20,7 @@ __all__ = ["KerasSource", "make_source"]
 
 
 def _is_weights_only(path: Path) -> bool:
-    return path.name.lower().endswith(".weights.h5")
+    return path.name.lower().endswith(WEIGHTS_ONLY)
 
 
 class KerasSource:
@@ -99,8 +100,8 @@ class KerasSource:
 
 
 def make_source(checkpoints: list[Checkpoint], *, model=None, input_shape=None,
-                trust_pickle: bool = False, **ignored) -> KerasSource:
-    """The :class:`KerasSource` of a run (called by ``nasprobe.checkpoints.open_source``).
+                trust_pickle: bool = False) -> KerasSource:
+    """The :class:`KerasSource` of a run (called by the adapter, :mod:`nasprobe_keras.plugin`).
 
     The architecture comes from, in order: ``model`` (``MODULE:CALLABLE[(k=v, ...)]``, a
     callable or a ``keras.Model``); the first whole-model checkpoint (``.keras`` or full
@@ -112,7 +113,6 @@ def make_source(checkpoints: list[Checkpoint], *, model=None, input_shape=None,
         model: ``--model``.
         input_shape: ``--input-shape`` in Keras order without batch (H,W,C), for unbuilt models.
         trust_pickle: load with ``safe_mode=False`` (allows Lambda layers' Python code).
-        **ignored: options meant for other adapters or the core (``tap``...).
     """
     if not checkpoints:
         raise NasprobeError("no Keras checkpoint given")

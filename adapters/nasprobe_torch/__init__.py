@@ -1,156 +1,23 @@
 """nasprobe's PyTorch adapter: PyTorch checkpoints → one tapped ONNX graph + per-epoch weights.
 
-The core imports this package by name when it is given PyTorch checkpoints
-(``nasprobe.checkpoints.open_source``) and calls :func:`make_source`.
+The core finds this adapter through its entry point (:mod:`nasprobe_torch.plugin`) and builds a
+:class:`~nasprobe_torch.source.TorchSource` per run. Everything here is imported on first use,
+so that importing the package (as the registry does) does not import torch.
+
+Public API: :func:`make_source`, :class:`TorchSource`, :func:`export_onnx`, the regularisers
+(:class:`NASReg`, :class:`SparsityReg`, :class:`DecorrReg`, :class:`NASMonitor`) and the
+training helpers (:class:`CheckpointWriter`, :class:`LiveNAS`, :class:`NASCheckpointCallback`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Sequence
+import importlib
 
-import numpy as np
-import onnx
-import torch
-from torch import nn
-
-from nasprobe.checkpoints import Checkpoint
-from nasprobe.errors import CheckpointError, NasprobeError
-
-from .export import Exported, export_model, export_onnx
-from .loading import build_model, fit_state_dict, load_file, state_dict_of
-
-__all__ = ["make_source", "TorchSource", "export_onnx"]
-
-SELF_CONTAINED = (nn.Module, torch.export.ExportedProgram)
-
-
-def _parse_shape(shape: Any) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    if isinstance(shape, str):
-        shape = [s for s in shape.replace("x", ",").split(",") if s.strip()]
-    try:
-        return tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise NasprobeError(f"--input-shape {shape!r}: expected C,H,W (integers)") from None
-
-
-class TorchSource:
-    """The checkpoints of one PyTorch run as a ``nasprobe.checkpoints.CheckpointSource``.
-
-    ``architecture()`` exports once (the model from ``model`` with the first checkpoint's
-    weights, or the first checkpoint itself when it is a self-contained program);
-    ``weights(ckpt)`` then only reads a state dict and returns the graph's initializers.
-    """
-
-    framework = "torch"
-
-    def __init__(self, checkpoints: Sequence[Checkpoint],
-                 model: str | nn.Module | Callable[[], nn.Module] | None = None,
-                 input_shape: Sequence[int] | str | None = None, trust_pickle: bool = False):
-        """See :func:`make_source`."""
-        if not checkpoints:
-            raise NasprobeError("no checkpoints given")
-        self.checkpoints = list(checkpoints)
-        self.model_spec = model
-        self.input_shape = _parse_shape(input_shape)
-        self.trust_pickle = bool(trust_pickle)
-        self._exported: Exported | None = None
-        self._expected: dict[str, torch.Size] = {}
-
-    def _load_state(self, path: Path, obj: Any = None) -> dict[str, torch.Tensor]:
-        if obj is None:
-            obj = load_file(path, self.trust_pickle)
-        return fit_state_dict(state_dict_of(obj, path), self._expected, path)
-
-    def _build(self) -> Exported:
-        first = self.checkpoints[0].path
-        obj = load_file(first, self.trust_pickle)
-        shape = self.input_shape
-        if self.model_spec is not None:
-            target = build_model(self.model_spec)
-            self._expected = {k: v.shape for k, v in target.state_dict().items()}
-            state = self._load_state(first, obj)
-            target.load_state_dict(state, strict=False)
-            shape = shape or _parse_shape(getattr(target, "input_shape", None))
-        elif isinstance(obj, SELF_CONTAINED):
-            target = obj
-            self._expected = {k: v.shape for k, v in state_dict_of(obj, first).items()}
-            if shape is None and isinstance(obj, torch.export.ExportedProgram):
-                args = (obj.example_inputs or ((), {}))[0]
-                if args and isinstance(args[0], torch.Tensor):
-                    shape = tuple(args[0].shape[1:])
-        else:
-            raise CheckpointError(first, "holds only weights (a state dict): pass --model "
-                                  "MODULE:CALLABLE to build the architecture")
-        if shape is None:
-            raise NasprobeError(f"{first}: pass --input-shape C,H,W (one sample's shape, "
-                                "without the batch axis)")
-        return export_model(target, shape, origin=str(first))
-
-    def exported(self) -> Exported:
-        """The export (built on first use): graph, initializer layout and layer names."""
-        if self._exported is None:
-            self._exported = self._build()
-        return self._exported
-
-    def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once, then cached)."""
-        return self.exported().model
-
-    def layers(self) -> list[str]:
-        """The Conv/Linear module paths of the graph's linear operators, in graph order."""
-        return list(self.exported().layers)
-
-    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-        """The graph's weight initializers for one checkpoint.
-
-        Returns:
-            initializer name → float32 array in the graph's layout (e.g. a ``MatMul`` weight is
-            the transposed ``nn.Linear`` weight, shape ``(D_in, D_out)``); every initializer
-            that comes from the model's state dict is given.
-
-        Raises:
-            CheckpointError: unreadable file, or a state dict that does not fit the
-                architecture (names the file and the tensor).
-        """
-        exported = self.exported()
-        state = self._load_state(Path(checkpoint.path))
-        out: dict[str, np.ndarray] = {}
-        for name, (key, perm) in exported.layout.items():
-            if key not in state:
-                raise CheckpointError(checkpoint.path, f"tensor {key!r} is missing")
-            tensor = state[key].detach()
-            array = (tensor.to(torch.float32) if tensor.is_floating_point() else tensor).numpy()
-            if perm is not None:
-                array = array.transpose(perm)
-            out[name] = np.ascontiguousarray(array)
-        return out
-
-
-def make_source(checkpoints: Sequence[Checkpoint], *,
-                model: str | nn.Module | Callable[[], nn.Module] | None = None,
-                input_shape: Sequence[int] | str | None = None, trust_pickle: bool = False,
-                **ignored: Any) -> TorchSource:
-    """The :class:`TorchSource` for one run's PyTorch checkpoints.
-
-    Args:
-        checkpoints: the run's checkpoints (``.pt .pth .bin .ckpt .safetensors .pt2``,
-            TorchScript archives), sorted by epoch.
-        model: ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(key=value, ...)`` (literal arguments;
-            ``MODULE`` may be a ``.py`` path), a callable, or an ``nn.Module``; needed unless
-            the checkpoints are self-contained (TorchScript, ``.pt2``, a pickled module).
-        input_shape: one sample's shape without the batch axis, ``(C, H, W)`` or ``"C,H,W"``;
-            defaults to the model's ``input_shape`` attribute or a ``.pt2``'s example input.
-        trust_pickle: allow pickles holding Python objects (can run code).
-        **ignored: options meant for other adapters.
-    """
-    return TorchSource(checkpoints, model=model, input_shape=input_shape,
-                       trust_pickle=trust_pickle)
-
+__all__ = ["make_source", "TorchSource", "export_onnx", "NASReg", "SparsityReg", "DecorrReg",
+           "NASMonitor", "CheckpointWriter", "LiveNAS", "NASCheckpointCallback"]
 
 _LAZY = {
+    "make_source": "source", "TorchSource": "source", "export_onnx": "export",
     "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
     "NASMonitor": "regularizers", "CheckpointWriter": "training", "LiveNAS": "training",
     "NASCheckpointCallback": "training",
@@ -158,10 +25,12 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    """Regularisers and training helpers, imported on first use (they pull in tensorboard and
-    lightning only when those are used)."""
+    """The public names, imported on first use (torch, tensorboard and lightning are imported
+    only when something that needs them is used)."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

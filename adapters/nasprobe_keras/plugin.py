@@ -1,0 +1,43 @@
+"""The Keras adapter as the core's registry sees it (entry point ``nasprobe.adapters:keras``).
+
+Importing this module imports neither keras nor the rest of the adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from nasprobe.contract import BaseAdapter, Checkpoint, CheckpointSource, SourceOptions
+
+__all__ = ["KerasAdapter", "adapter"]
+
+#: Suffix of Keras 3 weight-only checkpoints.
+WEIGHTS_ONLY = ".weights.h5"
+
+
+class KerasAdapter(BaseAdapter):
+    """Keras checkpoints: ``.keras`` archives, full or weight-only ``.h5``, ``.weights.h5``."""
+
+    name = "keras"
+    extensions = (".keras", ".weights.h5", ".h5")
+    extra = "keras"
+    requires = ("keras", "h5py")
+
+    def companions(self, files: Sequence[Path]) -> set[Path]:
+        """Beside weight-only checkpoints, the ``.keras`` files: the architecture, not an epoch."""
+        if not any(Path(f).name.lower().endswith(WEIGHTS_ONLY) for f in files):
+            return set()
+        return {Path(f) for f in files if Path(f).suffix.lower() == ".keras"}
+
+    def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
+                    ) -> CheckpointSource:
+        """A :class:`~nasprobe_keras.source.KerasSource` (``options.input_shape`` is H,W,C)."""
+        from .source import make_source
+
+        return make_source(checkpoints, model=options.model, input_shape=options.input_shape,
+                           trust_pickle=options.trust_pickle)
+
+
+#: The instance the entry point names.
+adapter = KerasAdapter()

@@ -1,0 +1,31 @@
+"""The PyTorch adapter as the core's registry sees it (entry point ``nasprobe.adapters:torch``).
+
+Importing this module imports neither torch nor the rest of the adapter.
+"""
+
+from __future__ import annotations
+
+from nasprobe.contract import BaseAdapter, Checkpoint, CheckpointSource, SourceOptions
+
+__all__ = ["TorchAdapter", "adapter"]
+
+
+class TorchAdapter(BaseAdapter):
+    """PyTorch checkpoints: state dicts, Lightning ``.ckpt``, safetensors, TorchScript, ``.pt2``."""
+
+    name = "torch"
+    extensions = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".tar")
+    extra = "torch"
+    requires = ("torch", "onnxscript")
+
+    def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
+                    ) -> CheckpointSource:
+        """A :class:`~nasprobe_torch.source.TorchSource` (``options.input_shape`` is C,H,W)."""
+        from .source import make_source
+
+        return make_source(checkpoints, model=options.model, input_shape=options.input_shape,
+                           trust_pickle=options.trust_pickle)
+
+
+#: The instance the entry point names.
+adapter = TorchAdapter()
