@@ -10,30 +10,20 @@ from onnx import numpy_helper
 
 from .contract import BaseAdapter, Checkpoint, SourceOptions
 from .errors import CheckpointError
+from .external_data import load_external_data
 
 __all__ = ["load_onnx", "OnnxSource", "OnnxAdapter", "adapter"]
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file, refusing external data that points outside the file's folder."""
+    """Load an ONNX file, refusing external data that points outside the file's folder (every
+    tensor that can carry it: see :mod:`nasprobe.external_data`)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several kinds
         raise CheckpointError(path, f"not a readable ONNX model ({exc.__class__.__name__}: "
                               f"{exc})") from exc
-    folder = path.resolve().parent
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            loc = dict((e.key, e.value) for e in init.external_data).get("location", "")
-            target = (folder / loc).resolve()
-            if folder not in target.parents:
-                raise CheckpointError(path, f"initializer {init.name!r} points to external "
-                                      f"data outside its folder ({loc!r}); refused")
-    try:
-        onnx.load_external_data_for_model(model, str(folder))
-    except Exception as exc:
-        raise CheckpointError(path, f"cannot read its external data: {exc}") from exc
-    return model
+    return load_external_data(model, path)
 
 
 class OnnxSource:

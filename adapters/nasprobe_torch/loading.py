@@ -1,9 +1,14 @@
 """Reading PyTorch checkpoint files: state dicts in their usual wrappings, and self-contained
 programs (TorchScript archives, ``torch.export`` ``.pt2`` files, pickled modules).
 
-Security: pickles are always read with ``torch.load(..., weights_only=True)``; a file that needs
-more than plain tensors and containers is refused with a :class:`CheckpointError` that names
-``--trust-pickle``, and only then is it read with ``weights_only=False``.
+Security (see the README's *Security* section): pickles are always read with
+``torch.load(..., weights_only=True)``; a file that needs more than plain tensors and containers
+is refused with a :class:`CheckpointError` that names ``--trust-pickle``, and only then is it
+read with ``weights_only=False``. TorchScript archives and ``torch.export`` ``.pt2`` files are
+programs: loading them unpickles Python objects with ``weights_only=False`` inside torch itself
+(``torch.export.load`` falls back to it; TorchScript runs its own code), so both are opened only
+with ``--trust-pickle``. Which loader a file needs is decided from its contents, never from its
+name: an ``epoch_003.pt`` that is really a ``.pt2`` archive is refused just the same.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "parse_model_spec",
     "build_model",
     "archive_kind",
+    "check_trusted",
 ]
 
 #: A flat mapping from parameter/buffer names (PyTorch module paths) to tensors.
@@ -47,23 +53,52 @@ TRUST_HINT = ("it holds Python objects besides plain tensors, and reading those 
               "pass --trust-pickle (trust_pickle=True) only if you trust this file")
 
 
+PROGRAM_HINT = ("is a {what}: a program, not only weights, and loading it runs Python code "
+                "stored in the file (torch unpickles it with weights_only=False); pass "
+                "--trust-pickle (trust_pickle=True) only if you trust this file")
+
+_PROGRAM_NAMES = {"torchscript": "TorchScript archive", "pt2": "torch.export program (.pt2)"}
+
+
+def _zip_members(path: Path) -> list[str] | None:
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
+
+
 def archive_kind(path: Path) -> str:
     """``"torchscript"``, ``"pt2"``, ``"safetensors"`` or ``"pickle"`` for a checkpoint file.
 
-    Decided from the file's contents (zip members) where possible, else from its extension.
+    Decided from the file's contents (zip members), never from its name, except that a file
+    that is not a zip archive and is named ``.safetensors`` is a safetensors file. A ``.pt2``
+    name on a file that is not a ``.pt2`` archive gives ``"pickle"`` (read safely, then refused
+    if it is not a plain checkpoint).
     """
-    if path.name.lower().endswith(".safetensors"):
-        return "safetensors"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-        if any(n.endswith("/archive_format") or n.endswith("models/model.json") for n in names):
-            return "pt2"
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "torchscript"
-    if path.name.lower().endswith(".pt2"):
+    names = _zip_members(path)
+    if names is None:
+        return "safetensors" if path.name.lower().endswith(".safetensors") else "pickle"
+    # torch's own test (serialization._is_torchscript_zip): a record constants.pkl beside data.pkl
+    records = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if ("archive_format" in records or any(r.endswith("models/model.json") for r in records)
+            or any(n.endswith("/archive_format") for n in names)):
         return "pt2"
+    if "constants.pkl" in records or any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
     return "pickle"
+
+
+def check_trusted(path: Path, kind: str, trust_pickle: bool) -> None:
+    """Refuse a TorchScript archive or ``.pt2`` program unless ``trust_pickle``.
+
+    Raises:
+        CheckpointError: names the file, what it is and ``--trust-pickle``.
+    """
+    if kind in _PROGRAM_NAMES and not trust_pickle:
+        raise CheckpointError(path, PROGRAM_HINT.format(what=_PROGRAM_NAMES[kind]))
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -89,13 +124,16 @@ def load_file(path: str | Path, trust_pickle: bool = False) -> Any:
     Returns:
         A ``dict`` (state dict or a dict nesting one) for pickles and ``.safetensors``; a
         ``torch.jit.ScriptModule`` for TorchScript archives; a ``torch.export.ExportedProgram``
-        for ``.pt2`` files; an ``nn.Module`` for a pickled module (needs ``trust_pickle``).
+        for ``.pt2`` files; an ``nn.Module`` for a pickled module. All but the first need
+        ``trust_pickle``.
 
     Raises:
-        CheckpointError: unreadable file, or a pickle with code objects without ``trust_pickle``.
+        CheckpointError: unreadable file; a pickle with code objects, a TorchScript archive or a
+            ``.pt2`` program without ``trust_pickle``.
     """
     path = Path(path)
     kind = archive_kind(path)
+    check_trusted(path, kind, trust_pickle)
     try:
         if kind == "safetensors":
             from safetensors.torch import load_file as load_safetensors

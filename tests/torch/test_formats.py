@@ -1,5 +1,6 @@
-"""Every checkpoint format gives the same weights; self-contained programs need no --model;
-checkpoints of another architecture are refused naming the file and the tensor."""
+"""Every checkpoint format gives the same weights; self-contained programs need no --model (but
+--trust-pickle: they are code); checkpoints of another architecture are refused naming the file
+and the tensor."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_every_format_yields_the_same_weights_and_misfits_are_named(saved, tmp_p
     """One export (from the plain state dict); every format's weights equal it; checkpoints
     of another architecture are refused naming the file and the tensor."""
     model, files = saved
-    source = make_source([Checkpoint(files["plain"], 0)], model=FACTORY)
+    source = make_source([Checkpoint(files["plain"], 0)], model=FACTORY, trust_pickle=True)
     source.architecture()
     reference = source.weights(Checkpoint(files["plain"], 0))
     np.testing.assert_array_equal(reference["conv1.weight"], model.conv1.weight.detach().numpy())
@@ -84,7 +85,7 @@ def test_every_format_yields_the_same_weights_and_misfits_are_named(saved, tmp_p
 def test_self_contained_programs_need_no_model(saved, fmt):
     model, files = saved
     src = make_source([Checkpoint(files[fmt], 0), Checkpoint(files["plain"], 1)],
-                      input_shape=(3, 8, 8) if fmt == "torchscript" else None)
+                      input_shape=(3, 8, 8) if fmt == "torchscript" else None, trust_pickle=True)
     arch = src.architecture()
     assert sum(n.op_type == "BatchNormalization" for n in arch.graph.node) == 4
     taps = linear_outputs(arch)
@@ -132,6 +133,6 @@ def test_state_dict_without_model_asks_for_model(saved):
 
 def test_missing_input_shape_is_asked_for(saved):
     _, files = saved
-    src = make_source([Checkpoint(files["torchscript"], 0)])
+    src = make_source([Checkpoint(files["torchscript"], 0)], trust_pickle=True)
     with pytest.raises(NasprobeError, match="--input-shape"):
         src.architecture()
