@@ -1,6 +1,6 @@
 """Training-time regularisers of the papers for Keras 3 (any backend; math in ``keras.ops``).
 
-Same definitions as :mod:`nasprobe_torch.regularizers` (DESIGN.md §1):
+Same definitions as :mod:`nasprobe_torch.regularizers` (docs/measures.md):
 
     NASReg       L = -Σ_i λ_i Σ_k mean_n ρ_{n,k}^i     λ_i = 1/r_i ("auto")
     SparsityReg  L = -Σ_i λ_i Σ_k mean_n H_{n,k}^i     λ_i = 0.001
@@ -50,13 +50,33 @@ def entropy(a, axis: int = -1):
     ``a``: any shape, float32 (float64 stays float64; other dtypes become float32). Returns
     ``a``'s shape without ``axis``, values in ``[0, ln D]``; differentiable, finite for |a| ~ 1e4.
     """
-    if a.dtype != "float64":
-        a = ops.cast(a, "float32")
+    a = _float32_or_64(a)
     z = a - ops.stop_gradient(ops.max(a, axis=axis, keepdims=True))
     lse = ops.logsumexp(z, axis=axis, keepdims=True)
     p = ops.exp(z - lse)
     h = ops.squeeze(lse, axis=axis) - ops.sum(p * z, axis=axis)
-    return ops.maximum(h, 0.0)
+    # Not ops.maximum: Keras' dtype promotion (result_type) turns float64 into float32 on the
+    # torch backend, even for two float64 operands. ops.where keeps the operands' dtype.
+    return ops.where(h < 0, ops.zeros_like(h), h)
+
+
+def _float32_or_64(x):
+    """``x`` unchanged if it is float64, else cast to float32.
+
+    Dtypes are compared through ``keras.backend.standardize_dtype``: a backend tensor's
+    ``dtype`` is a backend object (``torch.float64``), never equal to the string ``"float64"``.
+    """
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return x
+    return ops.cast(x, "float32")
+
+
+def _mean(x, axis=None, keepdims=False):
+    """Mean of ``x`` along ``axis``, computed in ``x``'s dtype: ``ops.mean`` computes float64
+    input in float32 (Keras' dtype promotion on the torch backend), so sum / count here."""
+    total = ops.sum(x, axis=axis, keepdims=keepdims)
+    count = ops.cast(ops.size(x), x.dtype) / ops.cast(ops.size(total), x.dtype)
+    return total / count
 
 
 def _all_layers(model):
@@ -237,7 +257,7 @@ class _ActivationReg(_Reg):
             r = math.prod(h.shape[1:])
             lam = 1.0 / r if self.lam[name] == "auto" else float(self.lam[name])
             per_sample = ops.sum(ops.reshape(self._term(h), (-1, r)), axis=1)
-            total = total - lam * ops.mean(per_sample)
+            total = total - lam * _mean(per_sample)
         return total
 
     def last_nas(self) -> dict:
@@ -276,18 +296,18 @@ class SparsityReg(_ActivationReg):
 def filter_correlations(f, centring: str = "paper"):
     """Differentiable ``(D, D)`` filter correlations of ``f`` ``(D, K)`` (see
     :func:`nasprobe.correlation.filter_correlations`; zero-norm filters give 0; not clipped)."""
-    if f.dtype != "float64":
-        f = ops.cast(f, "float32")
+    f = _float32_or_64(f)
     if centring == "paper":
-        u = f - ops.mean(f, axis=0, keepdims=True)
+        u = f - _mean(f, axis=0, keepdims=True)
     elif centring == "pearson":
-        u = f - ops.mean(f, axis=1, keepdims=True)
+        u = f - _mean(f, axis=1, keepdims=True)
     else:
         raise ValueError(f"centring must be 'paper' or 'pearson', not {centring!r}")
     norm = ops.sqrt(ops.sum(u * u, axis=1))
     nonzero = norm > 0
     safe = ops.where(nonzero, norm, ops.ones_like(norm))
-    c = ops.matmul(u, ops.transpose(u)) / (safe[:, None] * safe[None, :])
+    # ops.einsum, not ops.matmul: the latter computes float64 operands in float32 (torch backend).
+    c = ops.einsum("dk,ek->de", u, u) / (safe[:, None] * safe[None, :])
     return ops.where(ops.logical_and(nonzero[:, None], nonzero[None, :]), c, ops.zeros_like(c))
 
 

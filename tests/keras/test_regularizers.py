@@ -193,8 +193,50 @@ def test_entropy_reference_values_and_large_inputs():
 
     a = np.array([[0.0, 0.0, 0.0, 0.0], [1000.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 0.0],
                   [1e4, -1e4, 9999.0, 0.0], [-1e4, -1e4, -1e4, -1e4]])
-    np.testing.assert_allclose(ops.convert_to_numpy(k_entropy(ops.convert_to_tensor(a), -1)),
-                               entropy(a, -1), atol=1e-12)
+    h64 = k_entropy(ops.convert_to_tensor(a), -1)
+    # float64 stays float64 end to end (the clamp included): the backend tensor's own dtype,
+    # read through Keras' standardisation, and values equal to numpy float64's.
+    assert keras.backend.standardize_dtype(h64.dtype) == "float64"
+    np.testing.assert_allclose(ops.convert_to_numpy(h64), entropy(a, -1), rtol=0, atol=1e-12)
     got = ops.convert_to_numpy(k_entropy(ops.convert_to_tensor(a.astype("float32")), -1))
     assert got.dtype == np.float32 and np.isfinite(got).all()
     np.testing.assert_allclose(got, entropy(a, -1), atol=1e-6)
+
+
+def test_filter_correlations_keep_float64():
+    from nasprobe_keras.regularizers import filter_correlations as k_corr
+
+    f = np.random.default_rng(3).normal(size=(6, 10))
+    f[2] = 0.0  # a zero-norm filter gives 0
+    for centring in ("paper", "pearson"):
+        c = k_corr(ops.convert_to_tensor(f), centring)
+        assert keras.backend.standardize_dtype(c.dtype) == "float64"
+        want = filter_correlations(f, centring)
+        np.testing.assert_allclose(ops.convert_to_numpy(c), want, rtol=0, atol=1e-12)
+    c32 = k_corr(ops.convert_to_tensor(f.astype(np.float32)))
+    assert keras.backend.standardize_dtype(c32.dtype) == "float32"
+
+
+@pytest.mark.parametrize("kind", ["nas", "entropy"])
+def test_float64_model_penalty_is_float64(kind):
+    """A float64 model's penalty is computed in float64: equal to numpy float64 on the same
+    taps (the layer outputs, as Keras computes them) to 1e-12."""
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((4, 4, 2), dtype="float64")
+    h = keras.layers.Conv2D(5, 3, activation="relu", name="c1", dtype="float64")(inp)
+    h = keras.layers.Flatten(dtype="float64")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out", dtype="float64")(h))
+    x = np.random.default_rng(2).standard_normal((7, 4, 4, 2)) * 2
+    conv = model.get_layer("c1")
+    pre = keras.Model(inp, conv.output)  # relu output; the tap is its input
+    act, conv.activation = conv.activation, keras.activations.linear
+    try:
+        tap = ops.convert_to_numpy(pre(x, training=False))
+    finally:
+        conv.activation = act
+    assert tap.dtype == np.float64
+    reg = (NASReg if kind == "nas" else SparsityReg)(model, layers=["c1"], lam=0.5)
+    penalty = reg.penalty(x)
+    assert keras.backend.standardize_dtype(penalty.dtype) == "float64"
+    want = numpy_penalty({"c1": tap}, kind, lam=0.5)
+    assert abs(float(ops.convert_to_numpy(penalty)) - want) <= 1e-12 * max(1.0, abs(want))

@@ -50,7 +50,7 @@ def axis_of(name):
 
 
 def numpy_penalty(taps, kind, lam=None):
-    """DESIGN §1 directly: -Σ_i λ_i Σ_k mean_n f(T_i[n, :, k])."""
+    """docs/measures.md directly: -Σ_i λ_i Σ_k mean_n f(T_i[n, :, k])."""
     total = 0.0
     for name, t in taps.items():
         a = t.double().numpy()
@@ -302,9 +302,21 @@ def test_entropy_reference_values_and_large_inputs():
 
     rows = [[0.0, 0.0, 0.0, 0.0], [1000.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 0.0], [0.5, -1.0, 2.0, 3.0]]
     a = np.array(rows)
-    np.testing.assert_allclose(t_entropy(torch.tensor(a), 1).numpy(), entropy(a, 1), atol=1e-12)
+    h64 = t_entropy(torch.tensor(a), 1)
+    assert h64.dtype == torch.float64  # the clamp included
+    np.testing.assert_allclose(h64.numpy(), entropy(a, 1), rtol=0, atol=1e-12)
     big = torch.tensor([[1e4, -1e4, 9999.0, 0.0], [-1e4, -1e4, -1e4, -1e4]], requires_grad=True)
     h = t_entropy(big, 1)
     h.sum().backward()
     assert torch.isfinite(h).all() and torch.isfinite(big.grad).all()
     np.testing.assert_allclose(h.detach().numpy(), entropy(big.detach().double().numpy(), 1), atol=1e-6)
+
+
+def test_filter_correlations_keep_float64():
+    from nasprobe_torch.regularizers import filter_correlations as t_corr
+
+    f = np.random.default_rng(3).normal(size=(6, 10))
+    for centring in ("paper", "pearson"):
+        c = t_corr(torch.tensor(f), centring)
+        assert c.dtype == torch.float64
+        np.testing.assert_allclose(c.numpy(), filter_correlations(f, centring), rtol=0, atol=1e-12)
