@@ -1,4 +1,4 @@
-"""Streaming statistics of NAS maps, with memory bounded by the batch (DESIGN.md §1).
+"""Streaming statistics of NAS maps, with memory bounded by the batch (docs/measures.md, "Aggregates").
 
 Per (run, epoch, layer) the store keeps median, mean, min, max, quantiles and a histogram over
 all (probe image, location) values, and per location the mean map. Exact order statistics would

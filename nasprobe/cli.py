@@ -1,4 +1,4 @@
-"""The ``nasprobe`` command line (DESIGN.md §3). Errors go to stderr; exit codes:
+"""The ``nasprobe`` command line (docs/cli.md). Errors go to stderr; exit codes:
 0 success, 1 unexpected failure, 2 bad input (a :class:`~nasprobe.errors.NasprobeError`),
 130 interrupted (the store keeps every epoch finished before the interruption)."""
 

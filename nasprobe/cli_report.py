@@ -1,5 +1,5 @@
 """``nasprobe report`` and ``nasprobe tensorboard``: a store as one HTML file, or as
-TensorBoard event files (DESIGN.md §3). The group in :mod:`nasprobe.cli` adds both commands."""
+TensorBoard event files (docs/cli.md). The group in :mod:`nasprobe.cli` adds both commands."""
 
 from __future__ import annotations
 

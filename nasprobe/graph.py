@@ -1,4 +1,4 @@
-"""Taps in an ONNX graph (DESIGN.md §1-2).
+"""Taps in an ONNX graph (docs/measures.md, "Which tensor is tapped").
 
 :func:`find_taps` finds each layer's linear operator (Conv, ConvTranspose, Gemm, or MatMul with
 a constant weight, plus its bias Add) and, for ``tap="preact"``, follows per-channel operators

@@ -71,7 +71,7 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
             use_c: bool | None = None) -> np.ndarray:
-    """NAS along ``axis`` of a tap tensor (DESIGN.md §1), as float32.
+    """NAS along ``axis`` of a tap tensor (docs/measures.md), as float32.
 
     Args:
         a: the tap tensor, any float dtype, e.g. ``(N, D, H, W)`` with ``axis=1`` or

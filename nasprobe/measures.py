@@ -1,4 +1,4 @@
-"""Neural Activation Sparsity and its relatives, as pure numpy functions (DESIGN.md §1).
+"""Neural Activation Sparsity and its relatives, as pure numpy functions (docs/measures.md).
 
 A tap tensor ``T`` has a batch axis, a channel axis of size ``D`` and any number of
 *location* axes. For one sample ``n`` and one location ``k`` the channel vector

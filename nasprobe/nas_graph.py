@@ -1,4 +1,4 @@
-"""The NAS computation appended to an ONNX graph, one subgraph per tap (DESIGN.md §2).
+"""The NAS computation appended to an ONNX graph, one subgraph per tap (docs/measures.md).
 
 Only NAS maps — ``D`` times smaller than the tap tensors — leave onnxruntime.
 """

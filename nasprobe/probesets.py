@@ -1,4 +1,4 @@
-"""Probe sets: the images every checkpoint is run on (DESIGN.md §3, ``--probe PROBE``).
+"""Probe sets: the images every checkpoint is run on (docs/cli.md, ``--probe PROBE``).
 
 Sources. ``.npy``: one image array, memory-mapped. ``.npz``: images ``x`` and optional labels
 ``y`` (``(N,)``, ``(N, 1)`` or one-hot ``(N, K)`` integers); uncompressed members (``np.savez``)

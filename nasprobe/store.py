@@ -1,4 +1,4 @@
-"""The NAS store: a zarr v3 group that xarray reads as a DataTree (DESIGN.md §4).
+"""The NAS store: a zarr v3 group that xarray reads as a DataTree (docs/store.md).
 
 Layout: 1-D coordinate arrays ``run``, ``epoch``, ``layer`` (+ ``layer_kind``, ``channels``,
 ``locations``, ``depth``), variables chunked one (run, epoch) per chunk, and a commit flag

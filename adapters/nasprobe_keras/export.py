@@ -2,7 +2,7 @@
 
 Keras fuses the activation into ``Conv2D``/``Dense``; here every such layer becomes a linear
 node (``Conv`` with its bias input, ``Gemm``, or ``MatMul`` + bias ``Add``) followed by a
-separate nonlinearity node, so that both taps of DESIGN.md §1 exist: ``linear`` is the linear
+separate nonlinearity node, so that both taps of docs/measures.md exist: ``linear`` is the linear
 node's output, ``preact`` the nonlinearity's input (after ``BatchNormalization``).
 
 Layout: Keras is channels-last. Spatial operators (convolution, pooling, batch norm on

@@ -1,4 +1,4 @@
-"""Training-time regularisers of the papers for PyTorch (DESIGN.md §1, "Regularisers").
+"""Training-time regularisers of the papers for PyTorch (docs/measures.md, "Regularisers").
 
 =============  =====================================  ==========================================
 NASReg         ``L = -Σ_i λ_i Σ_k mean_n ρ_{n,k}^i``  2021 paper Eq. 7; ``λ_i = 1/r_i`` ("auto")

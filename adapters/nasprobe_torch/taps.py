@@ -1,6 +1,6 @@
 """Forward-hook capture of a PyTorch model's taps, reduced to entropy maps on the fly.
 
-A *tap* (DESIGN.md §1) is a layer's pre-activation tensor with a channel axis of size ``D``:
+A *tap* (docs/measures.md) is a layer's pre-activation tensor with a channel axis of size ``D``:
 
 * ``tap="linear"``: the output of the ``nn.Conv*``/``nn.ConvTranspose*``/``nn.Linear`` module
   itself (bias included; ``exclude_bias=True`` subtracts it), captured by a forward hook.
@@ -35,7 +35,7 @@ from torch import nn
 
 __all__ = ["entropy", "unwrap", "select_layers", "TapCapture", "LINEAR_TYPES"]
 
-#: Module types whose outputs are taps (the linear operators of DESIGN.md §1).
+#: Module types whose outputs are taps (the linear operators of docs/measures.md).
 LINEAR_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 _ACTIVATION_TYPES = tuple(

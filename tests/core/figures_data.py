@@ -1,4 +1,4 @@
-"""Synthetic stores in the layout of DESIGN.md §4, for the analysis and figure tests.
+"""Synthetic stores in the layout of docs/store.md, for the analysis and figure tests.
 
 ``make_tree`` builds an ``xarray.DataTree`` (root dataset + ``heatmaps/<layer>`` groups) whose
 NAS curves are flat, then rise linearly from a known epoch per layer (``nas_onset_true``

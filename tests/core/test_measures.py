@@ -1,4 +1,4 @@
-"""NAS, entropy and perplexity against DESIGN.md's reference table and a brute-force loop."""
+"""NAS, entropy and perplexity against the reference table of docs/measures.md and a brute-force loop."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 
 from nasprobe.measures import entropy, entropy_from_nas, nas, nas_from_entropy, perplexity
 
-TABLE = [  # a, H, rho, s  (DESIGN.md §1)
+TABLE = [  # a, H, rho, s  (docs/measures.md)
     ([0, 0, 0, 0], 1.386294, 4.000000, 0.000000),
     ([1000, 0, 0, 0], 0.000000, 1.000000, 0.750000),
     ([1, 2, 3], 0.832396, 2.298819, 0.233727),

@@ -135,7 +135,7 @@ def test_live_nas_event_files(tmp_path):
 
 
 def test_live_nas_equals_posthoc_probe(tmp_path):
-    """DESIGN §1: the training-time NAS equals nasprobe's post-hoc value on the checkpoint."""
+    """docs/measures.md: the training-time NAS equals nasprobe's post-hoc value on the checkpoint."""
     from nasprobe.probe import probe
     from nasprobe.store import open_store
     from nasprobe_torch.models import vanilla_net
