@@ -1,0 +1,244 @@
+"""Reading JAX checkpoints safely, and building the Flax module that ``--model`` names.
+
+Two formats, both holding one epoch's model state as a tree of arrays:
+
+* ``flax.serialization`` msgpack files (``serialization.to_bytes(nnx.to_pure_dict(state))``),
+  read with ``flax.serialization.msgpack_restore``: msgpack with Flax's array extension only, so
+  no pickle and no code runs;
+* Orbax checkpoint folders (``ocp.StandardCheckpointer().save(folder, nnx.state(model))``,
+  or a ``CheckpointManager`` step's item folder), read without a target tree into numpy.
+
+The tree is flattened to ``{("block2", "conv", "kernel"): array}``; a trailing ``"value"`` key
+(the Variable layout Orbax restores without a target) is dropped, so both formats give the
+paths of ``nnx.state(model)``. A wrapper around the state (``{"model": state, "step": 3}``) is
+found by matching the module's own paths as a suffix.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from nasprobe.errors import CheckpointError, NasprobeError
+
+from .plugin import orbax_item
+
+__all__ = ["ParamPath", "parse_model_spec", "build_module", "flatten_tree", "read_checkpoint",
+           "fit_state"]
+
+#: A parameter's path in the model state, e.g. ``("block2", "conv", "kernel")``.
+ParamPath = tuple[str, ...]
+
+
+def parse_model_spec(spec: str) -> tuple[str, str, tuple, dict[str, Any]]:
+    """Split ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(key=value, ...)`` (literal arguments).
+
+    Returns:
+        ``(module, callable_name, args, kwargs)``; ``module`` may be a ``.py`` path.
+
+    Raises:
+        NasprobeError: a malformed spec or an argument that is not a Python literal.
+    """
+    head, paren, tail = spec.partition("(")
+    module, colon, func = head.strip().rpartition(":")
+    if not colon or not module or not func.replace(".", "_").isidentifier():
+        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE or "
+                            "MODULE:CALLABLE(key=value, ...)")
+    if not paren:
+        return module, func, (), {}
+    try:
+        call = ast.parse(f"f({tail}", mode="eval").body
+        if not isinstance(call, ast.Call) or any(k.arg is None for k in call.keywords):
+            raise ValueError("expected key=value arguments")
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as exc:
+        raise NasprobeError(f"--model {spec!r}: arguments must be Python literals ({exc})"
+                            ) from None
+    return module, func, args, kwargs
+
+
+def _import(name: str):
+    if name.endswith(".py"):
+        path = Path(name).resolve()
+        if not path.is_file():
+            raise ImportError(f"no file {path}")
+        mod_name = f"nasprobe_jax_model_{abs(hash(str(path)))}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(name)
+
+
+def build_module(model: Any):
+    """The Flax NNX module ``--model`` names: a module, a callable returning one, or a spec
+    string for :func:`parse_model_spec`.
+
+    Raises:
+        NasprobeError: the module or callable cannot be found, or gives no ``nnx.Module``
+            (a Linen module is refused with the reason).
+    """
+    from flax import linen, nnx
+
+    label = model if isinstance(model, str) else type(model).__name__
+    if isinstance(model, str):
+        module_name, func_name, args, kwargs = parse_model_spec(model)
+        try:
+            obj: Any = _import(module_name)
+        except ImportError as exc:
+            raise NasprobeError(f"--model {model!r}: cannot import {module_name!r} ({exc})"
+                                ) from exc
+        for part in func_name.split("."):
+            if not hasattr(obj, part):
+                raise NasprobeError(f"--model {model!r}: {module_name!r} has no {func_name!r}")
+            obj = getattr(obj, part)
+        built = obj(*args, **kwargs)
+    elif isinstance(model, nnx.Module):
+        built = model
+    elif callable(model):
+        built = model()
+    else:
+        raise NasprobeError(f"--model must be MODULE:CALLABLE, a callable or an nnx.Module, "
+                            f"not {type(model).__name__}")
+    if isinstance(built, linen.Module):
+        raise NasprobeError(f"--model {label!r} gave a Flax Linen module; nasprobe_jax builds "
+                            "Flax NNX modules (wrap it: nnx.bridge.ToNNX(module, rngs)"
+                            ".lazy_init(x)) — see docs/jax.md")
+    if not isinstance(built, nnx.Module):
+        raise NasprobeError(f"--model {label!r} returned a {type(built).__name__}, not a "
+                            "flax.nnx.Module")
+    return built
+
+
+def flatten_tree(tree: Any, prefix: ParamPath = ()) -> dict[ParamPath, np.ndarray]:
+    """``{path: array}`` of the array leaves of a nested mapping (list items by index).
+
+    A trailing ``"value"`` key is dropped (Orbax's Variable layout). Non-array leaves (a step
+    count, a string) are skipped.
+    """
+    out: dict[ParamPath, np.ndarray] = {}
+    if isinstance(tree, Mapping):
+        items = [(str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(tree)]
+    else:
+        if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+            key = prefix[:-1] if prefix and prefix[-1] == "value" else prefix
+            out[key] = np.asarray(tree)
+        return out
+    for key, value in items:
+        out.update(flatten_tree(value, prefix + (key,)))
+    return out
+
+
+def _read_msgpack(path: Path) -> Any:
+    from flax import serialization
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read the file ({exc})") from exc
+    try:
+        tree = serialization.msgpack_restore(data)
+    except Exception as exc:  # msgpack raises several kinds on bad bytes
+        raise CheckpointError(path, "not a flax.serialization msgpack file "
+                              f"({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(tree, Mapping):
+        raise CheckpointError(path, f"holds a msgpack {type(tree).__name__}, not a state "
+                              "dict (flax.serialization.to_bytes of the model state)")
+    return tree
+
+
+def _read_orbax(path: Path) -> Any:
+    import orbax.checkpoint as ocp
+
+    item = orbax_item(path)
+    if item is None:
+        raise CheckpointError(path, "not an Orbax checkpoint folder (no _METADATA, "
+                              "_CHECKPOINT_METADATA or manifest.ocdbt)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sharding info not provided"
+            meta = ocp.PyTreeCheckpointer().metadata(item.resolve())
+            tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+            args = _numpy_restore_args(tree)
+            return ocp.PyTreeCheckpointer().restore(item.resolve(), restore_args=args)
+    except Exception as exc:  # orbax/tensorstore raise many kinds on damaged folders
+        raise CheckpointError(path, "cannot restore the Orbax checkpoint "
+                              f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+
+
+def _numpy_restore_args(tree: Any) -> Any:
+    """Restore arguments asking Orbax for numpy arrays (no device placement)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    return jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+
+
+def read_checkpoint(path: str | Path) -> dict[ParamPath, np.ndarray]:
+    """One checkpoint's arrays by path (see the module docstring).
+
+    Args:
+        path: a ``.msgpack`` file or an Orbax checkpoint folder.
+
+    Raises:
+        CheckpointError: the file or folder is unreadable, damaged, or holds no array.
+    """
+    path = Path(path)
+    if path.is_dir():
+        tree = _read_orbax(path)
+    elif path.is_file():
+        tree = _read_msgpack(path)
+    else:
+        raise CheckpointError(path, "no such file or folder")
+    flat = flatten_tree(tree)
+    if not flat:
+        raise CheckpointError(path, "holds no array")
+    return flat
+
+
+def fit_state(flat: Mapping[ParamPath, np.ndarray], expected: Mapping[ParamPath, tuple[int, ...]],
+              path: str | Path) -> dict[ParamPath, np.ndarray]:
+    """The arrays of ``flat`` for each path of ``expected``, checked for shape.
+
+    ``flat``'s paths may carry a common prefix (``("model",) + path``); it is found from the
+    first expected path.
+
+    Returns:
+        ``{expected path: array}``.
+
+    Raises:
+        CheckpointError: naming ``path`` and the tensor that is missing or of the wrong shape.
+    """
+    if not expected:
+        return {}
+    first = next(iter(expected))
+    prefixes = [k[: len(k) - len(first)] for k in flat
+                if len(k) >= len(first) and k[len(k) - len(first):] == first]
+    if not prefixes:
+        raise CheckpointError(path, f"tensor {'.'.join(first)!r} is missing (the checkpoint "
+                              f"holds {', '.join('.'.join(k) for k in list(flat)[:8])}...)")
+    prefix = min(prefixes, key=len)
+    out = {}
+    for key, shape in expected.items():
+        array = flat.get(prefix + key)
+        if array is None:
+            raise CheckpointError(path, f"tensor {'.'.join(key)!r} is missing (another "
+                                  "architecture than --model?)")
+        if tuple(array.shape) != tuple(shape):
+            raise CheckpointError(path, f"tensor {'.'.join(key)!r} has shape "
+                                  f"{tuple(array.shape)}; the model expects {tuple(shape)}")
+        out[key] = array
+    return out

@@ -1,0 +1,110 @@
+"""``JaxSource``: one run's JAX checkpoints as an ONNX architecture plus per-epoch weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from nasprobe.checkpoints import Checkpoint
+from nasprobe.errors import CheckpointError, NasprobeError
+
+from .export import Exported, export_module
+from .loading import build_module, fit_state, read_checkpoint
+
+__all__ = ["JaxSource", "make_source"]
+
+
+def _shape(value: Any, origin: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [s for s in value.replace("x", ",").split(",") if s.strip()]
+    try:
+        return tuple(int(s) for s in value)
+    except (TypeError, ValueError):
+        raise NasprobeError(f"{origin}: input shape {value!r} is not a list of integers "
+                            "(H,W,C for a Flax Conv)") from None
+
+
+class JaxSource:
+    """The checkpoints of one JAX run as a ``CheckpointSource`` (docs/adapters.md).
+
+    ``architecture()`` builds the NNX module from ``--model``, exports it once through
+    jax2onnx (:mod:`nasprobe_jax.export`) and puts the first checkpoint's weights in it;
+    ``weights(ckpt)`` only reads a checkpoint and lays its arrays out as the graph's
+    initializers.
+
+    Args:
+        checkpoints: the run's ``.msgpack`` files or Orbax folders, sorted by epoch.
+        options: the core's source options; reads ``model`` (``MODULE:CALLABLE[(k=v)]``, a
+            callable or an ``nnx.Module``; required, as JAX checkpoints hold only arrays) and
+            ``input_shape`` (one sample's shape as the module takes it, e.g. ``(H, W, C)``;
+            default: the module's ``input_shape`` attribute). ``tap`` is the core's business
+            (the graph keeps BatchNorm apart, so both taps are found in it); JAX checkpoints
+            never hold pickles, so ``trust_pickle`` changes nothing.
+    """
+
+    framework = "jax"
+
+    def __init__(self, checkpoints: Sequence[Checkpoint], options: Any):
+        if not checkpoints:
+            raise NasprobeError("no JAX checkpoint given")
+        self.checkpoints = list(checkpoints)
+        self.model_spec = getattr(options, "model", None)
+        self.input_shape = getattr(options, "input_shape", None)
+        self._exported: Exported | None = None
+
+    def exported(self) -> Exported:
+        """The export (built on first use, with the module's initial weights)."""
+        if self._exported is None:
+            first = Path(self.checkpoints[0].path)
+            if self.model_spec is None:
+                raise CheckpointError(first, "JAX checkpoints hold only arrays: pass --model "
+                                      "MODULE:CALLABLE building the Flax NNX module")
+            module = build_module(self.model_spec)
+            origin = str(self.model_spec)
+            shape = _shape(self.input_shape, origin) or _shape(
+                getattr(module, "input_shape", None), origin)
+            if shape is None:
+                raise NasprobeError(f"{origin}: pass --input-shape H,W,C (one sample's shape "
+                                    "as the module takes it, without the batch axis)")
+            self._exported = export_module(module, shape, origin=origin)
+        return self._exported
+
+    def architecture(self) -> onnx.ModelProto:
+        """The ONNX model with the first checkpoint's weights (exported once, then cached)."""
+        exported = self.exported()
+        values = self.weights(self.checkpoints[0])
+        for init in exported.model.graph.initializer:
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+        return exported.model
+
+    def layers(self) -> list[str]:
+        """The Conv/Linear module paths of the graph's linear operators, in graph order."""
+        return list(self.exported().layers)
+
+    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+        """The graph's weight initializers for one checkpoint.
+
+        Returns:
+            initializer name → float32 array in the graph's layout (e.g. a Flax Conv kernel
+            ``(kh, kw, C_in, C_out)`` as ONNX's ``(C_out, C_in, kh, kw)``).
+
+        Raises:
+            CheckpointError: unreadable or damaged file/folder, or arrays that do not fit the
+                module (names the checkpoint and the tensor).
+        """
+        exported = self.exported()
+        path = Path(checkpoint.path)
+        params = fit_state(read_checkpoint(path), exported.shapes, path)
+        return exported.initializers(params)
+
+
+def make_source(checkpoints: Sequence[Checkpoint], options: Any) -> JaxSource:
+    """The :class:`JaxSource` of one run (what the ``jax`` adapter's ``make_source`` gives)."""
+    return JaxSource(checkpoints, options)
