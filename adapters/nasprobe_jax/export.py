@@ -264,6 +264,9 @@ def export_module(module, input_shape: Sequence[int], origin: str = "model") -> 
     arrays = module_arrays(module)
     tags, index = _tag_values(arrays)
     proto = _run_exporter(_with_values(module, tags), input_shape, origin)
+    # jax2onnx may record an NHWC shape for a tensor its layout pass made NCHW; drop its
+    # intermediate shapes (onnx shape inference recomputes them where needed).
+    del proto.graph.value_info[:]
     layout = _match(proto.graph, tags, index)
     layers = _tag_and_verify(module, proto.graph, layout, origin)
     shapes = {p.path: tuple(arrays[p.path].shape) for p in layout.values()}

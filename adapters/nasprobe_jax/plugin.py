@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nasprobe.errors import NasprobeError
+from nasprobe.contract import BaseAdapter, Checkpoint, CheckpointSource, SourceOptions
 
 __all__ = ["JaxAdapter", "adapter", "is_orbax_checkpoint", "orbax_item"]
 
@@ -41,30 +41,26 @@ def is_orbax_checkpoint(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in ORBAX_MARKERS)
 
 
-class JaxAdapter:
+class JaxAdapter(BaseAdapter):
     """JAX/Flax checkpoints: ``.msgpack`` files (``flax.serialization``) and Orbax folders."""
 
     name = "jax"
     extensions = (".msgpack",)
+    extra = "jax"
+    requires = ("jax", "flax", "orbax.checkpoint", "jax2onnx")
 
     def claims(self, path: Path) -> bool:
         """A ``.msgpack`` file, or a folder Orbax wrote (``_CHECKPOINT_METADATA``...)."""
         path = Path(path)
         if path.is_dir():
             return is_orbax_checkpoint(path)
-        return path.is_file() and path.name.lower().endswith(self.extensions)
+        return path.name.lower().endswith(self.extensions)
 
-    def make_source(self, checkpoints, options):
-        """The :class:`nasprobe_jax.source.JaxSource` of one run (imports JAX and Flax).
+    def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
+                    ) -> CheckpointSource:
+        """A :class:`~nasprobe_jax.source.JaxSource` (``options.input_shape`` is H,W,C)."""
+        from .source import JaxSource
 
-        Raises:
-            NasprobeError: JAX, Flax or jax2onnx is not installed (names the extra).
-        """
-        try:
-            from .source import JaxSource
-        except ImportError as exc:
-            raise NasprobeError("JAX checkpoints need jax, flax, orbax-checkpoint and jax2onnx: "
-                                f"pip install 'nasprobe[jax]' ({exc})") from exc
         return JaxSource(checkpoints, options)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from nasprobe.checkpoints import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
 
-from .export import Exported, export_module
+from .export import Exported, export_module, module_arrays
 from .loading import build_module, fit_state, read_checkpoint
 
 __all__ = ["JaxSource", "make_source"]
@@ -40,32 +40,38 @@ class JaxSource:
 
     Args:
         checkpoints: the run's ``.msgpack`` files or Orbax folders, sorted by epoch.
-        options: the core's source options; reads ``model`` (``MODULE:CALLABLE[(k=v)]``, a
-            callable or an ``nnx.Module``; required, as JAX checkpoints hold only arrays) and
-            ``input_shape`` (one sample's shape as the module takes it, e.g. ``(H, W, C)``;
-            default: the module's ``input_shape`` attribute). ``tap`` is the core's business
-            (the graph keeps BatchNorm apart, so both taps are found in it); JAX checkpoints
-            never hold pickles, so ``trust_pickle`` changes nothing.
+        options: ``model`` (``MODULE:CALLABLE[(k=v)]``, a callable or an ``nnx.Module``;
+            required, as JAX checkpoints hold only arrays) and ``input_shape`` (one sample's
+            shape as the module takes it, e.g. ``(H, W, C)``; default: the module's
+            ``input_shape`` attribute). JAX checkpoints never hold pickles, so
+            ``trust_pickle`` changes nothing. Taps are the core's business: the graph keeps
+            BatchNorm apart, so both kinds are found in it.
     """
 
     framework = "jax"
 
-    def __init__(self, checkpoints: Sequence[Checkpoint], options: Any):
+    def __init__(self, checkpoints: Sequence[Checkpoint], options: SourceOptions = SourceOptions()):
         if not checkpoints:
             raise NasprobeError("no JAX checkpoint given")
         self.checkpoints = list(checkpoints)
-        self.model_spec = getattr(options, "model", None)
-        self.input_shape = getattr(options, "input_shape", None)
+        self.model_spec = options.model
+        self.input_shape = options.input_shape
         self._exported: Exported | None = None
 
     def exported(self) -> Exported:
-        """The export (built on first use, with the module's initial weights)."""
+        """The export (built on first use, with the module's initial weights).
+
+        The first checkpoint is read and checked against the module before the (slow)
+        export, so that a damaged file or another architecture fails at once.
+        """
         if self._exported is None:
             first = Path(self.checkpoints[0].path)
+            flat = read_checkpoint(first)
             if self.model_spec is None:
                 raise CheckpointError(first, "JAX checkpoints hold only arrays: pass --model "
                                       "MODULE:CALLABLE building the Flax NNX module")
             module = build_module(self.model_spec)
+            fit_state(flat, {k: v.shape for k, v in module_arrays(module).items()}, first)
             origin = str(self.model_spec)
             shape = _shape(self.input_shape, origin) or _shape(
                 getattr(module, "input_shape", None), origin)
@@ -105,6 +111,7 @@ class JaxSource:
         return exported.initializers(params)
 
 
-def make_source(checkpoints: Sequence[Checkpoint], options: Any) -> JaxSource:
+def make_source(checkpoints: Sequence[Checkpoint], options: SourceOptions = SourceOptions()
+                ) -> JaxSource:
     """The :class:`JaxSource` of one run (what the ``jax`` adapter's ``make_source`` gives)."""
     return JaxSource(checkpoints, options)
