@@ -16,17 +16,21 @@ runs form one group. ``runs=`` (list or "A,B") and ``layers=`` (list or regular 
 select first. Other keyword arguments go to :func:`nasprobe.plots.draw` (``width``, ``dpi``,
 ``max_cols``, ...).
 
+Registering the accessor imports only xarray: matplotlib is imported when a figure is drawn,
+scipy when onsets are computed.
+
 The DataTree accessor draws heatmaps from the ``heatmaps/<layer>`` groups; the Dataset one
 (the root dataset only) shows each layer's ``nas_mean`` as a single cell instead.
 """
 
 from __future__ import annotations
 
-import xarray as xr
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
-from . import onsets as _onsets
-from . import plots
+import xarray as xr
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, scipy when onsets are read
+    from matplotlib.figure import Figure
 
 __all__ = ["NasAccessor"]
 
@@ -44,6 +48,8 @@ class NasAccessor:
         return obj.to_dataset() if isinstance(obj, xr.DataTree) else obj
 
     def _draw(self, kind: str, runs, layers, groups, kwargs) -> Figure:
+        from . import plots
+
         return plots.draw(self._obj, kind, runs=runs, layers=layers, groups=groups, **kwargs)
 
     def lineplot(self, runs=None, layers=None, groups=None, **kwargs) -> Figure:
@@ -71,8 +77,10 @@ class NasAccessor:
 
         See :func:`nasprobe.onsets.onsets`; ``runs``/``layers`` select as for the figures.
         """
-        sel = plots.select(self._obj, runs=runs, layers=layers)
-        return _onsets.onsets(sel.ds, sigma=sigma)
+        from .onsets import onsets
+        from .plots.select import select
+
+        return onsets(select(self._obj, runs=runs, layers=layers).ds, sigma=sigma)
 
 
 @xr.register_dataset_accessor("nas")

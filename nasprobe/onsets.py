@@ -36,7 +36,15 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy.ndimage import gaussian_filter1d
+
+
+def gaussian_filter1d(y: np.ndarray, sigma: float, mode: str = "nearest") -> np.ndarray:
+    """:func:`scipy.ndimage.gaussian_filter1d`, imported on first use: scipy is not loaded
+    by the command line until onsets are computed."""
+    from scipy.ndimage import gaussian_filter1d as smooth_1d
+
+    return smooth_1d(y, sigma, mode=mode)
+
 
 __all__ = ["smooth", "loss_onset", "nas_onset", "onsets"]
 

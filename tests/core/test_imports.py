@@ -1,0 +1,42 @@
+"""The command line starts without the heavy libraries: each is imported by the command (or
+function) that needs it. Checked in a fresh interpreter, by what lands in ``sys.modules``."""
+
+import subprocess
+import sys
+
+HEAVY = ["matplotlib", "scipy", "torch", "keras", "dask", "jax", "tensorflow"]
+
+
+def _loaded(code: str, names=HEAVY) -> list[str]:
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {names!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+def test_cli_imports_no_plotting_science_or_framework_library():
+    assert _loaded("import nasprobe.cli") == []
+    # --help of every command builds them all: still nothing heavy.
+    code = ("from click.testing import CliRunner\nfrom nasprobe.cli import main\n"
+            "r = CliRunner().invoke(main, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "for c in main.commands:\n"
+            "    assert CliRunner().invoke(main, [c, '--help']).exit_code == 0, c")
+    assert _loaded(code) == []
+
+
+def test_the_nas_accessor_waits_for_a_figure_to_import_matplotlib():
+    code = "import xarray as xr, nasprobe\nassert hasattr(xr.Dataset, 'nas')"
+    assert _loaded(code) == []
+    assert _loaded("import nasprobe.analysis") == []
+
+
+def test_lazy_package_attributes():
+    code = ("import sys, types, nasprobe, nasprobe.probe\n"
+            "m = sys.modules['nasprobe.probe']\n"
+            "assert isinstance(m, types.ModuleType) and callable(nasprobe.probe)\n"
+            "assert nasprobe.probe is m.probe and callable(nasprobe.open_store)\n"
+            "assert nasprobe.nas([[1.0, 1.0]], axis=1).shape == (1,)\n"
+            "import xarray as xr\nassert hasattr(xr.DataTree, 'nas')\n"
+            "try:\n    nasprobe.no_such_name\nexcept AttributeError:\n    pass\n"
+            "else:\n    raise SystemExit('no AttributeError')")
+    assert _loaded(code, ["matplotlib"]) == []
