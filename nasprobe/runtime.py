@@ -1,14 +1,22 @@
-"""onnxruntime sessions: provider choice (CUDA when present, CPU otherwise) and weight swaps.
+"""onnxruntime sessions: provider choice, CUDA start-up, weight swaps, batched runs.
 
 One architecture is tapped once (:class:`TappedModel`); per epoch only its initializers are
-replaced and a new session is made from the same graph.
+replaced and a new session is made from the same graph. The provider that *runs* a session is
+read back after creation: a CUDA request that onnxruntime could not honour (no driver, missing
+CUDA/cuDNN libraries) runs on CPU, with one short notice of ours instead of onnxruntime's own
+multi-line log (docs/ describe the GPU set-up).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -16,11 +24,19 @@ from onnx import numpy_helper
 
 from .errors import CheckpointError, NasprobeError
 
-__all__ = ["select_providers", "TappedModel", "provider_notice", "set_intra_op_threads"]
+__all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
+           "set_intra_op_threads", "preload_cuda_libraries", "new_session", "short_reason",
+           "captured_stderr", "run_batch"]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
 
 _NOTICED: set[str] = set()
+_PRELOADED = False
 #: onnxruntime intra-op threads for new sessions (None: onnxruntime's default, all cores).
 _INTRA_OP_THREADS: int | None = None
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ORT_PREFIX = re.compile(r"^.*?\[[A-Z]:onnxruntime:[^\]]*\]\s*")
 
 
 def set_intra_op_threads(n: int | None) -> None:
@@ -39,23 +55,113 @@ def provider_notice(message: str) -> None:
 
 
 def select_providers(device: str = "auto") -> list[str]:
-    """onnxruntime providers for ``device`` (``auto``, ``cpu`` or ``cuda``).
+    """onnxruntime providers to ask for on ``device`` (``auto``, ``cpu`` or ``cuda``).
 
-    ``cuda`` or ``auto`` use ``CUDAExecutionProvider`` when this onnxruntime has it; a ``cuda``
-    request without it falls back to CPU with a notice on stderr.
+    ``cuda`` or ``auto`` ask for ``CUDAExecutionProvider`` when this onnxruntime lists it; a
+    ``cuda`` request without it gets CPU with a notice on stderr. Listed is not working: which
+    provider runs is known only once a session exists (:attr:`TappedModel.provider`).
     """
     import onnxruntime as ort
 
     if device not in ("auto", "cpu", "cuda"):
         raise NasprobeError(f"--device must be auto, cpu or cuda, not {device!r}")
     available = ort.get_available_providers()
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device in ("auto", "cuda") and CUDA in available:
+        return [CUDA, CPU]
     if device == "cuda":
         provider_notice("CUDA was requested but this onnxruntime offers only "
                         f"{', '.join(available)}; running on CPU (install nasprobe[gpu] for "
                         "onnxruntime-gpu)")
-    return ["CPUExecutionProvider"]
+    return [CPU]
+
+
+def preload_cuda_libraries() -> None:
+    """Call ``onnxruntime.preload_dlls()`` once, where it exists (onnxruntime-gpu >= 1.21).
+
+    It loads the CUDA and cuDNN libraries that the ``nvidia-*`` wheels of the ``gpu`` extra put
+    into site-packages, so that a GPU user needs a driver and nothing else. What it prints about
+    libraries it cannot find is dropped: a session that cannot start says why (see
+    :func:`new_session`)."""
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    _PRELOADED = True
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with captured_stderr(), contextlib.redirect_stdout(open(os.devnull, "w")):
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - a missing library shows when the session starts
+            pass
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptor 2 (onnxruntime's logger) while the
+    block runs; the yielded list receives the text when the block ends."""
+    text: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode("utf-8", "replace"))
+
+
+def short_reason(log: str) -> str:
+    """One line saying why onnxruntime could not start a provider, from its log ``log``:
+    the library it failed to load when it names one, else its first message."""
+    lines = [_ORT_PREFIX.sub("", _ANSI.sub("", line)).strip() for line in log.splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        m = re.search(r"with error: (.+)", line)
+        if m:
+            return m.group(1).strip()
+    for line in lines:
+        if "CUDA" in line or "cuda" in line:
+            return line.split(". Please")[0].rstrip(".")
+    return lines[0] if lines else "onnxruntime gave no reason"
+
+
+def new_session(model: bytes | str, providers: list[str], options=None):
+    """An ``onnxruntime.InferenceSession`` on the first of ``providers`` that starts.
+
+    Returns:
+        ``(session, reason)``: ``reason`` is None when the first provider runs the session,
+        else one line saying why it did not (onnxruntime's log of a CUDA start is captured and
+        shortened by :func:`short_reason`, never printed raw).
+    """
+    import onnxruntime as ort
+
+    cuda = providers[0] == CUDA
+    if cuda:
+        preload_cuda_libraries()
+    with warnings.catch_warnings(), \
+            (captured_stderr() if cuda else contextlib.nullcontext([])) as log:
+        warnings.simplefilter("ignore")
+        try:
+            sess = ort.InferenceSession(model, options, providers=providers)
+        except Exception:
+            if not cuda or len(providers) == 1:
+                raise
+            sess, err = None, sys.exc_info()[1]
+    text = "".join(log)
+    if sess is None:  # some onnxruntime versions raise instead of falling back
+        sess, _ = new_session(model, providers[1:], options)
+        return sess, short_reason(text) if text.strip() else str(err).splitlines()[0]
+    if sess.get_providers()[0] != providers[0]:
+        return sess, short_reason(text)
+    if text.strip():  # CUDA runs: whatever onnxruntime said is not ours to drop
+        sys.stderr.write(text)
+    return sess, None
 
 
 @dataclass
@@ -69,8 +175,13 @@ class TappedModel:
     """A tapped ONNX graph whose weights can be swapped per checkpoint.
 
     Args:
-        model: the graph from :func:`nasprobe.graph.build_probe_graph`.
+        model: the graph from :func:`nasprobe.graph.build_probe_graph` or
+            :func:`nasprobe.graph.build_tap_graph`.
         device: ``auto``, ``cpu`` or ``cuda``.
+
+    After the first :meth:`session`, :attr:`provider` is the provider that runs the sessions
+    and :attr:`fallback` (None when CUDA started or was not asked for) says why CUDA did not;
+    a CUDA start that failed once is not tried again for this model.
     """
 
     def __init__(self, model: onnx.ModelProto, device: str = "auto"):
@@ -79,7 +190,8 @@ class TappedModel:
         self.inits = {}
         for i, t in enumerate(model.graph.initializer):
             self.inits[t.name] = _Init(i, tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-        self.provider = None
+        self.provider: str | None = None
+        self.fallback: str | None = None
         inputs = [i for i in model.graph.input if i.name not in self.inits]
         self.input_name = inputs[0].name
         self.input_shape = tuple(
@@ -102,8 +214,8 @@ class TappedModel:
     def session(self, weights: dict[str, np.ndarray] | None = None, path="<checkpoint>"):
         """An ``onnxruntime.InferenceSession`` with ``weights`` (initializer name → array) swapped in.
 
-        The provider that actually runs is checked with ``get_providers()`` and kept in
-        :attr:`provider`; a CUDA request that did not take falls back to CPU with a notice.
+        The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
+        not take falls back to CPU with one short notice (the reason in one line).
         """
         import onnxruntime as ort
 
@@ -123,11 +235,34 @@ class TappedModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if _INTRA_OP_THREADS is not None:
             opts.intra_op_num_threads = _INTRA_OP_THREADS
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)
-        used = sess.get_providers()
-        self.provider = used[0]
-        if self.providers[0] == "CUDAExecutionProvider" and used[0] != "CUDAExecutionProvider":
-            provider_notice("CUDAExecutionProvider could not be used; running on CPU")
+        sess, reason = new_session(model.SerializeToString(), self.providers, opts)
+        self.provider = sess.get_providers()[0]
+        if reason is not None and self.providers[0] == CUDA:
+            self.fallback = reason
+            self.providers = [CPU]
+            provider_notice(f"CUDA could not start ({reason}); running on CPU")
         return sess
+
+
+def run_batch(session, names: list[str], input_name: str, x: np.ndarray,
+              fixed_batch: int | None = None, *, bind: bool = False) -> list[np.ndarray]:
+    """``session.run(names, {input_name: x})`` as host arrays.
+
+    With ``fixed_batch``, ``x`` (``n <= fixed_batch`` images) is padded with zeros to that size
+    and every output cut back to ``n`` rows. With ``bind`` (sessions on CUDA) the run goes
+    through onnxruntime's IO binding: the input is copied to the device once and only the
+    ``names`` outputs (NAS maps, not tap tensors) are copied back to the host.
+    """
+    n = len(x)
+    if fixed_batch and n < fixed_batch:
+        x = np.concatenate([x, np.zeros((fixed_batch - n, *x.shape[1:]), x.dtype)])
+    if bind:
+        io = session.io_binding()
+        io.bind_cpu_input(input_name, np.ascontiguousarray(x))
+        for name in names:
+            io.bind_output(name, "cpu")
+        session.run_with_iobinding(io)
+        outs = io.copy_outputs_to_cpu()
+    else:
+        outs = session.run(names, {input_name: x})
+    return [o[:n] for o in outs] if fixed_batch else outs

@@ -33,8 +33,9 @@ from .aggregate import LayerStats
 from .graph import Tap, build_probe_graph, build_tap_graph, find_taps
 from .kernels import available as kernels_available, nas_map
 from .options import ProbeOptions
+from .pipeline import HOST_TAP_BUDGET, prefetched, sub_batch_size, tap_bytes_per_image
 from .probesets import ProbeSet, load_probe_set
-from .runtime import TappedModel, select_providers
+from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
            "probe_epoch", "run_batch", "output_kind", "host_nas", "CACHE_SIZE"]
@@ -138,10 +139,14 @@ def output_kind(model) -> str:
 
 @dataclass
 class EpochResult:
-    """One epoch's numbers: per-layer summaries, ``loss``/``accuracy`` (NaN without labels)."""
+    """One epoch's numbers: per-layer summaries, ``loss``/``accuracy`` (NaN without labels),
+    and what left onnxruntime for the host (``fetched_bytes`` over ``images``)."""
 
     summaries: dict[str, dict]
     metrics: dict[str, float] = field(default_factory=dict)
+    #: bytes of session outputs copied to the host, and the images they came from
+    fetched_bytes: int = 0
+    images: int = 0
 
 
 def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
@@ -157,26 +162,38 @@ def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
 def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
-                host: bool = False, fixed_batch: int | None = None) -> EpochResult:
+                host: bool = False, fixed_batch: int | None = None,
+                tap_budget: int = HOST_TAP_BUDGET, bind: bool = False) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
     Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
     With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
     come from the same forward pass (the model's first output). ``fetch`` names the outputs to
     read per tap (default ``tap.output``, the in-graph NAS map); with ``host`` they are raw tap
-    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`. A model exported
-    with a fixed batch size ``fixed_batch`` gets batches of exactly that size (the last one
-    padded with zeros, whose outputs are dropped).
+    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`, and a batch is run in
+    sub-batches whose raw taps fit ``tap_budget`` bytes (see
+    :func:`nasprobe.pipeline.sub_batch_size`). onnxruntime runs the next (sub-)batch while this
+    thread computes the current one's NAS (:func:`nasprobe.pipeline.prefetched`). A model
+    exported with a fixed batch size ``fixed_batch`` gets batches of exactly that size (the
+    last one padded with zeros, whose outputs are dropped). ``bind``: see
+    :func:`nasprobe.runtime.run_batch`.
     """
     if fixed_batch:
         batch_size = fixed_batch
+    elif host:
+        per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
+        batch_size = sub_batch_size(batch_size, per_image, tap_budget)
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
     labelled = probeset.labels is not None
     out_names = ([session.get_outputs()[0].name] if labelled else []) + names
-    loss_sum, correct, n = 0.0, 0, 0
-    for _, xb, yb in probeset.batches(batch_size):
-        outs = run_batch(session, out_names, input_name, xb, fixed_batch)
+    loss_sum, correct, n, fetched = 0.0, 0, 0, 0
+
+    def run(batch):
+        return run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
+
+    for (_, xb, yb), outs in prefetched(probeset.batches(batch_size), run):
+        fetched += sum(o.nbytes for o in outs)
         if labelled:
             lp = _log_probs(outs[0], kind)
             yb = np.asarray(yb, dtype=np.int64)
@@ -186,21 +203,12 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         n += len(xb)
         for t, o in zip(taps, outs):
             stats[t.layer].update(nas_map(o, t.channel_axis) if host else o)
+        outs = o = None  # the raw taps go before onnxruntime's next run needs the memory
     metrics = {}
     if labelled:
         metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
-    return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics)
-
-
-def run_batch(session, names: list[str], input_name: str, x: np.ndarray,
-              fixed_batch: int | None = None) -> list[np.ndarray]:
-    """``session.run(names, {input_name: x})``; with ``fixed_batch``, ``x`` (``n <= fixed_batch``
-    images) is padded with zeros to that size and every output cut back to ``n`` rows."""
-    n = len(x)
-    if fixed_batch and n < fixed_batch:
-        x = np.concatenate([x, np.zeros((fixed_batch - n, *x.shape[1:]), x.dtype)])
-    outs = session.run(names, {input_name: x})
-    return [o[:n] for o in outs] if fixed_batch else outs
+    return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics,
+                       fetched_bytes=fetched, images=n)
 
 
 _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
@@ -219,6 +227,14 @@ def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
     return _PROBESETS[k]
 
 
+def _graph(arch, taps, host: bool, opts: ProbeOptions, label: str):
+    """The tapped graph and the outputs to fetch per tap: raw taps (host) or NAS maps."""
+    if host:
+        return build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
+    graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
+    return graph, [t.output for t in taps]
+
+
 def _build(spec: RunSpec) -> RunContext:
     ckpts = spec.ckpts()
     opts = spec.options
@@ -226,17 +242,20 @@ def _build(spec: RunSpec) -> RunContext:
     arch = source.architecture()
     label = str(ckpts[0].path)
     taps = find_taps(arch, tap=opts.tap, layers=opts.layers, source=label)
-    host = host_nas(opts.nas_on, opts.device)
-    if host:
-        graph, fetch = build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
-    else:
-        graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
-        fetch = [t.output for t in taps]
+    # Where NAS goes depends on the provider that runs: asked-for CUDA may not start.
+    host = host_nas(opts.nas_on, select_providers(opts.device)[0])
+    graph, fetch = _graph(arch, taps, host, opts, label)
     tapped = TappedModel(graph, device=opts.device)
+    session = tapped.session()
+    if host_nas(opts.nas_on, tapped.provider) != host:  # CUDA fell back to CPU
+        host = True
+        graph, fetch = _graph(arch, taps, host, opts, label)
+        tapped = TappedModel(graph, device="cpu")
+        session = tapped.session()
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
-    outs = run_batch(tapped.session(), fetch, tapped.input_name, probeset.first(1),
-                     tapped.fixed_batch)
+    outs = run_batch(session, fetch, tapped.input_name, probeset.first(1), tapped.fixed_batch)
+    del session
     spatial = {}
     for t, o in zip(taps, outs):
         shape = [int(d) for d in o.shape]
@@ -248,17 +267,18 @@ def _build(spec: RunSpec) -> RunContext:
                       host)
 
 
-def host_nas(nas_on: str, device: str = "auto") -> bool:
+def host_nas(nas_on: str, provider: str = CPU) -> bool:
     """Whether NAS is computed on the host from raw taps (True) or inside the graph (False).
 
     ``nas_on``: ``graph``, ``host``, or ``auto`` — host when the compiled kernels are built and
-    onnxruntime runs on CPU (on CPU the fused host kernel is cheaper than six graph operators
-    over each tap tensor; on CUDA the graph keeps the taps on the GPU and only maps leave).
+    ``provider`` (the execution provider that runs the session) is not CUDA: on CPU the fused
+    host kernel is cheaper than six graph operators over each tap tensor; on CUDA the graph
+    keeps the taps on the GPU and only maps leave.
     """
     if nas_on not in ("auto", "graph", "host"):
         raise NasprobeError(f"nas_on must be auto, graph or host, not {nas_on!r}")
     if nas_on == "auto":
-        return kernels_available() and select_providers(device)[0] == "CPUExecutionProvider"
+        return kernels_available() and provider != CUDA
     return nas_on == "host"
 
 
@@ -319,7 +339,8 @@ def run_epoch(task: EpochTask) -> Outcome:
                          batch_size=spec.options.batch_size,
                          keep_images=spec.options.keep_images,
                          kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
-                         host=ctx.host, fixed_batch=ctx.tapped.fixed_batch)
+                         host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
+                         bind=ctx.tapped.provider == CUDA)
     provider = session.get_providers()[0]
     del session
     full = {**ctx.base, **weights}

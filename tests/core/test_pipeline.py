@@ -1,0 +1,139 @@
+"""The batch loop: onnxruntime's next batch overlaps the host's work on the current one,
+host-mode batches are split so that raw taps fit a budget, and the numbers do not change."""
+
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from nasprobe import pipeline, runtime, tasks
+from nasprobe.aggregate import LayerStats
+from nasprobe.graph import build_tap_graph, find_taps
+from nasprobe.kernels import nas_map
+from nasprobe.probesets import load_probe_set
+from tests.core import onnx_models as om
+
+SCALARS = ["nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean"]
+
+
+def test_sub_batch_size_keeps_the_taps_of_the_batches_in_flight_within_the_budget():
+    per_image = pipeline.tap_bytes_per_image([(64, 56, 56), (256, 56, 56)])
+    assert per_image == (64 + 256) * 56 * 56 * 4
+    n = pipeline.sub_batch_size(64, per_image, budget=64 * 2**20)
+    assert n == 64 * 2**20 // (2 * per_image) == 8
+    assert 2 * n * per_image <= 64 * 2**20 < 2 * (n + 1) * per_image
+    assert pipeline.sub_batch_size(64, 100, budget=2**30) == 64  # fits: the batch as asked
+    assert pipeline.sub_batch_size(64, 2**30, budget=2**20) == 1  # never below one image
+    assert pipeline.sub_batch_size(5, 0) == 5
+
+
+def test_prefetched_yields_in_order_and_runs_the_next_item_while_the_caller_works():
+    started = {i: threading.Event() for i in range(4)}
+
+    def run(i):
+        started[i].set()
+        return i * 10
+
+    seen = []
+    for item, result in pipeline.prefetched(range(4), run):
+        seen.append((item, result))
+        if item < 3:  # the next run starts before this item's work ends
+            assert started[item + 1].wait(5), f"run({item + 1}) did not overlap item {item}"
+    assert seen == [(0, 0), (1, 10), (2, 20), (3, 30)]
+    assert list(pipeline.prefetched([], run)) == []
+
+
+def test_prefetched_raises_a_failed_run_where_its_result_is_due():
+    def run(i):
+        if i == 2:
+            raise ValueError("bad batch 2")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch 2"):
+        for item, _ in pipeline.prefetched(range(5), run):
+            got.append(item)
+    assert got == [0, 1]
+
+
+@pytest.fixture
+def tapped(tmp_path):
+    """A conv/BN/Gemm model with raw-tap outputs and an 11-image labelled probe set."""
+    model, _ = om.conv_bn_relu_net(np.random.default_rng(3))
+    taps = find_taps(model)
+    graph, fetch = build_tap_graph(model, taps)
+    rng = np.random.default_rng(5)
+    path = tmp_path / "probe.npz"
+    np.savez(path, x=rng.normal(0, 1, (11, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 11))
+    probeset = load_probe_set(path, om.input_shape(model) and (None, 3, 8, 8))
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess, taps, fetch, probeset
+
+
+def _reference(sess, taps, fetch, probeset):
+    """Today's numbers written out plainly: every image in one onnxruntime run, NAS maps by the
+    host kernel (its agreement with float64 numpy is tested in test_kernels.py), one update."""
+    x, y = probeset.first(probeset.size), np.asarray(probeset.labels, np.int64)
+    outs = sess.run([sess.get_outputs()[0].name] + fetch, {"x": x})
+    logits = outs[0].astype(np.float64)
+    lp = logits - logits.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    summaries, spatial = {}, {}
+    for t, a in zip(taps, outs[1:]):
+        maps = nas_map(a, t.channel_axis)
+        spatial[t.layer] = maps.shape[1:]
+        stats = LayerStats(t.channels, maps.shape[1:], keep_images=4)
+        stats.update(maps)
+        summaries[t.layer] = stats.summary()
+    loss = float(-lp[np.arange(len(y)), y].mean())
+    return summaries, spatial, {"loss": loss, "accuracy": float((lp.argmax(1) == y).mean())}
+
+
+@pytest.mark.parametrize("budget", [None, 1, "3 images"])
+def test_split_and_overlapped_batches_give_todays_numbers(tapped, budget):
+    sess, taps, fetch, probeset = tapped
+    ref, spatial, metrics = _reference(sess, taps, fetch, probeset)
+    per_image = pipeline.tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
+    tap_budget = {None: pipeline.HOST_TAP_BUDGET, 1: 1, "3 images": 6 * per_image}[budget]
+    sizes = []
+
+    class Recording:
+        """The session, recording how many images each run gets."""
+
+        def __getattr__(self, name):
+            return getattr(sess, name)
+
+        def run(self, names, feed):
+            sizes.append(len(feed["x"]))
+            return sess.run(names, feed)
+
+    got = tasks.probe_epoch(Recording(), probeset, taps, spatial, batch_size=5, keep_images=4,
+                            input_name="x", fetch=fetch, host=True, tap_budget=tap_budget)
+    expected = {None: [5, 5, 1], 1: [1] * 11, "3 images": [3, 3, 3, 2]}[budget]
+    assert sizes == expected
+    assert got.images == 11
+    assert got.fetched_bytes == 11 * (per_image + 4 * 4)  # taps and the 4 logits per image
+    for layer, want in ref.items():
+        have = got.summaries[layer]
+        for var in SCALARS:
+            assert have[var] == pytest.approx(want[var], abs=1e-6), (layer, var)
+        np.testing.assert_allclose(have["nas_quantile"], want["nas_quantile"], atol=1e-6)
+        np.testing.assert_allclose(have["nas_map"], want["nas_map"], atol=1e-6)
+        np.testing.assert_allclose(have["nas_image_map"], want["nas_image_map"], atol=1e-6)
+        assert have["nas_hist"].sum() == want["nas_hist"].sum()
+    assert got.metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-6)
+    assert got.metrics["accuracy"] == metrics["accuracy"]
+
+
+def test_io_binding_gives_what_run_gives(tapped):
+    sess, taps, fetch, probeset = tapped
+    x = probeset.first(7)
+    plain = runtime.run_batch(sess, fetch, "x", x)
+    bound = runtime.run_batch(sess, fetch, "x", x, bind=True)
+    padded = runtime.run_batch(sess, fetch, "x", x[:3], fixed_batch=7, bind=True)
+    for a, b, c in zip(plain, bound, padded):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(c, a[:3], atol=1e-6)
+        assert c.shape[0] == 3
