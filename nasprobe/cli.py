@@ -11,6 +11,7 @@ import click
 from .cli_figures import plot
 from .cli_probe import demo_cmd, export_cmd, info_cmd, probe_cmd
 from .cli_report import report_command, tensorboard_command
+from .doctor import doctor
 from .errors import NasprobeError
 
 
@@ -35,5 +36,5 @@ def main() -> None:
 
 # Commands live in modules named after what they do, as plain click commands; the group adds them.
 for command in (probe_cmd, export_cmd, info_cmd, demo_cmd, report_command, tensorboard_command,
-                plot):
+                plot, doctor):
     main.add_command(command)

@@ -1,8 +1,13 @@
 """Fixtures for the core tests: folders of per-epoch ONNX checkpoints and probe sets."""
 
+import os
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+
+from nasprobe import runtime
 
 from tests.core import onnx_models as om
 
@@ -36,3 +41,37 @@ def labelled_probe(tmp_path):
     np.savez(path, x=rng.normal(0, 1, (21, 3, 8, 8)).astype(np.float32),
              y=rng.integers(0, 4, 21))
     return path
+
+
+# onnxruntime-gpu on a machine without CUDA libraries: CUDA is listed, a session asked for it
+# logs a multi-line colour-coded complaint to file descriptor 2 and runs on CPU.
+ORT_LOG = (
+    "\x1b[1;31m2026-11-29 18:00:00.1 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
+    "TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:"
+    "1778 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : "
+    "FAIL : Failed to load library libonnxruntime_providers_cuda.so with error: "
+    "libcublasLt.so.13: cannot open shared object file: No such file or directory\n\x1b[m"
+    "\x1b[0;93m2026-11-29 18:00:00.1 [W:onnxruntime:Default, onnxruntime_pybind_state.cc:1013 "
+    "CreateExecutionProviderFactoryInstance] Failed to create CUDAExecutionProvider. Require "
+    "cuDNN 9.* and CUDA 13.*. Please install all dependencies as mentioned in the GPU "
+    "requirements page, make sure they're in the PATH, and that your GPU is supported.\n\x1b[m")
+
+
+@pytest.fixture
+def broken_cuda(monkeypatch):
+    """onnxruntime patched to list CUDA and fail to start it, as onnxruntime-gpu does here."""
+    real = ort.InferenceSession
+    calls = []
+
+    def session(model, options=None, providers=None, **kw):
+        calls.append(list(providers or []))
+        if providers and providers[0] == runtime.CUDA:
+            os.write(2, ORT_LOG.encode())
+            providers = providers[1:]
+        return real(model, options, providers=providers, **kw)
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(runtime, "_NOTICED", set())
+    return calls

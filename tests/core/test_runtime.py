@@ -8,6 +8,7 @@ from nasprobe import runtime
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe.graph import build_probe_graph, find_taps
 from tests.core import onnx_models as om
+from tests.core.conftest import ORT_LOG
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_notice(monkeypatch, capsys):
@@ -39,3 +40,61 @@ def test_session_reports_the_provider_that_ran_and_checks_weights():
         tapped.session({"w": np.zeros((1, 2), np.float32)}, "e7.onnx")
     with pytest.raises(CheckpointError, match="'zz' is not part of the architecture"):
         tapped.session({"zz": np.zeros(1, np.float32)}, "e7.onnx")
+
+
+def test_short_reason_names_the_missing_library():
+    assert runtime.short_reason(ORT_LOG) == \
+        "libcublasLt.so.13: cannot open shared object file: No such file or directory"
+    warn_only = ORT_LOG.split("\x1b[m")[1]
+    assert runtime.short_reason(warn_only) == \
+        "Failed to create CUDAExecutionProvider. Require cuDNN 9.* and CUDA 13.*"
+    assert runtime.short_reason("") == "onnxruntime gave no reason"
+
+
+def test_a_failed_cuda_start_runs_on_cpu_with_one_short_notice(broken_cuda, capfd):
+    model, _ = om.conv1d_net(np.random.default_rng(0))
+    tapped = runtime.TappedModel(build_probe_graph(model, find_taps(model)), device="cuda")
+    assert tapped.providers[0] == runtime.CUDA
+    for _ in range(3):
+        sess = tapped.session()
+    assert sess.get_providers()[0] == tapped.provider == runtime.CPU
+    assert tapped.fallback.startswith("libcublasLt.so.13")
+    assert broken_cuda == [[runtime.CUDA, runtime.CPU], [runtime.CPU], [runtime.CPU]]
+    err = capfd.readouterr().err
+    assert err == ("nasprobe: CUDA could not start (libcublasLt.so.13: cannot open shared "
+                   "object file: No such file or directory); running on CPU\n")
+
+
+def test_preload_dlls_is_called_once_before_a_cuda_session(broken_cuda, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    monkeypatch.setattr(runtime, "_PRELOADED", False)
+    model, _ = om.conv1d_net(np.random.default_rng(0))
+    runtime.TappedModel(build_probe_graph(model, find_taps(model)), device="cpu").session()
+    assert calls == []  # a CPU session needs no CUDA libraries
+    for _ in range(2):
+        runtime.TappedModel(build_probe_graph(model, find_taps(model)), device="cuda").session()
+    assert calls == [1]
+
+
+def test_probe_on_failed_cuda_computes_nas_on_the_host_and_matches_cpu(
+        broken_cuda, conv_run, labelled_probe, tmp_path, capfd):
+    import nasprobe
+
+    folder, _, _ = conv_run
+    cpu = nasprobe.probe([folder], probe=labelled_probe, out=tmp_path / "cpu.zarr",
+                         device="cpu", progress=False)
+    capfd.readouterr()
+    gpu = nasprobe.probe([folder], probe=labelled_probe, out=tmp_path / "gpu.zarr",
+                         device="cuda", progress=False)
+    err = capfd.readouterr().err
+    assert err.count("nasprobe: CUDA could not start") == 1 and "onnxruntime" not in err
+    a, b = nasprobe.open_store(cpu).to_dataset(), nasprobe.open_store(gpu).to_dataset()
+    import json
+
+    prov = json.loads(b.attrs["runs"])["vanilla"]
+    assert prov["provider"] == runtime.CPU and prov["nas_on"] == "host"
+    for var in ["nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean",
+                "nas_quantile", "loss"]:
+        np.testing.assert_allclose(b[var].values, a[var].values, atol=1e-6, err_msg=var)
+    np.testing.assert_array_equal(b.nas_hist.values, a.nas_hist.values)
