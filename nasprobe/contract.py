@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
-import numpy as np
-import onnx
+if TYPE_CHECKING:  # annotations only: the command line starts without numpy and onnx
+    import numpy as np
+    import onnx
 
 __all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter"]
 

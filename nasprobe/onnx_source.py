@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import onnx
-from onnx import numpy_helper
+from typing import TYPE_CHECKING
 
 from .contract import BaseAdapter, Checkpoint, SourceOptions
 from .errors import CheckpointError
-from .external_data import load_external_data
+
+if TYPE_CHECKING:  # the registry (and so the command line) loads this module: onnx on use
+    import numpy as np
+    import onnx
 
 __all__ = ["load_onnx", "OnnxSource", "OnnxAdapter", "adapter"]
 
@@ -18,6 +18,10 @@ __all__ = ["load_onnx", "OnnxSource", "OnnxAdapter", "adapter"]
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Load an ONNX file, refusing external data that points outside the file's folder (every
     tensor that can carry it: see :mod:`nasprobe.external_data`)."""
+    import onnx
+
+    from .external_data import load_external_data
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several kinds
@@ -41,6 +45,8 @@ class OnnxSource:
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """All initializers of ``checkpoint``'s file, by name (arrays in the file's dtype)."""
+        from onnx import numpy_helper
+
         if checkpoint.path == self.checkpoints[0].path:
             model = self._first
         else:
