@@ -70,13 +70,16 @@ def framework_options(f):
               help="Training log (Keras CSV/JSON, Lightning metrics.csv, TensorBoard events, "
                    "nasprobe metrics.csv) to import as loss/accuracy.")
 @click.option("--force", is_flag=True, help="Allow a store written with another probe set.")
+@click.option("--corr/--no-corr", default=True, show_default=True,
+              help="Histogram the filter weight correlations of every layer (corr_hist); "
+                   "layers over 2048 filters use a fixed sample of 2048.")
 @click.option("--workers", default=None, type=click.IntRange(1), metavar="N",
               help="Probe on a local Dask cluster of N processes (needs nasprobe[dask]).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Probe on an existing Dask scheduler, e.g. tcp://HOST:8786.")
 def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, tap,
               exclude_bias, layers, epoch_regex, trust_pickle, batch_size, keep_images, device,
-              nas_on, on_error, mean, std, metrics_log, force, workers, scheduler):
+              nas_on, on_error, mean, std, metrics_log, force, corr, workers, scheduler):
     """Measure NAS in every checkpoint of a run and write it into a zarr store.
 
     CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
@@ -96,7 +99,8 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
                                  input_shape=_shape(input_shape), trust_pickle=trust_pickle,
                                  tap=tap, exclude_bias=exclude_bias, layers=layers,
                                  device=device, mean=_floats(mean), std=_floats(std),
-                                 batch_size=batch_size, keep_images=keep_images, nas_on=nas_on)
+                                 batch_size=batch_size, keep_images=keep_images, nas_on=nas_on,
+                                 corr=corr)
     path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,
                  on_error=on_error, force=force, workers=workers, scheduler=scheduler)
     if metrics_log:

@@ -3,16 +3,32 @@
 A layer's weight tensor has its output channels (filters) on ``axis`` 0 — ONNX's layout for
 Conv ``(D, C, kh, kw)``; Gemm/MatMul weights are given as ``(D, K)`` by the caller. Each filter
 is flattened to a vector ``w_d``.
+
+Memory. :func:`filter_correlations` builds the whole ``D × D`` matrix (for small layers and
+tests). :func:`corr_histogram`, which the probe uses, never does: it computes the lower
+triangle in blocks of rows and adds each block to the histogram, so its memory is bounded by
+:data:`CORR_BLOCK_ENTRIES` float64 values whatever ``D`` (the counts equal those of the full
+matrix). Above :data:`CORR_MAX_FILTERS` filters the histogram is that of the pairs among a
+fixed sample of that many filters (the same filters every epoch; the centring mean still
+uses every filter), which keeps the time per epoch bounded as well. ``nasprobe probe
+--no-corr`` skips the histograms altogether (docs: README, *The store*).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["filter_correlations", "lower_triangle", "corr_histogram", "CORR_BINS"]
+__all__ = ["filter_correlations", "lower_triangle", "corr_histogram", "sampled_filters",
+           "CORR_BINS", "CORR_MAX_FILTERS", "CORR_BLOCK_ENTRIES"]
 
 #: Bin edges of ``corr_hist``: width 0.01 on [-1, 1] (200 bins).
 CORR_BINS = np.linspace(-1.0, 1.0, 201)
+
+#: Layers with more filters get the histogram of a fixed sample of this many filters.
+CORR_MAX_FILTERS = 2048
+
+#: float64 values in one block of the correlation matrix (and of the filters it reads): 8 MiB.
+CORR_BLOCK_ENTRIES = 1 << 20
 
 
 def filter_correlations(w: np.ndarray, centring: str = "paper") -> np.ndarray:
@@ -49,8 +65,51 @@ def lower_triangle(c: np.ndarray) -> np.ndarray:
     return c[i, j]
 
 
-def corr_histogram(w: np.ndarray, centring: str = "paper") -> np.ndarray:
-    """Counts of the lower-triangle filter correlations of ``w`` in :data:`CORR_BINS` (200,) int64."""
-    vals = lower_triangle(filter_correlations(w, centring))
-    counts, _ = np.histogram(vals, bins=CORR_BINS)
-    return counts.astype(np.int64)
+def sampled_filters(d: int, max_filters: int | None = CORR_MAX_FILTERS) -> np.ndarray:
+    """The filter indices :func:`corr_histogram` uses: all ``d``, or a sorted sample of
+    ``max_filters`` of them drawn with a fixed seed (the same for every epoch of a layer)."""
+    if max_filters is None or d <= max_filters:
+        return np.arange(d)
+    return np.sort(np.random.default_rng(0x5EED).choice(d, size=max_filters, replace=False))
+
+
+def _centred(f: np.ndarray, rows: np.ndarray, mean: np.ndarray | None, centring: str) -> np.ndarray:
+    u = np.asarray(f[rows], dtype=np.float64)
+    if centring == "paper":
+        return u - mean
+    return u - u.mean(axis=1, keepdims=True)
+
+
+def corr_histogram(w: np.ndarray, centring: str = "paper", *,
+                   max_filters: int | None = CORR_MAX_FILTERS,
+                   block_entries: int = CORR_BLOCK_ENTRIES) -> np.ndarray:
+    """Counts of the lower-triangle filter correlations of ``w`` in :data:`CORR_BINS` (200,) int64.
+
+    Computed block by block (module docstring): memory about ``3 * block_entries`` float64
+    values, never ``D × D``. The values are those of :func:`filter_correlations` (same formula,
+    float64); with more than ``max_filters`` filters, only the pairs among
+    :func:`sampled_filters` are counted (``max_filters=None``: all pairs).
+    """
+    if centring not in ("paper", "pearson"):
+        raise ValueError(f"centring must be 'paper' or 'pearson', not {centring!r}")
+    f = np.asarray(w).reshape(w.shape[0], -1)
+    d, k = f.shape
+    idx = sampled_filters(d, max_filters)
+    mean = f.mean(axis=0, dtype=np.float64) if centring == "paper" else None
+    n = len(idx)
+    step = max(1, min(n, int(np.sqrt(block_entries)), block_entries // max(k, 1)))
+    norms = np.concatenate([np.linalg.norm(_centred(f, idx[a:a + step], mean, centring), axis=1)
+                            for a in range(0, n, step)]) if n else np.zeros(0)
+    safe = np.where(norms > 0, norms, 1.0)
+    counts = np.zeros(len(CORR_BINS) - 1, np.int64)
+    for a in range(0, n, step):
+        ui = _centred(f, idx[a:a + step], mean, centring)
+        for b in range(0, a + step, step):
+            uj = ui if b == a else _centred(f, idx[b:b + step], mean, centring)
+            c = (ui @ uj.T) / np.outer(safe[a:a + step], safe[b:b + step])
+            c[norms[a:a + step] == 0, :] = 0.0
+            c[:, norms[b:b + step] == 0] = 0.0
+            if b == a:  # the diagonal block: strictly below its diagonal only
+                c = c[np.tril_indices(len(c), k=-1)]
+            counts += np.histogram(np.clip(c, -1.0, 1.0), bins=CORR_BINS)[0]
+    return counts

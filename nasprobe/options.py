@@ -53,6 +53,8 @@ class ProbeOptions:
         batch_size: probe images per forward pass (bounds memory).
         keep_images: per-image heatmaps kept for the first N probe images.
         nas_on: one of :data:`NAS_ON`.
+        corr: histogram the filter weight correlations (``corr_hist``); ``False`` leaves its
+            counts at 0 (see :mod:`nasprobe.correlation` for its memory bound).
     """
 
     probe: str
@@ -67,6 +69,7 @@ class ProbeOptions:
     batch_size: int = 64
     keep_images: int = 8
     nas_on: str = "auto"
+    corr: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "probe", os.fspath(self.probe))

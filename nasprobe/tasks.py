@@ -345,7 +345,7 @@ def run_epoch(task: EpochTask) -> Outcome:
     del session
     full = {**ctx.base, **weights}
     corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
-            if np.isfinite(full[t.weight]).all()}
+            if spec.options.corr and np.isfinite(full[t.weight]).all()}
     del full, weights
     _store(task.store_path, task.job).write_epoch(task.run_i, task.epoch_i, result.summaries,
                                                   result.metrics, corr)
