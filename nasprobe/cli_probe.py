@@ -95,6 +95,11 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     if metrics_log and len(runs) > 1:
         raise NasprobeError(f"--metrics imports the log of one run, but {len(runs)} run "
                             "folders were given; import each run's log separately")
+    log = None
+    if metrics_log:  # read (and refused) before probing: a bad log costs no work
+        from .training_logs import read_training_log, store_metric_names
+
+        log = store_metric_names(read_training_log(metrics_log), metrics_log)
     options = ProbeOptions.build(probe_path, framework=framework, model=model,
                                  input_shape=_shape(input_shape), trust_pickle=trust_pickle,
                                  tap=tap, exclude_bias=exclude_bias, layers=layers,
@@ -104,9 +109,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,
                  on_error=on_error, force=force, workers=workers, scheduler=scheduler)
     if metrics_log:
-        from .training_logs import read_training_log
-
-        n = Store(path).write_metrics(runs[0][0], read_training_log(metrics_log))
+        n = Store(path).write_metrics(runs[0][0], log)
         click.echo(f"imported {n} metric values from {metrics_log}", err=True)
     click.echo(str(path))
 

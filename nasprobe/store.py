@@ -272,6 +272,8 @@ class Store:
         if run not in runs:
             raise StoreError(self.path, f"has no run {run!r} (runs: {', '.join(runs) or 'none'})")
         run_i, ep = runs.index(run), list(root["epoch"][:])
+        for name in metrics:
+            _check_metric_name(self.path, root, name)
         n = 0
         for name, values in metrics.items():
             arr = self._metric_array(root, name)
@@ -280,6 +282,19 @@ class Store:
                     arr[run_i, ep.index(epoch)] = value
                     n += 1
         return n
+
+
+def _check_metric_name(path: Path, root, name: str) -> None:
+    """Refuse a metric name that is a path or one of the store's own (non-metric) members
+    (``nasprobe.training_logs.store_metric_names`` renames log columns to pass this)."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json":
+        raise StoreError(path, f"metric name {name!r} is not a plain name; refused")
+    if name in root:
+        member = root[name]
+        dims = tuple(getattr(getattr(member, "metadata", None), "dimension_names", None) or ())
+        if name == "probed" or dims != ("run", "epoch"):
+            raise StoreError(path, f"metric name {name!r} is one of the store's own variables; "
+                                   "refused (import it under another name)")
 
 
 def _tidy(ds: xr.Dataset, keep: np.ndarray, order: np.ndarray, probed: xr.DataArray) -> xr.Dataset:

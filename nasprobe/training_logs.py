@@ -38,6 +38,13 @@ its own name is a winner's nasprobe name, e.g. a bare ``loss`` beaten by ``train
 When one column has several values in one epoch (Lightning's per-step rows), the last one in
 the file (for TensorBoard: the last by step order, then wall time) is kept.
 
+**In the store** (:func:`store_metric_names`) a name becomes a zarr array name, so it is made
+safe first: a character other than a letter, digit, ``_ . + -`` (e.g. ``/`` of a TensorBoard
+tag) becomes ``_``; a name that is one of the store's own variables, coordinates or groups
+(:data:`STORE_NAMES`, e.g. ``nas_median``, ``probed``, ``channels``) or that starts with a
+character other than a letter, digit or ``_`` (``.``, ``..``) gets the prefix ``log_``. Two
+columns that end up with one name are refused, naming both.
+
 **Epochs.** nasprobe epoch ``e`` is the model after ``e + 1`` passes over the training data
 (``-1`` is the untrained model). Keras ``CSVLogger``/history, Lightning (``metrics.csv`` and
 its ``epoch=0-step=...ckpt`` files) and the Keras TensorBoard callback count the same way
@@ -57,7 +64,8 @@ from pathlib import Path
 
 from .errors import NasprobeError
 
-__all__ = ["TrainingLogError", "read_training_log", "canonical_metric_name", "merge_columns"]
+__all__ = ["TrainingLogError", "read_training_log", "canonical_metric_name", "merge_columns",
+           "store_metric_names", "STORE_NAMES", "METRIC_NAMES"]
 
 Metrics = dict[str, dict[int, float]]
 
@@ -69,6 +77,19 @@ _ACCURACY = {
     ("acc",), ("accuracy",), ("sparse", "categorical", "accuracy"),
     ("categorical", "accuracy"), ("binary", "accuracy"),
 }
+#: The metrics nasprobe itself knows (see the module docstring): stored under these names.
+METRIC_NAMES = ("loss", "accuracy", "train_loss", "train_accuracy")
+
+#: Names the store uses for itself (variables, coordinates, groups, metadata); an imported
+#: metric of that name (compared case-insensitively) is stored as ``log_<name>``.
+STORE_NAMES = frozenset({
+    "nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean", "nas_quantile", "nas_hist",
+    "corr_hist", "probed", "run", "epoch", "layer", "layer_kind", "channels", "locations",
+    "depth", "quantile", "nas_bin", "corr_bin", "heatmaps", "runs", "image", "zarr.json",
+})
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.+\-]")
+
 #: Columns that index rows rather than hold metrics.
 _INDEX_COLUMNS = {"epoch", "step", "global_step", "iteration", "wall_time", "time", ""}
 
@@ -259,6 +280,31 @@ def _find_log(path: Path) -> tuple[str, Path]:
     if path.suffix.lower() == ".json":
         return "json", path
     return "csv", path
+
+
+def store_metric_names(metrics: Metrics, path: str | os.PathLike) -> Metrics:
+    """``metrics`` renamed for the store by the rules of the module docstring (*In the store*).
+
+    :param metrics: from :func:`read_training_log`.
+    :param path: the log, for messages.
+    :raises TrainingLogError: two names that become one (both named).
+    """
+    out: Metrics = {}
+    origin: dict[str, str] = {}
+    for name, values in metrics.items():
+        safe = name
+        if name not in METRIC_NAMES:
+            safe = _UNSAFE_CHARS.sub("_", name)
+            if not safe or not (safe[0].isalnum() or safe[0] == "_") or \
+                    safe.casefold() in STORE_NAMES:
+                safe = f"log_{safe}"
+        key = safe.casefold()  # one array per name on case-insensitive file systems too
+        if key in origin:
+            raise TrainingLogError(path, f"columns {origin[key]!r} and {name!r} would both be "
+                                         f"stored as {safe!r}; rename one")
+        origin[key] = name
+        out[safe] = values
+    return out
 
 
 def read_training_log(path: str | os.PathLike, *, epoch_offset: int = 0) -> Metrics:
