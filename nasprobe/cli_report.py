@@ -32,7 +32,8 @@ def report_command(store: str, out: str, title: str | None, dpi: int,
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.argument("logdir", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True,
-              help="Replace event files left in LOGDIR/<run> by an earlier export.")
+              help="Replace the event files an earlier export left in LOGDIR/<run> (other "
+                   "event files, e.g. training logs, are never touched).")
 @click.option("--run", "runs", multiple=True, help="Only this run (repeatable; default: all).")
 def tensorboard_command(store: str, logdir: str, overwrite: bool, runs: tuple[str, ...]) -> None:
     """Write STORE as TensorBoard event files: LOGDIR/<run> per run, scalars

@@ -1,8 +1,8 @@
 """A store → TensorBoard event files (``nasprobe tensorboard STORE LOGDIR``).
 
 One TensorBoard run folder per store run, ``LOGDIR/<run>`` (a ``/`` or ``\\`` in a run name
-becomes ``_``), each holding one event file with, at ``step = epoch`` (the untrained model is
-step ``-1``):
+becomes ``_``), each holding one event file named ``events.out.tfevents.*.nasprobe`` with, at
+``step = epoch`` (the untrained model is step ``-1``):
 
 * scalars ``nas_median/<layer>`` and ``nas_mean/<layer>`` (NAS, dimensionless in [0, 1]);
 * scalars ``loss``, ``accuracy`` and, when the store has them, ``train_loss``,
@@ -10,10 +10,13 @@ step ``-1``):
 * images ``nas_heatmap/<layer>``: the layer's mean NAS map (``heatmaps/<layer>/nas_map``)
   coloured with viridis on the fixed range [0, 1] (NaN locations transparent). A map of shape
   ``(y, x)`` is an ``y × x`` image, a ``(t,)`` map a ``1 × t`` strip, a map without spatial
-  dims one pixel; every image is enlarged by an integer factor ``k`` (nearest neighbour,
+  dims one pixel, a map with more spatial dims (``(z, y, x)`` of a Conv3d) its ``y × x``
+  slices side by side, in order; every image is enlarged by an integer factor ``k`` (nearest neighbour,
   ``k = max(1, 128 // longest side)``) so that TensorBoard shows it at a readable size.
 
-NaN values (epochs a run does not have) are not written. Event files are written with
+NaN values (epochs a run does not have) are not written. Only nasprobe's own event files (the
+``.nasprobe`` suffix) are ever replaced (``overwrite``); other event files in the folder, such
+as the training's own logs, are left as they are. Event files are written with
 TensorBoard's own ``EventFileWriter`` and protocol buffers (no TensorFlow); this needs the
 ``tensorboard`` extra: ``pip install 'nasprobe[tensorboard]'``.
 """
@@ -38,6 +41,8 @@ LAYER_SCALARS = ("nas_median", "nas_mean")
 #: Per-run scalars, written under their own name when the store has them.
 SCALAR_VARIABLES = ("loss", "accuracy", "train_loss", "train_accuracy")
 TB_PREFIX = "events.out.tfevents"
+#: Suffix of the event files nasprobe writes: the only ones ``overwrite`` removes.
+TB_SUFFIX = ".nasprobe"
 
 
 class LogdirError(NasprobeError):
@@ -69,15 +74,17 @@ def heatmap_scale(shape: tuple[int, ...]) -> int:
 def heatmap_rgba(nas_map: np.ndarray) -> np.ndarray:
     """Viridis colours of a NAS map on [0, 1], enlarged by :func:`heatmap_scale`.
 
-    nas_map: array of shape ``(y, x)``, ``(t,)`` or ``()`` (NAS, NaN = no value).
+    nas_map: array of shape ``(y, x)``, ``(t,)``, ``()`` or ``(..., y, x)`` (NAS, NaN = no
+    value); with more than 2 dims the ``y × x`` slices are placed side by side (C order).
     Returns uint8 RGBA of shape ``(rows * k, cols * k, 4)``; NaN pixels are transparent.
     """
     import matplotlib
 
     values = np.asarray(nas_map, dtype=np.float64)
     values = values.reshape((1,) * (2 - values.ndim) + values.shape) if values.ndim < 2 else values
-    if values.ndim != 2:
-        raise ValueError(f"a heatmap has at most 2 spatial dims, got shape {values.shape}")
+    if values.ndim > 2:  # (..., y, x) → (y, n * x): the slices in a row
+        rows, cols = values.shape[-2:]
+        values = values.reshape(-1, rows, cols).transpose(1, 0, 2).reshape(rows, -1)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     rgba = cmap(np.ma.masked_invalid(np.clip(values, 0.0, 1.0)), bytes=True)
     k = heatmap_scale(values.shape)
@@ -113,10 +120,11 @@ def _prepare(logdir: Path, runs, overwrite: bool) -> dict[str, Path]:
                               f"{folder.name!r}")
         folders[str(run)] = folder
     for folder in folders.values():
-        old = sorted(folder.glob(f"{TB_PREFIX}*")) if folder.is_dir() else []
+        old = sorted(folder.glob(f"{TB_PREFIX}*{TB_SUFFIX}")) if folder.is_dir() else []
         if old and not overwrite:
-            raise LogdirError(f"{folder}: already holds TensorBoard event files; pass "
-                              "--overwrite to replace them")
+            raise LogdirError(f"{folder}: already holds nasprobe's TensorBoard event files; "
+                              "pass --overwrite to replace them (other event files are "
+                              "never touched)")
         for path in old:
             path.unlink()
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,8 +137,9 @@ def write_tensorboard(store, logdir: str | os.PathLike, *, overwrite: bool = Fal
 
     :param store: a store path, or its ``xarray.DataTree`` / root ``xarray.Dataset``.
     :param logdir: the TensorBoard log folder; run ``r`` goes to ``logdir/<r>``.
-    :param overwrite: replace event files left in those folders by an earlier export
-        (otherwise that is an error: TensorBoard would show both).
+    :param overwrite: replace the event files an earlier export left in those folders
+        (otherwise that is an error: TensorBoard would show both); event files nasprobe did
+        not write are kept.
     :param runs: the runs to write (default: all).
     :returns: ``{run: folder}`` of the folders written.
     """
@@ -149,7 +158,7 @@ def write_tensorboard(store, logdir: str | os.PathLike, *, overwrite: bool = Fal
     heatmaps = _heatmap_layers(tree)
     wall = time.time()
     for run, folder in folders.items():
-        writer = EventFileWriter(str(folder))
+        writer = EventFileWriter(str(folder), filename_suffix=TB_SUFFIX)
         try:
             for epoch in ds["epoch"].values:
                 values = _epoch_values(summary_pb2, ds.sel(run=run, epoch=epoch),

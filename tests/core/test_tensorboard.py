@@ -184,3 +184,53 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
     with pytest.raises(TrainingLogError, match=r"nasprobe\[tensorboard\]"):
         read_training_log(tmp_path / "events.out.tfevents.1.host")
+
+
+def _store_on_disk(tree: xr.DataTree, path) -> None:
+    root = tree.to_dataset(inherit=False)
+    root["probed"] = xr.DataArray(np.ones((root.sizes["run"], root.sizes["epoch"]), np.int8),
+                                  dims=("run", "epoch"))
+    nodes = {"/": root, **{n.path: n.to_dataset(inherit=False) for n in tree.subtree
+                           if n is not tree}}
+    xr.DataTree.from_dict(nodes).to_zarr(path)
+
+
+def test_overwrite_keeps_training_logs_and_3d_maps_are_drawn(tmp_path):
+    """--overwrite replaces only nasprobe's own event files (a training log beside them is
+    byte for byte kept); a Conv3d layer's (z, y, x) map is drawn as its slices side by side."""
+    import hashlib
+
+    from click.testing import CliRunner
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from nasprobe.cli import main
+
+    tree = synthetic_tree(n_epochs=3)
+    rng = np.random.default_rng(3)
+    maps = rng.uniform(0, 1, (2, 3, 2, 3, 4))  # run, epoch, z, y, x
+    tree["heatmaps/conv3d"] = xr.DataTree(xr.Dataset(
+        {"nas_map": (("run", "epoch", "z", "y", "x"), maps)}, attrs={"layer": "conv3d"}))
+    _store_on_disk(tree, tmp_path / "store.zarr")
+    training = tmp_path / "tb" / "a"
+    training.mkdir(parents=True)
+    writer = EventFileWriter(str(training))  # the training's own log, e.g. Keras' callback
+    writer.close()
+    (log,) = training.glob("events.out.tfevents*")
+    digest = hashlib.sha256(log.read_bytes()).hexdigest()
+    args = ["tensorboard", str(tmp_path / "store.zarr"), str(tmp_path / "tb"), "--run", "a"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 2 and "--overwrite" in second.stderr
+    result = CliRunner().invoke(main, args + ["--overwrite"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert log.exists() and hashlib.sha256(log.read_bytes()).hexdigest() == digest
+    ours = [p for p in training.glob("events.out.tfevents*") if p != log]
+    assert len(ours) == 1 and ours[0].name.endswith(".nasprobe")
+    acc = ea.EventAccumulator(str(ours[0]), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    (first, *_) = acc.Images("nas_heatmap/conv3d")
+    image = np.asarray(Image.open(io.BytesIO(first.encoded_image_string)))
+    k = 128 // 8  # (3, 2 * 4) → longest side 8
+    assert image.shape == (3 * k, 8 * k, 4)
+    expected = heatmap_rgba(np.concatenate([maps[0, 0, 0], maps[0, 0, 1]], axis=1))
+    np.testing.assert_array_equal(image, expected)
