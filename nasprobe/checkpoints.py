@@ -17,6 +17,7 @@ from .contract import Checkpoint, CheckpointSource
 from .errors import CheckpointError, EpochError, NoCheckpointError
 
 __all__ = [
+    "checkpoint_stem",
     "Checkpoint",
     "CheckpointSource",
     "DEFAULT_EPOCH_PATTERNS",
@@ -38,7 +39,9 @@ DEFAULT_EPOCH_PATTERNS: tuple[str, ...] = (
 )
 
 
-def _strip_ext(name: str) -> str:
+def checkpoint_stem(name: str) -> str:
+    """A checkpoint file name without its checkpoint extension (the longest an adapter
+    claims, e.g. ``.weights.h5``): ``ckpt.12.pth`` → ``ckpt.12``."""
     for ext in adapters.extensions():
         if name.lower().endswith(ext):
             return name[: -len(ext)]
@@ -54,7 +57,7 @@ def parse_epoch(path: str | os.PathLike, epoch_regex: str | None = None) -> int 
     ``init.onnx`` → -1.
     """
     name = Path(path).name
-    stem = _strip_ext(name)
+    stem = checkpoint_stem(name)
     patterns = (epoch_regex,) if epoch_regex else DEFAULT_EPOCH_PATTERNS
     for pattern in patterns:
         m = re.search(pattern, name if epoch_regex else stem, flags=0 if epoch_regex else re.I)

@@ -61,3 +61,22 @@ def test_image_maps_stop_at_the_probe_set_size(conv_run, tmp_path):
                    progress=False)
     maps = nasprobe.open_store(tmp_path / "s.zarr")["heatmaps/conv1"].to_dataset().nas_image_map
     assert maps.sizes["image"] == 3 and np.isfinite(maps.values).all()
+
+
+def test_export_never_overwrites_checkpoints_or_its_own_files(tmp_path):
+    """ckpt.12 / ckpt.13 get their own files; --out equal to the source folder is refused
+    before anything is written, and the checkpoints stay as they were."""
+    import hashlib
+
+    from tests.core.conftest import write_run
+
+    run = tmp_path / "run"
+    write_run(run, om.conv_bn_relu_net, ["ckpt.12.onnx", "ckpt.13.onnx"])
+    res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["ckpt.12.onnx", "ckpt.13.onnx"]
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+    for out in (run, run / "." / ""):
+        res = CliRunner().invoke(main, ["export", str(run), "--out", str(out)])
+        assert res.exit_code == 2 and "checkpoints' own folder" in res.stderr, res.output
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == digest
