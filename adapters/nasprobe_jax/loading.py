@@ -114,7 +114,7 @@ def build_module(model: Any):
     if isinstance(built, linen.Module):
         raise NasprobeError(f"--model {label!r} gave a Flax Linen module; nasprobe_jax builds "
                             "Flax NNX modules (wrap it: nnx.bridge.ToNNX(module, rngs)"
-                            ".lazy_init(x)) — see docs/jax.md")
+                            ".lazy_init(x), with BatchNorm in eval mode)")
     if not isinstance(built, nnx.Module):
         raise NasprobeError(f"--model {label!r} returned a {type(built).__name__}, not a "
                             "flax.nnx.Module")
