@@ -45,13 +45,15 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 
 
 def fit_digits(model: nn.Module, opt: torch.optim.Optimizer, splits, run_dir, *, epochs: int,
-               seed: int, batch_size: int = 32, regularizer=None) -> None:
+               seed: int, batch_size: int = 32, regularizer=None, on_epoch=None) -> None:
     """Train ``model`` with cross-entropy (+ ``regularizer.penalty()``), saving ``init.pt``, one
     ``epoch_NNN.pt`` per epoch and ``metrics.csv`` (train/test loss in nats and accuracy as a
     fraction) into ``run_dir`` with :class:`~nasprobe_torch.training.CheckpointWriter`.
 
     ``splits`` is :func:`digits_splits`' ``(x_train, y_train, x_test, y_test)``; ``seed`` seeds
-    the order of the mini-batches (``batch_size`` images each).
+    the order of the mini-batches (``batch_size`` images each). ``on_epoch(epoch, metrics)``,
+    when given, is called after ``init.pt`` (epoch -1) and after every epoch's checkpoint, with
+    the row just written (e.g. to measure NAS while training).
     """
     x_tr, y_tr, x_pr, y_pr = splits
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
@@ -63,7 +65,10 @@ def fit_digits(model: nn.Module, opt: torch.optim.Optimizer, splits, run_dir, *,
         vl, va = _evaluate(model, xp, yp)
         return {"train_loss": tl, "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
 
-    writer.save_init(metrics())
+    row = metrics()
+    writer.save_init(row)
+    if on_epoch is not None:
+        on_epoch(-1, row)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
@@ -74,7 +79,10 @@ def fit_digits(model: nn.Module, opt: torch.optim.Optimizer, splits, run_dir, *,
                 loss = loss + regularizer.penalty()
             loss.backward()
             opt.step()
-        writer.save(epoch, metrics())
+        row = metrics()
+        writer.save(epoch, row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
 
 
 def train_digits(folder: str | os.PathLike, *, net: str = "vanilla", epochs: int = 30,
