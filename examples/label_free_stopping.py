@@ -15,7 +15,7 @@ Usage::
 Setup:
 
 * configurations: training set of 150, 300 or 600 digits × two VanillaNet sizes (``s``:
-  16/16/32/32/64 channels, ``s2``: twice as wide) × plain, dropout (DropNet: 0.25 after each
+  16/16/32/32/64 channels, ``xs``: half as wide) × plain, dropout (DropNet: 0.25 after each
   conv block, 0.5 after fc1) or BatchNorm (NormNet) = 18; seeds 0..seeds-1 each. The seed sets
   the weights, the batch order and the data split.
 * data per seed: a random split of the 1,797 digits into 600 training digits (the first 150 /
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 TRAIN_SIZES = (150, 300, 600)
-WIDTHS = {"s": (16, 16, 32, 32, 64), "s2": (32, 32, 64, 64, 128)}
+WIDTHS = {"s": (16, 16, 32, 32, 64), "xs": (8, 8, 16, 16, 32)}
 REGS = ("plain", "dropout", "batchnorm")
 N_VAL, N_TEST, N_PROBE = 300, 500, 200
 LR, BATCH = 0.002, 32
@@ -90,7 +90,7 @@ def train_one(cfg, seed: int, epochs: int, out: str) -> str:
     """Train one run, recording NAS and all losses every epoch into ``out/runs/<run>.npz``."""
     import torch
 
-    from nasprobe.stopping import summarize
+    from nasprobe.stopper import summarize
     from nasprobe_torch import LiveNAS
     from nasprobe_torch.digits import digits_splits, fit_digits
     from nasprobe_torch.models import vanilla_net

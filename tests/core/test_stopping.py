@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nasprobe import stopping
+from nasprobe import stopper, stopping
 from nasprobe.aggregate import QUANTILES
 from nasprobe.errors import NasprobeError
 
@@ -128,24 +128,24 @@ def test_default_deep_layers_skip_the_prediction_layer():
 def test_summarize_matches_numpy():
     rng = np.random.default_rng(0)
     maps = {"conv1": rng.uniform(0, 1, (7, 4, 4)), "fc1": rng.uniform(0, 1, (7,))}
-    got = stopping.summarize(maps)
+    got = stopper.summarize(maps)
     assert np.allclose(got["nas_median"], [np.median(maps["conv1"]), np.median(maps["fc1"])])
     assert np.allclose(got["nas_quantile"][1], np.quantile(maps["fc1"], QUANTILES))
 
 
 def test_stopper_fires_at_the_epoch_the_post_hoc_rule_gives():
     deep = ramp_plateau_creep()
-    stopper = stopping.Stopper("creep", window=3, tol=0.01, delta=0.02 - 1e-9, sigma=0)
+    live = stopper.Stopper("creep", window=3, tol=0.01, delta=0.02 - 1e-9, sigma=0)
     fired_at = None
     for epoch, d in zip(range(-1, 39), deep):
         maps = {name: np.full((3, 2, 2), v) for name, v in
                 zip(LAYERS, (0.05, 0.3, d, d, 0.9))}
-        if stopper.update(epoch, maps):
+        if live.update(epoch, maps):
             fired_at = epoch
             break
-    assert fired_at == 19 == stopper.stop_epoch
-    assert stopping.creep(stopper.dataset(), window=3, tol=0.01, delta=0.02 - 1e-9,
+    assert fired_at == 19 == live.stop_epoch
+    assert stopping.creep(live.dataset(), window=3, tol=0.01, delta=0.02 - 1e-9,
                           sigma=0) == 19
-    assert stopper.signals[-1]["deep"] == pytest.approx(deep[20])
+    assert live.signals[-1]["deep"] == pytest.approx(deep[20])
     with pytest.raises(NasprobeError, match="not after"):
-        stopper.update(3, maps)
+        live.update(3, maps)
