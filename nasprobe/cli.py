@@ -9,6 +9,7 @@ import sys
 import click
 
 from .cli_figures import plot
+from .cli_onsets import onsets_command
 from .cli_probe import demo_cmd, export_cmd, info_cmd, probe_cmd
 from .cli_report import report_command, tensorboard_command
 from .doctor import doctor
@@ -36,5 +37,5 @@ def main() -> None:
 
 # Commands live in modules named after what they do, as plain click commands; the group adds them.
 for command in (probe_cmd, export_cmd, info_cmd, demo_cmd, report_command, tensorboard_command,
-                plot, doctor):
+                plot, doctor, onsets_command):
     main.add_command(command)

@@ -15,7 +15,7 @@ import xarray as xr
 
 from .aggregate import QUANTILES
 from .errors import NasprobeError
-from .stopping import SIGNAL_PARAMS, check_params, series, stop_epoch
+from .stopping import DEFAULTS, RULES, SIGNAL_PARAMS, check_params, prepare
 
 __all__ = ["summarize", "Stopper"]
 
@@ -47,7 +47,7 @@ class Stopper:
 
     def __init__(self, rule: str, **params):
         check_params(rule, params)
-        self.rule, self.params = rule, dict(params)
+        self.rule, self.params = rule, {**DEFAULTS[rule], **params}
         self.epochs: list[int] = []
         self.layers: list[str] | None = None
         self.rows: list[dict[str, np.ndarray]] = []
@@ -56,7 +56,7 @@ class Stopper:
 
     def update(self, epoch: int, maps: dict[str, np.ndarray]) -> bool:
         """Record epoch ``epoch``'s NAS maps (``{layer: map}``, every layer, the prediction
-        layer last) and apply the rule to the series so far; True when it fires (stop now)."""
+        layer last) and apply the rule to the series so far; True once it has fired (stop now)."""
         names = [str(k) for k in maps]
         if self.layers is None:
             self.layers = names
@@ -66,18 +66,17 @@ class Stopper:
             raise NasprobeError(f"epoch {epoch} is not after epoch {self.epochs[-1]}")
         self.epochs.append(int(epoch))
         self.rows.append(summarize(maps))
-        sig_kw = {k: v for k, v in self.params.items() if k in SIGNAL_PARAMS}
-        s = series(self.dataset(), **sig_kw)
+        s, _ = prepare(self.rule, self.dataset(), self.params)
         seen = {k: float(v[-1]) for k, v in s.raw.items() if v.size}
         self.signals.append({"epoch": int(epoch), **seen})
-        fired = self.stop_epoch is None and stop_epoch(s, self.rule, **{
-            k: v for k, v in self.params.items() if k not in SIGNAL_PARAMS}) is not None
+        thresholds = {k: v for k, v in self.params.items() if k not in SIGNAL_PARAMS}
+        fired = self.stop_epoch is None and RULES[self.rule](s, **thresholds) is not None
         if fired:
             self.stop_epoch = int(epoch)
         values = ", ".join(f"{k}={v:.4f}" for k, v in seen.items() if np.isfinite(v))
         _log.info("epoch %d: %s; rule %s %s", epoch, values, self.rule,
                   "fires: stop" if fired else "does not fire")
-        return fired
+        return self.stop_epoch is not None
 
     def dataset(self) -> xr.Dataset:
         """The series so far: ``nas_median`` (epoch, layer), ``nas_quantile`` (epoch, layer,

@@ -55,7 +55,7 @@ from .onsets import smooth
 
 __all__ = ["RULES", "DEFAULTS", "Series", "series", "stop_epoch", "stop_epochs", "rise",
            "plateau", "creep", "gap", "quantile", "deep_layers", "check_params", "RECOMMENDED",
-           "SIGNAL_PARAMS"]
+           "SIGNAL_PARAMS", "prepare"]
 
 #: Parameters that shape the signals (not the rule's thresholds).
 SIGNAL_PARAMS = ("deep", "shallow", "q", "sigma")
@@ -204,96 +204,100 @@ def _fire(s: Series, cond: np.ndarray, min_epochs: int, patience: int) -> int | 
     return None
 
 
-def _as_series(data, signal_kw: dict) -> Series:
+#: Each rule's parameters and their defaults: the values chosen on the tuning half of the
+#: study in docs/label-free-stopping.md (signal parameters included; ``deep``/``shallow``
+#: None = :func:`deep_layers` / the first layer).
+DEFAULTS: dict[str, dict] = {
+    "rise": {"delta": 0.1, "min_epochs": 0, "patience": 1, "sigma": 1.0},
+    "plateau": {"window": 5, "tol": 0.01, "min_rise": 0.05, "min_epochs": 0, "patience": 1,
+                "sigma": 1.0},
+    "creep": {"delta": 0.02, "window": 5, "tol": 0.01, "min_rise": 0.05, "min_epochs": 0,
+              "patience": 1, "sigma": 1.0},
+    "gap": {"delta": 0.02, "window": 5, "tol": 0.01, "min_rise": 0.05, "min_epochs": 0,
+            "patience": 1, "sigma": 1.0},
+    "quantile": {"delta": 0.02, "q": 0.95, "window": 5, "tol": 0.01, "min_rise": 0.05,
+                 "min_epochs": 0, "patience": 1, "sigma": 1.0},
+}
+for _d in DEFAULTS.values():
+    _d.update(deep=None, shallow=None)
+
+#: The rule the callbacks use by default: the best rule of the study
+#: (docs/label-free-stopping.md), with its :data:`DEFAULTS`.
+RECOMMENDED = "creep"
+
+
+def check_params(rule: str, params: dict) -> None:
+    """Raise :class:`NasprobeError` for an unknown rule or a parameter it does not take."""
+    if rule not in DEFAULTS:
+        raise NasprobeError(f"unknown rule {rule!r}; rules: {', '.join(DEFAULTS)}")
+    unknown = set(params) - set(DEFAULTS[rule])
+    if unknown:
+        raise NasprobeError(f"rule {rule!r} takes no parameter {sorted(unknown)}; it takes "
+                            f"{', '.join(DEFAULTS[rule])}")
+
+
+def prepare(rule: str, data, params: dict) -> tuple[Series, dict]:
+    """The Series (built from a Dataset, or given) and the rule's full threshold parameters."""
+    check_params(rule, params)
     if isinstance(data, Series):
-        if signal_kw:
-            raise NasprobeError(f"{sorted(signal_kw)} shape the signals: pass them to series()")
-        return data
-    return series(data, **signal_kw)
+        given = sorted(k for k in params if k in SIGNAL_PARAMS)
+        if given:
+            raise NasprobeError(f"{given} shape the signals: pass them to series()")
+        s = data
+    else:
+        sig = {k: v for k, v in {**DEFAULTS[rule], **params}.items() if k in SIGNAL_PARAMS}
+        s = series(data, **sig)
+    full = {**DEFAULTS[rule], **params}
+    return s, {k: v for k, v in full.items() if k not in SIGNAL_PARAMS}
 
 
-def _signal_kw(kw: dict) -> dict:
-    return {k: kw.pop(k) for k in SIGNAL_PARAMS if k in kw}
-
-
-def rise(data, *, delta: float = 0.1, min_epochs: int = 0, patience: int = 1, **signal_kw):
+def rise(data, **params) -> int | None:
     """Naive rule: fire when the smoothed deep NAS is ``delta`` (NAS units) above its value at
-    the first epoch. data: a Dataset (see :func:`series`; ``signal_kw`` go there) or a
-    :class:`Series`. Returns the epoch it fires at, or None."""
-    s = _as_series(data, signal_kw)
-    return _fire(s, _rise_rows(s.prefix("deep"), delta), min_epochs, patience)
+    the first epoch.
+
+    data: a Dataset (see :func:`series`) or a :class:`Series`; params: ``delta``,
+    ``min_epochs``, ``patience`` and, with a Dataset, the signal parameters (defaults:
+    :data:`DEFAULTS`). Returns the epoch it fires at, or None."""
+    s, p = prepare("rise", data, params)
+    return _fire(s, _rise_rows(s.prefix("deep"), p["delta"]), p["min_epochs"], p["patience"])
 
 
-def plateau(data, *, window: int = 5, tol: float = 0.01, min_rise: float = 0.05,
-            min_epochs: int = 0, patience: int = 1, **signal_kw):
+def plateau(data, **params) -> int | None:
     """Fire when the deep layers saturate: the smoothed deep NAS has risen ``min_rise`` above
     its minimum and less than ``tol`` over the last ``window`` epochs (NAS units).
-    data, signal_kw: as :func:`rise`. Returns the epoch it fires at, or None."""
-    s = _as_series(data, signal_kw)
-    return _fire(s, _saturated(s, window, tol, min_rise), min_epochs, patience)
+    data, params: as :func:`rise`. Returns the epoch it fires at, or None."""
+    s, p = prepare("plateau", data, params)
+    cond = _saturated(s, p["window"], p["tol"], p["min_rise"])
+    return _fire(s, cond, p["min_epochs"], p["patience"])
 
 
-def _after_saturation(signal: str):
-    def rule(data, *, delta: float = 0.02, window: int = 5, tol: float = 0.01,
-             min_rise: float = 0.05, min_epochs: int = 0, patience: int = 1, **signal_kw):
-        s = _as_series(data, signal_kw)
-        start = _first_saturation(s, window, tol, min_rise)
-        return _fire(s, _rise_after(s, signal, start, delta), min_epochs, patience)
-    return rule
+def _after_saturation(rule: str, signal: str, data, params: dict) -> int | None:
+    s, p = prepare(rule, data, params)
+    start = _first_saturation(s, p["window"], p["tol"], p["min_rise"])
+    return _fire(s, _rise_after(s, signal, start, p["delta"]), p["min_epochs"], p["patience"])
 
 
-_creep = _after_saturation("deep")
-_gap = _after_saturation("gap")
-_quantile = _after_saturation("upper")
-
-
-def creep(data, **params):
+def creep(data, **params) -> int | None:
     """Fire when, after the deep layers first saturate (``window``, ``tol``, ``min_rise`` as
     :func:`plateau`), their smoothed NAS rises ``delta`` above its minimum since then.
-    data, signal_kw: as :func:`rise`. Returns the epoch it fires at, or None."""
-    return _creep(data, **params)
+    data, params: as :func:`rise`. Returns the epoch it fires at, or None."""
+    return _after_saturation("creep", "deep", data, params)
 
 
-def gap(data, **params):
+def gap(data, **params) -> int | None:
     """As :func:`creep`, with the gap ``deep - shallow`` rising ``delta`` after saturation."""
-    return _gap(data, **params)
+    return _after_saturation("gap", "gap", data, params)
 
 
-def quantile(data, **params):
+def quantile(data, **params) -> int | None:
     """As :func:`creep`, with the deep layers' NAS quantile ``q`` (default 0.95, the upper
     tail of the histogram; needs ``nas_quantile``) rising ``delta`` after saturation."""
-    return _quantile(data, **params)
+    return _after_saturation("quantile", "upper", data, params)
 
 
 #: The rules by name.
 RULES: dict[str, Callable] = {"rise": rise, "plateau": plateau, "creep": creep, "gap": gap,
                               "quantile": quantile}
-
-#: Each rule's parameters with their defaults (signal parameters included).
-_COMMON = {"min_epochs": 0, "patience": 1, "sigma": 1.0, "deep": None, "shallow": None}
-_SAT = {"window": 5, "tol": 0.01, "min_rise": 0.05}
-DEFAULTS: dict[str, dict] = {
-    "rise": {"delta": 0.1, **_COMMON},
-    "plateau": {**_SAT, **_COMMON},
-    "creep": {"delta": 0.02, **_SAT, **_COMMON},
-    "gap": {"delta": 0.02, **_SAT, **_COMMON},
-    "quantile": {"delta": 0.02, "q": 0.95, **_SAT, **_COMMON},
-}
-
-
-#: The rule and parameters the callbacks use by default: the best rule of the study in
-#: docs/label-free-stopping.md, with the parameters chosen on its tuning half.
-RECOMMENDED: tuple[str, dict] = ("creep", {})
-
-
-def check_params(rule: str, params: dict) -> None:
-    """Raise :class:`NasprobeError` for an unknown rule or a parameter it does not take."""
-    if rule not in RULES:
-        raise NasprobeError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
-    unknown = set(params) - set(DEFAULTS[rule])
-    if unknown:
-        raise NasprobeError(f"rule {rule!r} takes no parameter {sorted(unknown)}; it takes "
-                            f"{', '.join(DEFAULTS[rule])}")
 
 
 def stop_epoch(data, rule: str, **params) -> int | None:

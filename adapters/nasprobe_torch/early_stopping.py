@@ -41,7 +41,8 @@ class NASEarlyStopping:
         model: the network (DDP unwrapped); its Conv/Linear layers are tapped.
         probe_x: unlabelled probe inputs ``(P, ...)`` (tensor or array).
         rule: a rule of :data:`nasprobe.stopping.RULES` (default: the study's recommendation,
-            :data:`nasprobe.stopping.RECOMMENDED`, with its parameters).
+            :data:`nasprobe.stopping.RECOMMENDED`); its parameters default to
+            :data:`nasprobe.stopping.DEFAULTS` (chosen by the study).
         patience: the rule's condition must hold this many consecutive epochs.
         min_epochs: never stop before this (0-based) epoch.
         layers: which layers to tap (default ``"."``: every Conv/Linear, the prediction layer
@@ -60,9 +61,7 @@ class NASEarlyStopping:
                  batch_size: int | None = None, **params):
         from nasprobe_torch import LiveNAS
 
-        if rule is None:
-            rule, defaults = RECOMMENDED
-            params = {**defaults, **params}
+        rule = RECOMMENDED if rule is None else rule
         if patience is not None:
             params["patience"] = patience
         if min_epochs is not None:
@@ -81,7 +80,7 @@ class NASEarlyStopping:
         self.stopper.update(-1, self.measure())
 
     def step(self, epoch: int) -> bool:
-        """Measure after 0-based ``epoch`` and apply the rule; True: stop training now."""
+        """Measure after 0-based ``epoch`` and apply the rule; True once it has fired: stop."""
         return self.stopper.update(epoch, self.measure())
 
     @property
