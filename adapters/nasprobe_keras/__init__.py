@@ -7,7 +7,7 @@ The core finds this adapter through its entry point (:mod:`nasprobe_keras.plugin
 * :func:`export_onnx` — convert a built Keras model to ONNX;
 * the regularisers and callbacks (:class:`NASReg`, :class:`SparsityReg`, :class:`DecorrReg`,
   :class:`NASMonitor`, :class:`Regularized`, :class:`CheckpointCallback`,
-  :class:`LiveNASCallback`).
+  :class:`LiveNASCallback`, :class:`NASEarlyStopping`).
 
 Everything is imported on first use, so importing the package does not import keras (set
 ``KERAS_BACKEND``; ``torch`` works, TensorFlow is not needed).
@@ -19,7 +19,7 @@ import importlib
 
 __all__ = ["make_source", "KerasSource", "export_onnx", "UnsupportedLayerError", "NASReg",
            "SparsityReg", "DecorrReg", "NASMonitor", "Regularized", "CheckpointCallback",
-           "LiveNASCallback"]
+           "LiveNASCallback", "NASEarlyStopping"]
 
 _LAZY = {
     "make_source": "source", "KerasSource": "source",
@@ -27,6 +27,7 @@ _LAZY = {
     "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
     "NASMonitor": "regularizers", "Regularized": "regularizers",
     "CheckpointCallback": "callbacks", "LiveNASCallback": "callbacks",
+    "NASEarlyStopping": "early_stopping",
 }
 
 

@@ -6,7 +6,8 @@ so that importing the package (as the registry does) does not import torch.
 
 Public API: :func:`make_source`, :class:`TorchSource`, :func:`export_onnx`, the regularisers
 (:class:`NASReg`, :class:`SparsityReg`, :class:`DecorrReg`, :class:`NASMonitor`) and the
-training helpers (:class:`CheckpointWriter`, :class:`LiveNAS`, :class:`NASCheckpointCallback`).
+training helpers (:class:`CheckpointWriter`, :class:`LiveNAS`, :class:`NASCheckpointCallback`,
+:class:`NASEarlyStopping`, :class:`NASEarlyStoppingCallback`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["make_source", "TorchSource", "export_onnx", "NASReg", "SparsityReg", "DecorrReg",
-           "NASMonitor", "CheckpointWriter", "LiveNAS", "NASCheckpointCallback"]
+           "NASMonitor", "CheckpointWriter", "LiveNAS", "NASCheckpointCallback",
+           "NASEarlyStopping", "NASEarlyStoppingCallback"]
 
 _LAZY = {
     "make_source": "source", "TorchSource": "source", "export_onnx": "export",
     "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
     "NASMonitor": "regularizers", "CheckpointWriter": "training", "LiveNAS": "training",
-    "NASCheckpointCallback": "training",
+    "NASCheckpointCallback": "training", "NASEarlyStopping": "early_stopping",
+    "NASEarlyStoppingCallback": "early_stopping",
 }
 
 

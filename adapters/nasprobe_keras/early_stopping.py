@@ -1,0 +1,84 @@
+"""Label-free early stopping for Keras ``model.fit``: stop when a NAS rule fires on unlabelled
+probe images.
+
+:class:`NASEarlyStopping` measures the untrained model at train begin (epoch -1) and, at
+every epoch end, the NAS maps of every Conv/Dense layer (the prediction layer included) on
+``probe_x``; they are summarised as a store keeps them (median, quantiles) and a rule of
+:mod:`nasprobe.stopping` is applied to the series so far. When it fires,
+``model.stop_training`` is set. The rule is causal, so ``nasprobe onsets STORE --rule NAME``
+on checkpoints of the same run gives the same epoch. What the rules are worth:
+docs/label-free-stopping.md.
+"""
+
+from __future__ import annotations
+
+import keras
+import xarray as xr
+
+from nasprobe.stopper import Stopper
+from nasprobe.stopping import RECOMMENDED
+from nasprobe_keras.regularizers import NASMonitor, Regularized
+
+__all__ = ["NASEarlyStopping"]
+
+
+class NASEarlyStopping(keras.callbacks.Callback):
+    """Keras callback: stop training when a label-free NAS rule fires.
+
+    Args:
+        probe_x: unlabelled probe inputs ``(P, ...)`` in the model's input layout.
+        rule: a rule of :data:`nasprobe.stopping.RULES` (default
+            :data:`nasprobe.stopping.RECOMMENDED`); its parameters default to
+            :data:`nasprobe.stopping.DEFAULTS` (chosen by the study).
+        patience: the rule's condition must hold this many consecutive epochs.
+        min_epochs: never stop before this (0-based) epoch.
+        layers: which layers to tap (default ``"."``: every Conv/Dense, the prediction layer
+            last; the rules' default deep layers are the two before it).
+        tap, exclude_bias: as :class:`nasprobe_keras.regularizers.NASReg`.
+        batch_size: probe images per forward pass (default all).
+        **params: the rule's other parameters.
+
+    Attributes: ``stop_epoch`` (None until the rule fires), ``signals`` (per epoch the
+    signals the rule saw), :meth:`dataset` (the NAS series). A ``Regularized`` wrapper's inner
+    model is measured. Each decision is logged on the ``nasprobe.stopping`` logger (INFO).
+    """
+
+    def __init__(self, probe_x, rule: str | None = None, *, patience: int | None = None,
+                 min_epochs: int | None = None, layers=".", tap: str = "linear",
+                 exclude_bias: bool = False, batch_size: int | None = None, **params):
+        super().__init__()
+        if patience is not None:
+            params["patience"] = patience
+        if min_epochs is not None:
+            params["min_epochs"] = min_epochs
+        self.probe_x, self.batch_size = probe_x, batch_size
+        self.layers, self.tap, self.exclude_bias = layers, tap, exclude_bias
+        self.stopper = Stopper(RECOMMENDED if rule is None else rule, **params)
+        self.rule, self.params = self.stopper.rule, self.stopper.params
+
+    def _measure(self) -> dict:
+        target = self.model.inner if isinstance(self.model, Regularized) else self.model
+        monitor = NASMonitor(target, self.layers, self.tap, self.exclude_bias)
+        return monitor.nas(self.probe_x, self.batch_size)
+
+    def on_train_begin(self, logs=None):
+        if not self.stopper.epochs:
+            self.stopper.update(-1, self._measure())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stopper.update(epoch, self._measure()):
+            self.model.stop_training = True
+
+    @property
+    def stop_epoch(self) -> int | None:
+        """The epoch at which the rule fired, or None."""
+        return self.stopper.stop_epoch
+
+    @property
+    def signals(self) -> list[dict[str, float]]:
+        """Per recorded epoch: ``{"epoch", "deep", "shallow", "gap", "upper"}`` (NAS units)."""
+        return self.stopper.signals
+
+    def dataset(self) -> xr.Dataset:
+        """The NAS series seen so far (``nas_median``, ``nas_quantile``; as a store's run)."""
+        return self.stopper.dataset()
