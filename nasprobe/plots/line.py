@@ -1,7 +1,9 @@
 """NAS Line Plot (2021 paper Fig. 2b, 3): median NAS per layer over epochs.
 
 One panel per group (configuration). In a panel, one line per layer, coloured by depth from
-dark blue (first layer) to light blue (last); with several runs in the group the line is the
+dark navy (first layer) over blue to light teal (last) and drawn in a line style of its own
+(:func:`~nasprobe.plots.style.depth_styles`), so that layers stay apart in greyscale print;
+with several runs in the group the line is the
 median over runs and a band spans their minimum to maximum (a functional box plot). The test
 loss (median over the group's runs) is drawn in red on a second y axis, with a dashed red
 vertical line at the loss onset (:func:`nasprobe.onsets.loss_onset`).
@@ -13,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .select import Selection
-from .style import add_loss, depth_colors, onset_line, panel_height
+from .style import add_loss, depth_colors, depth_styles, onset_line, panel_height
 
 __all__ = ["draw_line"]
 
@@ -32,16 +34,18 @@ def draw_line(sel: Selection, width_in: float, *, var: str = "nas_median",
     axes = fig.subplots(len(groups), 1, squeeze=False, sharex=True)[:, 0]
     epochs = sel.epochs
     colors = depth_colors(len(sel.layers))
+    styles = depth_styles(len(sel.layers))
     show_legend = len(sel.layers) <= 8 if legend is None else legend
     for ax, group in zip(axes, groups):
         ax.set_label("nas")
-        for color, layer in zip(colors, sel.layers):
+        for color, style, layer in zip(colors, styles, sel.layers):
             med, lo, hi = sel.band(var, group, layer)
             ok = np.isfinite(med)
             if len(sel.groups[group]) > 1:
                 ax.fill_between(epochs[ok], lo[ok], hi[ok], color=color, alpha=0.25,
                                 linewidth=0, zorder=1)
-            ax.plot(epochs[ok], med[ok], color=color, label=layer, zorder=2)
+            ax.plot(epochs[ok], med[ok], color=color, linestyle=style, linewidth=1.2,
+                    label=layer, zorder=2)
         if var.startswith("nas"):
             ax.set_ylim(0.0, 1.0)
         ax.set_ylabel(ylabel)

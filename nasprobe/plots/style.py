@@ -7,7 +7,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.ticker import MaxNLocator
 
 __all__ = ["WIDTHS", "LOSS_COLOR", "NAS_CMAP", "CORR_CMAP", "RC", "fig_width", "depth_colors",
-           "add_loss", "onset_line", "GROUP_STYLES", "panel_height", "layer_grid",
+           "add_loss", "onset_line", "GROUP_STYLES", "DEPTH_STYLES", "depth_styles", "panel_height", "layer_grid",
            "finish_grid", "panel_label"]
 
 #: Journal column widths in inches: one column / two columns.
@@ -38,7 +38,15 @@ RC = {
     "path.simplify": False,
 }
 
-_DEPTH_CMAP = LinearSegmentedColormap.from_list("nas_depth", ["#08306b", "#9ecae1"])
+# Navy → blue → teal: greyscale luminance (0.299 R + 0.587 G + 0.114 B) rises evenly from
+# about 24 to 170 of 255, so the deepest line is still dark enough to see on white, and the
+# hue changes too, so neighbouring depths differ in colour as well as in lightness.
+_DEPTH_CMAP = LinearSegmentedColormap.from_list(
+    "nas_depth", ["#061a40", "#1f4e9c", "#2c8fc9", "#6cc3c9"])
+#: Line styles per depth (shallow → deep), ending with a solid line for the deepest layer:
+#: with :func:`depth_colors` they tell layers apart in greyscale print.
+DEPTH_STYLES = ((0, (1, 1.3)), (0, (5, 1.5, 1, 1.5)), (0, (3, 1.5)),
+                (0, (6, 1.5, 1, 1.5, 1, 1.5)), (0, (9, 2)), "-")
 
 
 def fig_width(width: str | float) -> float:
@@ -58,10 +66,18 @@ def panel_height(width_in: float) -> float:
 
 
 def depth_colors(n: int) -> np.ndarray:
-    """``n`` RGB colours (array (n, 3), values in [0, 1]) from dark blue (first, shallowest
-    layer) to light blue (last, deepest), strictly increasing in lightness."""
+    """``n`` RGB colours (array (n, 3), values in [0, 1]) from dark navy (first, shallowest
+    layer) over blue to light teal (last, deepest), strictly increasing in greyscale
+    luminance (evenly, from about 24 to 170 of 255)."""
     pos = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     return _DEPTH_CMAP(pos)[:, :3]
+
+
+def depth_styles(n: int) -> list:
+    """``n`` matplotlib line styles, shallow → deep: the last ``n`` of :data:`DEPTH_STYLES`
+    (the deepest layer solid), cycling when there are more layers than styles."""
+    k = len(DEPTH_STYLES)
+    return [DEPTH_STYLES[(i - n) % k] for i in range(n)]
 
 
 def add_loss(ax, epochs, loss, *, label: str = "test loss", linestyle="-", twin=True):

@@ -90,9 +90,9 @@ def test_line_plot_colours_follow_depth_and_loss_axis_is_red():
     lines = [ln for ln in ax.lines if ln.get_label() in set(tree["layer"].values)]
     assert [ln.get_label() for ln in lines] == [str(v) for v in tree["layer"].values]
     rgb = np.array([to_rgb(ln.get_color()) for ln in lines])
-    lightness = rgb.mean(axis=1)
+    lightness = rgb @ [0.299, 0.587, 0.114]
     assert np.all(np.diff(lightness) > 0)  # dark (shallow) -> light (deep)
-    assert np.all(rgb[:, 2] > rgb[:, 0])  # blue
+    assert np.all(rgb[:, 2] > rgb[:, 0])  # blue to teal
     # the line is the median over runs, the band spans min..max over runs
     med = np.median(tree["nas_median"].values[:, :, 2], axis=0)
     assert np.allclose(lines[2].get_ydata(), med)
@@ -101,8 +101,8 @@ def test_line_plot_colours_follow_depth_and_loss_axis_is_red():
     assert to_rgb(lax.lines[0].get_color()) == RED
     assert to_rgb(lax.yaxis.label.get_color()) == RED
     assert np.allclose(lax.lines[0].get_ydata(), np.median(tree["loss"].values, axis=0))
-    onset = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
-    assert len(onset) == 1 and to_rgb(onset[0].get_color()) == RED
+    onset = [ln for ln in ax.lines if to_rgb(ln.get_color()) == RED]
+    assert len(onset) == 1 and onset[0].get_linestyle() == "--"
     assert abs(onset[0].get_xdata()[0] - tree.attrs["loss_onset_true"]) <= 1
 
 
@@ -111,7 +111,36 @@ def test_line_plot_single_run_has_no_band_and_no_loss_axis_without_loss():
     (ax,) = _axes(fig, "nas")
     assert len(ax.collections) == 0
     assert _axes(fig, "loss") == []
-    assert not [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert not [ln for ln in ax.lines if to_rgb(ln.get_color()) == RED]
+
+
+def test_line_plot_layers_stay_apart_in_greyscale():
+    """Six layers drawn flat at known heights: rendered and converted to greyscale, each line's
+    ink gets lighter with depth by a visible step, and no two layers share a dash pattern."""
+    n_layers, n_epochs = 6, 30
+    tree = make_tree(n_runs=1, n_layers=n_layers, n_epochs=n_epochs, loss=False)
+    levels = 0.12 + 0.14 * np.arange(n_layers)
+    tree["nas_median"] = tree["nas_median"] * 0 + levels
+    fig = draw(tree, "line", width="double", dpi=150, legend=False)
+    rgb = _pixels(fig).astype(float)
+    grey = rgb @ [0.299, 0.587, 0.114]  # ITU-R 601 luminance, as a greyscale print
+    (ax,) = _axes(fig, "nas")
+    epochs = tree["epoch"].values
+    inks, patterns = [], []
+    for level in levels:
+        x0, y = ax.transData.transform((epochs[2], level))
+        x1, _ = ax.transData.transform((epochs[-3], level))
+        row = int(round(grey.shape[0] - y))
+        band = grey[row - 2: row + 3, int(x0): int(x1)]
+        column_ink = band.min(axis=0)  # darkest pixel of each column across the line
+        on = column_ink < 235
+        inks.append(np.median(column_ink[on]))
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0])))[::2]  # ink runs
+        patterns.append((round(on.mean(), 1), int(np.median(runs))))
+    assert np.all(np.diff(inks) >= 15), inks  # shallow dark → deep light, a visible step
+    assert inks[-1] < 200  # the deepest line still shows on white paper
+    assert len(set(patterns)) == n_layers, patterns  # six different dash patterns
+    assert patterns[-1][0] == 1.0  # the deepest layer is solid
 
 
 def test_stripes_sixty_layers_give_sixty_distinct_rows():
