@@ -60,15 +60,22 @@ def parse_epoch(path: str | os.PathLike, epoch_regex: str | None = None) -> int 
     stem = checkpoint_stem(name)
     patterns = (epoch_regex,) if epoch_regex else DEFAULT_EPOCH_PATTERNS
     for pattern in patterns:
-        m = re.search(pattern, name if epoch_regex else stem, flags=0 if epoch_regex else re.I)
+        try:
+            m = re.search(pattern, name if epoch_regex else stem, flags=0 if epoch_regex else re.I)
+        except re.error as exc:
+            raise EpochError(path, f"--epoch-regex {pattern!r}: not a valid regular expression "
+                                   f"({exc})") from None
         if not m:
             continue
         groups = m.groupdict()
-        if "epoch" in groups and groups["epoch"] is not None:
-            return int(groups["epoch"])
-        if m.groups() and m.group(1) is not None:
-            return int(m.group(1))
-        return -1  # a pattern with no number: the untrained model
+        value = groups["epoch"] if groups.get("epoch") is not None else (
+            m.group(1) if m.groups() and m.group(1) is not None else None)
+        if value is None:
+            return -1  # a pattern with no number: the untrained model
+        if not re.fullmatch(r"-?[0-9]+", value):
+            raise EpochError(path, f"--epoch-regex {pattern!r} gives the epoch {value!r}, not a "
+                                   "whole number")
+        return int(value)
     return None
 
 

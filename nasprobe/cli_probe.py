@@ -12,12 +12,26 @@ from . import adapters
 __all__ = ["probe_cmd", "export_cmd", "info_cmd", "demo_cmd", "framework_options"]
 
 
-def _floats(text: str | None) -> list[float] | None:
-    return [float(v) for v in text.split(",")] if text else None
+def _floats(text: str | None, option: str = "--mean/--std") -> list[float] | None:
+    from .errors import NasprobeError
+
+    try:
+        return [float(v) for v in text.split(",")] if text else None
+    except ValueError:
+        raise NasprobeError(f"{option} {text!r}: expected numbers separated by commas") from None
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
-    return tuple(int(v) for v in text.split(",")) if text else None
+    from .errors import NasprobeError
+
+    try:
+        shape = tuple(int(v) for v in text.split(",")) if text else None
+    except ValueError:
+        shape = ()
+    if shape is not None and (not shape or min(shape) < 1):
+        raise NasprobeError(f"--input-shape {text!r}: expected positive whole numbers, e.g. "
+                            "3,32,32 (one sample's shape, without the batch axis)")
+    return shape
 
 
 def framework_options(f):
@@ -103,7 +117,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     options = ProbeOptions.build(probe_path, framework=framework, model=model,
                                  input_shape=_shape(input_shape), trust_pickle=trust_pickle,
                                  tap=tap, exclude_bias=exclude_bias, layers=layers,
-                                 device=device, mean=_floats(mean), std=_floats(std),
+                                 device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                  batch_size=batch_size, keep_images=keep_images, nas_on=nas_on,
                                  corr=corr)
     path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,

@@ -314,7 +314,11 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
                          f"Gemm or MatMul with a constant weight{' feeding a nonlinearity' if tap == 'preact' else ''}; "
                          f"operators found: {', '.join(ops) or 'none'}")
     if layers:
-        rx = re.compile(layers)
+        try:
+            rx = re.compile(layers)
+        except re.error as exc:
+            raise GraphError(source, f"--layers {layers!r}: not a valid regular expression "
+                             f"({exc})") from None
         kept = [t for t in taps if rx.search(t.layer)]
         if not kept:
             raise GraphError(source, f"--layers {layers!r} matches none of the layers: "

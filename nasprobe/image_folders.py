@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def folder_labels(root: Path, files: list[str], h) -> np.ndarray | None:
                 f"{what} {names[:5]}" for what, names in (("no label for", missing),
                                                            ("no image for", extra)) if names))
         values = [table[name] for name in files]
-        if all(v.lstrip("-").isdigit() for v in values):
+        if all(re.fullmatch(r"-?[0-9]+", v) for v in values):
             return _check_labels(csv_path, np.array([int(v) for v in values]), len(files))
     index = {c: i for i, c in enumerate(sorted(set(values)))}
     return np.array([index[v] for v in values], np.int64)

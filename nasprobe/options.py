@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
@@ -78,6 +79,12 @@ class ProbeOptions:
         _choice("tap", self.tap, TAPS)
         _choice("nas_on", self.nas_on, NAS_ON)
         _choice("device", self.device, DEVICES)
+        if self.layers is not None:
+            try:
+                re.compile(self.layers)
+            except re.error as exc:
+                raise NasprobeError(f"--layers {self.layers!r}: not a valid regular expression "
+                                    f"({exc})") from None
         if int(self.batch_size) < 1:
             raise NasprobeError(f"batch_size must be at least 1, not {self.batch_size}")
         if int(self.keep_images) < 0:

@@ -58,6 +58,7 @@ from __future__ import annotations
 import bisect
 import csv
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -153,6 +154,17 @@ def _number(text: str, path: Path, where: str) -> float:
         raise TrainingLogError(path, f"{where}: {text!r} is not a number") from None
 
 
+def _epoch(value, path: Path, where: str) -> int:
+    """A whole, finite epoch number from a log cell (text or JSON value)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise TrainingLogError(path, f"{where}: epoch {value!r} is not a whole number")
+    return int(number)
+
+
 def _read_csv(path: Path) -> dict[str, dict[int, float]]:
     text = path.read_text(encoding="utf-8-sig")
     try:
@@ -169,9 +181,7 @@ def _read_csv(path: Path) -> dict[str, dict[int, float]]:
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
         if not row.get("epoch"):
             continue  # Lightning rows logged outside an epoch
-        epoch_value = _number(row["epoch"], path, f"line {line}, column epoch")
-        if epoch_value != int(epoch_value):
-            raise TrainingLogError(path, f"line {line}: epoch {row['epoch']!r} is not whole")
+        epoch_value = _epoch(row["epoch"], path, f"line {line}")
         for name in columns:
             cell = row.get(name, "")
             if cell != "":
@@ -192,7 +202,8 @@ def _read_json(path: Path) -> dict[str, dict[int, float]]:
         if len(lengths) > 1:
             raise TrainingLogError(path, "history lists have different lengths")
         n = lengths.pop() if lengths else 0
-        epochs = [int(e) for e in data["epoch"]] if "epoch" in data else list(range(n))
+        epochs = ([_epoch(e, path, "epoch list") for e in data["epoch"]] if "epoch" in data
+                  else list(range(n)))
         for name, values in data.items():
             if name not in _INDEX_COLUMNS:
                 columns[name] = {e: _num_json(v, path, name) for e, v in zip(epochs, values)
@@ -202,7 +213,8 @@ def _read_json(path: Path) -> dict[str, dict[int, float]]:
         for row in data:
             for name, value in row.items():
                 if name not in _INDEX_COLUMNS and value is not None:
-                    columns.setdefault(name, {})[int(row["epoch"])] = _num_json(value, path, name)
+                    epoch = _epoch(row["epoch"], path, "epoch")
+                    columns.setdefault(name, {})[epoch] = _num_json(value, path, name)
         return columns
     raise TrainingLogError(path, "JSON is neither a Keras history ({name: [value per epoch]}) "
                                  "nor a list of per-epoch objects with an 'epoch' key")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from ..errors import NasprobeError
 from ..onsets import loss_onset
 from ..store import group_name
 
@@ -93,7 +94,11 @@ def _select_layers(names: list[str], layers) -> list[str]:
     if layers is None:
         return names
     if isinstance(layers, str) and layers not in names:
-        pattern = re.compile(layers)
+        try:
+            pattern = re.compile(layers)
+        except re.error as exc:
+            raise NasprobeError(f"--layers {layers!r}: not a valid regular expression "
+                                f"({exc})") from None
         chosen = [n for n in names if pattern.search(n)]
     else:
         wanted = set(_as_list(layers))
