@@ -44,14 +44,50 @@ class OnnxSource:
         return self._first
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-        """All initializers of ``checkpoint``'s file, by name (arrays in the file's dtype)."""
+        """All initializers of ``checkpoint``'s file, by name (arrays in the file's dtype).
+
+        Raises:
+            CheckpointError: a tensor that cannot be decoded, or a file whose initializers
+                are not those of the first checkpoint (a missing, extra or reshaped one would
+                otherwise leave the first epoch's values in place): names the tensor.
+        """
         from onnx import numpy_helper
 
         if checkpoint.path == self.checkpoints[0].path:
             model = self._first
         else:
             model = load_onnx(checkpoint.path)
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+            _check_like(self._first, model, checkpoint.path)
+        out = {}
+        for t in model.graph.initializer:
+            try:
+                out[t.name] = numpy_helper.to_array(t)
+            except Exception as exc:  # onnx raises ValueError, TypeError, KeyError...
+                raise CheckpointError(checkpoint.path, f"initializer {t.name!r} cannot be "
+                                      f"decoded ({exc.__class__.__name__}: {exc})") from exc
+        return out
+
+
+def _check_like(first: onnx.ModelProto, model: onnx.ModelProto, path) -> None:
+    """Refuse a later checkpoint whose initializers differ from the first one's in name,
+    shape or element type (names the first such tensor)."""
+    want = {t.name: (tuple(t.dims), t.data_type) for t in first.graph.initializer}
+    got = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+    missing = [n for n in want if n not in got]
+    if missing:
+        raise CheckpointError(path, f"initializer {missing[0]!r} of the first checkpoint is "
+                              f"missing ({len(missing)} in all): another architecture?")
+    extra = [n for n in got if n not in want]
+    if extra:
+        raise CheckpointError(path, f"initializer {extra[0]!r} is not in the first checkpoint: "
+                              "another architecture?")
+    for name, (dims, dtype) in want.items():
+        if got[name][0] != dims:
+            raise CheckpointError(path, f"tensor {name!r} has shape {got[name][0]}, the "
+                                  f"architecture has {dims}")
+        if got[name][1] != dtype:
+            raise CheckpointError(path, f"tensor {name!r} has element type {got[name][1]}, the "
+                                  f"first checkpoint {dtype} (onnx.TensorProto data types)")
 
 
 class OnnxAdapter(BaseAdapter):

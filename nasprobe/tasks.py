@@ -38,7 +38,7 @@ from .probesets import ProbeSet, load_probe_set
 from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
-           "probe_epoch", "run_batch", "output_kind", "host_nas", "CACHE_SIZE"]
+           "probe_epoch", "run_batch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -238,8 +238,8 @@ def _graph(arch, taps, host: bool, opts: ProbeOptions, label: str):
 def _build(spec: RunSpec) -> RunContext:
     ckpts = spec.ckpts()
     opts = spec.options
-    source = open_source(ckpts, opts.framework, opts.source)
-    arch = source.architecture()
+    source = reading(ckpts[0].path, open_source, ckpts, opts.framework, opts.source)
+    arch = reading(ckpts[0].path, source.architecture)
     label = str(ckpts[0].path)
     taps = find_taps(arch, tap=opts.tap, layers=opts.layers, source=label)
     # Where NAS goes depends on the provider that runs: asked-for CUDA may not start.
@@ -254,8 +254,18 @@ def _build(spec: RunSpec) -> RunContext:
         session = tapped.session()
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
-    outs = run_batch(session, fetch, tapped.input_name, probeset.first(1), tapped.fixed_batch)
+    first_out = [session.get_outputs()[0].name] if probeset.labels is not None else []
+    outs = run_batch(session, first_out + fetch, tapped.input_name, probeset.first(1),
+                     tapped.fixed_batch)
     del session
+    if first_out:  # labels index the model's first output: check them once, here
+        classes = int(np.prod(outs[0].shape[1:]))
+        outs = outs[1:]
+        top = int(probeset.labels.max()) if len(probeset.labels) else -1
+        if top >= classes:
+            raise ProbeSetError(spec.options.probe, f"label {top} is out of range: the model's "
+                                f"output {first_out[0]!r} has {classes} classes (labels must "
+                                f"be 0..{classes - 1})")
     spatial = {}
     for t, o in zip(taps, outs):
         shape = [int(d) for d in o.shape]
@@ -319,6 +329,21 @@ def _store(path: str, job: str):
     return _STORES[k]
 
 
+def reading(path, func, *args):
+    """``func(*args)`` for an adapter reading the checkpoint ``path``; any error but a
+    :class:`~nasprobe.errors.NasprobeError` becomes a :class:`CheckpointError` naming the file
+    (a damaged or hostile file raises whatever its parser raises: ``KeyError`` from h5py,
+    ``ValueError`` from onnx, ``MemoryError`` for absurd sizes...), so that ``--on-error skip``
+    can skip it."""
+    try:
+        return func(*args)
+    except NasprobeError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(path, f"cannot be read ({exc.__class__.__name__}: "
+                              f"{str(exc)[:300]})") from exc
+
+
 def run_epoch(task: EpochTask) -> Outcome:
     """Probe one checkpoint and write its (run, epoch) slot; the unit of work of a probe job.
 
@@ -330,7 +355,7 @@ def run_epoch(task: EpochTask) -> Outcome:
     ctx = context(spec)
     ck = Checkpoint(Path(path), epoch)
     try:
-        weights = ctx.source.weights(ck)
+        weights = reading(ck.path, ctx.source.weights, ck)
         session = ctx.tapped.session(weights, ck.path)
     except CheckpointError as exc:
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
