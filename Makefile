@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean lock
+.PHONY: demo test install clean lock gpu-smoke
 
 $(STAMP): pyproject.toml setup.py nasprobe/_kernels.c requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,9 +23,21 @@ test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
+# The gpu extra in a fresh venv (downloads onnxruntime-gpu and NVIDIA's CUDA/cuDNN wheels, a few
+# GB: not part of `make test`). Without a usable GPU it checks the fallback: one notice, CPU
+# provider, NAS on the host, a store equal to the CPU build's; with one, it reports CUDA.
+GPU_VENV := .venv-gpu
+
+gpu-smoke: $(STAMP)
+	rm -rf $(GPU_VENV)
+	$(PY) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q -c requirements-dev.lock '.[gpu]'
+	$(BIN)/python scripts/gpu_smoke.py --gpu-venv $(GPU_VENV)
+
 # Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(GPU_VENV) $(DEMO_OUT)

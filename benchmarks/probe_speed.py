@@ -1,23 +1,31 @@
-"""Probe speed and memory of nasprobe against the obvious alternatives (issue 2).
+"""Speed and memory of nasprobe, whole processes measured side by side (issue 14).
 
-VanillaNet-m (64/64/128/128/256) at 32×32, 256 probe images, EPOCHS checkpoints. Prints:
+Every figure is a fresh process timed from outside (wall seconds, median of ``--repeats``
+runs taken in turn, A B C A B C ...), so imports and start-up count; peak memory is the
+child's own ``VmHWM`` (/proc/self/status at exit: ``getrusage`` would count the pages of this
+large parent that the child held between fork and exec). Prints:
 
-  (a) nasprobe probe time / a plain onnxruntime forward pass of the same ONNX files
-      (one session per epoch, no taps) — target ≤ 1.15
-      floor: the same forward pass with the raw tap tensors as extra outputs and nothing done
-      with them — what onnxruntime alone costs once the taps must leave the graph (the
-      Conv+Relu fusion and the blocked NCHWc layout stop at every tap)
-  (b) nasprobe probe time / the obvious PyTorch way (forward hooks computing NAS in torch,
-      median per layer at the end) — target ≤ 0.5
-  peak memory (max RSS of a fresh process) probing 2,000 vs 200 images — target ≤ 1.2
+* start-up: ``nasprobe --help`` (target <= 0.25 s) and ``nasprobe info`` on a demo store
+  (target <= 0.8 s);
+* the table's job, VanillaNet-m 32×32, 3,072 images, 1 epoch, batch 64, ``--keep-images 0``:
+  nasprobe / a plain onnxruntime script (target <= 1.4, stretch 1.25) and / torch forward
+  hooks + NAS in torch (target <= 0.45);
+* the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.25), and the
+  floor — onnxruntime with every tap tensor as an extra output, nothing done with them;
+* ResNet-50 (hand-written, benchmarks/resnet50.py) at 224×224, 256 images, 3 epochs, batch 64:
+  nasprobe / torch hooks (target <= 0.6), peak RSS of each (target <= 2.5 GB for nasprobe).
 
-Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra);
-``--images 2048`` shows how the fixed costs (store, sessions) weigh less with a larger probe
-set; ``--no-memory`` skips the peak-memory part.
+Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra; about 15
+minutes on 2 cores, most of it ResNet-50); ``--only startup,table`` picks parts,
+``--demo-store PATH`` reuses a store from ``nasprobe demo``.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,176 +34,180 @@ from pathlib import Path
 
 import numpy as np
 
-EPOCHS = 4
-IMAGES = 256
-BATCH = 64
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+PARTS = ["startup", "table", "long", "resnet"]
+#: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
+NASPROBE = ("import atexit, re, sys\n"
+            "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
+            "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
+            "from nasprobe.cli import main\nsys.argv[0] = 'nasprobe'\nmain()\n")
 
 
-def make_run(folder: Path) -> None:
-    """EPOCHS ONNX checkpoints of VanillaNet-m (one export, weights redrawn per epoch)."""
-    import onnx
+def child(argv: list[str]) -> tuple[float, float]:
+    """Run ``argv``; return (wall seconds, peak MiB or NaN when it does not print VmHWM)."""
+    t = time.perf_counter()
+    res = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... exit {res.returncode}:\n{res.stderr[-2000:]}")
+    m = re.search(r"VmHWM (\d+) kB", res.stderr)
+    return wall, int(m.group(1)) / 1024 if m else float("nan")
+
+
+def nasprobe_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", NASPROBE, *args]
+
+
+def baseline(*args: str) -> list[str]:
+    return [sys.executable, str(HERE / "baselines.py"), *args]
+
+
+def side_by_side(commands: dict[str, list[str] | callable], repeats: int) -> dict[str, tuple]:
+    """Median (wall s, peak MiB) per command, the commands taken in turn ``repeats`` times.
+    A callable gives a fresh command per repeat (e.g. a new store path)."""
+    runs: dict[str, list] = {k: [] for k in commands}
+    for r in range(repeats):
+        for k, cmd in commands.items():
+            runs[k].append(child(cmd(r) if callable(cmd) else cmd))
+    return {k: (statistics.median(w for w, _ in v), max(p for _, p in v))
+            for k, v in runs.items()}
+
+
+def export_vanilla(folder: Path, epochs: int) -> None:
+    """VanillaNet-m (64/64/128/128/256, 100 classes) at 32×32: ONNX files and, in
+    ``folder/../<name>-pt``, torch state dicts of the same weights."""
     import torch
-    from onnx import numpy_helper
 
-    from nasprobe_torch.models import vanilla_net
+    sys.path.insert(0, str(HERE))
+    from baselines import build_model
+    from resnet50 import reweight
 
     torch.manual_seed(0)
-    model = vanilla_net("m", in_channels=3, classes=100, input_size=32).eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder.parent / "epoch_000.pt")
-    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(folder / "epoch_000.onnx"),
-                      dynamo=True, dynamic_shapes=({0: "N"},), verbose=False)
-    base = onnx.load(str(folder / "epoch_000.onnx"))
-    rng = np.random.default_rng(0)
-    for e in range(1, EPOCHS):
-        m = onnx.ModelProto()
-        m.CopyFrom(base)
-        for i, t in enumerate(m.graph.initializer):
-            a = numpy_helper.to_array(t)
-            if a.dtype == np.float32 and a.ndim >= 1 and a.size > 1:
-                a = (a * rng.uniform(0.8, 1.2, a.shape)).astype(np.float32)
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, t.name))
-        onnx.save(m, str(folder / f"epoch_{e:03d}.onnx"))
+    model = build_model("vanilla")
+    folder.mkdir(parents=True)
+    first = folder / "epoch_000.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(first), dynamo=True,
+                      dynamic_shapes=({0: "N"},), verbose=False)
+    reweight(first, folder, epochs)
+    state_dicts(folder, model)
 
 
-def time_nasprobe(folder: Path, probe: Path, out: Path, nas_on: str = "auto") -> float:
-    import nasprobe
-
-    t = time.perf_counter()
-    nasprobe.probe([folder], probe=probe, out=out, run="bench", batch_size=BATCH,
-                   progress=False, nas_on=nas_on)
-    return time.perf_counter() - t
-
-
-def tapped_files(folder: Path, dest: Path) -> Path:
-    """Copies of the ONNX files with every tap tensor as an extra graph output (the floor)."""
-    import onnx
-    from onnx import helper
-
-    from nasprobe.graph import find_taps
-
-    dest.mkdir(exist_ok=True)
-    for f in sorted(folder.glob("*.onnx")):
-        m = onnx.load(str(f))
-        have = {o.name for o in m.graph.output}
-        for t in find_taps(m):
-            if t.tensor not in have:
-                m.graph.output.append(helper.make_tensor_value_info(t.tensor, 1, None))
-        onnx.save(m, str(dest / f.name))
-    return dest
-
-
-def time_plain_ort(folder: Path, x: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    t = time.perf_counter()
-    for f in sorted(folder.glob("*.onnx")):
-        sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        for i in range(0, len(x), BATCH):
-            sess.run(None, {name: x[i:i + BATCH]})
-    return time.perf_counter() - t
-
-
-def time_torch_hooks(folder: Path, x: np.ndarray) -> float:
-    """The obvious PyTorch way: load each state dict, hook every conv/linear, NAS in torch."""
+def state_dicts(folder: Path, model) -> None:
+    """``.pt`` state dicts next to ``folder`` holding each ONNX file's weights (by name)."""
     import onnx
     import torch
     from onnx import numpy_helper
 
-    from nasprobe_torch.models import vanilla_net
-
-    states = []
-    for f in sorted(folder.glob("*.onnx")):  # same weights as the ONNX files, loaded beforehand
+    out = folder.parent / f"{folder.name}-pt"
+    out.mkdir(exist_ok=True)
+    base = model.state_dict()
+    for f in sorted(folder.glob("*.onnx")):
         inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer}
-        states.append({k: torch.from_numpy(v.copy()) for k, v in inits.items() if "." in k})
-    model = vanilla_net("m", in_channels=3, classes=100, input_size=32).eval()
-    xt = torch.from_numpy(x)
-    t = time.perf_counter()
-    for sd in states:
-        model.load_state_dict(sd, strict=False)
-        maps: dict[str, list] = {}
-        hooks = []
-        for name, mod in model.named_modules():
-            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
-                def hook(m, inp, out, name=name):
-                    h = torch.logsumexp(out, 1) - (torch.softmax(out, 1) * out).sum(1)
-                    maps.setdefault(name, []).append(1 - torch.exp(h) / out.shape[1])
-                hooks.append(mod.register_forward_hook(hook))
-        with torch.no_grad():
-            for i in range(0, len(xt), BATCH):
-                model(xt[i:i + BATCH])
-        for v in maps.values():
-            allv = torch.cat([m.reshape(-1) for m in v])
-            torch.quantile(allv, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=allv.dtype))
-        for h in hooks:
-            h.remove()
-    return time.perf_counter() - t
+        sd = {k: torch.from_numpy(inits[k].copy()) if k in inits else v for k, v in base.items()}
+        missing = [k for k, v in base.items() if k not in inits and v.dtype.is_floating_point]
+        if missing:
+            raise SystemExit(f"{f}: {len(missing)} torch tensors not in the ONNX file, "
+                             f"e.g. {missing[:3]}")
+        torch.save(sd, out / f"{f.stem}.pt")
 
 
-def peak_rss(folder: Path, n: int, tmp: Path) -> float:
-    """Peak RSS (MiB) of a fresh process probing ``n`` images (pixels memory-mapped from .npy).
+def images(path: Path, n: int, size: int) -> Path:
+    np.save(path, np.random.default_rng(0).normal(0, 1, (n, 3, size, size)).astype(np.float32))
+    return path
 
-    Read from the child's own ``VmHWM`` (/proc/self/status), which starts afresh at exec:
-    ``getrusage().ru_maxrss`` would also count the parent's pages the child held between fork
-    and exec, i.e. report this (large) benchmark process instead of the probe."""
-    x = np.random.default_rng(1).normal(0, 1, (n, 3, 32, 32)).astype(np.float32)
-    np.save(tmp / f"probe{n}.npy", x)
-    code = (
-        "import nasprobe, re; "
-        f"nasprobe.probe([{str(folder)!r}], probe={str(tmp / f'probe{n}.npy')!r}, "
-        f"out={str(tmp / f'mem{n}.zarr')!r}, batch_size={BATCH}, progress=False); "
-        "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(res.stdout.strip().splitlines()[-1]) / 1024
+
+def row(name: str, wall: float, peak: float | None = None) -> None:
+    mem = f"   peak {peak:7.0f} MiB" if peak is not None and peak == peak else ""
+    print(f"  {name:46s} {wall:8.2f} s{mem}", flush=True)
+
+
+def ratio(name: str, a: float, b: float, target: str) -> None:
+    print(f"  {name:46s} {a / b:8.3f}    (target {target})", flush=True)
 
 
 def main() -> None:
-    import argparse
-
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(PARTS), help=f"parts: {','.join(PARTS)}")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
+    ap.add_argument("--resnet-repeats", type=int, default=1)
+    ap.add_argument("--demo-store", type=Path, default=None,
+                    help="a store from `nasprobe demo` for the info timing (default: make one)")
+    args = ap.parse_args()
+    parts = args.only.split(",")
     import nasprobe.kernels
 
-    global IMAGES
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=IMAGES, help="probe images (default 256)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory part")
-    args = ap.parse_args()
-    IMAGES = args.images
-
+    print(f"nasprobe probe speed — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"C kernel built: {nasprobe.kernels.available()}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        folder = tmp / "run"
-        make_run(folder)
-        x = np.random.default_rng(0).normal(0, 1, (IMAGES, 3, 32, 32)).astype(np.float32)
-        np.save(tmp / "probe.npy", x)
-        taps = tapped_files(folder, tmp / "taps")
-        time_plain_ort(folder, x[:BATCH])  # warm-up: imports, thread pools
-        reps = []
-        for r in range(3):
-            nas_t = time_nasprobe(folder, tmp / "probe.npy", tmp / f"s{r}.zarr")
-            graph_t = time_nasprobe(folder, tmp / "probe.npy", tmp / f"g{r}.zarr", "graph")
-            ort_t = time_plain_ort(folder, x)
-            taps_t = time_plain_ort(taps, x)
-            torch_t = time_torch_hooks(folder, x)
-            reps.append((nas_t, graph_t, ort_t, taps_t, torch_t))
-        nas_t, graph_t, ort_t, taps_t, torch_t = np.median(np.array(reps), axis=0)
-        print(f"VanillaNet-m 32x32, {IMAGES} images, {EPOCHS} epochs, batch {BATCH} "
-              f"(median of 3); C kernel built: {nasprobe.kernels.available()}")
-        print(f"  nasprobe probe, NAS on host (default) {nas_t:7.2f} s  (incl. store writes)")
-        print(f"  nasprobe probe, NAS in graph          {graph_t:7.2f} s")
-        print(f"  plain onnxruntime forward             {ort_t:7.2f} s")
-        print(f"  onnxruntime forward, taps as outputs  {taps_t:7.2f} s")
-        print(f"  torch forward hooks + NAS in torch    {torch_t:7.2f} s")
-        print(f"  (a) nasprobe / plain onnxruntime = {nas_t / ort_t:.3f}   (target <= 1.15; "
-              f"in graph {graph_t / ort_t:.3f}; floor {taps_t / ort_t:.3f})")
-        print(f"  (b) nasprobe / torch hooks       = {nas_t / torch_t:.3f}   (target <= 0.5; "
-              f"in graph {graph_t / torch_t:.3f}; floor {taps_t / torch_t:.3f})")
-        if args.no_memory:
-            return
-        small, big = peak_rss(folder, 200, tmp), peak_rss(folder, 2000, tmp)
-        print(f"  peak RSS: 200 images {small:.0f} MiB, 2000 images {big:.0f} MiB, "
-              f"ratio {big / small:.3f}   (target <= 1.2)")
+        if "startup" in parts:
+            store = args.demo_store
+            if store is None:
+                subprocess.run([str(BIN / "nasprobe"), "demo", "--out", str(tmp / "demo")],
+                               check=True, capture_output=True,
+                               env={**os.environ, "KERAS_BACKEND": "torch", "MPLBACKEND": "Agg"})
+                store = tmp / "demo" / "nas.zarr"
+            got = side_by_side({"help": [str(BIN / "nasprobe"), "--help"],
+                                "info": [str(BIN / "nasprobe"), "info", str(store)]},
+                               max(args.repeats, 5))
+            print("start-up (median of whole processes)")
+            row("nasprobe --help  (target <= 0.25 s)", got["help"][0])
+            row("nasprobe info demo store  (target <= 0.8 s)", got["info"][0])
+        if "table" in parts or "long" in parts:
+            export_vanilla(tmp / "vanilla1", 1)
+            export_vanilla(tmp / "vanilla4", 4)
+        for part, folder, n in [("table", "vanilla1", 3072), ("long", "vanilla4", 2048)]:
+            if part not in parts:
+                continue
+            probe = images(tmp / f"{part}.npy", n, 32)
+            run, pt = tmp / folder, tmp / f"{folder}-pt"
+            cmds = {
+                "nasprobe": lambda r, p=part, run=run, probe=probe: nasprobe_cmd(
+                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"{p}{r}.zarr"),
+                    "--batch-size", "64", "--keep-images", "0", "--run", "bench"),
+                "plain": baseline("ort", str(run), str(probe)),
+                "taps": baseline("ort", str(run), str(probe), "--taps"),
+            }
+            if part == "table":
+                cmds["torch"] = baseline("torch", str(pt), str(probe))
+            got = side_by_side(cmds, args.repeats)
+            epochs = len(list(run.glob("*.onnx")))
+            print(f"VanillaNet-m 32x32, {n} images x {epochs} epoch(s), batch 64 "
+                  f"(median of {args.repeats})")
+            row("nasprobe probe --keep-images 0", *got["nasprobe"])
+            row("plain onnxruntime script", *got["plain"])
+            row("onnxruntime, taps as outputs (floor)", *got["taps"])
+            if "torch" in got:
+                row("torch forward hooks + NAS in torch", *got["torch"])
+            ratio("nasprobe / plain onnxruntime", got["nasprobe"][0], got["plain"][0],
+                  "<= 1.4, stretch 1.25" if part == "table" else "<= 1.25")
+            ratio("floor: taps / plain onnxruntime", got["taps"][0], got["plain"][0], "-")
+            if "torch" in got:
+                ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.45")
+        if "resnet" in parts:
+            sys.path.insert(0, str(HERE))
+            from resnet50 import make_run, resnet50
+
+            run = tmp / "resnet50"
+            make_run(run, 3)
+            state_dicts(run, resnet50())
+            probe = images(tmp / "resnet.npy", 256, 224)
+            got = side_by_side({
+                "nasprobe": lambda r: nasprobe_cmd(
+                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"r{r}.zarr"),
+                    "--batch-size", "64", "--run", "bench"),
+                "torch": baseline("torch", str(tmp / "resnet50-pt"), str(probe),
+                                  "--model", "resnet50"),
+            }, args.resnet_repeats)
+            print(f"ResNet-50 224x224, 256 images x 3 epochs, batch 64 "
+                  f"(median of {args.resnet_repeats})")
+            row("nasprobe probe", *got["nasprobe"])
+            row("torch forward hooks + NAS in torch", *got["torch"])
+            ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.6")
+            print(f"  {'nasprobe peak RSS':46s} {got['nasprobe'][1] / 1024:8.2f} GiB  "
+                  "(target <= 2.5 GB)")
 
 
 if __name__ == "__main__":

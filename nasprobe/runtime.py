@@ -10,6 +10,7 @@ multi-line log (docs/ describe the GPU set-up).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -37,6 +38,8 @@ _PRELOADED = False
 _INTRA_OP_THREADS: int | None = None
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ORT_PREFIX = re.compile(r"^.*?\[[A-Z]:onnxruntime:[^\]]*\]\s*")
+#: "EP Error /path/file.cc:729 void Function(Args&) " before the message of a failed start
+_EP_ERROR = re.compile(r"^EP Error\s+(\S+:\d+\s+.*?\)\s+)?")
 
 
 def set_intra_op_threads(n: int | None) -> None:
@@ -120,7 +123,8 @@ def short_reason(log: str) -> str:
     """One line saying why onnxruntime could not start a provider, from its log ``log``:
     the library it failed to load when it names one, else its first message."""
     lines = [_ORT_PREFIX.sub("", _ANSI.sub("", line)).strip() for line in log.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [_EP_ERROR.sub("", line) for line in lines if line.strip("* ") and
+             not line.startswith(("*", "when using", "Falling back"))]
     for line in lines:
         m = re.search(r"with error: (.+)", line)
         if m:
@@ -128,7 +132,7 @@ def short_reason(log: str) -> str:
     for line in lines:
         if "CUDA" in line or "cuda" in line:
             return line.split(". Please")[0].rstrip(".")
-    return lines[0] if lines else "onnxruntime gave no reason"
+    return lines[0].split(", make sure")[0].rstrip(".") if lines else "onnxruntime gave no reason"
 
 
 def new_session(model: bytes | str, providers: list[str], options=None):
@@ -141,25 +145,27 @@ def new_session(model: bytes | str, providers: list[str], options=None):
     """
     import onnxruntime as ort
 
-    cuda = providers[0] == CUDA
-    if cuda:
+    quiet = providers[0] != CPU  # onnxruntime logs a failed start natively and print()s a retry
+    if quiet:  # CUDA, TensorRT: their libraries may come from the nvidia-* wheels
         preload_cuda_libraries()
+    printed = io.StringIO()
     with warnings.catch_warnings(), \
-            (captured_stderr() if cuda else contextlib.nullcontext([])) as log:
+            (captured_stderr() if quiet else contextlib.nullcontext([])) as log, \
+            (contextlib.redirect_stdout(printed) if quiet else contextlib.nullcontext()):
         warnings.simplefilter("ignore")
         try:
             sess = ort.InferenceSession(model, options, providers=providers)
         except Exception:
-            if not cuda or len(providers) == 1:
+            if not quiet or len(providers) == 1:
                 raise
             sess, err = None, sys.exc_info()[1]
-    text = "".join(log)
+    text = "".join(log) + printed.getvalue()
     if sess is None:  # some onnxruntime versions raise instead of falling back
         sess, _ = new_session(model, providers[1:], options)
         return sess, short_reason(text) if text.strip() else str(err).splitlines()[0]
     if sess.get_providers()[0] != providers[0]:
         return sess, short_reason(text)
-    if text.strip():  # CUDA runs: whatever onnxruntime said is not ours to drop
+    if text.strip():  # the provider runs: whatever onnxruntime said is not ours to drop
         sys.stderr.write(text)
     return sess, None
 

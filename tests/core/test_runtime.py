@@ -49,6 +49,16 @@ def test_short_reason_names_the_missing_library():
     assert runtime.short_reason(warn_only) == \
         "Failed to create CUDAExecutionProvider. Require cuDNN 9.* and CUDA 13.*"
     assert runtime.short_reason("") == "onnxruntime gave no reason"
+    # onnxruntime-gpu's Python layer print()s a box when TensorRT cannot start
+    trt = ("*************** EP Error ***************\nEP Error /onnxruntime_src/onnxruntime/python/"
+           "onnxruntime_pybind_state.cc:729 void onnxruntime::python::RegisterTensorRTPlugins"
+           "AsCustomOps(PySessionOptions&, const onnxruntime::ProviderOptions&) Please install "
+           "TensorRT libraries as mentioned in the GPU requirements page, make sure they're in "
+           "the PATH or LD_LIBRARY_PATH, and that your GPU is supported.\n when using "
+           "['TensorrtExecutionProvider', 'CPUExecutionProvider']\nFalling back to "
+           "['CPUExecutionProvider'] and retrying.\n****************************************\n")
+    assert runtime.short_reason(trt) == \
+        "Please install TensorRT libraries as mentioned in the GPU requirements page"
 
 
 def test_a_failed_cuda_start_runs_on_cpu_with_one_short_notice(broken_cuda, capfd):

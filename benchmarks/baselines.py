@@ -1,0 +1,120 @@
+"""The alternatives nasprobe is measured against, each run as its own process by
+``probe_speed.py`` (whole-process time; peak memory = the process's own ``VmHWM``, printed to
+stderr at exit).
+
+``ort``: a plain onnxruntime script — numpy and onnxruntime, one session per checkpoint,
+batches of the probe set, nothing done with the outputs. ``--taps`` adds every tap tensor as an
+extra graph output first (outside the timing): the floor of any tool that must read the taps
+out of onnxruntime.
+
+``torch``: the obvious PyTorch way — load each checkpoint's state dict (``.pt`` files holding
+the same weights as the ONNX files), forward hooks on every Conv2d/Linear computing NAS in
+torch, per-layer quantiles at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _report_peak() -> None:
+    peak = re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1)
+    print(f"VmHWM {peak} kB", file=sys.stderr)
+
+
+def run_ort(folder: Path, probe: Path, batch: int, taps: bool) -> None:
+    """Every ``*.onnx`` of ``folder`` over the probe set, one session each."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    x = np.load(probe, mmap_mode="r")
+    for f in sorted(folder.glob("*.onnx")):
+        model = str(f)
+        if taps:
+            from nasprobe.graph import find_taps
+
+            m = onnx.load(model)
+            have = {o.name for o in m.graph.output}
+            for t in find_taps(m):
+                if t.tensor not in have:
+                    have.add(t.tensor)
+                    m.graph.output.append(helper.make_tensor_value_info(t.tensor, 1, None))
+            model = m.SerializeToString()
+        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for i in range(0, len(x), batch):
+            sess.run(None, {name: np.ascontiguousarray(x[i:i + batch])})
+
+
+def build_model(kind: str):
+    """The torch module of a benchmark: ``vanilla`` (VanillaNet-m, 32×32, 100 classes) or
+    ``resnet50`` (224×224)."""
+    if kind == "vanilla":
+        from nasprobe_torch.models import vanilla_net
+
+        return vanilla_net("m", in_channels=3, classes=100, input_size=32).eval()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from resnet50 import resnet50
+
+    return resnet50()
+
+
+def run_torch(folder: Path, probe: Path, batch: int, kind: str) -> None:
+    """Forward hooks + NAS in torch over every ``*.pt`` state dict of ``folder``."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    model = build_model(kind)
+    x = np.load(probe, mmap_mode="r")
+    qs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    for f in sorted(folder.glob("*.pt")):
+        model.load_state_dict(torch.load(f, weights_only=True))
+        maps: dict[str, list] = {}
+        hooks = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                def hook(m, inp, out, name=name):
+                    h = torch.logsumexp(out, 1) - (torch.softmax(out, 1) * out).sum(1)
+                    maps.setdefault(name, []).append(1 - torch.exp(h) / out.shape[1])
+                hooks.append(mod.register_forward_hook(hook))
+        for i in range(0, len(x), batch):
+            model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+        for v in maps.values():
+            allv = torch.cat([m.reshape(-1) for m in v])
+            if allv.numel() > 16_000_000:  # torch.quantile's limit: sort instead
+                s = torch.sort(allv).values
+                s[(qs * (len(s) - 1)).long()]
+            else:
+                torch.quantile(allv, qs)
+        for h in hooks:
+            h.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["ort", "torch"])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("probe", type=Path)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--taps", action="store_true", help="ort: taps as extra outputs")
+    ap.add_argument("--model", choices=["vanilla", "resnet50"], default="vanilla")
+    args = ap.parse_args()
+    atexit.register(_report_peak)
+    t = time.perf_counter()
+    if args.what == "ort":
+        run_ort(args.folder, args.probe, args.batch, args.taps)
+    else:
+        run_torch(args.folder, args.probe, args.batch, args.model)
+    print(f"work {time.perf_counter() - t:.3f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
