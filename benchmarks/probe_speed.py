@@ -38,16 +38,19 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PARTS = ["startup", "table", "long", "resnet"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
-NASPROBE = ("import atexit, re, sys\n"
+NASPROBE = ("import atexit, os, re, sys\n"
+            "import nasprobe.pipeline as p\n"
+            "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
             "from nasprobe.cli import main\nsys.argv[0] = 'nasprobe'\nmain()\n")
 
 
-def child(argv: list[str]) -> tuple[float, float]:
+def child(argv: list[str], env: dict | None = None) -> tuple[float, float]:
     """Run ``argv``; return (wall seconds, peak MiB or NaN when it does not print VmHWM)."""
     t = time.perf_counter()
-    res = subprocess.run(argv, capture_output=True, text=True)
+    res = subprocess.run(argv, capture_output=True, text=True,
+                         env=None if env is None else {**os.environ, **env})
     wall = time.perf_counter() - t
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exit {res.returncode}:\n{res.stderr[-2000:]}")
@@ -69,7 +72,9 @@ def side_by_side(commands: dict[str, list[str] | callable], repeats: int) -> dic
     runs: dict[str, list] = {k: [] for k in commands}
     for r in range(repeats):
         for k, cmd in commands.items():
-            runs[k].append(child(cmd(r) if callable(cmd) else cmd))
+            cmd = cmd(r) if callable(cmd) else cmd
+            env = cmd.pop(0) if isinstance(cmd[0], dict) else None  # {VAR: value} first
+            runs[k].append(child(cmd, env))
     return {k: (statistics.median(w for w, _ in v), max(p for _, p in v))
             for k, v in runs.items()}
 
@@ -131,6 +136,9 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PARTS), help=f"parts: {','.join(PARTS)}")
     ap.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
     ap.add_argument("--resnet-repeats", type=int, default=1)
+    ap.add_argument("--unsplit", action="store_true",
+                    help="ResNet-50: also probe with every batch's raw taps at once (the memory "
+                         "before the tap budget)")
     ap.add_argument("--demo-store", type=Path, default=None,
                     help="a store from `nasprobe demo` for the info timing (default: make one)")
     args = ap.parse_args()
@@ -194,13 +202,18 @@ def main() -> None:
             make_run(run, 3)
             state_dicts(run, resnet50())
             probe = images(tmp / "resnet.npy", 256, 224)
-            got = side_by_side({
+            cmds = {
                 "nasprobe": lambda r: nasprobe_cmd(
                     "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"r{r}.zarr"),
                     "--batch-size", "64", "--run", "bench"),
                 "torch": baseline("torch", str(tmp / "resnet50-pt"), str(probe),
                                   "--model", "resnet50"),
-            }, args.resnet_repeats)
+            }
+            if args.unsplit:
+                cmds["unsplit"] = lambda r: [{"NASPROBE_TAP_BUDGET": str(2**40)}] + nasprobe_cmd(
+                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"u{r}.zarr"),
+                    "--batch-size", "64", "--run", "bench")
+            got = side_by_side(cmds, args.resnet_repeats)
             print(f"ResNet-50 224x224, 256 images x 3 epochs, batch 64 "
                   f"(median of {args.resnet_repeats})")
             row("nasprobe probe", *got["nasprobe"])
@@ -208,6 +221,8 @@ def main() -> None:
             ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.6")
             print(f"  {'nasprobe peak RSS':46s} {got['nasprobe'][1] / 1024:8.2f} GiB  "
                   "(target <= 2.5 GB)")
+            if "unsplit" in got:
+                row("nasprobe, a batch's raw taps at once", *got["unsplit"])
 
 
 if __name__ == "__main__":

@@ -70,15 +70,14 @@ def resnet50(classes: int = 1000):
 def make_run(folder: Path, epochs: int, size: int = 224) -> None:
     """``epochs`` ONNX checkpoints of :func:`resnet50` at ``size``² (one export, the weights
     scaled by a random factor in [0.8, 1.2] per tensor element for each later epoch)."""
-    import onnx
     import torch
-    from onnx import numpy_helper
 
     model = resnet50()
     folder.mkdir(parents=True, exist_ok=True)
     first = folder / "epoch_000.onnx"
     torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(first), dynamo=True,
-                      dynamic_shapes=({0: "N"},), verbose=False, external_data=False)
+                      dynamic_shapes=({0: "N"},), verbose=False, external_data=False,
+                      optimize=False)  # BatchNorm kept: initializers named as in torch
     reweight(first, folder, epochs)
 
 

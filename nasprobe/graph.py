@@ -113,11 +113,19 @@ def layer_name(node: onnx.NodeProto) -> str:
 class _Graph:
     """Index of a graph: producers, consumers, constants, ranks."""
 
+    #: (model, its inferred copy) of the last index built: find_taps and the graph builders
+    #: index the same architecture, whose shape inference is then done once
+    last: tuple[onnx.ModelProto, onnx.ModelProto] | None = None
+
     def __init__(self, model: onnx.ModelProto):
-        try:
-            inferred = shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:  # shape inference is best effort
-            inferred = model
+        if _Graph.last is not None and _Graph.last[0] is model:
+            inferred = _Graph.last[1]
+        else:
+            try:
+                inferred = shape_inference.infer_shapes(model, strict_mode=False)
+            except Exception:  # shape inference is best effort
+                inferred = model
+            _Graph.last = (model, inferred)
         g = inferred.graph
         self.model = model
         self.nodes = list(model.graph.node)

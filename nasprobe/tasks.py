@@ -33,7 +33,8 @@ from .aggregate import LayerStats
 from .graph import Tap, build_probe_graph, build_tap_graph, find_taps
 from .kernels import available as kernels_available, nas_map
 from .options import ProbeOptions
-from .pipeline import HOST_TAP_BUDGET, prefetched, sub_batch_size, tap_bytes_per_image
+from . import pipeline
+from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
 from .probesets import ProbeSet, load_probe_set
 from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers
 
@@ -163,7 +164,7 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
                 host: bool = False, fixed_batch: int | None = None,
-                tap_budget: int = HOST_TAP_BUDGET, bind: bool = False) -> EpochResult:
+                tap_budget: int | None = None, bind: bool = False) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
     Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
@@ -171,9 +172,10 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     come from the same forward pass (the model's first output). ``fetch`` names the outputs to
     read per tap (default ``tap.output``, the in-graph NAS map); with ``host`` they are raw tap
     tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`, and a batch is run in
-    sub-batches whose raw taps fit ``tap_budget`` bytes (see
-    :func:`nasprobe.pipeline.sub_batch_size`). onnxruntime runs the next (sub-)batch while this
-    thread computes the current one's NAS (:func:`nasprobe.pipeline.prefetched`). A model
+    sub-batches whose raw taps fit ``tap_budget`` bytes (default
+    :data:`nasprobe.pipeline.HOST_TAP_BUDGET`; see :func:`nasprobe.pipeline.sub_batch_size`).
+    onnxruntime runs the next (sub-)batch while this thread computes the current one's NAS
+    (:func:`nasprobe.pipeline.prefetched`). A model
     exported with a fixed batch size ``fixed_batch`` gets batches of exactly that size (the
     last one padded with zeros, whose outputs are dropped). ``bind``: see
     :func:`nasprobe.runtime.run_batch`.
@@ -182,7 +184,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         batch_size = fixed_batch
     elif host:
         per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
-        batch_size = sub_batch_size(batch_size, per_image, tap_budget)
+        budget = pipeline.HOST_TAP_BUDGET if tap_budget is None else tap_budget
+        batch_size = sub_batch_size(batch_size, per_image, budget)
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
     labelled = probeset.labels is not None
