@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean lock gpu-smoke
+.PHONY: demo test install clean lock gpu-smoke dist
 
 $(STAMP): pyproject.toml setup.py nasprobe/_kernels.c requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,9 +35,13 @@ gpu-smoke: $(STAMP)
 	$(GPU_VENV)/bin/python -m pip install -q -c requirements-dev.lock '.[gpu]'
 	$(BIN)/python scripts/gpu_smoke.py --gpu-venv $(GPU_VENV)
 
+# The sdist and the wheel, as tests/packaging/test_install.py builds them.
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+
 # Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(GPU_VENV) $(DEMO_OUT) dist build

@@ -12,12 +12,8 @@ xarray is already imported (see :mod:`nasprobe.analysis`).
 import sys
 import types
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version as _version
 
-try:
-    __version__ = _version("nasprobe")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+local"
+from ._version import __version__
 
 __all__ = ["probe", "open_store", "nas", "entropy", "perplexity", "__version__"]
 

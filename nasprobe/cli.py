@@ -8,12 +8,13 @@ import sys
 
 import click
 
+from ._version import __version__
 from .cli_figures import plot
 from .cli_onsets import onsets_command
 from .cli_probe import demo_cmd, export_cmd, info_cmd, probe_cmd
 from .cli_report import report_command, tensorboard_command
 from .doctor import doctor
-from .errors import NasprobeError
+from .errors import MissingExtraError, NasprobeError
 
 
 class _Group(click.Group):
@@ -23,6 +24,12 @@ class _Group(click.Group):
         except NasprobeError as exc:
             click.echo(f"nasprobe: error: {exc}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as exc:  # an optional dependency (an extra) not installed
+            missing = MissingExtraError.from_import(exc)
+            if missing is None:
+                raise
+            click.echo(f"nasprobe: error: {missing}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("nasprobe: interrupted; finished epochs are kept, run the same "
                        "command again to continue", err=True)
@@ -30,7 +37,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="nasprobe")
+@click.version_option(__version__, prog_name="nasprobe")
 def main() -> None:
     """Neural Activation Sparsity of saved checkpoints: probe, store, plot."""
 

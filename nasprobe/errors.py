@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
-           "ProbeSetError", "GraphError", "StoreError"]
+           "ProbeSetError", "GraphError", "StoreError", "MissingExtraError"]
 
 
 class NasprobeError(Exception):
@@ -45,3 +45,38 @@ class GraphError(_FileError):
 
 class StoreError(_FileError):
     """A store that cannot be written, or that would mix incompatible probes."""
+
+
+#: Optional modules (top-level import names) and the extras of nasprobe that install them.
+EXTRAS = {
+    "onnxruntime": ("cpu", "gpu"),
+    "torch": ("torch",), "onnxscript": ("torch",), "safetensors": ("torch",),
+    "sklearn": ("torch",),
+    "keras": ("keras",), "h5py": ("keras",),
+    "tensorboard": ("tensorboard",),
+    "dask": ("dask",), "distributed": ("dask",),
+    "lightning": ("lightning",),
+}
+
+
+class MissingExtraError(NasprobeError):
+    """An optional dependency is not installed; the message names the extras that bring it."""
+
+    def __init__(self, module: str, extras: tuple[str, ...]):
+        self.module, self.extras = module, extras
+        if extras == ("cpu", "gpu"):
+            how = ("install nasprobe with one of the extras cpu or gpu: "
+                   "pip install 'nasprobe[cpu]' (onnxruntime, CPU) or "
+                   "pip install 'nasprobe[gpu]' (onnxruntime-gpu, CUDA)")
+        else:
+            how = " or ".join(f"pip install 'nasprobe[{e}]'" for e in extras)
+        super().__init__(f"{module} is not installed; {how}")
+
+    @classmethod
+    def from_import(cls, exc: ImportError) -> MissingExtraError | None:
+        """The error for a failed import of an optional module, or ``None`` where ``exc`` is
+        about some other module (a genuine bug, which should keep its traceback)."""
+        if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+            return None
+        top = exc.name.partition(".")[0]
+        return cls(top, EXTRAS[top]) if top in EXTRAS else None

@@ -18,3 +18,9 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_collection_modifyitems(items):
+    """The packaging test (tests/packaging) first: it spends most of its minutes waiting on
+    pip, so with ``-n 2`` it overlaps the rest of the suite instead of trailing it."""
+    items.sort(key=lambda item: "tests/packaging/" not in item.nodeid)
