@@ -38,7 +38,7 @@ from nasprobe.errors import GraphError, NasprobeError
 from .loading import ParamPath, flatten_tree
 
 __all__ = ["Exported", "Placement", "module_arrays", "export_module", "export_onnx",
-           "LINEAR_OPS"]
+           "label_and_verify", "LINEAR_OPS"]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Operators that may sit between an initializer and the linear node reading it.
@@ -202,9 +202,24 @@ def _set_metadata(node: onnx.NodeProto, key: str, value: str) -> None:
     node.metadata_props.add(key=key, value=value)
 
 
-def _tag_and_verify(module, graph: onnx.GraphProto, layout: dict[str, Placement],
-                    origin: str) -> list[str]:
-    """Label the linear nodes with module paths; refuse a graph that would mislabel taps."""
+def label_and_verify(module, graph: onnx.GraphProto, layout: dict[str, Placement],
+                     origin: str) -> list[str]:
+    """Set ``nasprobe.layer`` on each linear node whose weight is a module's kernel; refuse a
+    graph that would mislabel taps (module docstring).
+
+    Args:
+        module: the NNX module that was exported.
+        graph: the exported graph (its nodes' metadata is changed in place).
+        layout: initializer name → :class:`Placement`, from the tag values.
+        origin: the ``--model`` or file, for messages.
+
+    Returns:
+        The module paths of the linear nodes, in graph order.
+
+    Raises:
+        GraphError: a Conv/Linear module whose kernel no linear node reads, or a BatchNorm
+            whose mean and var are not the inputs of a ``BatchNormalization`` node.
+    """
     from flax import nnx
 
     linear_types = (nnx.Conv, nnx.ConvTranspose, nnx.Linear, nnx.LinearGeneral)
@@ -268,7 +283,7 @@ def export_module(module, input_shape: Sequence[int], origin: str = "model") -> 
     # intermediate shapes (onnx shape inference recomputes them where needed).
     del proto.graph.value_info[:]
     layout = _match(proto.graph, tags, index)
-    layers = _tag_and_verify(module, proto.graph, layout, origin)
+    layers = label_and_verify(module, proto.graph, layout, origin)
     shapes = {p.path: tuple(arrays[p.path].shape) for p in layout.values()}
     exported = Exported(proto, layout, shapes, layers)
     fill = exported.initializers(arrays)

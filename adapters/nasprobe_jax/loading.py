@@ -112,9 +112,9 @@ def build_module(model: Any):
         raise NasprobeError(f"--model must be MODULE:CALLABLE, a callable or an nnx.Module, "
                             f"not {type(model).__name__}")
     if isinstance(built, linen.Module):
-        raise NasprobeError(f"--model {label!r} gave a Flax Linen module; nasprobe_jax builds "
-                            "Flax NNX modules (wrap it: nnx.bridge.ToNNX(module, rngs)"
-                            ".lazy_init(x), with BatchNorm in eval mode)")
+        raise NasprobeError(f"--model {label!r} gave a Flax Linen module; nasprobe_jax reads "
+                            "Flax NNX modules only (an nnx.bridge.ToNNX wrapper does not export "
+                            "through jax2onnx either)")
     if not isinstance(built, nnx.Module):
         raise NasprobeError(f"--model {label!r} returned a {type(built).__name__}, not a "
                             "flax.nnx.Module")

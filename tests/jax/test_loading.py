@@ -108,3 +108,23 @@ def test_missing_model_exits_2(jax_run, tmp_path):
     result = _invoke(jax_run["msgpack"], "--probe", jax_run["probe"], "--out",
                      tmp_path / "s.zarr")
     assert result.exit_code == 2 and "--model" in result.output, result.output
+
+
+def test_linen_modules_are_refused_with_the_reason():
+    from flax import linen
+
+    from nasprobe.errors import NasprobeError
+    from nasprobe_jax.loading import build_module
+
+    with pytest.raises(NasprobeError, match="Linen"):
+        build_module(lambda: linen.Dense(3))
+
+
+def test_missing_jax_names_the_extra(jax_run, monkeypatch):
+    from nasprobe.contract import Checkpoint, SourceOptions
+    from nasprobe.errors import NasprobeError
+
+    monkeypatch.setattr(type(adapter), "requires", ("jax", "not_installed_jax_piece"))
+    ckpt = Checkpoint(jax_run["orbax"] / "epoch_001", 1)
+    with pytest.raises(NasprobeError, match=r"pip install 'nasprobe\[jax\]'"):
+        adapters.open_source([ckpt], "jax", SourceOptions(model=MODEL))
