@@ -127,9 +127,40 @@ def _quiet():
         log.setLevel(level)
 
 
+#: jax2onnx plugin folders a Flax model never needs: the Equinox plugins build and jit whole
+#: example Equinox models when imported (about 6 s of CPU, half of a small model's export),
+#: and the examples are the exporter's own test cases.
+_SKIPPED_PLUGINS = ("equinox", "examples")
+
+
+def _load_plugins() -> None:
+    """Import jax2onnx's operator plugins for JAX and Flax only, once per process.
+
+    jax2onnx imports every module under ``jax2onnx/plugins`` on its first export unless told
+    it has; this imports all but :data:`_SKIPPED_PLUGINS` and says so. Should jax2onnx's
+    discovery change (no ``_already_imported_plugins`` flag), nothing is done here and the
+    exporter imports everything itself: slower, same graph.
+    """
+    import importlib
+
+    from jax2onnx.plugins import plugin_system
+
+    if getattr(plugin_system, "_already_imported_plugins", True):
+        return
+    root = Path(plugin_system.__file__).parent
+    for py in sorted(root.rglob("*.py")):
+        rel = py.relative_to(root).with_suffix("")
+        if rel.parts[0] in _SKIPPED_PLUGINS or py.name in ("__init__.py", "plugin_system.py"):
+            continue
+        with _quiet():
+            importlib.import_module(".".join(("jax2onnx", "plugins", *rel.parts)))
+    plugin_system._already_imported_plugins = True
+
+
 def _run_exporter(module, input_shape: Sequence[int], origin: str) -> onnx.ModelProto:
     from jax2onnx import to_onnx
 
+    _load_plugins()
     try:
         with _quiet():
             return to_onnx(module, [("B", *[int(s) for s in input_shape])],
