@@ -1,6 +1,12 @@
 """Probe sets from a folder of image files (PNG/JPEG), read lazily one batch at a time.
 
 The rules for labels, layout and resizing are those of :mod:`nasprobe.probesets`.
+
+Security: Pillow picks a decoder from a file's content, not its name, and some of its decoders
+hand the file to other programs (EPS runs Ghostscript where installed) or parse rarely used
+formats. Only the PNG and JPEG decoders are ever used here (:data:`DECODERS`), whatever a
+file is called, and an image over :data:`MAX_PIXELS` pixels is refused from its header, before
+any pixel is decoded (Pillow's own decompression-bomb error is reported the same way).
 """
 
 from __future__ import annotations
@@ -17,7 +23,38 @@ from PIL import Image
 from .errors import ProbeSetError
 from .probesets import IMAGE_SUFFIXES, _MODES, _Layout, _check_labels, _fits, _fmt_model
 
-__all__ = ["FolderSource", "folder_labels", "folder_source"]
+__all__ = ["FolderSource", "folder_labels", "folder_source", "open_image", "DECODERS",
+           "MAX_PIXELS"]
+
+#: The only Pillow decoders used, whatever a file's content claims.
+DECODERS = ("PNG", "JPEG")
+
+#: Largest image accepted (width × height): 40 megapixels, far beyond any probe image.
+MAX_PIXELS = 40_000_000
+
+
+def open_image(data, name) -> Image.Image:
+    """``Image.open`` restricted to :data:`DECODERS`, with the size checked from the header.
+
+    Args:
+        data: a path or a binary file object.
+        name: the file, for messages.
+
+    Raises:
+        ProbeSetError: not a PNG/JPEG (whatever its name), unreadable, or too many pixels.
+    """
+    try:
+        im = Image.open(data, formats=DECODERS)
+    except Image.DecompressionBombError as e:
+        raise ProbeSetError(name, f"image too large to decode safely: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise ProbeSetError(name, f"not a readable PNG or JPEG image ({e})") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise ProbeSetError(name, f"image of {w}x{h} pixels is over the limit of "
+                                  f"{MAX_PIXELS:,} pixels; refused")
+    return im
 
 
 @dataclass
@@ -41,12 +78,12 @@ class FolderSource:
         images = []
         for name in self.files[start:stop]:
             try:
-                with Image.open(self.root / name) as im:
+                with open_image(self.root / name, self.root / name) as im:
                     im = im.convert(self.mode)
                     if self.size is not None and im.size != self.size:
                         im = im.resize(self.size, Image.Resampling.BILINEAR)
                     images.append(np.asarray(im))
-            except OSError as e:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 raise ProbeSetError(self.root / name, f"cannot read the image: {e}") from e
         if not images:
             return np.zeros((0, *self.shape), np.float32)
@@ -113,11 +150,8 @@ def folder_source(root: Path, layout: _Layout, resize: bool, h
     for name in files:
         data = (root / name).read_bytes()
         h.update(f"{name}:{len(data)}\n".encode() + data)
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                size = im.size
-        except OSError as e:
-            raise ProbeSetError(root / name, f"not a readable image: {e}") from e
+        with open_image(io.BytesIO(data), root / name) as im:  # reads the header only
+            size = im.size
         first = first or size
         if target is None and not (size == first and _fits(size[::-1], hw) and (
                 len(layout.dims) != 1 or layout.dims[0] in (None, size[0] * size[1]))):
