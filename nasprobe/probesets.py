@@ -238,8 +238,11 @@ def _load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
                     with zf.open(members[key]) as f:
                         _hash_stream(h, key, members[key].file_size, f)
             return arrays["x"], arrays.get("y")
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ProbeSetError(path, f"cannot read the probe array: {e}") from e
+    except ProbeSetError:
+        raise
+    except Exception as e:  # numpy/zipfile raise many kinds on a damaged file (TokenError...)
+        raise ProbeSetError(path, f"cannot read the probe array ({e.__class__.__name__}: "
+                                  f"{str(e)[:300]})") from e
 
 
 def _vector(path: Path, name: str, value, channels: int) -> np.ndarray:

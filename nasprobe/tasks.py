@@ -243,23 +243,26 @@ def _build(spec: RunSpec) -> RunContext:
     opts = spec.options
     source = reading(ckpts[0].path, open_source, ckpts, opts.framework, opts.source)
     arch = reading(ckpts[0].path, source.architecture)
-    label = str(ckpts[0].path)
-    taps = find_taps(arch, tap=opts.tap, layers=opts.layers, source=label)
+    label, first = str(ckpts[0].path), ckpts[0].path
+    # A damaged first checkpoint can fail anywhere below (onnx, onnxruntime): `reading`
+    # reports that as the checkpoint's fault, naming it.
+    taps = reading(first, lambda: find_taps(arch, tap=opts.tap, layers=opts.layers,
+                                            source=label))
     # Where NAS goes depends on the provider that runs: asked-for CUDA may not start.
     host = host_nas(opts.nas_on, select_providers(opts.device)[0])
-    graph, fetch = _graph(arch, taps, host, opts, label)
-    tapped = TappedModel(graph, device=opts.device)
-    session = tapped.session()
+    graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+    tapped = reading(first, lambda: TappedModel(graph, device=opts.device))
+    session = reading(first, tapped.session)
     if host_nas(opts.nas_on, tapped.provider) != host:  # CUDA fell back to CPU
         host = True
-        graph, fetch = _graph(arch, taps, host, opts, label)
-        tapped = TappedModel(graph, device="cpu")
-        session = tapped.session()
+        graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+        tapped = reading(first, lambda: TappedModel(graph, device="cpu"))
+        session = reading(first, tapped.session)
     probeset = _probe_set(spec, tapped.input_shape)
     # One image through the architecture gives every map's location shape.
     first_out = [session.get_outputs()[0].name] if probeset.labels is not None else []
-    outs = run_batch(session, first_out + fetch, tapped.input_name, probeset.first(1),
-                     tapped.fixed_batch)
+    outs = reading(first, run_batch, session, first_out + fetch, tapped.input_name,
+                   probeset.first(1), tapped.fixed_batch)
     del session
     if first_out:  # labels index the model's first output: check them once, here
         classes = int(np.prod(outs[0].shape[1:]))
@@ -275,7 +278,8 @@ def _build(spec: RunSpec) -> RunContext:
         if host:
             del shape[t.channel_axis]
         spatial[t.layer] = tuple(shape[1:])
-    base = {t.name: numpy_helper.to_array(t) for t in arch.graph.initializer}
+    base = reading(first, lambda: {t.name: numpy_helper.to_array(t)
+                                   for t in arch.graph.initializer})
     return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,
                       host)
 
@@ -359,7 +363,7 @@ def run_epoch(task: EpochTask) -> Outcome:
     ck = Checkpoint(Path(path), epoch)
     try:
         weights = reading(ck.path, ctx.source.weights, ck)
-        session = ctx.tapped.session(weights, ck.path)
+        session = reading(ck.path, ctx.tapped.session, weights, ck.path)
     except CheckpointError as exc:
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)
