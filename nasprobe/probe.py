@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .adapters import is_checkpoint
 from .checkpoints import Checkpoint, checkpoints_in, find_checkpoints, parse_epoch
 from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointError, StoreError

@@ -205,7 +205,7 @@ def render_report(store, *, title: str | None = None, dpi: int = 110,
         title = Path(store).name if isinstance(store, (str, os.PathLike)) else "nasprobe store"
     figures = [_figure(tree, kind, dpi) for kind in kinds]
     drawn = sum(ok for _, ok in figures)
-    from . import __version__
+    from ._version import __version__
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .export import Builder, Tensor, UnsupportedLayerError
+from .builder import Builder, Tensor, UnsupportedLayerError
 
 __all__ = ["activation", "ACTIVATIONS"]
 

@@ -5,9 +5,10 @@
   after ``e + 1`` passes) and ``metrics.csv`` (``epoch,train_loss,train_accuracy,test_loss,
   test_accuracy`` from the logs ``loss, accuracy, val_loss, val_accuracy``).
 * :class:`LiveNASCallback` writes, at each epoch end, the median NAS over all (probe image,
-  location) pairs per layer as scalar ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses) and the mean NAS map per layer as image
-  ``nas_heatmap/<layer>`` (viridis on [0, 1], as ``nasprobe tensorboard`` draws it), with
-  TensorBoard's own event writer (``tensorboard`` package, no TensorFlow).
+  location) pairs per layer as scalar ``nas_median/<layer>`` (the tag ``nasprobe tensorboard``
+  uses) and the mean NAS map per layer as image ``nas_heatmap/<layer>`` (viridis on [0, 1], as
+  ``nasprobe tensorboard`` draws it), with :class:`nasprobe.event_writer.EventWriter`
+  (``tensorboard`` package, no TensorFlow).
 
 Both save/probe the *inner* model when training a
 :class:`nasprobe_keras.regularizers.Regularized` wrapper.
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import csv
 import os
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from nasprobe_keras.regularizers import NASMonitor, Regularized
+from nasprobe.event_writer import EventWriter, heatmap_rgba
+
+from .regularizers import NASMonitor, Regularized
 
 __all__ = ["CheckpointCallback", "LiveNASCallback", "LOG_NAMES"]
 
@@ -111,27 +113,15 @@ class LiveNASCallback(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        from nasprobe.tensorboard import _tb
-
-        self._pb = _tb()
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer = self._pb[2](str(self.logdir))
+        self._writer = EventWriter(self.logdir)
 
     def on_epoch_end(self, epoch, logs=None):
-        from nasprobe.tensorboard import _png, heatmap_rgba
-
-        event_pb2, summary_pb2, _ = self._pb
         monitor = NASMonitor(_target(self.model), self.layers, self.tap, self.exclude_bias)
-        values, medians = [], {}
-        for name, maps in monitor.nas(self.probe_x, self.batch_size).items():
-            medians[name] = float(np.median(maps))
-            values.append(summary_pb2.Summary.Value(tag=f"nas_median/{name}", simple_value=medians[name]))
-            rgba = heatmap_rgba(maps.mean(axis=0))
-            image = summary_pb2.Summary.Image(height=rgba.shape[0], width=rgba.shape[1], colorspace=4,
-                                              encoded_image_string=_png(rgba))
-            values.append(summary_pb2.Summary.Value(tag=f"nas_heatmap/{name}", image=image))
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(epoch),
-                                               summary=summary_pb2.Summary(value=values)))
+        maps = monitor.nas(self.probe_x, self.batch_size)
+        medians = {name: float(np.median(m)) for name, m in maps.items()}
+        self._writer.write(epoch, {f"nas_median/{name}": v for name, v in medians.items()},
+                           {f"nas_heatmap/{name}": heatmap_rgba(m.mean(axis=0))
+                            for name, m in maps.items()})
         self._writer.flush()
         self.medians[int(epoch)] = medians
 

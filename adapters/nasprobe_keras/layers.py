@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import activation
-from .export import Builder, Tensor, UnsupportedLayerError
+from .builder import Builder, Tensor, UnsupportedLayerError
 
 __all__ = ["CONVERTERS", "convert_layer"]
 

@@ -10,23 +10,22 @@ from typing import Sequence
 
 from nasprobe.contract import BaseAdapter, Checkpoint, CheckpointSource, SourceOptions
 
-__all__ = ["KerasAdapter", "adapter"]
+from .formats import EXTENSIONS, is_weights_only
 
-#: Suffix of Keras 3 weight-only checkpoints.
-WEIGHTS_ONLY = ".weights.h5"
+__all__ = ["KerasAdapter", "adapter"]
 
 
 class KerasAdapter(BaseAdapter):
     """Keras checkpoints: ``.keras`` archives, full or weight-only ``.h5``, ``.weights.h5``."""
 
     name = "keras"
-    extensions = (".keras", ".weights.h5", ".h5")
+    extensions = EXTENSIONS
     extra = "keras"
     requires = ("keras", "h5py")
 
     def companions(self, files: Sequence[Path]) -> set[Path]:
         """Beside weight-only checkpoints, the ``.keras`` files: the architecture, not an epoch."""
-        if not any(Path(f).name.lower().endswith(WEIGHTS_ONLY) for f in files):
+        if not any(is_weights_only(f) for f in files):
             return set()
         return {Path(f) for f in files if Path(f).suffix.lower() == ".keras"}
 

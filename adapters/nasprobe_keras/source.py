@@ -12,15 +12,11 @@ from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
 
 from .export import UnsupportedLayerError, WeightRef, convert
-from .plugin import WEIGHTS_ONLY
+from .formats import is_weights_only
 from .loading import (find_architecture_file, load_architecture_json, load_model,
                       model_from_spec, read_weights)
 
 __all__ = ["KerasSource", "make_source"]
-
-
-def _is_weights_only(path: Path) -> bool:
-    return path.name.lower().endswith(WEIGHTS_ONLY)
 
 
 class KerasSource:
@@ -118,7 +114,7 @@ def make_source(checkpoints: list[Checkpoint], *, model=None, input_shape=None,
         raise NasprobeError("no Keras checkpoint given")
     if model is not None:
         return KerasSource(checkpoints, model_from_spec(model, input_shape), str(model))
-    whole = [c for c in checkpoints if not _is_weights_only(Path(c.path))]
+    whole = [c for c in checkpoints if not is_weights_only(Path(c.path))]
     if whole:
         path = Path(whole[0].path)
         return KerasSource(checkpoints, load_model(path, trust_pickle), str(path))

@@ -21,8 +21,8 @@ __all__ = ["make_source", "TorchSource", "export_onnx", "NASReg", "SparsityReg",
 _LAZY = {
     "make_source": "source", "TorchSource": "source", "export_onnx": "export",
     "NASReg": "regularizers", "SparsityReg": "regularizers", "DecorrReg": "regularizers",
-    "NASMonitor": "regularizers", "CheckpointWriter": "training", "LiveNAS": "training",
-    "NASCheckpointCallback": "training", "NASEarlyStopping": "early_stopping",
+    "NASMonitor": "regularizers", "CheckpointWriter": "callbacks", "LiveNAS": "callbacks",
+    "NASCheckpointCallback": "callbacks", "NASEarlyStopping": "early_stopping",
     "NASEarlyStoppingCallback": "early_stopping",
 }
 

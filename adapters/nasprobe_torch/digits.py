@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .models import drop_net, norm_net, vanilla_net
-from .training import CheckpointWriter
+from .callbacks import CheckpointWriter
 
 __all__ = ["digits_splits", "fit_digits", "train_digits", "NETS", "DIGITS_WIDTHS"]
 
@@ -48,7 +48,7 @@ def fit_digits(model: nn.Module, opt: torch.optim.Optimizer, splits, run_dir, *,
                seed: int, batch_size: int = 32, regularizer=None, on_epoch=None) -> None:
     """Train ``model`` with cross-entropy (+ ``regularizer.penalty()``), saving ``init.pt``, one
     ``epoch_NNN.pt`` per epoch and ``metrics.csv`` (train/test loss in nats and accuracy as a
-    fraction) into ``run_dir`` with :class:`~nasprobe_torch.training.CheckpointWriter`.
+    fraction) into ``run_dir`` with :class:`~nasprobe_torch.callbacks.CheckpointWriter`.
 
     ``splits`` is :func:`digits_splits`' ``(x_train, y_train, x_test, y_test)``; ``seed`` seeds
     the order of the mini-batches (``batch_size`` images each). ``on_epoch(epoch, metrics)``,

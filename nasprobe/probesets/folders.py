@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ProbeSetError
-from .probesets import IMAGE_SUFFIXES, _MODES, _Layout, _check_labels, _fits, _fmt_model
+from ..errors import ProbeSetError
+from .layout import IMAGE_SUFFIXES, MODES, Layout, check_labels, fits, format_dims
 
 __all__ = ["FolderSource", "folder_labels", "folder_source", "open_image", "DECODERS",
            "MAX_PIXELS"]
@@ -65,7 +65,7 @@ class FolderSource:
     files: list[str]  # relative posix paths, sorted
     mode: str  # Pillow mode: L, RGB or RGBA
     size: tuple[int, int] | None  # (W, H) to resize to, or None
-    layout: _Layout
+    layout: Layout
     shape: tuple  # per-sample shape in the model's layout
 
     @property
@@ -127,12 +127,12 @@ def folder_labels(root: Path, files: list[str], h) -> np.ndarray | None:
                                                            ("no image for", extra)) if names))
         values = [table[name] for name in files]
         if all(re.fullmatch(r"-?[0-9]+", v) for v in values):
-            return _check_labels(csv_path, np.array([int(v) for v in values]), len(files))
+            return check_labels(csv_path, np.array([int(v) for v in values]), len(files))
     index = {c: i for i, c in enumerate(sorted(set(values)))}
     return np.array([index[v] for v in values], np.int64)
 
 
-def folder_source(root: Path, layout: _Layout, resize: bool, h
+def folder_source(root: Path, layout: Layout, resize: bool, h
                    ) -> tuple[FolderSource, np.ndarray | None]:
     """Scan, hash and check (headers only) a folder of images; pixels are read later."""
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
@@ -141,8 +141,8 @@ def folder_source(root: Path, layout: _Layout, resize: bool, h
     if not files:
         raise ProbeSetError(root, f"probe folder has no images ({', '.join(IMAGE_SUFFIXES)})")
     channels = 1 if layout.kind == "flat" else layout.dims[0 if layout.kind == "NCHW" else 2] or 3
-    if channels not in _MODES or len(layout.dims) > 2 and layout.kind == "flat":
-        raise ProbeSetError(root, f"image files cannot feed the model input {_fmt_model(layout.dims)}")
+    if channels not in MODES or len(layout.dims) > 2 and layout.kind == "flat":
+        raise ProbeSetError(root, f"image files cannot feed the model input {format_dims(layout.dims)}")
     hw = (None, None) if len(layout.dims) == 1 else (
         layout.dims[1:] if layout.kind == "NCHW" else layout.dims[:2])
     target = (hw[1], hw[0]) if resize and None not in hw else None  # Pillow sizes are (W, H)
@@ -153,16 +153,16 @@ def folder_source(root: Path, layout: _Layout, resize: bool, h
         with open_image(io.BytesIO(data), root / name) as im:  # reads the header only
             size = im.size
         first = first or size
-        if target is None and not (size == first and _fits(size[::-1], hw) and (
+        if target is None and not (size == first and fits(size[::-1], hw) and (
                 len(layout.dims) != 1 or layout.dims[0] in (None, size[0] * size[1]))):
             raise ProbeSetError(root / name, f"image shape {(size[1], size[0], channels)} "
-                                f"(H, W, C) does not fit the model input {_fmt_model(layout.dims)}"
+                                f"(H, W, C) does not fit the model input {format_dims(layout.dims)}"
                                 f"; the first image is {first[1]}x{first[0]}"
                                 + ("" if resize else "; resize is off"))
     w, ht = target or first
     shape = {"NCHW": (channels, ht, w), "NHWC": (ht, w, channels)}.get(
         layout.kind, (ht, w) if len(layout.dims) == 2 else (ht * w,))
     labels = folder_labels(root, files, h)
-    return FolderSource(root, files, _MODES[channels], target, layout, shape), labels
+    return FolderSource(root, files, MODES[channels], target, layout, shape), labels
 
 

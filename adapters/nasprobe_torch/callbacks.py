@@ -1,4 +1,4 @@
-"""Training-side helpers for PyTorch: per-epoch checkpoints nasprobe can read, and live NAS.
+"""Training callbacks for PyTorch: per-epoch checkpoints nasprobe can read, and live NAS.
 
 * :class:`CheckpointWriter` writes ``init.pt`` (epoch -1) and ``epoch_{epoch:03d}.pt`` (the
   model's ``state_dict``) plus ``metrics.csv`` (``epoch,train_loss,train_accuracy,test_loss,
@@ -7,9 +7,10 @@
   the model after ``e + 1`` passes over the training data.
 * ``NASCheckpointCallback`` (attribute resolved lazily; needs the ``lightning`` package) does
   the same from a Lightning ``Trainer``.
-* :class:`LiveNAS` writes median NAS per layer (scalars ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses)) and the mean NAS heatmap
-  per layer (images ``nas_heatmap/<layer>``, viridis on ``[0, 1]``) to TensorBoard (needs the
-  ``tensorboard`` package).
+* :class:`LiveNAS` writes median NAS per layer (scalars ``nas_median/<layer>``, the tag
+  ``nasprobe tensorboard`` uses) and the mean NAS heatmap per layer (images
+  ``nas_heatmap/<layer>``, viridis on ``[0, 1]``) to TensorBoard with
+  :class:`nasprobe.event_writer.EventWriter` (needs the ``tensorboard`` package).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasprobe.tensorboard import heatmap_rgba
-from nasprobe_torch.regularizers import NASMonitor
-from nasprobe_torch.taps import unwrap
+from nasprobe.event_writer import EventWriter, heatmap_rgba
+
+from .regularizers import NASMonitor
+from .taps import unwrap
 
 __all__ = ["CheckpointWriter", "LiveNAS", "NASCheckpointCallback", "METRIC_COLUMNS"]
 
@@ -114,13 +116,15 @@ class LiveNAS:
     Args:
         model: the model (DDP unwrapped).
         probe_x: probe inputs ``(P, ...)``, a tensor or array, moved to the model's device.
-        logdir: TensorBoard log folder (or pass ``writer``, a ``SummaryWriter``).
+        logdir: TensorBoard log folder (or pass ``writer``, a
+            :class:`nasprobe.event_writer.EventWriter`).
         layers, tap, exclude_bias: as :class:`nasprobe_torch.regularizers.NASMonitor`.
         batch_size: probe images per forward pass (default: all at once).
 
     :meth:`log` runs the probe in eval mode under ``no_grad`` (restoring train mode), and writes,
     per layer, the median of NAS over all (probe image, location) pairs as scalar
-    ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses) and the per-location mean over probe images as image ``nas_heatmap/<layer>``.
+    ``nas_median/<layer>`` (the tag ``nasprobe tensorboard`` uses) and the per-location mean
+    over probe images as image ``nas_heatmap/<layer>``.
     """
 
     def __init__(self, model: nn.Module, probe_x, logdir=None, layers=None, tap: str = "linear",
@@ -132,10 +136,7 @@ class LiveNAS:
             self.probe_x = self.probe_x.to(param.dtype)
         self.batch_size = batch_size or len(self.probe_x)
         self.layers, self.tap, self.exclude_bias = layers, tap, exclude_bias
-        if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(logdir))
-        self.writer = writer
+        self.writer = writer if writer is not None else EventWriter(logdir)
 
     def compute(self) -> dict[str, np.ndarray]:
         """``{layer: NAS maps (P, *locations)}`` of the probe set, float32 numpy."""
@@ -158,12 +159,11 @@ class LiveNAS:
 
     def log(self, epoch: int) -> dict[str, float]:
         """Write this epoch's scalars and heatmaps (step = ``epoch``); returns the medians."""
-        medians = {}
-        for name, m in self.compute().items():
-            medians[name] = float(np.median(m))
-            self.writer.add_scalar(f"nas_median/{name}", medians[name], epoch)
-            self.writer.add_image(f"nas_heatmap/{name}", heatmap_rgba(m.mean(axis=0)), epoch,
-                                  dataformats="HWC")
+        maps = self.compute()
+        medians = {name: float(np.median(m)) for name, m in maps.items()}
+        self.writer.write(epoch, {f"nas_median/{name}": v for name, v in medians.items()},
+                          {f"nas_heatmap/{name}": heatmap_rgba(m.mean(axis=0))
+                           for name, m in maps.items()})
         self.writer.flush()
         return medians
 

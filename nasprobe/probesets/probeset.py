@@ -34,45 +34,16 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ProbeSetError
+from ..errors import ProbeSetError
+from .layout import CHANNELS, Layout, check_labels, fits, format_dims, model_layout
 
-if TYPE_CHECKING:  # image_folders imports this module
-    from .image_folders import FolderSource
+if TYPE_CHECKING:
+    from .folders import FolderSource
 
-__all__ = ["ProbeSet", "load_probe_set", "IMAGE_SUFFIXES"]
+__all__ = ["ProbeSet", "load_probe_set"]
 
-#: File name endings (lower case) read from a probe folder.
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
-_CHANNELS = (1, 3, 4)
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _HASH_TAG = b"nasprobe-probeset-v1\n"
 _CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much at once
-
-
-@dataclass(frozen=True)
-class _Layout:
-    kind: str  # "NCHW", "NHWC" or "flat" (no channel axis)
-    dims: tuple[int | None, ...]  # the model's per-sample dims; None = symbolic
-
-
-def _fmt_model(dims: Sequence[int | None]) -> str:
-    return "(" + ", ".join(["N"] + ["?" if d is None else str(d) for d in dims]) + ")"
-
-
-def _fits(shape: Sequence[int], dims: Sequence[int | None]) -> bool:
-    return len(shape) == len(dims) and all(d is None or d == s for s, d in zip(shape, dims))
-
-
-def _model_layout(path: Path, input_shape: Sequence, channels_last: bool | None) -> _Layout:
-    if len(input_shape) < 2:
-        raise ProbeSetError(path, f"model input shape {tuple(input_shape)} has no sample axes")
-    dims = tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
-                 for d in input_shape[1:])
-    if len(dims) != 3:
-        return _Layout("flat", dims)
-    if channels_last is None:
-        channels_last = dims[2] in _CHANNELS and dims[0] not in _CHANNELS
-    return _Layout("NHWC" if channels_last else "NCHW", dims)
 
 
 _OPS = {"expand": np.expand_dims, "squeeze": np.squeeze, "transpose": np.transpose,
@@ -124,7 +95,7 @@ def _release(array: np.ndarray) -> None:
             pass
 
 
-def _candidates(shape: tuple, layout: _Layout) -> list[tuple]:
+def _candidates(shape: tuple, layout: Layout) -> list[tuple]:
     """Adaptations (step tuples) to try for a probe array of ``shape``, most literal first."""
     rank = len(shape)
     if layout.kind != "flat":
@@ -141,23 +112,23 @@ def _candidates(shape: tuple, layout: _Layout) -> list[tuple]:
     return cands
 
 
-def _plan_array(path: Path, shape: tuple, layout: _Layout) -> tuple[tuple, tuple]:
+def _plan_array(path: Path, shape: tuple, layout: Layout) -> tuple[tuple, tuple]:
     """Choose the adaptation of a probe array; return (steps, per-sample shape) or raise."""
     one = np.broadcast_to(np.zeros((), np.uint8), (1,) + tuple(shape[1:]))
     fitting = [(steps, out) for steps in _candidates(shape, layout)
-               if _fits(out := _adapt(one, steps).shape[1:], layout.dims)]
+               if fits(out := _adapt(one, steps).shape[1:], layout.dims)]
     if not fitting:
         raise ProbeSetError(path, f"probe shape {tuple(shape)} does not fit the model input "
-                            f"{_fmt_model(layout.dims)}" + (" (arrays are never resized)"
+                            f"{format_dims(layout.dims)}" + (" (arrays are never resized)"
                             if len(shape) == len(layout.dims) + 1 else ""))
     if len(fitting) > 1 and layout.kind != "flat":  # both fit: trust the probe's channel axis
         other = (3, 1) if layout.kind == "NCHW" else (1, 3)  # its channel axis if transposed
-        if shape[other[0]] in _CHANNELS and shape[other[1]] not in _CHANNELS:
+        if shape[other[0]] in CHANNELS and shape[other[1]] not in CHANNELS:
             return fitting[1]
     return fitting[0]
 
 
-def _array_source(path: Path, x: np.ndarray, layout: _Layout) -> _ArraySource:
+def _array_source(path: Path, x: np.ndarray, layout: Layout) -> _ArraySource:
     kind = x.dtype.kind
     if kind not in "biuf" or (kind in "iu" and not (kind == "u" and x.dtype.itemsize <= 2)):
         raise ProbeSetError(path, f"probe images have dtype {x.dtype}: expected uint8 (scaled "
@@ -175,21 +146,6 @@ def _array_source(path: Path, x: np.ndarray, layout: _Layout) -> _ArraySource:
                                           "non-finite values (NaN or inf)")
     divisor = float(np.iinfo(x.dtype).max) if kind == "u" else None
     return _ArraySource(x, steps, divisor, tuple(int(s) for s in shape))
-
-
-def _check_labels(path: Path, y: np.ndarray, n: int) -> np.ndarray:
-    """Labels as ``(n,)`` int64 class indices; ``(n, 1)`` and one-hot ``(n, K)`` accepted."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    elif y.ndim == 2 and y.size and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
-        y = y.argmax(axis=1)
-    if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
-        raise ProbeSetError(path, f"labels y have dtype {y.dtype} and shape {y.shape}: "
-                                  f"expected integer class indices of shape ({n},)")
-    if y.size and y.min() < 0:
-        raise ProbeSetError(path, "labels y contain negative class indices")
-    return y.astype(np.int64)
 
 
 def _hash_stream(h, name: str, size: int, stream) -> None:
@@ -322,10 +278,10 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
         ProbeSetError: naming the file and the fault (expected and given shape for misfits).
     """
     path = Path(path)
-    layout = _model_layout(path, input_shape, channels_last)
+    layout = model_layout(path, input_shape, channels_last)
     h = hashlib.sha256(_HASH_TAG)
     if path.is_dir():
-        from .image_folders import folder_source
+        from .folders import folder_source  # Pillow is imported only for image folders
 
         source, labels = folder_source(path, layout, resize, h)
     elif not path.exists():
@@ -333,7 +289,7 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
     elif path.suffix.lower() in (".npy", ".npz"):
         x, y = _load_arrays(path, h)
         source = _array_source(path, x, layout)
-        labels = None if y is None else _check_labels(path, y, len(x))
+        labels = None if y is None else check_labels(path, y, len(x))
     else:
         raise ProbeSetError(path, "unsupported probe set: expected .npy, .npz or a folder of images")
     n = source.count

@@ -1,4 +1,4 @@
-"""nasprobe_torch.training: checkpoint folders nasprobe can read, Lightning callback, live NAS."""
+"""nasprobe_torch.callbacks: checkpoint folders nasprobe can read, Lightning callback, live NAS."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nasprobe.checkpoints import parse_epoch
 from nasprobe.measures import nas
 from nasprobe.training_logs import read_training_log
 from nasprobe.tensorboard import heatmap_scale
-from nasprobe_torch.training import CheckpointWriter, LiveNAS
+from nasprobe_torch.callbacks import CheckpointWriter, LiveNAS
 
 
 
@@ -57,7 +57,7 @@ def test_checkpoint_writer(tmp_path):
 
 def test_lightning_callback(tmp_path):
     import lightning.pytorch as pl
-    from nasprobe_torch.training import NASCheckpointCallback
+    from nasprobe_torch.callbacks import NASCheckpointCallback
 
     class Module(pl.LightningModule):
         def __init__(self):

@@ -1,0 +1,11 @@
+"""Probe sets: the images every checkpoint is run on (``--probe PROBE``).
+
+:func:`load_probe_set` opens ``.npy``/``.npz`` arrays (:mod:`.probeset`) or a folder of images
+(:mod:`.folders`) and fits them to a model input (:mod:`.layout`); the rules are in
+:mod:`nasprobe.probesets.probeset`'s docstring and docs/.
+"""
+
+from .layout import IMAGE_SUFFIXES
+from .probeset import ProbeSet, load_probe_set
+
+__all__ = ["ProbeSet", "load_probe_set", "IMAGE_SUFFIXES"]
