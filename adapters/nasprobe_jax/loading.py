@@ -28,7 +28,7 @@ import numpy as np
 
 from nasprobe.errors import CheckpointError, NasprobeError
 
-from .plugin import orbax_item
+from .formats import orbax_item
 
 __all__ = ["ParamPath", "parse_model_spec", "build_module", "flatten_tree", "read_checkpoint",
            "fit_state"]
