@@ -6,16 +6,8 @@ Same definitions as :mod:`nasprobe_torch.regularizers` (docs/measures.md):
     SparsityReg  L = -Σ_i λ_i Σ_k mean_n H_{n,k}^i     λ_i = 0.001
     DecorrReg    L =  Σ_i κ_i Σ_{d<e} c_de^i            filter correlations of the kernels
 
-**Taps.** Keras puts the activation inside ``Conv*``/``Dense``; their ``call`` ends with
-``self.activation(outputs)``. During a regularised forward pass the layer's ``activation``
-attribute is *temporarily* replaced by a function that records its input (the linear output,
-bias included) and then applies the original activation, so the tap costs no extra compute
-and the model is left untouched (saving it is unaffected). ``tap="linear"``: that linear
-output. ``tap="preact"``: for a layer with a non-linear activation, the same tensor; for a
-layer with a linear activation, the input of the first activation layer (``Activation``,
-``ReLU``, ``LeakyReLU``, ``ELU``, ``PReLU``, ``Softmax``) after it in layer order and before the
-next Conv/Dense layer (after BatchNormalization where there is one; its ``call`` is wrapped
-likewise). The channel axis is ``-1`` (``channels_last``; ``1`` for ``channels_first`` convs).
+**Taps** are captured by :class:`nasprobe_keras.taps.TapCapture` (``tap="linear"`` or
+``"preact"``, see :mod:`nasprobe_keras.taps`).
 
 **Training.** Wrap the model: ``Regularized(model, [NASReg(model), DecorrReg(model)])`` is a
 ``keras.Model`` whose training ``call`` runs ``model`` with the taps and ``add_loss``-es the
@@ -28,48 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 
 import keras
 import numpy as np
 from keras import ops
 
+from .taps import TRANSPOSE_TYPES, TapCapture, entropy, float32_or_64, select_layers
+
 __all__ = ["NASReg", "SparsityReg", "DecorrReg", "Regularized", "NASMonitor", "entropy", "filter_correlations",
            "select_layers"]
-
-_LINEAR = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
-           keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose, keras.layers.Dense)
-_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
-_ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
-                      keras.layers.ELU, keras.layers.PReLU, keras.layers.Softmax)
-
-
-def entropy(a, axis: int = -1):
-    """Softmax entropy (nats) along ``axis``, ``H = logsumexp(z) - Σ softmax(z)·z``, ``z = a - max a``.
-
-    ``a``: any shape, float32 (float64 stays float64; other dtypes become float32). Returns
-    ``a``'s shape without ``axis``, values in ``[0, ln D]``; differentiable, finite for |a| ~ 1e4.
-    """
-    a = _float32_or_64(a)
-    z = a - ops.stop_gradient(ops.max(a, axis=axis, keepdims=True))
-    lse = ops.logsumexp(z, axis=axis, keepdims=True)
-    p = ops.exp(z - lse)
-    h = ops.squeeze(lse, axis=axis) - ops.sum(p * z, axis=axis)
-    # Not ops.maximum: Keras' dtype promotion (result_type) turns float64 into float32 on the
-    # torch backend, even for two float64 operands. ops.where keeps the operands' dtype.
-    return ops.where(h < 0, ops.zeros_like(h), h)
-
-
-def _float32_or_64(x):
-    """``x`` unchanged if it is float64, else cast to float32.
-
-    Dtypes are compared through ``keras.backend.standardize_dtype``: a backend tensor's
-    ``dtype`` is a backend object (``torch.float64``), never equal to the string ``"float64"``.
-    """
-    if keras.backend.standardize_dtype(x.dtype) == "float64":
-        return x
-    return ops.cast(x, "float32")
-
 
 def _mean(x, axis=None, keepdims=False):
     """Mean of ``x`` along ``axis``, computed in ``x``'s dtype: ``ops.mean`` computes float64
@@ -77,117 +36,6 @@ def _mean(x, axis=None, keepdims=False):
     total = ops.sum(x, axis=axis, keepdims=keepdims)
     count = ops.cast(ops.size(x), x.dtype) / ops.cast(ops.size(total), x.dtype)
     return total / count
-
-
-def _all_layers(model):
-    return [l for l in model._flatten_layers(include_self=False, recursive=True)]
-
-
-def select_layers(model, layers=None) -> list:
-    """The tapped Keras layers, in layer order: ``None`` = every Conv/Dense but the last; a list
-    of layer names; or a regex string (``re.search`` on the names of Conv/Dense layers)."""
-    every = _all_layers(model)
-    linear = [l for l in every if isinstance(l, _LINEAR)]
-    if layers is None:
-        chosen = linear[:-1]
-    elif isinstance(layers, str):
-        chosen = [l for l in linear if re.search(layers, l.name)]
-    else:
-        by_name = {l.name: l for l in every}
-        chosen = []
-        for name in layers:
-            if name not in by_name:
-                raise ValueError(f"no layer {name!r} in the model")
-            if not isinstance(by_name[name], _LINEAR):
-                raise ValueError(f"layer {name!r} is a {type(by_name[name]).__name__}, not Conv/Dense")
-            chosen.append(by_name[name])
-    if not chosen:
-        raise ValueError(f"no layer selected by {layers!r} among {[l.name for l in linear]}")
-    return chosen
-
-
-def _channel_axis(layer) -> int:
-    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
-
-
-def _is_linear_activation(fn) -> bool:
-    return fn is None or fn is keras.activations.linear
-
-
-class _Taps:
-    """Records, per layer, the entropy map ``(N, *locations)`` of its tap during a forward pass."""
-
-    def __init__(self, model, layers, tap, exclude_bias):
-        if tap not in ("linear", "preact"):
-            raise ValueError(f"tap must be 'linear' or 'preact', not {tap!r}")
-        self.model, self.exclude_bias = model, exclude_bias
-        self.layers = select_layers(model, layers)
-        self.names = [l.name for l in self.layers]
-        self.plan = []  # (layer, where: the activation layer for "preact" on linear layers, or None)
-        every = _all_layers(model)
-        for layer in self.layers:
-            where = None
-            if tap == "preact" and _is_linear_activation(layer.activation):
-                for nxt in every[every.index(layer) + 1:]:
-                    if isinstance(nxt, _LINEAR):
-                        break
-                    if isinstance(nxt, _ACTIVATION_LAYERS):
-                        where = nxt
-                        break
-                if where is None:
-                    raise ValueError(f"tap='preact': no activation follows layer {layer.name!r} "
-                                     "(linear activation, no Activation layer before the next Conv/Dense)")
-            self.plan.append((layer, where))
-        self.records: dict[str, tuple] = {}  # name -> (entropy map, D)
-
-    def _record(self, layer, a):
-        axis = _channel_axis(layer)
-        if self.exclude_bias and getattr(layer, "use_bias", False):
-            shape = [1] * len(a.shape)
-            shape[axis] = -1
-            a = a - ops.reshape(ops.cast(layer.bias, a.dtype), shape)
-        self.records[layer.name] = (entropy(a, axis), a.shape[axis])
-
-    @contextlib.contextmanager
-    def capturing(self):
-        """Within this context every forward pass of the model records the taps."""
-        restore = []
-        try:
-            for layer, where in self.plan:
-                if where is None:
-                    orig = layer.activation
-
-                    def act(x, layer=layer, orig=orig):
-                        self._record(layer, x)
-                        return orig(x)
-                    layer.activation = act
-                    restore.append(lambda layer=layer, orig=orig: setattr(layer, "activation", orig))
-                else:
-                    orig_call = where.call
-
-                    def call(x, *args, layer=layer, orig_call=orig_call, **kwargs):
-                        self._record(layer, x)
-                        return orig_call(x, *args, **kwargs)
-                    object.__setattr__(where, "call", call)
-                    restore.append(lambda where=where: where.__dict__.pop("call", None))
-            yield self
-        finally:
-            for undo in reversed(restore):
-                undo()
-
-    def nas_maps(self) -> dict:
-        """``{layer name: NAS map (N, *locations)}`` of the last capture, numpy float32."""
-        out = {}
-        for name in self.names:
-            h, d = self.record(name)
-            out[name] = (1.0 - ops.convert_to_numpy(ops.exp(ops.stop_gradient(h))) / d).astype("float32")
-        return out
-
-    def record(self, name):
-        try:
-            return self.records[name]
-        except KeyError:
-            raise RuntimeError(f"layer {name!r} has not run yet: call penalty(x) or the model first") from None
 
 
 class NASMonitor:
@@ -202,7 +50,7 @@ class NASMonitor:
 
     def __init__(self, model, layers=None, tap="linear", exclude_bias=False):
         self.model = model
-        self._taps = _Taps(model, layers, tap, exclude_bias)
+        self._taps = TapCapture(model, layers, tap, exclude_bias)
         self.layers = self._taps.names
 
     def nas(self, x, batch_size=None) -> dict:
@@ -246,7 +94,7 @@ def _per_layer(value, names, what):
 class _ActivationReg(_Reg):
     def __init__(self, model, layers, lam, tap, exclude_bias):
         self.model = model
-        self._taps = _Taps(model, layers, tap, exclude_bias)
+        self._taps = TapCapture(model, layers, tap, exclude_bias)
         self.layers = self._taps.names
         self.lam = _per_layer(lam, self.layers, "lam")
 
@@ -296,7 +144,7 @@ class SparsityReg(_ActivationReg):
 def filter_correlations(f, centring: str = "paper"):
     """Differentiable ``(D, D)`` filter correlations of ``f`` ``(D, K)`` (see
     :func:`nasprobe.correlation.filter_correlations`; zero-norm filters give 0; not clipped)."""
-    f = _float32_or_64(f)
+    f = float32_or_64(f)
     if centring == "paper":
         u = f - _mean(f, axis=0, keepdims=True)
     elif centring == "pearson":
@@ -316,7 +164,7 @@ def _filters(layer):
     filters on the last axis, ConvTranspose ``(..., out, in)`` on the one before. The order of the
     K components differs from PyTorch's, which leaves correlations unchanged."""
     k = layer.kernel
-    axis = len(k.shape) - 2 if isinstance(layer, _TRANSPOSE) else len(k.shape) - 1
+    axis = len(k.shape) - 2 if isinstance(layer, TRANSPOSE_TYPES) else len(k.shape) - 1
     k = ops.moveaxis(k, axis, 0)
     return ops.reshape(k, (k.shape[0], -1))
 

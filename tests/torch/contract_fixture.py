@@ -1,0 +1,24 @@
+"""A tiny PyTorch run for the adapter contract test (tests/core/test_adapters.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nasprobe.contract import SourceOptions
+
+#: ``--model`` for the saved state dicts.
+MODEL = "nasprobe_torch.models:vanilla_net(widths=(3, 3, 4, 4, 5), in_channels=1, classes=3, input_size=8)"
+
+
+def tiny_run(folder: Path) -> SourceOptions:
+    """Two epochs of state dicts (``epoch_001.pt``, ``epoch_002.pt``) with different weights."""
+    import torch
+
+    from nasprobe_torch.models import vanilla_net
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        net = vanilla_net(widths=(3, 3, 4, 4, 5), in_channels=1, classes=3, input_size=8)
+        torch.save(net.state_dict(), folder / f"epoch_{epoch:03d}.pt")
+    return SourceOptions(model=MODEL, input_shape=(1, 8, 8))
