@@ -25,12 +25,15 @@ Setup:
 * training: Adam, lr 0.002, batch 32, ``--epochs`` epochs, through
   ``nasprobe_torch.digits.fit_digits``.
 * honest split: the 18 configurations are split in two halves (each has every training size,
-  regulariser and both sizes); every rule's parameters (and early stopping's patience) are
-  chosen on the *tuning* half by the lowest mean excess test loss (test loss at the stop
-  epoch minus the run's minimum), and every number reported is from the other, *report*
-  half.
+  regulariser and both sizes); every rule's parameters (and early stopping's patience and
+  start epoch) are chosen on the *tuning* half by the lowest mean excess test loss (test loss
+  at the stop epoch minus the run's minimum), and every number reported is from the other,
+  *report* half. As a check, the halves are also swapped (tune on the report half, evaluate
+  on the tuning half): one summary table.
 
-Writes ``OUT/runs/<run>.npz`` (one per training; kept, so an interrupted study resumes),
+Writes ``OUT/runs/<run>.npz`` (one per training; kept, so an interrupted study resumes and a
+second invocation only re-analyses), ``OUT/invocations.json`` (date, command, load and
+training time of every invocation),
 ``OUT/series.zarr`` (all runs), ``OUT/results.md``, ``OUT/results.json`` and the figures
 ``OUT/label-free-stopping-examples.png`` and ``OUT/label-free-stopping-offsets.png``.
 """
@@ -68,7 +71,9 @@ GRIDS = {
     "quantile": {**_SAT, "delta": [0.005, 0.01, 0.02, 0.04, 0.08]},
 }
 COMMON_GRID = {"patience": [1, 3], "min_epochs": [0, 5], "sigma": [1.0, 2.0]}
-ES_PATIENCE = [2, 3, 5, 8, 10]
+#: Validation-loss early stopping: patience × start epoch (Keras' ``start_from_epoch``; the
+#: same choice of ``min_epochs`` the rules get).
+ES_GRID = {"patience": [2, 3, 5, 8, 10], "min_epochs": [0, 5]}
 
 
 def configs() -> list[tuple[int, str, str]]:
@@ -189,6 +194,7 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     runs = [(cfg, seed) for cfg in configs() for seed in range(args.seeds)]
     args.out.mkdir(parents=True, exist_ok=True)
+    done = sum((args.out / "runs" / f"{run_name(c, s)}.npz").exists() for c, s in runs)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         futures = [pool.submit(train_one, cfg, seed, args.epochs, str(args.out))
@@ -205,12 +211,12 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "load_at_start": [round(v, 2) for v in load0],
         "load_at_end": [round(v, 2) for v in os.getloadavg()],
-        "train_seconds": round(t_train, 1), "epochs": args.epochs, "seeds": args.seeds,
-        "jobs": args.jobs,
+        "train_seconds": round(t_train, 1), "trained_runs": len(runs) - done,
+        "reused_runs": done, "epochs": args.epochs, "seeds": args.seeds, "jobs": args.jobs,
     }
-    from label_free_stopping_analysis import analyse  # examples/ sibling module
+    from label_free_stopping_analysis import analyse, invocations  # examples/ sibling module
 
-    analyse(ds, args.out, meta)
+    analyse(ds, args.out, meta, invocations(args.out, meta))
     print(f"wrote {args.out / 'results.md'} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -66,12 +66,13 @@ def apply_rule(run: Run, rule: str, params: dict) -> tuple[int, bool]:
     return (run.last, False) if e is None else (e, True)
 
 
-def early_stopping(run: Run, patience: int) -> tuple[int, bool, int]:
-    """Validation-loss early stopping with ``patience`` and best weights restored:
-    (epoch whose model is kept = best validation epoch, fired?, epochs trained - 1)."""
+def early_stopping(run: Run, patience: int, min_epochs: int = 0) -> tuple[int, bool, int]:
+    """Validation-loss early stopping with ``patience``, watching from epoch ``min_epochs``
+    (Keras' ``start_from_epoch``), best weights restored: (epoch whose model is kept = the
+    best validation epoch, fired?, epochs trained - 1)."""
     best, best_e, wait = np.inf, None, 0
     for e, v in zip(run.epochs, run.val_loss):
-        if e < 0:
+        if e < max(min_epochs, 0):
             continue
         if v < best:
             best, best_e, wait = v, int(e), 0
@@ -98,18 +99,18 @@ def tune(runs: list[Run]) -> dict:
             cost = float(np.mean([e for e, _ in stops]))
             if best is None or (score, cost) < best[0]:
                 best = ((score, cost), params)
-        chosen[rule] = {"params": best[1], "tuning_excess": best[0][0]}
-    scores = {p: float(np.mean([excess(r, early_stopping(r, p)[0]) for r in runs]))
-              for p in _es_patience()}
-    p = min(scores, key=lambda k: (scores[k], k))
-    chosen["early stopping"] = {"params": {"patience": p}, "tuning_excess": scores[p]}
+        chosen[rule] = {"params": best[1], "tuning_excess": best[0][0],
+                        "tuning_epochs_trained": best[0][1] + 1}
+    from label_free_stopping import ES_GRID
+
+    best = None
+    for values in itertools.product(*ES_GRID.values()):
+        params = dict(zip(ES_GRID, values))
+        score = float(np.mean([excess(r, early_stopping(r, **params)[0]) for r in runs]))
+        if best is None or score < best[0]:
+            best = (score, params)
+    chosen["early stopping"] = {"params": best[1], "tuning_excess": best[0]}
     return chosen
-
-
-def _es_patience():
-    from label_free_stopping import ES_PATIENCE
-
-    return ES_PATIENCE
 
 
 def outcomes(runs: list[Run], chosen: dict) -> dict[str, list[dict]]:
@@ -123,7 +124,7 @@ def outcomes(runs: list[Run], chosen: dict) -> dict[str, list[dict]]:
             elif method == "full budget":
                 e, fired, trained = r.last, False, r.last
             elif method == "early stopping":
-                e, fired, trained = early_stopping(r, chosen[method]["params"]["patience"])
+                e, fired, trained = early_stopping(r, **chosen[method]["params"])
             else:
                 e, fired = apply_rule(r, method, chosen[method]["params"])
                 trained = e
@@ -231,7 +232,8 @@ def figures(ds, runs: dict[str, Run], res, chosen, best_rule: str, out: Path) ->
                          loc="left", fontsize=6)
         for ax in axes[len(picks):]:
             ax.set_visible(False)
-        axes[0].legend(loc="lower right", frameon=False)
+        handles = axes[0].get_legend_handles_labels()[0] + lax.get_legend_handles_labels()[0]
+        fig.legend(handles=handles, loc="outside upper center", ncol=4, frameon=False)
         fig.set_layout_engine("constrained")
         fig.savefig(out / "label-free-stopping-examples.png")
         names.append("label-free-stopping-examples.png")
@@ -261,8 +263,9 @@ def figures(ds, runs: dict[str, Run], res, chosen, best_rule: str, out: Path) ->
     return names
 
 
-def analyse(ds, out: Path, meta: dict) -> dict:
-    """Tune on the tuning half, evaluate on the report half; write results.md/json, figures."""
+def analyse(ds, out: Path, meta: dict, history: list[dict] | None = None) -> dict:
+    """Tune on the tuning half, evaluate on the report half; write results.md/json, figures.
+    ``history``: every invocation's meta (:func:`invocations`), for the provenance lines."""
     out = Path(out)
     runs = {str(n): Run(ds, n) for n in ds["run"].values}
     tuning = [r for r in runs.values() if r.meta["half"] == "tuning"]
@@ -274,10 +277,15 @@ def analyse(ds, out: Path, meta: dict) -> dict:
     cmp_es = paired(res, best_rule, "early stopping")
     cmp_budget = paired(res, best_rule, "full budget")
     names = figures(ds, runs, res, chosen, best_rule, out)
+    provenance = [
+        f"- {m['date']} on {m['machine']}: `{m['command']}`; trained "
+        f"{m.get('trained_runs', '?')} runs ({m.get('reused_runs', '?')} already there) in "
+        f"{m['train_seconds']:.0f} s with {m['jobs']} processes, load average "
+        f"{m['load_at_start']} at the start, {m['load_at_end']} at the end"
+        for m in (history or [meta])]
     text = [
-        f"Produced {meta['date']} on {meta['machine']} by `{meta['command']}`; training "
-        f"took {meta['train_seconds']:.0f} s with {meta['jobs']} processes (load average "
-        f"{meta['load_at_start']} at the start, {meta['load_at_end']} at the end); "
+        "Invocations on this output folder (the last one wrote these tables):", "",
+        *provenance, "",
         f"{meta['epochs']} epochs, {meta['seeds']} seeds, {len(tuning)} tuning runs, "
         f"{len(report)} report runs.",
         "",
@@ -296,6 +304,18 @@ def analyse(ds, out: Path, meta: dict) -> dict:
         f"{cmp_budget['better']}, equal in {cmp_budget['equal']}, higher in "
         f"{cmp_budget['worse']} (mean {cmp_budget['mean_difference']:+.4f} nats).",
         "",
+        "Tuning half, in sample (the chosen parameters on the runs they were chosen on): "
+        + "; ".join(f"{m} {c['tuning_excess']:.4f} nats"
+                    + (f", {c['tuning_epochs_trained']:.1f} epochs trained"
+                       if "tuning_epochs_trained" in c else "")
+                    for m, c in chosen.items())
+        + f"; full budget {np.mean([excess(r, r.last) for r in tuning]):.4f} nats.",
+        "",
+        "Check with the halves swapped (parameters chosen on the report half, numbers from "
+        "the tuning half):",
+        "",
+        swapped_table(tuning, report),
+        "",
         *[f"![{n}]({n})" for n in names],
     ]
     (out / "results.md").write_text("\n".join(text) + "\n")
@@ -304,6 +324,32 @@ def analyse(ds, out: Path, meta: dict) -> dict:
               "report": res}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=_json))
     return result
+
+
+def swapped_table(tuning: list[Run], report: list[Run]) -> str:
+    """The check with the halves swapped: tune on ``report``, evaluate on ``tuning``."""
+    chosen = tune(report)
+    res = outcomes(tuning, chosen)
+    lines = ["| method (tuned on the report half) | mean excess test loss | median | never "
+             "fires | fires before the bottom |", "|---|---|---|---|---|"]
+    for method, rows in res.items():
+        exc = np.array([x["excess"] for x in rows])
+        fixed = method in ("oracle", "full budget")
+        never = "—" if fixed else f"{np.mean([not x['fired'] for x in rows]):.0%}"
+        before = "—" if fixed else f"{np.mean([x['before_bottom'] for x in rows]):.0%}"
+        lines.append(f"| {method} | {exc.mean():.3f} | {np.median(exc):.3f} | {never} | "
+                     f"{before} |")
+    return "\n".join(lines)
+
+
+def invocations(out: Path, meta: dict) -> list[dict]:
+    """Every invocation of the study on ``out`` so far, this one (``meta``) last; kept in
+    ``out/invocations.json``."""
+    path = Path(out) / "invocations.json"
+    seen = json.loads(path.read_text()) if path.exists() else []
+    seen.append(meta)
+    path.write_text(json.dumps(seen, indent=1))
+    return seen
 
 
 def _json(v):
@@ -321,6 +367,6 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     folder = Path(sys.argv[1])
-    meta = json.loads((folder / "results.json").read_text())["meta"]
-    analyse(xr.open_zarr(folder / "series.zarr").load(), folder, meta)
+    history = json.loads((folder / "invocations.json").read_text())
+    analyse(xr.open_zarr(folder / "series.zarr").load(), folder, history[-1], history)
     print(f"wrote {folder / 'results.md'}")

@@ -19,8 +19,9 @@ def store(conv_run, labelled_probe, tmp_path):
 
 def test_rule_epoch_per_run_equals_the_python_rule(store):
     ds = nasprobe.open_store(store).to_dataset()
-    for rule, params in (("rise", ["delta=0.0"]), ("rise", ["delta=0.9"]),
-                         ("plateau", ["window=1", "tol=1.0", "min_rise=0.0"])):
+    now = ["patience=1", "min_epochs=0"]
+    for rule, params in (("rise", ["delta=0.0", *now]), ("rise", ["delta=0.9"]),
+                         ("plateau", ["window=1", "tol=1.0", "min_rise=0.0", *now])):
         res = CliRunner().invoke(main, ["onsets", str(store), "--rule", rule,
                                         *sum((["--param", p] for p in params), [])])
         assert res.exit_code == 0, res.output
@@ -29,7 +30,8 @@ def test_rule_epoch_per_run_equals_the_python_rule(store):
         assert res.output.startswith(f"# rule {rule}: ")
     # delta=0 fires at the first epoch allowed (min_epochs 0; the run has epochs -1, 1, 2)
     assert "a\t1" in CliRunner().invoke(main, ["onsets", str(store), "--rule", "rise",
-                                               "--param", "delta=0.0"]).output
+                                               "--param", "delta=0.0", "--param", "patience=1",
+                                               "--param", "min_epochs=0"]).output
 
 
 def test_without_rule_prints_the_onset_table(store):

@@ -9,6 +9,8 @@ from nasprobe.aggregate import QUANTILES
 from nasprobe.errors import NasprobeError
 
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
+#: no smoothing, no patience, no start epoch: firing epochs can be worked out by hand
+BASE = dict(sigma=0, patience=1, min_epochs=0)
 
 
 def make_ds(deep, shallow=None, epochs=None, upper=None) -> xr.Dataset:
@@ -37,32 +39,32 @@ def ramp_plateau_creep(n=40):
 def test_plateau_fires_when_the_rise_over_the_window_drops_below_tol():
     ds = make_ds(ramp_plateau_creep())
     # s[t] - s[t-3] < 0.01 first at t = 12 (s[9] = s[12] = 0.6); the rise 0.5 >= min_rise
-    assert stopping.plateau(ds, window=3, tol=0.01, min_rise=0.05, sigma=0) == 12
+    assert stopping.plateau(ds, window=3, tol=0.01, min_rise=0.05, **BASE) == 12
     # a rise below min_rise is no saturation (the curve is flat at 0.1 before epoch 5)
-    assert stopping.plateau(make_ds(np.full(30, 0.1)), window=3, sigma=0) is None
+    assert stopping.plateau(make_ds(np.full(30, 0.1)), window=3, **BASE) is None
 
 
 def test_creep_fires_delta_above_the_minimum_since_saturation():
     ds = make_ds(ramp_plateau_creep())
     # saturation at 12; 0.6 + 0.005 (t - 15) >= 0.62 first at t = 19
     assert stopping.creep(ds, window=3, tol=0.01, min_rise=0.05, delta=0.02 - 1e-9,
-                          sigma=0) == 19
-    assert stopping.creep(ds, window=3, tol=0.01, delta=1.0, sigma=0) is None
+                          **BASE) == 19
+    assert stopping.creep(ds, window=3, tol=0.01, delta=1.0, **BASE) is None
 
 
 def test_rise_patience_and_min_epochs():
     ds = make_ds(ramp_plateau_creep())
     # 0.1 + 0.1 (t - 4) - 0.1 >= 0.15 first at t = 6
-    assert stopping.rise(ds, delta=0.15, sigma=0) == 6
-    assert stopping.rise(ds, delta=0.15, sigma=0, patience=3) == 8
-    assert stopping.rise(ds, delta=0.15, sigma=0, min_epochs=20) == 20
+    assert stopping.rise(ds, delta=0.15, **BASE) == 6
+    assert stopping.rise(ds, delta=0.15, **{**BASE, "patience": 3}) == 8
+    assert stopping.rise(ds, delta=0.15, **{**BASE, "min_epochs": 20}) == 20
 
 
 def test_gap_ignores_a_rise_shared_by_the_shallow_layer():
     deep = ramp_plateau_creep()
     shallow = 0.05 + np.where(np.arange(-1, 39) >= 15, deep - 0.6, 0.0)  # creeps with deep
     ds = make_ds(deep, shallow)
-    kw = dict(window=3, tol=0.01, min_rise=0.05, delta=0.02 - 1e-9, sigma=0)
+    kw = dict(window=3, tol=0.01, min_rise=0.05, delta=0.02 - 1e-9, **BASE)
     assert stopping.creep(ds, **kw) == 19
     assert stopping.gap(ds, **kw) is None
     assert stopping.gap(make_ds(deep), **kw) == 19  # constant shallow: gap = deep - const
@@ -72,7 +74,7 @@ def test_quantile_reads_the_upper_quantile_and_needs_it():
     deep = ramp_plateau_creep()
     upper = np.minimum(deep + 0.2, 0.8 + 0.01 * np.clip(np.arange(-1, 39) - 20, 0, None))
     ds = make_ds(deep, upper=upper)
-    kw = dict(window=3, tol=0.01, min_rise=0.05, delta=0.03 - 1e-9, sigma=0)
+    kw = dict(window=3, tol=0.01, min_rise=0.05, delta=0.03 - 1e-9, **BASE)
     # saturation at 12 (deep); upper is 0.8 from epoch 7 to 20, then +0.01 per epoch
     assert stopping.quantile(ds, **kw) == 23
     with pytest.raises(NasprobeError, match="nas_quantile"):
@@ -87,11 +89,14 @@ def test_rules_are_causal_post_hoc_equals_epoch_by_epoch(rule, seed):
     rng = np.random.default_rng(seed)
     deep = ramp_plateau_creep(36) + rng.normal(0, 0.01, 36)
     ds = make_ds(deep, 0.05 + rng.normal(0, 0.01, 36), upper=np.clip(deep + 0.2, 0, 1))
-    params = {"plateau": dict(tol=0.03), "rise": {}}.get(rule, dict(tol=0.03, delta=0.02))
-    full = stopping.stop_epoch(ds, rule, sigma=2.0, **params)
+    common = dict(sigma=2.0, patience=2, min_epochs=2)
+    params = {"plateau": dict(window=3, tol=0.03), "rise": dict(delta=0.1)}.get(
+        rule, dict(window=3, tol=0.03, delta=0.02))
+    params.update(common)
+    full = stopping.stop_epoch(ds, rule, **params)
     assert full is not None
     for k in range(1, ds.sizes["epoch"] + 1):
-        prefix = stopping.stop_epoch(ds.isel(epoch=slice(0, k)), rule, sigma=2.0, **params)
+        prefix = stopping.stop_epoch(ds.isel(epoch=slice(0, k)), rule, **params)
         last = int(ds["epoch"].values[k - 1])
         assert prefix == (full if last >= full else None), (k, prefix, full)
 
@@ -101,9 +106,9 @@ def test_nan_epochs_are_dropped_and_stop_epochs_covers_runs():
     with_nan = deep.copy()
     with_nan[20] = np.nan
     a, b = make_ds(deep), make_ds(with_nan)
-    assert stopping.rise(b, delta=0.15, sigma=0) == 6
+    assert stopping.rise(b, delta=0.15, **BASE) == 6
     both = xr.concat([a, make_ds(np.full(40, 0.1))], dim="run").assign_coords(run=["a", "b"])
-    got = stopping.stop_epochs(both, "rise", delta=0.15, sigma=0)
+    got = stopping.stop_epochs(both, "rise", delta=0.15, **BASE)
     assert got.sel(run="a") == 6 and np.isnan(got.sel(run="b"))
 
 
@@ -135,7 +140,7 @@ def test_summarize_matches_numpy():
 
 def test_stopper_fires_at_the_epoch_the_post_hoc_rule_gives():
     deep = ramp_plateau_creep()
-    live = stopper.Stopper("creep", window=3, tol=0.01, delta=0.02 - 1e-9, sigma=0)
+    live = stopper.Stopper("creep", window=3, tol=0.01, delta=0.02 - 1e-9, **BASE)
     fired_at = None
     for epoch, d in zip(range(-1, 39), deep):
         maps = {name: np.full((3, 2, 2), v) for name, v in
@@ -145,7 +150,7 @@ def test_stopper_fires_at_the_epoch_the_post_hoc_rule_gives():
             break
     assert fired_at == 19 == live.stop_epoch
     assert stopping.creep(live.dataset(), window=3, tol=0.01, delta=0.02 - 1e-9,
-                          sigma=0) == 19
+                          **BASE) == 19
     assert live.signals[-1]["deep"] == pytest.approx(deep[20])
     with pytest.raises(NasprobeError, match="not after"):
         live.update(3, maps)
