@@ -14,7 +14,7 @@ from nasprobe_keras.callbacks import CheckpointCallback
 from nasprobe_keras.early_stopping import NASEarlyStopping
 
 #: deep NAS of this run saturates within ~20 epochs: a window of 3 epochs with a rise < 0.02
-RULE = dict(rule="plateau", window=3, tol=0.02, sigma=0)
+RULE = dict(rule="plateau", window=3, tol=0.02, sigma=0, patience=1)
 
 
 def small_cnn() -> keras.Model:
@@ -61,7 +61,7 @@ def test_fit_stops_when_the_rule_fires_and_post_hoc_agrees(tmp_path):
     assert [str(v) for v in stored["layer"].values] == list(series["layer"].values)
     assert np.allclose(stored.values, series["nas_median"].values, atol=1e-4)
     res = CliRunner().invoke(main, ["onsets", str(store), "--rule", "plateau",
-                                    "--param", "window=3", "--param", "tol=0.02",
-                                    "--param", "sigma=0"])
+                                    *sum((["--param", f"{k}={v}"] for k, v in RULE.items()
+                                          if k != "rule"), [])])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[-1] == f"k\t{fired}"

@@ -17,7 +17,7 @@ from nasprobe_torch.callbacks import CheckpointWriter
 KW = dict(widths=(4, 4, 8, 8, 16), in_channels=1, classes=10, input_size=16)
 SPEC = "nasprobe_torch.models:vanilla_net(" + ", ".join(f"{k}={v!r}" for k, v in KW.items()) + ")"
 #: deep NAS of this run saturates after ~10 epochs: a window of 3 epochs with a rise < 0.02
-RULE = dict(rule="plateau", window=3, tol=0.02, sigma=0)
+RULE = dict(rule="plateau", window=3, tol=0.02, sigma=0, patience=1)
 EPOCHS = 15
 
 
@@ -82,8 +82,8 @@ def test_plain_loop_stops_when_the_rule_fires_and_post_hoc_agrees(digits, tmp_pa
     stored = nasprobe.open_store(store).to_dataset()["nas_median"].sel(run="r")
     assert np.allclose(stored.values, series["nas_median"].values, atol=1e-4)
     res = CliRunner().invoke(main, ["onsets", str(store), "--rule", "plateau",
-                                    "--param", "window=3", "--param", "tol=0.02",
-                                    "--param", "sigma=0"])
+                                    *sum((["--param", f"{k}={v}"] for k, v in RULE.items()
+                                          if k != "rule"), [])])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[-1] == f"r\t{fired}"
 
