@@ -4,7 +4,7 @@ current one, and size host-mode sub-batches so that raw tap tensors fit a memory
 onnxruntime releases the GIL while a session runs, and so does the compiled NAS kernel
 (:mod:`nasprobe.kernels`): with :func:`prefetched` the NAS maps and statistics of batch ``k``
 are computed while onnxruntime already runs batch ``k + 1``. Two batches of outputs are then
-alive at once, which :func:`sub_batch_size` accounts for (docs/ give the memory model).
+alive at once, which :func:`sub_batch_size` accounts for.
 """
 
 from __future__ import annotations

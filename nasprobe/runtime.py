@@ -4,7 +4,7 @@ One architecture is tapped once (:class:`TappedModel`); per epoch only its initi
 replaced and a new session is made from the same graph. The provider that *runs* a session is
 read back after creation: a CUDA request that onnxruntime could not honour (no driver, missing
 CUDA/cuDNN libraries) runs on CPU, with one short notice of ours instead of onnxruntime's own
-multi-line log (docs/ describe the GPU set-up).
+multi-line log (the README's Install section describes the GPU set-up).
 """
 
 from __future__ import annotations
