@@ -155,14 +155,16 @@ def new_session(model: bytes | str, providers: list[str], options=None):
         warnings.simplefilter("ignore")
         try:
             sess = ort.InferenceSession(model, options, providers=providers)
-        except Exception:
-            if not quiet or len(providers) == 1:
-                raise
-            sess, err = None, sys.exc_info()[1]
+        except Exception as exc:  # noqa: BLE001 - any failure to start: try the next provider
+            sess, err = None, exc
     text = "".join(log) + printed.getvalue()
     if sess is None:  # some onnxruntime versions raise instead of falling back
+        if not quiet or len(providers) == 1:
+            sys.stderr.write(text)
+            raise err
         sess, _ = new_session(model, providers[1:], options)
-        return sess, short_reason(text) if text.strip() else str(err).splitlines()[0]
+        said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return sess, short_reason(text) if text.strip() else said
     if sess.get_providers()[0] != providers[0]:
         return sess, short_reason(text)
     if text.strip():  # the provider runs: whatever onnxruntime said is not ours to drop

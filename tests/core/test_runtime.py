@@ -108,3 +108,21 @@ def test_probe_on_failed_cuda_computes_nas_on_the_host_and_matches_cpu(
                 "nas_quantile", "loss"]:
         np.testing.assert_allclose(b[var].values, a[var].values, atol=1e-6, err_msg=var)
     np.testing.assert_array_equal(b.nas_hist.values, a.nas_hist.values)
+
+
+def test_a_cuda_start_that_raises_falls_back_to_cpu(monkeypatch, capfd):
+    real = ort.InferenceSession
+
+    def session(model, options=None, providers=None, **kw):
+        if providers and providers[0] == runtime.CUDA:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected\nmore")
+        return real(model, options, providers=providers, **kw)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(runtime, "_NOTICED", set())
+    model, _ = om.conv1d_net(np.random.default_rng(0))
+    tapped = runtime.TappedModel(build_probe_graph(model, find_taps(model)), device="auto")
+    assert tapped.session().get_providers()[0] == runtime.CPU
+    assert tapped.fallback == "CUDA failure 100: no CUDA-capable device is detected"
+    assert capfd.readouterr().err.count("nasprobe: CUDA could not start") == 1
