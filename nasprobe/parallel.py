@@ -98,7 +98,7 @@ def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], 
     futures = {}
     for task in tasks:
         fut = client.submit(run_epoch, task, retries=retries, pure=False,
-                            key=f"nasprobe-{task.spec.run}-{task.epoch}-{task.job}")
+                            key=f"nasprobe-{task.spec.run}-{task.epoch}-{task.writer.job}")
         futures[fut] = (task.spec.run, task.epoch, str(task.path))
     pending = distributed.as_completed(list(futures))
     try:

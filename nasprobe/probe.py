@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,8 @@ from .adapters import is_checkpoint
 from .checkpoints import Checkpoint, checkpoints_in, find_checkpoints, parse_epoch
 from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointError, StoreError
 from .options import ProbeOptions
-from .store import LayerInfo, Store
+from .storage import is_url, location
+from .store import LayerInfo, RunWriter, Store, new_job_id
 from .tasks import (EpochResult, EpochTask, Outcome, RunSpec, context, output_kind, probe_epoch,
                     run_epoch)
 
@@ -129,7 +129,7 @@ class _Plan:
     attrs: dict
     skipped: dict[str, str] = field(default_factory=dict)
     nonfinite: dict[str, list[str]] = field(default_factory=dict)
-    run_i: int = -1
+    writer: RunWriter | None = None
 
 
 def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error) -> _Plan:
@@ -215,7 +215,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         raise NasprobeError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if workers is not None and scheduler is not None:
         raise NasprobeError("give --workers or --scheduler, not both")
-    _check_out(Path(out))
+    _check_out(out)
     groups = run_folders(checkpoints, run)
     plans: list[_Plan] = []
     for name, inputs in groups:
@@ -229,28 +229,34 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
     for plan in plans:
-        store.create_or_check(plan.attrs, force=force, layer_chunk=len(plans[0].infos))
-    job = uuid.uuid4().hex[:12]
+        store.create_or_check(plan.attrs, force=force)
+    job = new_job_id()
     tasks = []
     for plan in plans:
         kept = min(options.keep_images, plan.attrs["probe_size"])  # no padding past the set
-        plan.run_i, slots, done = store.reserve(plan.spec.run, plan.epochs, plan.infos,
-                                                kept, plan.provenance)
-        tasks += [EpochTask(plan.spec, path, epoch, str(out), plan.run_i, slots[epoch], job)
-                  for path, epoch in plan.spec.checkpoints if epoch not in done]
+        plan.writer = store.open_run(
+            plan.spec.run, plan.epochs, plan.infos, kept, plan.provenance, job=job,
+            attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source")})
+        paths = {epoch: path for path, epoch in plan.spec.checkpoints}
+        tasks += [EpochTask(plan.spec, paths[epoch], epoch, plan.writer)
+                  for epoch in plan.writer.todo]
     _execute(tasks, {p.spec.run: p for p in plans}, on_error, progress, workers, scheduler)
     for plan in plans:
         if plan.skipped != plan.provenance["skipped"] or plan.nonfinite:
             plan.provenance["skipped"] = plan.skipped
             if plan.nonfinite:
                 plan.provenance["nonfinite"] = plan.nonfinite
-            store.reserve(plan.spec.run, [], plan.infos,
-                          min(options.keep_images, plan.attrs["probe_size"]), plan.provenance)
-    return Path(out)
+            plan.writer.set_provenance(plan.provenance)
+    return out if is_url(str(out)) else Path(out)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse, before any work, a store path that cannot be a store folder."""
+def _check_out(out: str | os.PathLike) -> None:
+    """Refuse, before any work, a store path that cannot be a store folder (URLs are checked
+    by their backend when written)."""
+    loc = location(out)
+    if not loc.local:
+        return
+    out = loc.path()
     if out.exists() and not out.is_dir():
         raise StoreError(out, "is a file, not a store folder; use another --out")
     parent = out.parent
@@ -301,6 +307,6 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
 
 def run_info(path: str | os.PathLike) -> dict:
     """The ``runs`` provenance attribute of a store, parsed (run → dict)."""
-    import zarr
+    from .store import open_store
 
-    return json.loads(zarr.open_group(str(path), mode="r").attrs.get("runs", "{}"))
+    return json.loads(open_store(path).attrs.get("runs", "{}"))

@@ -1,104 +1,97 @@
-"""The NAS store: a zarr v3 group that xarray reads as a DataTree (docs/store.md).
+"""Writing the NAS store: one group per (run, probe job), an atomic commit marker per epoch.
 
-Layout: 1-D coordinate arrays ``run``, ``epoch``, ``layer`` (+ ``layer_kind``, ``channels``,
-``locations``, ``depth``), variables chunked one (run, epoch) per chunk, and a commit flag
-``probed`` (run, epoch) written last. Runs and epochs are kept in the order they were added
-(no rewrite when a run or an epoch is added); :func:`open_store` sorts epochs and hides slots
-that were reserved but never committed, so a run killed mid-epoch leaves nothing half-written
-visible, and the same command continues where it stopped.
+The layout and why it needs no locks are in docs/store-design.md; the combined view users
+read is :func:`open_store` (docs/store.md). In short:
 
-Writing happens in two steps so that many processes can write at once without locks:
-:meth:`Store.reserve` (one process: grows arrays, assigns slots, consolidates metadata), then
-:meth:`Store.write_epoch` per (run, epoch) (touches only that slot's chunks).
+* :meth:`Store.create_or_check` creates the root once (identical bytes from every job) or
+  checks that the store was written with the same probe set and tap mode;
+* :meth:`Store.open_run` creates this job's own group for one run, sized for the epochs it
+  will probe, and claims those epochs (a hint that lets two jobs on one run split them);
+* :meth:`RunWriter.write_epoch` (picklable, used by Dask workers too) writes one epoch's
+  chunks — one call per epoch, nothing shared is touched — and then creates the epoch's commit
+  marker exclusively. Of two jobs that probed the same epoch exactly one commits; the other's
+  chunks stay invisible.
+
+Nothing is resized, consolidated or read-modified-written after a job starts, so the cost of
+a commit is that of writing its own chunks (one object per array) and one marker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from .aggregate import NAS_BINS, QUANTILES
 from .correlation import CORR_BINS
 from .errors import StoreError
+from .storage import Location, location
+from .store_layout import (CLAIMS, COMMITS, LAYOUT, RUNS, SCALARS, LayerInfo, group_name,
+                           marker, read_marker, run_key, spatial_dims)
+from .store_read import open_store, store_layout
 
-__all__ = ["LayerInfo", "Store", "open_store", "group_name"]
+__all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
+           "check_metric_name", "OWN_NAMES"]
 
-_EPOCH_FILL = -(2**62)
-_LAYER_CHUNK = 256
 _LAYER_COORDS = "layer_kind channels locations depth"
-SCALARS = ("nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean")
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """A layer as stored: name, operator kind, channels D, location shape, depth (graph order)."""
-
-    name: str
-    kind: str
-    channels: int
-    spatial: tuple[int, ...]
-    depth: int
-
-    @property
-    def locations(self) -> int:
-        """Number of locations (product of the spatial shape; 1 for a dense layer)."""
-        return int(np.prod(self.spatial, dtype=np.int64))
+def new_job_id() -> str:
+    """A probe job's id: sortable by start time, unique across machines."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
-def group_name(layer: str) -> str:
-    """Name of a layer's heatmap group (``/`` is not allowed in group names)."""
-    return layer.replace("/", "_")
-
-
-def _spatial_dims(n: int) -> tuple[str, ...]:
-    return {0: (), 1: ("t",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(n, tuple(f"s{i}" for i in range(n)))
+def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
+    attrs = {"coordinates": coords} if coords else {}
+    return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
+                              fill_value=fill, chunks=chunks, attributes=attrs, overwrite=True)
 
 
 class Store:
-    """Writer for one store path. Cheap to create and picklable (it holds only the path)."""
+    """Writer for one store (a local path or an fsspec URL). Picklable (holds only the path)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._handles: dict[str, zarr.Array] = {}
+    def __init__(self, path: str | os.PathLike | Location):
+        self.loc = path if isinstance(path, Location) else location(path)
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"loc": self.loc}
 
     def __setstate__(self, state):
-        self.__init__(state["path"])
+        self.loc = state["loc"]
 
-    def _array(self, name: str) -> zarr.Array:
-        """An array by path, opened once (handles are dropped whenever shapes change)."""
-        if name not in self._handles:
-            self._handles[name] = zarr.open_array(str(self.path / name), mode="r+", zarr_format=3)
-        return self._handles[name]
+    @property
+    def path(self) -> str:
+        """The store as given (absolute for local paths)."""
+        return self.loc.url
 
-    # -- opening -------------------------------------------------------------------------
-    def _root(self, mode: str = "r+") -> zarr.Group:
+    def _open(self, mode: str = "r+") -> zarr.Group:
         try:
-            return zarr.open_group(str(self.path), mode=mode, zarr_format=3,
-                                   **({} if mode in ("w", "w-") else {"use_consolidated": False}))
+            return zarr.open_group(self.loc.zarr_store(read_only=mode == "r"), mode=mode,
+                                   zarr_format=3, use_consolidated=False)
         except (OSError, PermissionError) as exc:
-            raise StoreError(self.path, f"cannot be written: {exc}") from exc
+            raise StoreError(self.path, f"cannot be opened: {exc}") from exc
 
     def exists(self) -> bool:
-        """True when a store is already at the path."""
-        return (self.path / "zarr.json").exists()
+        """True when a store (any layout) is at the path."""
+        return self.loc.exists("zarr.json")
 
-    def create_or_check(self, attrs: dict, force: bool = False, layer_chunk: int = _LAYER_CHUNK
-                        ) -> None:
+    def create_or_check(self, attrs: dict, force: bool = False) -> None:
         """Create the store, or check that an existing one was written with the same probe set,
-        tap mode and bias setting (``force`` allows another probe set). ``layer_chunk`` (the
-        first run's layer count) sizes chunks along ``layer`` so an epoch writes whole chunks."""
+        tap mode and bias setting (``force`` allows another probe set)."""
         if self.exists():
-            old = dict(self._root("r").attrs)
+            layout = store_layout(self.loc)
+            if layout != LAYOUT:
+                raise StoreError(self.path, "was written by nasprobe 0.1 (one shared dataset); "
+                                 "new runs cannot be added to it. Copy it into the current "
+                                 "layout with: nasprobe migrate "
+                                 f"{self.path} --out NEW_STORE")
+            old = dict(self._open("r").attrs)
             for key in ("tap", "exclude_bias"):
                 if key in old and old[key] != attrs[key]:
                     raise StoreError(self.path, f"was written with {key}={old[key]!r}, this run "
@@ -109,231 +102,232 @@ class Store:
                                  f"{attrs['probe_sha256'][:12]}…); results would not be "
                                  "comparable; use another --out or --force")
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(self.path, f"cannot be created: {exc}") from exc
-        root = self._root("w-")
-        root.attrs.update({**attrs, "runs": "{}", "sources": "{}"})
-        mk = self._make
-        lc = max(1, int(layer_chunk))
-        mk(root, "run", (0,), str, ("run",), "", (64,))
-        mk(root, "epoch", (0,), "int64", ("epoch",), _EPOCH_FILL, (1024,))
-        mk(root, "layer", (0,), str, ("layer",), "", (_LAYER_CHUNK,))
-        mk(root, "layer_kind", (0,), str, ("layer",), "", (_LAYER_CHUNK,))
-        for name in ("channels", "locations", "depth"):
-            mk(root, name, (0,), "int64", ("layer",), -1, (_LAYER_CHUNK,))
+        if self.loc.local:
+            try:
+                self.loc.path().mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(self.path, f"cannot be created: {exc}") from exc
+        # Identical bytes from every job that creates the store at the same moment.
+        shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
+        root = zarr.open_group(self.loc.zarr_store(), mode="a", zarr_format=3,
+                               use_consolidated=False,
+                               attributes={"nasprobe_layout": LAYOUT, **shared})
         for name, values in (("quantile", np.array(QUANTILES)),
                              ("nas_bin", (NAS_BINS[:-1] + NAS_BINS[1:]) / 2),
                              ("corr_bin", (CORR_BINS[:-1] + CORR_BINS[1:]) / 2)):
-            mk(root, name, values.shape, "float64", (name,), np.nan, values.shape)[:] = values
-        mk(root, "probed", (0, 0), "int8", ("run", "epoch"), 0, (1, 1))
-        lay = ("run", "epoch", "layer")
+            _make(root, name, values.shape, "float64", (name,), np.nan, values.shape)[:] = values
+        root.require_group(RUNS)
+
+    def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
+                 provenance: dict, job: str | None = None, attrs: dict | None = None
+                 ) -> "RunWriter":
+        """Create this job's group for ``run`` (arrays sized for ``epochs``, one chunk per
+        epoch) and claim the epochs not yet committed.
+
+        Returns:
+            A :class:`RunWriter` whose ``todo`` lists the epochs to probe: first those this
+            job claimed, then those another job had claimed (probed only if still uncommitted
+            when their turn comes, so a killed job's claims never block a run).
+        """
+        job = job or new_job_id()
+        key = run_key(run)
+        root = self._open()
+        runs = root.require_group(RUNS)
+        if key not in runs:
+            runs.create_group(key, attributes={"run": run})
+        grp = zarr.open_group(self.loc.child(RUNS, key, job).zarr_store(), mode="w",
+                              zarr_format=3,
+                              attributes={"run": run, "job": job, "keep_images": int(keep_images),
+                                          "provenance": json.dumps(provenance),
+                                          **(attrs or {})})
+        n, k = len(epochs), int(keep_images)
+        lc = max(1, len(layers))
+        _make(grp, "epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),))[:] = \
+            np.asarray(epochs, np.int64)
+        _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
+            np.array([x.name for x in layers], dtype=object)
+        _make(grp, "layer_kind", (len(layers),), str, ("layer",), "", (lc,))[:] = \
+            np.array([x.kind for x in layers], dtype=object)
+        for name in ("channels", "locations", "depth"):
+            _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
+                np.array([getattr(x, name) for x in layers], np.int64)
+        lay = ("epoch", "layer")
         for name in SCALARS:
-            mk(root, name, (0, 0, 0), "float64", lay, np.nan, (1, 1, lc), _LAYER_COORDS)
-        mk(root, "nas_quantile", (0, 0, 0, 5), "float64", lay + ("quantile",), np.nan, (1, 1, lc, 5), _LAYER_COORDS)
-        mk(root, "nas_hist", (0, 0, 0, 100), "int64", lay + ("nas_bin",), 0, (1, 1, lc, 100), _LAYER_COORDS)
-        mk(root, "corr_hist", (0, 0, 0, 200), "int64", lay + ("corr_bin",), 0, (1, 1, lc, 200), _LAYER_COORDS)
+            _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), _LAYER_COORDS)
+        for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
+                                          ("nas_hist", ("nas_bin", 100), "int64", 0),
+                                          ("corr_hist", ("corr_bin", 200), "int64", 0)):
+            _make(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
+                  (1, lc, extra[1]), _LAYER_COORDS)
         for name in ("loss", "accuracy"):
-            mk(root, name, (0, 0), "float64", ("run", "epoch"), np.nan, (1, 1))
-        root.create_group("heatmaps")
-        self._consolidate()
-
-    def _consolidate(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of zarr v3"
-            zarr.consolidate_metadata(str(self.path))
-
-    @staticmethod
-    def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
-        attrs = {"coordinates": coords} if coords else {}
-        return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
-                                  fill_value=fill, chunks=chunks, attributes=attrs)
-
-    # -- reserving slots (single writer) ---------------------------------------------------
-    def reserve(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
-                provenance: dict) -> tuple[int, dict[int, int], set[int]]:
-        """Add ``run``, ``epochs`` and ``layers`` where missing; returns ``(run_index,
-        {epoch: epoch_index}, epochs already probed for this run)``. ``provenance`` is stored
-        under the run in the ``runs`` attribute."""
-        self._handles.clear()
-        root = self._root()
-        runs = list(root["run"][:])
-        if run not in runs:
-            runs.append(run)
-        run_i = runs.index(run)
-        ep = list(root["epoch"][:])
-        for e in epochs:
-            if e not in ep:
-                free = [i for i, v in enumerate(ep) if v == _EPOCH_FILL]
-                if free:
-                    ep[free[0]] = e
-                else:
-                    ep.append(e)
-        names = list(root["layer"][:])
-        new_layers = [layer for layer in layers if layer.name not in names]
-        n_run, n_ep, n_lay = len(runs), len(ep), len(names) + len(new_layers)
-        for arr in self._arrays(root):
-            dims = arr.metadata.dimension_names
-            shape = tuple({"run": n_run, "epoch": n_ep, "layer": n_lay}.get(d, s)
-                          for d, s in zip(dims, arr.shape))
-            if shape != arr.shape:
-                arr.resize(shape)
-        root["run"][:] = np.array(runs, dtype=object)
-        root["epoch"][:] = np.array(ep, dtype=np.int64)
-        if new_layers:
-            sl = slice(len(names), n_lay)
-            root["layer"][sl] = np.array([layer.name for layer in new_layers], dtype=object)
-            root["layer_kind"][sl] = np.array([layer.kind for layer in new_layers], dtype=object)
-            root["channels"][sl] = [layer.channels for layer in new_layers]
-            root["locations"][sl] = [layer.locations for layer in new_layers]
-            root["depth"][sl] = [layer.depth for layer in new_layers]
-        heat = root["heatmaps"]
-        k = int(root.attrs.get("keep_images", keep_images))
-        root.attrs["keep_images"] = k
+            _make(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
+        heat = grp.create_group("heatmaps")
         for layer in layers:
-            g = group_name(layer.name)
-            if g in heat:
+            g = heat.create_group(group_name(layer.name), attributes={"layer": layer.name})
+            sd, sp = spatial_dims(len(layer.spatial)), tuple(layer.spatial)
+            _make(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
+            _make(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
+                  (1, max(k, 1), *sp))
+        writer = RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
+                           [x.name for x in layers])
+        writer.claim()
+        return writer
+
+    def write_metrics(self, run: str, metrics: dict[str, dict[int, float]]) -> int:
+        """Store imported per-epoch metrics (name → {epoch: value}) of ``run`` in a group of
+        their own (later imports win on read); returns how many values were stored for epochs
+        the run has committed."""
+        from .store_read import committed_epochs
+
+        if store_layout(self.loc) != LAYOUT:
+            raise StoreError(self.path, "is not a nasprobe store of the current layout "
+                             "(see nasprobe migrate)")
+        for name in metrics:
+            check_metric_name(self.path, name)
+        key = run_key(run)
+        done = committed_epochs(self.loc, key)
+        if not done:
+            raise StoreError(self.path, f"has no probed epoch of run {run!r}")
+        epochs = sorted({int(e) for values in metrics.values() for e in values})
+        grp = zarr.open_group(self.loc.child(RUNS, key, f"metrics-{new_job_id()}").zarr_store(),
+                              mode="w", zarr_format=3, attributes={"run": run, "metrics": True})
+        _make(grp, "epoch", (len(epochs),), "int64", ("epoch",), -(2**62),
+              (max(len(epochs), 1),))[:] = np.asarray(epochs, np.int64)
+        for name, values in metrics.items():
+            col = np.array([values.get(e, np.nan) for e in epochs], np.float64)
+            _make(grp, name, (len(epochs),), "float64", ("epoch",), np.nan,
+                  (max(len(epochs), 1),))[:] = col
+        return sum(1 for values in metrics.values() for e in values if int(e) in done)
+
+
+#: Names of the view's own variables, coordinates and groups: never a metric's name.
+OWN_NAMES = frozenset({*SCALARS, "nas_quantile", "nas_hist", "corr_hist", "probed", "run", "epoch",
+                       "layer", "layer_kind", "channels", "locations", "depth", "quantile",
+                       "nas_bin", "corr_bin", "image", "heatmaps"})
+
+
+def check_metric_name(path: str, name: str) -> None:
+    """Refuse a metric name that is a path or one of the store's own names (``loss`` and
+    ``accuracy`` may be imported: they are per-epoch metrics; see
+    ``nasprobe.training_logs.store_metric_names``, which renames log columns to pass this).
+
+    Raises:
+        StoreError: naming the store and the metric.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json":
+        raise StoreError(path, f"metric name {name!r} is not a plain name; refused")
+    if name in OWN_NAMES:
+        raise StoreError(path, f"metric name {name!r} is one of the store's own variables; "
+                               "refused (import it under another name)")
+
+
+@dataclass
+class RunWriter:
+    """Writes one job's epochs of one run. Picklable: Dask workers get it with their task.
+
+    ``index`` maps epoch → slot in this job's group; ``layers`` are the group's layer names;
+    ``todo`` (set by :meth:`claim`) the epochs to probe, in order, and ``done`` those another
+    job (or an earlier one) had already committed.
+    """
+
+    loc: Location
+    run: str
+    job: str
+    index: dict[int, int]
+    layers: list[str]
+    todo: list[int] | None = None
+    done: set[int] | None = None
+
+    @property
+    def key(self) -> str:
+        """The run's group name."""
+        return run_key(self.run)
+
+    def _group(self) -> Location:
+        return self.loc.child(RUNS, self.key, self.job)
+
+    def claim(self) -> None:
+        """Sort this job's epochs into ``done`` (committed), own claims, others' claims."""
+        from .store_read import committed_epochs
+
+        self.done = set(committed_epochs(self.loc, self.key)) & set(self.index)
+        mine, theirs = [], []
+        for e in self.index:
+            if e in self.done:
                 continue
-            grp = heat.create_group(g, attributes={"layer": layer.name})
-            sd = _spatial_dims(len(layer.spatial))
-            self._make(grp, "nas_map", (n_run, n_ep, *layer.spatial), "float32",
-                       ("run", "epoch", *sd), np.nan, (1, 1, *layer.spatial))
-            self._make(grp, "nas_image_map", (n_run, n_ep, k, *layer.spatial), "float32",
-                       ("run", "epoch", "image", *sd), np.nan, (1, 1, k, *layer.spatial))
-        allruns = json.loads(root.attrs.get("runs", "{}"))
-        allruns[run] = provenance
-        root.attrs["runs"] = json.dumps(allruns)
-        root.attrs["sources"] = json.dumps({r: p.get("source") for r, p in allruns.items()})
-        fws = sorted({p.get("framework", "") for p in allruns.values()} - {""})
-        root.attrs["framework"] = ",".join(fws)
-        self._consolidate()
-        probed = root["probed"][run_i, :] if n_ep else np.zeros(0)
-        done = {e for i, e in enumerate(ep) if probed[i]}
-        return run_i, {e: ep.index(e) for e in epochs}, done
+            ok = self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, CLAIMS, str(e))
+            (mine if ok else theirs).append(e)
+        self.todo = mine + theirs
 
-    @staticmethod
-    def _arrays(root):
-        for _, arr in root.arrays():
-            yield arr
-        for _, grp in root["heatmaps"].groups():
-            for _, arr in grp.arrays():
-                yield arr
+    def committed_by(self, epoch: int) -> str | None:
+        """The job whose values of ``epoch`` are committed, or None."""
+        m = read_marker(self.loc.read(RUNS, self.key, COMMITS, str(int(epoch))))
+        return None if m is None else m["job"]
 
-    # -- writing one (run, epoch): touches only its own chunks --------------------------------
-    def write_epoch(self, run_i: int, epoch_i: int, summaries: dict[str, dict],
+    def write_epoch(self, epoch: int, summaries: dict[str, dict],
                     metrics: dict[str, float] | None = None,
-                    corr: dict[str, np.ndarray] | None = None) -> None:
-        """Write one epoch's results and then its commit flag.
+                    corr: dict[str, np.ndarray] | None = None) -> bool:
+        """Write one epoch's results into this job's chunks, then commit them.
 
         Args:
             summaries: layer → :meth:`nasprobe.aggregate.LayerStats.summary` dict.
-            metrics: ``loss``/``accuracy`` (and other run × epoch variables) for this epoch.
+            metrics: ``loss``/``accuracy`` for this epoch (others are ignored here).
             corr: layer → ``corr_hist`` counts (200,).
+
+        Returns:
+            True when this job's values are the committed ones; False when another job had
+            committed the epoch first (its values stay, these are never seen).
         """
-        a = self._array
-        if "layers" not in self._handles:
-            self._handles["layers"] = list(a("layer")[:])  # type: ignore[assignment]
-        names = self._handles["layers"]
-        idx = [names.index(layer) for layer in summaries]
-        for name in SCALARS:
-            a(name).oindex[run_i, epoch_i, idx] = [summaries[layer][name] for layer in summaries]
-        a("nas_quantile").oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_quantile"] for s in summaries.values()])
-        a("nas_hist").oindex[run_i, epoch_i, idx, :] = np.stack([s["nas_hist"] for s in summaries.values()])
-        if corr:
-            cidx = [names.index(layer) for layer in corr]
-            a("corr_hist").oindex[run_i, epoch_i, cidx, :] = np.stack(list(corr.values()))
-        for layer, s in summaries.items():
-            g = f"heatmaps/{group_name(layer)}"
-            a(f"{g}/nas_map")[run_i, epoch_i] = s["nas_map"]
-            img_arr = a(f"{g}/nas_image_map")
-            img = s["nas_image_map"][: img_arr.shape[2]]
-            if len(img):
-                img_arr[run_i, epoch_i, : len(img)] = img
-        for name, value in (metrics or {}).items():
-            try:
-                arr = a(name)
-            except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
-                arr = self._metric_array(self._root(), name)
-            arr[run_i, epoch_i] = value
-        a("probed")[run_i, epoch_i] = 1
+        i = self.index[int(epoch)]
+        idx = [self.layers.index(layer) for layer in summaries]
+        full = len(idx) == len(self.layers) and idx == sorted(idx)
+        store = self._group().zarr_store()
+        grp = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
 
-    def _metric_array(self, root, name):
-        if name not in root:
-            self._make(root, name, root["probed"].shape, "float64", ("run", "epoch"), np.nan, (1, 1))
-            self._consolidate()
-        return root[name]
-
-    def write_metrics(self, run: str, metrics: dict[str, dict[int, float]]) -> int:
-        """Write imported per-epoch metrics (name → {epoch: value}) for the epochs of ``run``
-        in the store; returns how many values were written."""
-        root = self._root()
-        runs = list(root["run"][:])
-        if run not in runs:
-            raise StoreError(self.path, f"has no run {run!r} (runs: {', '.join(runs) or 'none'})")
-        run_i, ep = runs.index(run), list(root["epoch"][:])
-        for name in metrics:
-            _check_metric_name(self.path, root, name)
-        n = 0
-        for name, values in metrics.items():
-            arr = self._metric_array(root, name)
-            for epoch, value in values.items():
-                if epoch in ep:
-                    arr[run_i, ep.index(epoch)] = value
-                    n += 1
-        return n
-
-
-def _check_metric_name(path: Path, root, name: str) -> None:
-    """Refuse a metric name that is a path or one of the store's own (non-metric) members
-    (``nasprobe.training_logs.store_metric_names`` renames log columns to pass this)."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json":
-        raise StoreError(path, f"metric name {name!r} is not a plain name; refused")
-    if name in root:
-        member = root[name]
-        dims = tuple(getattr(getattr(member, "metadata", None), "dimension_names", None) or ())
-        if name == "probed" or dims != ("run", "epoch"):
-            raise StoreError(path, f"metric name {name!r} is one of the store's own variables; "
-                                   "refused (import it under another name)")
-
-
-def _tidy(ds: xr.Dataset, keep: np.ndarray, order: np.ndarray, probed: xr.DataArray) -> xr.Dataset:
-    ds = ds.isel(epoch=keep).isel(epoch=order) if "epoch" in ds.dims else ds
-    for name in list(ds.variables):
-        var = ds.variables[name]
-        if var.dtype.kind == "T":  # numpy StringDType → plain str for every tool downstream
-            values = np.array(var.values.tolist(), dtype=str).reshape(var.shape)
-            if name in ds.coords:
-                ds = ds.assign_coords({name: (var.dims, values, var.attrs)})
+        def put(name, values, cols=idx):
+            arr = grp[name]
+            if full and cols is idx:
+                arr[i] = values
             else:
-                ds[name] = (var.dims, values, var.attrs)
-    for name, var in ds.data_vars.items():
-        if {"run", "epoch"} <= set(var.dims) and name != "probed":
-            ds[name] = var.where(probed)
-    return ds
+                arr.oindex[i, cols] = values
 
+        for name in SCALARS:
+            put(name, np.array([summaries[layer][name] for layer in summaries], np.float64))
+        put("nas_quantile", np.stack([s["nas_quantile"] for s in summaries.values()]))
+        put("nas_hist", np.stack([s["nas_hist"] for s in summaries.values()]))
+        if corr:
+            cidx = [self.layers.index(layer) for layer in corr]
+            grp["corr_hist"].oindex[i, cidx] = np.stack(list(corr.values()))
+        for layer, s in summaries.items():
+            heat = grp[f"heatmaps/{group_name(layer)}"]
+            heat["nas_map"][i] = s["nas_map"]
+            img_arr = heat["nas_image_map"]
+            img = s["nas_image_map"][: img_arr.shape[1]]
+            if len(img):
+                img_arr[i, : len(img)] = img
+        for name in ("loss", "accuracy"):
+            if metrics and name in metrics:
+                grp[name][i] = metrics[name]
+        return self.commit(epoch)
 
-def open_store(path: str | os.PathLike) -> xr.DataTree:
-    """Open a store as an ``xarray.DataTree``: epochs sorted, only committed (run, epoch) values.
+    def commit(self, epoch: int) -> bool:
+        """Create the epoch's commit marker (atomic, exclusive); True when it names this job
+        (also when this job had committed it before, e.g. a Dask task run twice)."""
+        e = int(epoch)
+        if self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, COMMITS, str(e)):
+            return True
+        for _ in range(50):  # a local marker is visible whole; this only guards odd backends
+            holder = self.committed_by(e)
+            if holder is not None:
+                return holder == self.job
+            time.sleep(0.01)
+        return False
 
-    The root holds ``nas_*`` (run, epoch, layer[, quantile|nas_bin]), ``corr_hist``, ``loss``,
-    ``accuracy`` and ``probed``; ``heatmaps/<layer>`` holds ``nas_map`` and ``nas_image_map``.
-    """
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StoreError(path, "is not a nasprobe store (no zarr.json)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = xr.open_datatree(str(path), engine="zarr")
-    root = raw.to_dataset(inherit=False).load()
-    probed = root["probed"].astype(bool)
-    keep = np.flatnonzero(probed.any("run").values)
-    order = np.argsort(root["epoch"].values[keep], kind="stable")
-    probed_k = probed.isel(epoch=keep).isel(epoch=order)
-    tree = {"/": _tidy(root, keep, order, probed_k)}
-    for node in raw.subtree:
-        if node is raw:
-            continue
-        ds = node.to_dataset(inherit=False)
-        tree[node.path] = _tidy(ds, keep, order, probed_k.drop_vars(list(probed_k.coords)))
-    return xr.DataTree.from_dict(tree)
+    def set_provenance(self, provenance: dict) -> None:
+        """Replace this job's record of the run's provenance (skipped files, ...). Only this
+        job writes its group, so nothing another job wrote is touched."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grp = zarr.open_group(self._group().zarr_store(), mode="r+", zarr_format=3,
+                                  use_consolidated=False)
+            grp.attrs["provenance"] = json.dumps(provenance)

@@ -79,18 +79,14 @@ class EpochTask:
     Attributes:
         spec: the run (paths and options, not objects).
         path, epoch: the checkpoint and its epoch.
-        store_path: the store, already reserved by the coordinator.
-        run_i, epoch_i: the slot (indices along ``run`` and ``epoch``).
-        job: a token of the probe job (store handles are cached per job).
+        writer: the job's :class:`~nasprobe.store.RunWriter` for the run (it commits the
+            epoch; see docs/store-design.md).
     """
 
     spec: RunSpec
     path: str
     epoch: int
-    store_path: str
-    run_i: int
-    epoch_i: int
-    job: str = ""
+    writer: Any
 
 
 @dataclass
@@ -321,21 +317,6 @@ def nonfinite(weights: dict[str, np.ndarray]) -> list[str]:
             if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
 
 
-_STORES: dict[tuple[str, str], Any] = {}
-
-
-def _store(path: str, job: str):
-    """A :class:`~nasprobe.store.Store` per (path, job): array handles are reused within one
-    probe job and never across jobs (whose reserve may have resized the arrays)."""
-    from .store import Store
-
-    k = (str(path), job)
-    if k not in _STORES:
-        _STORES.clear()
-        _STORES[k] = Store(path)
-    return _STORES[k]
-
-
 def reading(path, func, *args):
     """``func(*args)`` for an adapter reading the checkpoint ``path``; any error but a
     :class:`~nasprobe.errors.NasprobeError` becomes a :class:`CheckpointError` naming the file
@@ -352,13 +333,16 @@ def reading(path, func, *args):
 
 
 def run_epoch(task: EpochTask) -> Outcome:
-    """Probe one checkpoint and write its (run, epoch) slot; the unit of work of a probe job.
+    """Probe one checkpoint and commit its (run, epoch) cell; the unit of work of a probe job.
 
     Returns:
         An :class:`Outcome`. A checkpoint that cannot be used (corrupt, another architecture)
-        gives ``status="error"`` and leaves its slot uncommitted; other errors propagate.
+        gives ``status="error"`` and leaves its epoch uncommitted; other errors propagate. An
+        epoch that another job committed meanwhile is not probed again.
     """
     spec, path, epoch = task.spec, task.path, task.epoch
+    if task.writer.committed_by(epoch) is not None:
+        return Outcome(spec.run, epoch, str(path))
     ctx = context(spec)
     ck = Checkpoint(Path(path), epoch)
     try:
@@ -379,6 +363,5 @@ def run_epoch(task: EpochTask) -> Outcome:
     corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
             if spec.options.corr and np.isfinite(full[t.weight]).all()}
     del full, weights
-    _store(task.store_path, task.job).write_epoch(task.run_i, task.epoch_i, result.summaries,
-                                                  result.metrics, corr)
+    task.writer.write_epoch(epoch, result.summaries, result.metrics, corr)
     return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)

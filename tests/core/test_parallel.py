@@ -92,8 +92,8 @@ def test_cli_refuses_run_name_for_several_runs_and_both_executors(runs, tmp_path
 
 
 class KillBeforeCommitOnce(WorkerPlugin):
-    """Makes the first ``write_epoch`` on any worker write every chunk of its slot, then
-    SIGKILL its own process just before the commit flag; later calls run normally."""
+    """Makes the first commit on any worker SIGKILL its own process just before the commit
+    marker is created (every chunk of the epoch already written); later commits run normally."""
 
     name = "kill-before-commit-once"
 
@@ -101,33 +101,25 @@ class KillBeforeCommitOnce(WorkerPlugin):
         self.marker = str(marker)
 
     def setup(self, worker):
-        from nasprobe.store import Store
+        from nasprobe.store import RunWriter
 
-        original = getattr(Store.write_epoch, "original", Store.write_epoch)
+        original = getattr(RunWriter.commit, "original", RunWriter.commit)
         marker = self.marker
 
-        def write_epoch(store, *args, **kwargs):
+        def commit(writer, *args, **kwargs):
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                return original(store, *args, **kwargs)
-            opened = store._array
+                return original(writer, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-            def array(name):
-                if name == "probed":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return opened(name)
-
-            store._array = array
-            original(store, *args, **kwargs)
-
-        write_epoch.original = original
-        Store.write_epoch = write_epoch
+        commit.original = original
+        RunWriter.commit = commit
 
     def teardown(self, worker):
-        from nasprobe.store import Store
+        from nasprobe.store import RunWriter
 
-        Store.write_epoch = getattr(Store.write_epoch, "original", Store.write_epoch)
+        RunWriter.commit = getattr(RunWriter.commit, "original", RunWriter.commit)
 
 
 def test_killed_worker_costs_only_its_task(runs, cluster, tmp_path):
@@ -157,7 +149,7 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
     import onnxruntime as ort
 
     from nasprobe.aggregate import LayerStats
-    from nasprobe.store import Store
+    from nasprobe.store import RunWriter
     from nasprobe.tasks import EpochResult, Outcome
 
     rng = np.random.default_rng(0)
@@ -169,13 +161,13 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
         folders.append(tmp_path / f"r{r}")
     kinds = (LayerStats, EpochResult, Outcome, ort.InferenceSession)
     seen = []
-    original = Store.write_epoch
+    original = RunWriter.write_epoch
 
     def counting(self, *args, **kwargs):
         seen.append(_live(kinds) if len(seen) in (4, 5, 13, 21) else None)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "write_epoch", counting)
+    monkeypatch.setattr(RunWriter, "write_epoch", counting)
 
     def job(folders, epochs, name):
         for f in folders:  # probe only the first `epochs` files of each run

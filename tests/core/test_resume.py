@@ -17,8 +17,9 @@ EPOCHS = 16
 
 
 def _committed(store):
-    folder = store / "probed" / "c"
-    return sum(len(files) for _, _, files in os.walk(folder)) if folder.exists() else 0
+    """Epochs of run ``r`` committed so far (their commit markers, see docs/store-design.md)."""
+    folder = store / "runs" / "r" / "commits"
+    return len([f for f in os.listdir(folder) if not f.startswith(".")]) if folder.exists() else 0
 
 
 def _cmd(folder, probe, store):

@@ -1,0 +1,78 @@
+"""Names of the store's layout on disk, shared by its writer and its reader.
+
+See docs/store-design.md for the layout and why it needs no locks, docs/store.md for the
+combined view that :func:`nasprobe.open_store` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+__all__ = ["LAYOUT", "SCALARS", "LayerInfo", "group_name", "spatial_dims", "run_key",
+           "run_name", "marker", "read_marker"]
+
+#: Value of the root attribute ``nasprobe_layout`` of stores with one group per run and job.
+LAYOUT = "runs/1"
+#: Per (run, epoch, layer) statistics stored as scalars.
+SCALARS = ("nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean")
+#: Folder of the runs' groups, and the marker folders inside each run's group.
+RUNS, COMMITS, CLAIMS = "runs", "commits", "claims"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer as stored: name, operator kind, channels D, location shape, depth (graph order)."""
+
+    name: str
+    kind: str
+    channels: int
+    spatial: tuple[int, ...]
+    depth: int
+
+    @property
+    def locations(self) -> int:
+        """Number of locations (product of the spatial shape; 1 for a dense layer)."""
+        return int(np.prod(self.spatial, dtype=np.int64))
+
+
+def group_name(layer: str) -> str:
+    """Name of a layer's heatmap group (``/`` is not allowed in group names)."""
+    return layer.replace("/", "_")
+
+
+def spatial_dims(n: int) -> tuple[str, ...]:
+    """Dimension names of an ``n``-D NAS map: ``()``, ``(t,)``, ``(y, x)``, ``(z, y, x)``."""
+    return {0: (), 1: ("t",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(n, tuple(f"s{i}" for i in range(n)))
+
+
+def run_key(run: str) -> str:
+    """The run's group name: the name percent-escaped (``/``, ``%``, a leading ``.`` or ``_``)."""
+    key = quote(run, safe="-+=,@~")
+    if key.startswith((".", "_")) or not key:
+        key = "%{:02X}".format(ord(key[0])) + key[1:] if key else "%00"
+    return key
+
+
+def run_name(key: str) -> str:
+    """Inverse of :func:`run_key`."""
+    return "" if key == "%00" else unquote(key)
+
+
+def marker(job: str, index: int, epoch: int) -> bytes:
+    """The bytes of a commit (or claim) marker: which job holds the epoch, at which index."""
+    return json.dumps({"job": job, "index": int(index), "epoch": int(epoch)}).encode()
+
+
+def read_marker(data: bytes | None) -> dict | None:
+    """A marker's content, or None for a missing or unreadable one."""
+    if not data:
+        return None
+    try:
+        out = json.loads(data)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) and "job" in out else None
