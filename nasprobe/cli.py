@@ -11,7 +11,7 @@ import click
 from ._version import __version__
 from .cli_figures import plot
 from .cli_onsets import onsets_command
-from .cli_probe import demo_cmd, export_cmd, info_cmd, probe_cmd
+from .cli_probe import demo_cmd, export_cmd, info_cmd, migrate_cmd, probe_cmd
 from .cli_report import report_command, tensorboard_command
 from .doctor import doctor
 from .errors import MissingExtraError, NasprobeError
@@ -43,6 +43,6 @@ def main() -> None:
 
 
 # Commands live in modules named after what they do, as plain click commands; the group adds them.
-for command in (probe_cmd, export_cmd, info_cmd, demo_cmd, report_command, tensorboard_command,
-                plot, doctor, onsets_command):
+for command in (probe_cmd, export_cmd, info_cmd, migrate_cmd, demo_cmd, report_command,
+                tensorboard_command, plot, doctor, onsets_command):
     main.add_command(command)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from .cli_paths import PathOrUrl
+
 from .errors import NasprobeError
 
 __all__ = ["plot"]
 
 
 @click.command("plot")
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=PathOrUrl(exists=True))
 @click.option("--kind", required=True,
               type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy"]),
               help="line/stripes/heatmaps: 2021 paper Fig. 2-5; corr: 2020 Fig. 7; "

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import adapters
+from .cli_paths import PathOrUrl
 
 __all__ = ["probe_cmd", "export_cmd", "info_cmd", "demo_cmd", "framework_options"]
 
@@ -62,10 +63,11 @@ def framework_options(f):
 
 
 @click.command("probe")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--probe", "probe_path", required=True, type=click.Path(exists=True),
-              help=".npy images, .npz (x, optional y) or a folder of images.")
-@click.option("--out", required=True, type=click.Path(), help="The zarr store to write.")
+@click.argument("checkpoints", nargs=-1, required=True, type=PathOrUrl(exists=True))
+@click.option("--probe", "probe_path", required=True, type=PathOrUrl(exists=True),
+              help=".npy images, .npz (x, optional y) or a folder of images (path or URL).")
+@click.option("--out", required=True, type=PathOrUrl(),
+              help="The zarr store to write (a path, or a URL such as s3://bucket/nas.zarr).")
 @click.option("--run", default=None, help="Run name (default: the folder's name).")
 @framework_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
@@ -146,7 +148,7 @@ def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bia
 
 
 @click.command("info")
-@click.argument("store", type=click.Path(exists=True))
+@click.argument("store", type=PathOrUrl(exists=True))
 def info_cmd(store):
     """Print a store's runs, epochs, layers and provenance."""
     from .store import open_store
@@ -180,6 +182,18 @@ def info_cmd(store):
     extra = [v for v in ("loss", "accuracy", "train_loss", "train_accuracy") if v in ds]
     if extra:
         click.echo(f"metrics: {', '.join(extra)}")
+
+
+@click.command("migrate")
+@click.argument("store", type=PathOrUrl(exists=True))
+@click.option("--out", required=True, type=PathOrUrl(), help="The new store (path or URL).")
+def migrate_cmd(store, out):
+    """Copy a store written by nasprobe 0.1 into the current layout, so that new runs can be
+    added to it (values are copied, not recomputed; the old store is left as it is)."""
+    from .migrate import migrate
+
+    runs = migrate(store, out)
+    click.echo(f"migrated {len(runs)} runs ({', '.join(runs)}) into {out}", err=True)
 
 
 @click.command("demo")

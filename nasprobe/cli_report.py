@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import click
 
+from .cli_paths import PathOrUrl
+
 __all__ = ["report_command", "tensorboard_command"]
 
 
 @click.command("report")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=PathOrUrl(exists=True))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (self-contained: figures embedded, no network).")
 @click.option("--title", default=None, help="Page title (default: the store's folder name).")
@@ -29,7 +31,7 @@ def report_command(store: str, out: str, title: str | None, dpi: int,
 
 
 @click.command("tensorboard")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=PathOrUrl(exists=True))
 @click.argument("logdir", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True,
               help="Replace the event files an earlier export left in LOGDIR/<run> (other "

@@ -207,7 +207,7 @@ def _combine(loc: Location) -> xr.DataTree:
                 h["k"] = max(h["k"], k)
     dims3 = ("run", "epoch", "layer")
     ds = xr.Dataset(
-        {n: (dims3, data[n], {"coordinates": "layer_kind channels locations depth"}) for n in SCALARS},
+        {n: (dims3, data[n]) for n in SCALARS},
         coords={"run": ("run", np.array([r["name"] for r in runs], dtype=str)),
                 "epoch": ("epoch", np.asarray(epochs, np.int64)),
                 "layer": ("layer", np.array(layers, dtype=str)),
