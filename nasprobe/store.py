@@ -47,6 +47,12 @@ def new_job_id() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
+def _group_json(attrs: dict) -> bytes:
+    """A zarr v3 group's metadata document (deterministic bytes for the same attributes)."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs},
+                      sort_keys=True).encode()
+
+
 def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
     attrs = {"coordinates": coords} if coords else {}
     return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
@@ -107,16 +113,24 @@ class Store:
                 self.loc.path().mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(self.path, f"cannot be created: {exc}") from exc
-        # Identical bytes from every job that creates the store at the same moment.
-        shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
-        root = zarr.open_group(self.loc.zarr_store(), mode="a", zarr_format=3,
-                               use_consolidated=False,
-                               attributes={"nasprobe_layout": LAYOUT, **shared})
+        # Jobs may create the store at the same moment: the coordinates and the runs group
+        # come first (identical bytes from every job), the root's zarr.json last and
+        # exclusively, so a store that exists is complete and has one set of attributes.
         for name, values in (("quantile", np.array(QUANTILES)),
                              ("nas_bin", (NAS_BINS[:-1] + NAS_BINS[1:]) / 2),
                              ("corr_bin", (CORR_BINS[:-1] + CORR_BINS[1:]) / 2)):
-            _make(root, name, values.shape, "float64", (name,), np.nan, values.shape)[:] = values
-        root.require_group(RUNS)
+            sub = self.loc.child(name).zarr_store()
+            try:
+                arr = zarr.create_array(sub, shape=values.shape, dtype="float64",
+                                        dimension_names=(name,), fill_value=np.nan,
+                                        chunks=values.shape)
+            except zarr.errors.ContainsArrayError:  # created by another job a moment ago
+                arr = zarr.open_array(sub, mode="r+", zarr_format=3)
+            arr[:] = values  # the same bytes from every job
+        self.loc.create(_group_json({}), RUNS, "zarr.json")
+        shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
+        if not self.loc.create(_group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
+            self.create_or_check(attrs, force)  # another job created it first: check it
 
     def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
                  provenance: dict, job: str | None = None, attrs: dict | None = None
@@ -131,10 +145,7 @@ class Store:
         """
         job = job or new_job_id()
         key = run_key(run)
-        root = self._open()
-        runs = root.require_group(RUNS)
-        if key not in runs:
-            runs.create_group(key, attributes={"run": run})
+        self.loc.create(_group_json({"run": run}), RUNS, key, "zarr.json")
         grp = zarr.open_group(self.loc.child(RUNS, key, job).zarr_store(), mode="w",
                               zarr_format=3,
                               attributes={"run": run, "job": job, "keep_images": int(keep_images),
