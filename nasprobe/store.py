@@ -32,8 +32,8 @@ from .aggregate import NAS_BINS, QUANTILES
 from .correlation import CORR_BINS
 from .errors import StoreError
 from .storage import Location, location
-from .store_layout import (CLAIMS, COMMITS, LAYOUT, RUNS, SCALARS, LayerInfo, group_name,
-                           marker, read_marker, run_key, spatial_dims)
+from .store_layout import (CLAIMS, COMMITS, LAYOUT, RUNS, SCALARS, LayerInfo, group_json,
+                           group_name, marker, read_marker, run_key, spatial_dims)
 from .store_read import open_store, store_layout
 
 __all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
@@ -45,12 +45,6 @@ _LAYER_COORDS = "layer_kind channels locations depth"
 def new_job_id() -> str:
     """A probe job's id: sortable by start time, unique across machines."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-
-
-def _group_json(attrs: dict) -> bytes:
-    """A zarr v3 group's metadata document (deterministic bytes for the same attributes)."""
-    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs},
-                      sort_keys=True).encode()
 
 
 def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
@@ -127,9 +121,9 @@ class Store:
             except zarr.errors.ContainsArrayError:  # created by another job a moment ago
                 arr = zarr.open_array(sub, mode="r+", zarr_format=3)
             arr[:] = values  # the same bytes from every job
-        self.loc.create(_group_json({}), RUNS, "zarr.json")
+        self.loc.create(group_json({}), RUNS, "zarr.json")
         shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
-        if not self.loc.create(_group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
+        if not self.loc.create(group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
             self.create_or_check(attrs, force)  # another job created it first: check it
 
     def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
@@ -145,7 +139,9 @@ class Store:
         """
         job = job or new_job_id()
         key = run_key(run)
-        self.loc.create(_group_json({"run": run}), RUNS, key, "zarr.json")
+        self.loc.create(group_json({"run": run}), RUNS, key, "zarr.json")
+        for sub in (COMMITS, CLAIMS):
+            self.loc.create(group_json({}), RUNS, key, sub, "zarr.json")
         grp = zarr.open_group(self.loc.child(RUNS, key, job).zarr_store(), mode="w",
                               zarr_format=3,
                               attributes={"run": run, "job": job, "keep_images": int(keep_images),
@@ -266,13 +262,13 @@ class RunWriter:
         for e in self.index:
             if e in self.done:
                 continue
-            ok = self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, CLAIMS, str(e))
+            ok = self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, CLAIMS, str(e), "zarr.json")
             (mine if ok else theirs).append(e)
         self.todo = mine + theirs
 
     def committed_by(self, epoch: int) -> str | None:
         """The job whose values of ``epoch`` are committed, or None."""
-        m = read_marker(self.loc.read(RUNS, self.key, COMMITS, str(int(epoch))))
+        m = read_marker(self.loc.read(RUNS, self.key, COMMITS, str(int(epoch)), "zarr.json"))
         return None if m is None else m["job"]
 
     def write_epoch(self, epoch: int, summaries: dict[str, dict],
@@ -325,7 +321,8 @@ class RunWriter:
         """Create the epoch's commit marker (atomic, exclusive); True when it names this job
         (also when this job had committed it before, e.g. a Dask task run twice)."""
         e = int(epoch)
-        if self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, COMMITS, str(e)):
+        if self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, COMMITS, str(e),
+                           "zarr.json"):
             return True
         for _ in range(50):  # a local marker is visible whole; this only guards odd backends
             holder = self.committed_by(e)

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 __all__ = ["LAYOUT", "SCALARS", "LayerInfo", "group_name", "spatial_dims", "run_key",
-           "run_name", "marker", "read_marker"]
+           "run_name", "marker", "read_marker", "group_json"]
 
 #: Value of the root attribute ``nasprobe_layout`` of stores with one group per run and job.
 LAYOUT = "runs/1"
@@ -62,9 +62,17 @@ def run_name(key: str) -> str:
     return "" if key == "%00" else unquote(key)
 
 
+def group_json(attrs: dict) -> bytes:
+    """A zarr v3 group's metadata document (deterministic bytes for the same attributes)."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs},
+                      sort_keys=True).encode()
+
+
 def marker(job: str, index: int, epoch: int) -> bytes:
-    """The bytes of a commit (or claim) marker: which job holds the epoch, at which index."""
-    return json.dumps({"job": job, "index": int(index), "epoch": int(epoch)}).encode()
+    """A commit (or claim) marker: an empty zarr group ``<epoch>/zarr.json`` whose attributes
+    say which job holds the epoch, at which index (a group, so that the store stays a valid
+    zarr hierarchy that xarray and zarr open without complaint)."""
+    return group_json({"job": job, "index": int(index), "epoch": int(epoch)})
 
 
 def read_marker(data: bytes | None) -> dict | None:
@@ -72,7 +80,7 @@ def read_marker(data: bytes | None) -> dict | None:
     if not data:
         return None
     try:
-        out = json.loads(data)
-    except ValueError:
+        out = json.loads(data).get("attributes", {})
+    except (ValueError, AttributeError):
         return None
     return out if isinstance(out, dict) and "job" in out else None

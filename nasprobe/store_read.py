@@ -45,11 +45,11 @@ def store_layout(loc: Location) -> str | None:
 
 def committed_epochs(loc: Location, key: str) -> dict[int, dict]:
     """The run ``key``'s commit markers: epoch → ``{"job", "index", "epoch"}``."""
-    names = [n for n in loc.listdir(RUNS, key, COMMITS) if not n.startswith(".")]
-    got = loc.read_many([f"{RUNS}/{key}/{COMMITS}/{n}" for n in names])
+    names = [n for n in loc.listdir(RUNS, key, COMMITS) if n.lstrip("-").isdigit()]
+    got = loc.read_many([f"{RUNS}/{key}/{COMMITS}/{n}/zarr.json" for n in names])
     out = {}
     for n in names:
-        m = read_marker(got[f"{RUNS}/{key}/{COMMITS}/{n}"])
+        m = read_marker(got[f"{RUNS}/{key}/{COMMITS}/{n}/zarr.json"])
         if m is not None:
             out[int(n)] = m
     return out

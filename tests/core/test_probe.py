@@ -107,11 +107,19 @@ def test_runs_accumulate_without_rewriting(conv_run, labelled_probe, tmp_path):
     assert np.isnan(ds.nas_median.sel(run="a", epoch=5)).all()
     assert np.isnan(ds.nas_median.sel(run="b", epoch=1)).all()
     assert np.isfinite(ds.nas_median.sel(run="b", epoch=5)).all()
-    # xarray's own reader opens the store too.
+    # xarray's own reader opens the store too, raw: one group per run and probe job, with
+    # the commit markers as empty groups (docs/store-design.md).
+    import warnings
+
     import xarray as xr
 
-    raw = xr.open_datatree(str(out), engine="zarr")
-    assert set(raw.children) == {"heatmaps"} and "nas_median" in raw.to_dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a valid zarr hierarchy: no complaint
+        raw = xr.open_datatree(str(out), engine="zarr", consolidated=False)
+    assert set(raw.children) == {"runs"} and set(raw["runs"].children) == {"a", "b"}
+    jobs = [n for n in raw["runs/b"].children if n not in ("commits", "claims")]
+    assert len(jobs) == 1 and "nas_median" in raw[f"runs/b/{jobs[0]}"].to_dataset()
+    assert set(raw["runs/b/commits"].children) == {"2", "5"}
 
 
 def test_wrong_probe_shape_names_both_shapes(conv_run, tmp_path):

@@ -19,7 +19,7 @@ EPOCHS = 16
 def _committed(store):
     """Epochs of run ``r`` committed so far (their commit markers, see docs/store-design.md)."""
     folder = store / "runs" / "r" / "commits"
-    return len([f for f in os.listdir(folder) if not f.startswith(".")]) if folder.exists() else 0
+    return len([f for f in os.listdir(folder) if f.isdigit()]) if folder.exists() else 0
 
 
 def _cmd(folder, probe, store):
