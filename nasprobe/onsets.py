@@ -181,10 +181,11 @@ def onsets(ds: xr.Dataset, sigma: float = 2.0, nas_var: str = "nas_median") -> x
     loss = ds["loss"] if "loss" in ds else None
     lo = np.array([_onset_or_nan(None if loss is None else
                                  loss_onset(loss.sel(run=r).values, epochs, sigma))
-                   for r in runs])
+                   for r in runs], dtype=float)
     nas = ds[nas_var].transpose("run", "epoch", "layer").values
     no = np.array([[_onset_or_nan(nas_onset(nas[i, :, j], epochs, sigma))
-                    for j in range(len(layers))] for i in range(len(runs))])
+                    for j in range(len(layers))] for i in range(len(runs))],
+                  dtype=float).reshape(len(runs), len(layers))  # also a store with no run yet
     layer_coords = {k: v for k, v in ds.coords.items() if v.dims == ("layer",)}
     out = xr.Dataset(
         {"loss_onset": (("run",), lo, {"units": "epoch"}),

@@ -95,7 +95,11 @@ def test_readers_during_writes_see_only_committed_cells(tmp_path):
     snaps, infos, reported = [], [], False
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
-        if not (out / "runs" / "r" / "commits").exists():
+        commits = out / "runs" / "r" / "commits"
+        if not reported and commits.exists():  # the store exists, nothing committed yet
+            res = CliRunner().invoke(main, ["report", str(out), "--out", str(tmp_path / "r0.html")])
+            assert res.exit_code == 0, res.output
+        if not commits.exists() or not any(p.name.isdigit() for p in commits.iterdir()):
             time.sleep(0.01)
             continue
         snaps.append(nasprobe.open_store(out))
