@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from .cli_paths import PathOrUrl
-
 from .errors import NasprobeError
 
 __all__ = ["plot"]

@@ -26,7 +26,7 @@ from .adapters import is_checkpoint
 from .checkpoints import Checkpoint, checkpoints_in, find_checkpoints, parse_epoch
 from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointError, StoreError
 from .options import ProbeOptions
-from .storage import is_url, location
+from .storage import checked_path, is_url, local_copy, location
 from .store import LayerInfo, RunWriter, Store, new_job_id
 from .tasks import (EpochResult, EpochTask, Outcome, RunSpec, context, output_kind, probe_epoch,
                     run_epoch)
@@ -132,7 +132,8 @@ class _Plan:
     writer: RunWriter | None = None
 
 
-def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error) -> _Plan:
+def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error,
+          origin: dict[str, str] | None = None) -> _Plan:
     """Find the run's checkpoints and build its tapped model once (in this process's cache).
     With ``on_error="skip"`` a first checkpoint that cannot give the architecture is skipped
     and the next one tried."""
@@ -140,7 +141,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     found = _find(inputs, epoch_regex, on_error, skipped)
     ckpts = list(found)
     while True:
-        spec = RunSpec(run=name, checkpoints=tuple((str(c.path), c.epoch) for c in ckpts),
+        spec = RunSpec(run=name, checkpoints=tuple((_origin(c.path, origin), c.epoch) for c in ckpts),
                        options=options)
         try:
             ctx = context(spec)
@@ -157,7 +158,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     spec = replace(spec, probe_sha256=ctx.probeset.sha256)
     infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth)
              for t in ctx.taps]
-    provenance = {"source": str(inputs[0].resolve()), "framework": ctx.source.framework,
+    provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
                   "skipped": dict(skipped)}
@@ -216,11 +217,20 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
     if workers is not None and scheduler is not None:
         raise NasprobeError("give --workers or --scheduler, not both")
     _check_out(out)
-    groups = run_folders(checkpoints, run)
+    origin: dict[str, str] = {}  # local copy → URL, for checkpoints on object storage
+    local = []
+    for c in checkpoints:
+        if is_url(checked_path(c)):
+            copy = local_copy(str(c))
+            origin[str(copy.resolve())] = str(c).rstrip("/")
+            local.append(copy)
+        else:
+            local.append(c)
+    groups = run_folders(local, run)
     plans: list[_Plan] = []
     for name, inputs in groups:
         try:
-            plans.append(_plan(name, inputs, options, epoch_regex, on_error))
+            plans.append(_plan(name, inputs, options, epoch_regex, on_error, origin))
         except CheckpointError as exc:
             if on_error == "fail" or len(groups) == 1:
                 raise
@@ -248,6 +258,16 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
                 plan.provenance["nonfinite"] = plan.nonfinite
             plan.writer.set_provenance(plan.provenance)
     return out if is_url(str(out)) else Path(out)
+
+
+def _origin(path: Path, origin: dict[str, str] | None) -> str:
+    """The URL a downloaded file or folder came from (tasks fetch it again where they run, see
+    :func:`nasprobe.storage.local_copy`), else the local path."""
+    text = str(Path(path).resolve())
+    for local, url in (origin or {}).items():
+        if text == local or text.startswith(local + os.sep):
+            return url + text[len(local):].replace(os.sep, "/")
+    return str(path)
 
 
 def _check_out(out: str | os.PathLike) -> None:

@@ -105,8 +105,11 @@ class Location:
         return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
 
     def exists(self, *parts: str) -> bool:
-        """True when the object (or folder) ``parts`` exists."""
-        return self.fs.exists(self.key(*parts))
+        """True when the object (or folder) ``parts`` exists (never from a stale listing)."""
+        key = self.key(*parts)
+        if not self.local:
+            self.fs.invalidate_cache(key)
+        return self.fs.exists(key)
 
     def read(self, *parts: str) -> bytes | None:
         """The bytes of object ``parts``, or None when it does not exist."""
@@ -159,11 +162,19 @@ class Location:
                 return False
             finally:
                 tmp.unlink(missing_ok=True)
+        key = self.key(*parts)
         try:
-            self.fs.pipe_file(self.key(*parts), data, mode="create")
+            self.fs.pipe_file(key, data, mode="create")
             return True
         except FileExistsError:
             return False
+        except (TypeError, NotImplementedError):
+            # A backend without exclusive creates: check, then write. Not atomic, but a marker
+            # always names a job whose data is whole, so racing jobs still never mix values.
+            if self.exists(*parts):
+                return False
+            self.fs.pipe_file(key, data)
+            return True
 
 
 def location(path: str | os.PathLike) -> Location:
@@ -191,6 +202,9 @@ def local_copy(path: str | os.PathLike) -> Path:
     text = checked_path(path)
     if not is_url(text):
         return Path(text)
+    text = text.rstrip("/")
+    if text in _COPIES and _COPIES[text].exists():
+        return _COPIES[text]
     loc = location(text)
     fs, root = loc.fs, loc.root
     name = root.rstrip("/").rsplit("/", 1)[-1] or "root"
@@ -200,12 +214,18 @@ def local_copy(path: str | os.PathLike) -> Path:
             for info in fs.find(root, detail=True).values():
                 rel = info["name"][len(root.rstrip("/")) + 1:]
                 _fetch(fs, info, dest / rel)
+                _COPIES[f"{text}/{rel}"] = dest / rel
             dest.mkdir(parents=True, exist_ok=True)
         else:
             _fetch(fs, fs.info(root), dest)
+        _COPIES[text] = dest
     except (OSError, ValueError) as exc:
         raise NasprobeError(f"{text}: cannot be read ({exc})") from exc
     return dest
+
+
+#: URL → local copy made by this process (a file of a folder downloaded whole is found here).
+_COPIES: dict[str, Path] = {}
 
 
 def _fetch(fs, info: dict, dest: Path) -> None:

@@ -19,7 +19,6 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from . import pipeline
 from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
 from .probesets import ProbeSet, load_probe_set
 from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers
+from .storage import local_copy
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
            "probe_epoch", "run_batch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
@@ -69,7 +69,7 @@ class RunSpec:
 
     def ckpts(self) -> list[Checkpoint]:
         """The run's checkpoints as :class:`~nasprobe.contract.Checkpoint` objects."""
-        return [Checkpoint(Path(p), e) for p, e in self.checkpoints]
+        return [Checkpoint(local_copy(p), e) for p, e in self.checkpoints]
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,8 @@ def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
     if k not in _PROBESETS:
         while len(_PROBESETS) >= CACHE_SIZE:
             _PROBESETS.popitem(last=False)
-        _PROBESETS[k] = load_probe_set(opts.probe, input_shape, mean=opts.mean, std=opts.std)
+        _PROBESETS[k] = load_probe_set(local_copy(opts.probe), input_shape, mean=opts.mean,
+                                       std=opts.std)
     _PROBESETS.move_to_end(k)
     return _PROBESETS[k]
 
@@ -344,7 +345,7 @@ def run_epoch(task: EpochTask) -> Outcome:
     if task.writer.committed_by(epoch) is not None:
         return Outcome(spec.run, epoch, str(path))
     ctx = context(spec)
-    ck = Checkpoint(Path(path), epoch)
+    ck = Checkpoint(local_copy(path), epoch)
     try:
         weights = reading(ck.path, ctx.source.weights, ck)
         session = reading(ck.path, ctx.tapped.session, weights, ck.path)
