@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .cli_paths import PathOrUrl
 from .errors import NasprobeError
 
 __all__ = ["onsets_command", "parse_params"]
@@ -30,7 +31,7 @@ def parse_params(items: tuple[str, ...]) -> dict:
 
 
 @click.command("onsets")
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=PathOrUrl(exists=True))
 @click.option("--rule", default=None,
               type=click.Choice(["rise", "plateau", "creep", "gap", "quantile"]),
               help="A label-free stopping rule: print the epoch it stops each run at "
