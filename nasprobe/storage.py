@@ -147,6 +147,17 @@ class Location:
         else:
             self.fs.pipe_file(self.key(*parts), data)
 
+    def put_many(self, items: dict[str, bytes]) -> None:
+        """Write several objects (key → bytes, keys relative to this folder), each whole; on
+        object stores as concurrent requests of one batch."""
+        if not items:
+            return
+        if self.local:
+            for k, v in items.items():
+                self.write(v, *k.split("/"))
+        else:
+            self.fs.pipe({self.key(k): v for k, v in items.items()})
+
     def create(self, data: bytes, *parts: str) -> bool:
         """Create object ``parts`` only if it does not exist yet, atomically: of several
         processes racing, exactly one gets True. The object appears with all its bytes."""

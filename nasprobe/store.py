@@ -22,11 +22,14 @@ import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
+import zarr.storage
+from zarr.core.buffer import cpu
 
 from .aggregate import NAS_BINS, QUANTILES
 from .correlation import CORR_BINS
@@ -45,6 +48,46 @@ _LAYER_COORDS = "layer_kind channels locations depth"
 def new_job_id() -> str:
     """A probe job's id: sortable by start time, unique across machines."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images: int,
+                 attrs: dict) -> zarr.Group:
+    """A job group for ``epochs`` × ``layers`` in ``store``: coordinates written, variables
+    empty, chunked one epoch per chunk (see docs/store-design.md)."""
+    grp = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+    n, k = len(epochs), int(keep_images)
+    lc = max(1, len(layers))
+    _make(grp, "epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),))[:] = \
+        np.asarray(epochs, np.int64)
+    _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
+        np.array([x.name for x in layers], dtype=object)
+    _make(grp, "layer_kind", (len(layers),), str, ("layer",), "", (lc,))[:] = \
+        np.array([x.kind for x in layers], dtype=object)
+    for name in ("channels", "locations", "depth"):
+        _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
+            np.array([getattr(x, name) for x in layers], np.int64)
+    lay = ("epoch", "layer")
+    for name in SCALARS:
+        _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), _LAYER_COORDS)
+    for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
+                                      ("nas_hist", ("nas_bin", 100), "int64", 0),
+                                      ("corr_hist", ("corr_bin", 200), "int64", 0)):
+        _make(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
+              (1, lc, extra[1]), _LAYER_COORDS)
+    for name in ("loss", "accuracy"):
+        _make(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
+    heat = grp.create_group("heatmaps")
+    for layer in layers:
+        g = heat.create_group(group_name(layer.name), attributes={"layer": layer.name})
+        sd, sp = spatial_dims(len(layer.spatial)), tuple(layer.spatial)
+        _make(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
+        _make(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
+              (1, max(k, 1), *sp))
+    return grp
+
+
+#: Per process: (store, run, job) → (in-memory copy of the job group's metadata, its dict).
+_TEMPLATES: dict[tuple, tuple] = {}
 
 
 def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
@@ -110,17 +153,15 @@ class Store:
         # Jobs may create the store at the same moment: the coordinates and the runs group
         # come first (identical bytes from every job), the root's zarr.json last and
         # exclusively, so a store that exists is complete and has one set of attributes.
+        mem: dict = {}
         for name, values in (("quantile", np.array(QUANTILES)),
                              ("nas_bin", (NAS_BINS[:-1] + NAS_BINS[1:]) / 2),
                              ("corr_bin", (CORR_BINS[:-1] + CORR_BINS[1:]) / 2)):
-            sub = self.loc.child(name).zarr_store()
-            try:
-                arr = zarr.create_array(sub, shape=values.shape, dtype="float64",
-                                        dimension_names=(name,), fill_value=np.nan,
-                                        chunks=values.shape)
-            except zarr.errors.ContainsArrayError:  # created by another job a moment ago
-                arr = zarr.open_array(sub, mode="r+", zarr_format=3)
-            arr[:] = values  # the same bytes from every job
+            zarr.create_array(zarr.storage.MemoryStore(mem), name=name, shape=values.shape,
+                              dtype="float64", dimension_names=(name,), fill_value=np.nan,
+                              chunks=values.shape)[:] = values
+        mem.pop("zarr.json", None)  # the root's own document is created last, exclusively
+        self.loc.put_many({k: v.to_bytes() for k, v in mem.items()})  # same bytes from every job
         self.loc.create(group_json({}), RUNS, "zarr.json")
         shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
         if not self.loc.create(group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
@@ -142,41 +183,19 @@ class Store:
         self.loc.create(group_json({"run": run}), RUNS, key, "zarr.json")
         for sub in (COMMITS, CLAIMS):
             self.loc.create(group_json({}), RUNS, key, sub, "zarr.json")
-        grp = zarr.open_group(self.loc.child(RUNS, key, job).zarr_store(), mode="w",
-                              zarr_format=3,
-                              attributes={"run": run, "job": job, "keep_images": int(keep_images),
-                                          "provenance": json.dumps(provenance),
-                                          **(attrs or {})})
-        n, k = len(epochs), int(keep_images)
-        lc = max(1, len(layers))
-        _make(grp, "epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),))[:] = \
-            np.asarray(epochs, np.int64)
-        _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
-            np.array([x.name for x in layers], dtype=object)
-        _make(grp, "layer_kind", (len(layers),), str, ("layer",), "", (lc,))[:] = \
-            np.array([x.kind for x in layers], dtype=object)
-        for name in ("channels", "locations", "depth"):
-            _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
-                np.array([getattr(x, name) for x in layers], np.int64)
-        lay = ("epoch", "layer")
-        for name in SCALARS:
-            _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), _LAYER_COORDS)
-        for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
-                                          ("nas_hist", ("nas_bin", 100), "int64", 0),
-                                          ("corr_hist", ("corr_bin", 200), "int64", 0)):
-            _make(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
-                  (1, lc, extra[1]), _LAYER_COORDS)
-        for name in ("loss", "accuracy"):
-            _make(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
-        heat = grp.create_group("heatmaps")
-        for layer in layers:
-            g = heat.create_group(group_name(layer.name), attributes={"layer": layer.name})
-            sd, sp = spatial_dims(len(layer.spatial)), tuple(layer.spatial)
-            _make(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
-            _make(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
-                  (1, max(k, 1), *sp))
+        # The group is built in memory and uploaded in one batch (concurrent requests on object
+        # stores); its metadata documents travel with the writer, so that a process writing an
+        # epoch (a Dask worker) needs no read to know the arrays.
+        mem: dict = {}
+        _build_group(zarr.storage.MemoryStore(mem), epochs, layers, keep_images,
+                     {"run": run, "job": job, "keep_images": int(keep_images),
+                      "provenance": json.dumps(provenance),
+                      "layers": json.dumps([x.name for x in layers]), **(attrs or {})})
+        files = {k: v.to_bytes() for k, v in mem.items()}
+        self.loc.put_many({f"{RUNS}/{key}/{job}/{k}": v for k, v in files.items()})
         writer = RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
-                           [x.name for x in layers])
+                           [x.name for x in layers],
+                           meta={k: v for k, v in files.items() if k.endswith("zarr.json")})
         writer.claim()
         return writer
 
@@ -242,6 +261,7 @@ class RunWriter:
     job: str
     index: dict[int, int]
     layers: list[str]
+    meta: dict[str, bytes] = field(default_factory=dict, repr=False)
     todo: list[int] | None = None
     done: set[int] | None = None
 
@@ -258,13 +278,12 @@ class RunWriter:
         from .store_read import committed_epochs
 
         self.done = set(committed_epochs(self.loc, self.key)) & set(self.index)
-        mine, theirs = [], []
-        for e in self.index:
-            if e in self.done:
-                continue
-            ok = self.loc.create(marker(self.job, self.index[e], e), RUNS, self.key, CLAIMS, str(e), "zarr.json")
-            (mine if ok else theirs).append(e)
-        self.todo = mine + theirs
+        todo = [e for e in self.index if e not in self.done]
+        with ThreadPoolExecutor(8) as pool:  # object stores: one request per claim, at once
+            got = list(pool.map(lambda e: self.loc.create(marker(self.job, self.index[e], e), RUNS,
+                                                          self.key, CLAIMS, str(e), "zarr.json"),
+                                todo))
+        self.todo = [e for e, ok in zip(todo, got) if ok] + [e for e, ok in zip(todo, got) if not ok]
 
     def committed_by(self, epoch: int) -> str | None:
         """The job whose values of ``epoch`` are committed, or None."""
@@ -288,8 +307,7 @@ class RunWriter:
         i = self.index[int(epoch)]
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)
-        store = self._group().zarr_store()
-        grp = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+        grp, mem = self._template()
 
         def put(name, values, cols=idx):
             arr = grp[name]
@@ -315,7 +333,37 @@ class RunWriter:
         for name in ("loss", "accuracy"):
             if metrics and name in metrics:
                 grp[name][i] = metrics[name]
+        # The epoch's chunks were encoded in memory: upload them in one batch, then commit.
+        chunks = {k: mem.pop(k).to_bytes() for k in [k for k in mem if not k.endswith("zarr.json")]}
+        self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
         return self.commit(epoch)
+
+    def _template(self):
+        """This process's in-memory copy of the job group (metadata only; chunks written into
+        it are taken out and uploaded by :meth:`write_epoch`)."""
+        k = (self.loc.url, self.key, self.job)
+        if k not in _TEMPLATES:
+            if len(_TEMPLATES) > 16:
+                _TEMPLATES.clear()
+            meta = self.meta or self._read_meta()
+            mem = {name: cpu.Buffer.from_bytes(data) for name, data in meta.items()}
+            grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r+", zarr_format=3,
+                                  use_consolidated=False)
+            _TEMPLATES[k] = (grp, mem)
+        return _TEMPLATES[k]
+
+    def _read_meta(self) -> dict[str, bytes]:
+        """The job group's metadata documents, read from the store (writers made before the
+        metadata travelled with them)."""
+        names = ["zarr.json"] + [f"{a}/zarr.json" for a in ("epoch", "layer", "layer_kind",
+                                 "channels", "locations", "depth", "loss", "accuracy",
+                                 "nas_quantile", "nas_hist", "corr_hist", *SCALARS)]
+        names += ["heatmaps/zarr.json"]
+        for layer in self.layers:
+            g = f"heatmaps/{group_name(layer)}"
+            names += [f"{g}/zarr.json", f"{g}/nas_map/zarr.json", f"{g}/nas_image_map/zarr.json"]
+        got = self.loc.read_many([f"{RUNS}/{self.key}/{self.job}/{n}" for n in names])
+        return {n: got[f"{RUNS}/{self.key}/{self.job}/{n}"] for n in names}
 
     def commit(self, epoch: int) -> bool:
         """Create the epoch's commit marker (atomic, exclusive); True when it names this job
