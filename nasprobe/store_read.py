@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+import itertools
 
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.storage
+from zarr.core.buffer import cpu
 
 from .errors import StoreError
 from .storage import Location, location
@@ -26,6 +28,7 @@ __all__ = ["open_store", "store_layout", "committed_epochs", "LEGACY"]
 
 #: What :func:`store_layout` answers for a store of nasprobe 0.1.
 LEGACY = "0.1"
+_COORDS = ("epoch", "layer", "layer_kind", "channels", "locations", "depth")
 _HISTS = (("nas_quantile", "quantile"), ("nas_hist", "nas_bin"), ("corr_hist", "corr_bin"))
 
 
@@ -79,37 +82,77 @@ def open_store(path: str | os.PathLike) -> xr.DataTree:
 
 
 # -- the current layout -------------------------------------------------------------------------
-def _read_job(loc: Location, key: str, job: str, slots: list[int]) -> dict:
-    """The arrays of one job group at ``slots`` (only those chunks are read)."""
-    grp = zarr.open_group(loc.child(RUNS, key, job).zarr_store(read_only=True), mode="r",
-                          zarr_format=3, use_consolidated=False)
+def _array_names(layers: list[str]) -> list[str]:
+    """Paths of a job group's arrays (see :func:`nasprobe.store.Store.open_run`)."""
+    names = ["epoch", "layer", "layer_kind", "channels", "locations", "depth", "loss", "accuracy",
+             *SCALARS, *(n for n, _ in _HISTS)]
+    for layer in layers:
+        names += [f"heatmaps/{group_name(layer)}/nas_map", f"heatmaps/{group_name(layer)}/nas_image_map"]
+    return names
+
+
+def _chunk_keys(name: str, meta: dict, slots: list[int]) -> list[str]:
+    """Keys of the chunks of array ``name`` that hold ``slots`` along its first axis (every
+    chunk for the 1-D coordinates)."""
+    shape = meta["shape"]
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    enc = meta.get("chunk_key_encoding", {})
+    sep = enc.get("configuration", {}).get("separator", "/")
+    prefix = "c" + sep if enc.get("name", "default") == "default" else ""
+    grid = [range(-(-s // c)) if s else range(0) for s, c in zip(shape, chunks)]
+    if name not in _COORDS:  # per-epoch variables: only the chunks of these slots
+        grid[0] = sorted({i // chunks[0] for i in slots})
+    return [f"{name}/{prefix}{sep.join(map(str, idx))}" if idx else f"{name}/{prefix}0"
+            for idx in itertools.product(*grid)]
+
+
+def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict) -> dict:
+    """The arrays of one job group at ``slots``: its metadata in one batch of reads, then the
+    chunks of those slots in another (concurrent requests on object stores), decoded by zarr
+    from memory."""
+    base = f"{RUNS}/{key}/{job}"
+    layers = json.loads(attrs.get("layers", "[]"))
+    names = _array_names(layers)
+    groups = ["", "heatmaps"] + [f"heatmaps/{group_name(x)}" for x in layers]
+    meta_keys = [f"{g}/zarr.json".lstrip("/") for g in groups] + [f"{n}/zarr.json" for n in names]
+    got = loc.read_many([f"{base}/{k}" for k in meta_keys])
+    docs = {k: got[f"{base}/{k}"] for k in meta_keys}
+    missing = [k for k, v in docs.items() if v is None]
+    if missing:
+        raise StoreError(loc.url, f"job group {base} lacks {missing[0]}")
+    chunk_keys = [c for n in names for c in _chunk_keys(n, json.loads(docs[f"{n}/zarr.json"]), slots)]
+    got = loc.read_many([f"{base}/{k}" for k in chunk_keys])
+    mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
+    mem.update({k: cpu.Buffer.from_bytes(got[f"{base}/{k}"]) for k in chunk_keys
+                if got[f"{base}/{k}"] is not None})
+    grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
+                          use_consolidated=False)
     sl = np.asarray(slots, dtype=np.int64)
-    out = {"attrs": dict(grp.attrs), "epoch": grp["epoch"][:][sl]}
+    out = {"attrs": attrs, "epoch": grp["epoch"][:][sl]}
     for name in ("layer", "layer_kind"):
         out[name] = [str(v) for v in grp[name][:]]
     for name in ("channels", "locations", "depth"):
         out[name] = grp[name][:]
-    names = list(SCALARS) + [n for n, _ in _HISTS] + ["loss", "accuracy"]
-    jobs = [(n, grp[n]) for n in names]
-    heat = grp["heatmaps"]
-    for g, sub in heat.groups():
-        layer = sub.attrs.get("layer", g)
-        jobs += [((layer, "nas_map"), sub["nas_map"]), ((layer, "nas_image_map"), sub["nas_image_map"])]
-    with ThreadPoolExecutor(8) as pool:  # object stores: many small reads at once
-        for name, values in zip([n for n, _ in jobs],
-                                pool.map(lambda a: a.get_orthogonal_selection((sl,)), [a for _, a in jobs])):
-            out[name] = values
+    for name in list(SCALARS) + [n for n, _ in _HISTS] + ["loss", "accuracy"]:
+        out[name] = grp[name].get_orthogonal_selection((sl,))
+    for layer in layers:
+        sub = grp[f"heatmaps/{group_name(layer)}"]
+        out[(layer, "nas_map")] = sub["nas_map"].get_orthogonal_selection((sl,))
+        out[(layer, "nas_image_map")] = sub["nas_image_map"].get_orthogonal_selection((sl,))
     return out
 
 
-def _job_attrs(loc: Location, key: str, job: str, read: dict) -> dict:
-    if job in read:
-        return read[job]["attrs"]
-    meta = loc.read(RUNS, key, job, "zarr.json")
-    try:
-        return json.loads(meta).get("attributes", {}) if meta else {}
-    except ValueError:  # a job group being created right now
-        return {}
+def _job_attrs(loc: Location, key: str, jobs: list[str]) -> dict[str, dict]:
+    """The attributes of the run's job groups (one batch of reads); ``{}`` for a group being
+    created right now."""
+    got = loc.read_many([f"{RUNS}/{key}/{job}/zarr.json" for job in jobs])
+    out = {}
+    for job in jobs:
+        try:
+            out[job] = json.loads(got[f"{RUNS}/{key}/{job}/zarr.json"] or b"{}").get("attributes", {})
+        except ValueError:
+            out[job] = {}
+    return out
 
 
 def _read_metrics(loc: Location, key: str, group: str) -> dict[str, dict[int, float]]:
@@ -163,12 +206,12 @@ def _combine(loc: Location) -> xr.DataTree:
         fixed = {n: root[n][:] for n in ("quantile", "nas_bin", "corr_bin")}
         runs = _runs(loc)
         for run in runs:
+            run["attrs"] = _job_attrs(loc, run["key"], run["all_jobs"])
             run["jobs"] = {}
             for job in sorted(run["by_job"]):
                 pairs = sorted(run["by_job"][job])
-                run["jobs"][job] = _read_job(loc, run["key"], job, [i for _, i in pairs])
-            run["attrs"] = {job: _job_attrs(loc, run["key"], job, run["jobs"])
-                            for job in run["all_jobs"]}
+                run["jobs"][job] = _read_job(loc, run["key"], job, [i for _, i in pairs],
+                                             run["attrs"].get(job, {}))
             run["extra"] = {}
             for g in run["metrics"]:
                 for name, values in _read_metrics(loc, run["key"], g).items():
