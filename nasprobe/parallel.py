@@ -1,12 +1,13 @@
 """Running a probe job's (run, epoch) tasks on Dask (``--workers N`` / ``--scheduler ADDRESS``).
 
 dask and distributed are an optional extra: they are imported only here, only when asked for.
-The coordinator (:func:`nasprobe.probe`) reserves every slot of the store first; each task then
-rebuilds its run's tapped model on its worker (cached per worker, see :mod:`nasprobe.tasks`)
-and writes only its own slot's chunks, so no locks are needed. A worker process that dies
-mid-task (killed, out of memory) costs only that task: the scheduler gives it to another worker
-(up to ``distributed.scheduler.allowed-failures`` times), and the commit flag ``probed``, written
-last, keeps a half-written epoch invisible. Exceptions raised by a task are retried ``retries``
+The coordinator (:func:`nasprobe.probe`) creates the job's group for each run first; each task
+then rebuilds its run's tapped model on its worker (cached per worker, see :mod:`nasprobe.tasks`)
+and writes only its own epoch's chunks, so no locks are needed (docs/store-design.md); workers
+need no shared disk when the store is on object storage. A worker process that dies mid-task
+(killed, out of memory) costs only that task: the scheduler gives it to another worker (up to
+``distributed.scheduler.allowed-failures`` times), and the commit marker, created last, keeps a
+half-written epoch invisible. Exceptions raised by a task are retried ``retries``
 times.
 """
 

@@ -1,11 +1,12 @@
 """The probe job: runs' checkpoints → tapped ONNX → onnxruntime → statistics → the store.
 
 :func:`probe` is the coordinator. It finds each run's checkpoints, builds each run's tapped
-model once (to learn its layers), reserves every (run, epoch) slot of the store, then runs one
-task per (run, epoch) — in this process, or on Dask workers (``workers=``/``scheduler=``, see
-:mod:`nasprobe.parallel`). A task (:func:`nasprobe.tasks.run_epoch`) probes one checkpoint and
-writes only its own slot, setting the commit flag last, so a stopped job continues where it
-stopped and a serial and a parallel job write the same store. The pure part,
+model once (to learn its layers), creates this job's group for each run in the store
+(:meth:`nasprobe.store.Store.open_run`), then runs one task per (run, epoch) still to do — in
+this process, or on Dask workers (``workers=``/``scheduler=``, see :mod:`nasprobe.parallel`).
+A task (:func:`nasprobe.tasks.run_epoch`) probes one checkpoint, writes its chunks and commits
+the epoch last, so a stopped job continues where it stopped, a serial and a parallel job write
+the same store, and other jobs may write the same store at once (docs/store-design.md). The pure part,
 :func:`probe_epoch`, takes a session and a probe set and returns numbers.
 """
 

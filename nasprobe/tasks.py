@@ -1,15 +1,16 @@
 """One (run, epoch) as a self-contained task: the unit of work of serial and Dask probing.
 
 A task (:class:`EpochTask`) holds only small, picklable things — a :class:`RunSpec` (paths and
-options), one checkpoint's path and epoch, the store path and the slot ``(run_i, epoch_i)``
-reserved for it by the coordinator — and rebuilds the heavy objects (checkpoint source, tapped ONNX graph,
+options), one checkpoint's path (or URL) and epoch, and the job's
+:class:`~nasprobe.store.RunWriter` for the run — and rebuilds the heavy objects (checkpoint
+source, tapped ONNX graph,
 onnxruntime model, probe set) itself. They are cached per process in a small LRU keyed by
 :attr:`RunSpec.key`, so a worker builds a run's tapped model once and keeps at most
 :data:`CACHE_SIZE` of them: memory grows with neither the number of epochs nor of runs.
 
-:func:`run_epoch` writes the epoch's slot with :meth:`nasprobe.store.Store.write_epoch` (which
-sets the commit flag ``probed`` last) and returns a small :class:`Outcome`; nothing per epoch
-is kept after it returns.
+:func:`run_epoch` writes the epoch with one :meth:`nasprobe.store.RunWriter.write_epoch` call
+(its chunks, then the commit marker; see docs/store-design.md) and returns a small
+:class:`Outcome`; nothing per epoch is kept after it returns.
 """
 
 from __future__ import annotations
