@@ -81,7 +81,7 @@ def snapshot_consistent(snap: xr.DataTree, final: xr.DataTree) -> int:
     """Check that a store read while jobs wrote holds, in every (run, epoch) cell marked
     probed, exactly the final values (never a half-written cell), and nothing elsewhere.
     Returns the number of committed cells the snapshot saw."""
-    s, f = snap.to_dataset(), final.to_dataset()
+    s = snap.to_dataset()
     probed = s["probed"].astype(bool)
     for r in s["run"].values:
         for e in s["epoch"].values:
