@@ -13,7 +13,8 @@ from .adapters import open_source
 from .checkpoints import checkpoint_stem, find_checkpoints
 from .contract import Checkpoint, SourceOptions
 from .errors import NasprobeError
-from .graph import build_probe_graph, find_taps
+from .graph import find_taps
+from .nas_graph import build_probe_graph
 
 __all__ = ["export_tapped", "export_paths", "TAP_PREFIX"]
 

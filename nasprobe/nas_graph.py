@@ -10,28 +10,24 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import GraphError
-from .graph import Tap, _Graph
+from .graph import Tap
+from .graph_index import GraphIndex, opset_of
 
 __all__ = ["build_probe_graph", "build_tap_graph"]
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return 13
 
 
 class _Builder:
     """Appends nodes and initializers to a copy of ``model``; shared by both graph builders."""
 
     def __init__(self, model: onnx.ModelProto, source: str):
-        if _opset(model) < 13:
-            raise GraphError(source, f"opset {_opset(model)} is too old; nasprobe needs opset >= 13")
+        opset = opset_of(model) or 13
+        if opset < 13:  # OnnxSource upgrades old files first (nasprobe.onnx_prepare)
+            raise GraphError(source, f"opset {opset} is too old for the NAS graph (>= 13); "
+                             "upgrade it with nasprobe.onnx_prepare.prepare_model")
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
-        self.index = _Graph(model)
-        self.opset = _opset(model)
+        self.index = GraphIndex(model)
+        self.opset = opset
         self.source = source
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []

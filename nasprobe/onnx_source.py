@@ -31,48 +31,76 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 
 
 class OnnxSource:
-    """Checkpoints that are already ONNX files: the first one gives the architecture."""
+    """Checkpoints that are already ONNX files: the first one gives the architecture, made
+    probe-ready by :func:`nasprobe.onnx_prepare.prepare_model` (old opsets upgraded, half
+    precision widened...; ``provenance`` says what was done, see docs/onnx.md)."""
 
     framework = "onnx"
 
     def __init__(self, checkpoints: list[Checkpoint]):
+        from .onnx_prepare import constants_to_initializers, prepare_model
+
         self.checkpoints = checkpoints
-        self._first = load_onnx(checkpoints[0].path)
+        raw = load_onnx(checkpoints[0].path)
+        prepared = prepare_model(raw, str(checkpoints[0].path))
+        # what later files are compared with: the first file as written, weights moved only
+        self._like = _signature(constants_to_initializers(raw)[0])
+        self._first = prepared.model
+        self.provenance = prepared.notes
+        self._shapes = {t.name: tuple(t.dims) for t in self._first.graph.initializer}
 
     def architecture(self) -> onnx.ModelProto:
-        """The first checkpoint's model."""
+        """The first checkpoint's model, prepared."""
         return self._first
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-        """All initializers of ``checkpoint``'s file, by name (arrays in the file's dtype).
+        """The initializers of ``checkpoint``'s file, by name (arrays in the file's dtype), as
+        the prepared architecture names them: weights kept in ``Constant`` nodes are moved to
+        initializers as for the first file, and when preparing changed an initializer (its
+        name or shape) the epoch's file is prepared the same way.
 
         Raises:
             CheckpointError: a tensor that cannot be decoded, or a file whose initializers
                 are not those of the first checkpoint (a missing, extra or reshaped one would
                 otherwise leave the first epoch's values in place): names the tensor.
         """
-        from onnx import numpy_helper
+        from .onnx_prepare import constants_to_initializers, prepare_model
 
         if checkpoint.path == self.checkpoints[0].path:
-            model = self._first
-        else:
-            model = load_onnx(checkpoint.path)
-            _check_like(self._first, model, checkpoint.path)
-        out = {}
-        for t in model.graph.initializer:
-            try:
-                out[t.name] = numpy_helper.to_array(t)
-            except Exception as exc:  # onnx raises ValueError, TypeError, KeyError...
-                raise CheckpointError(checkpoint.path, f"initializer {t.name!r} cannot be "
-                                      f"decoded ({exc.__class__.__name__}: {exc})") from exc
-        return out
+            return _decode(self._first, checkpoint.path)
+        model = load_onnx(checkpoint.path)
+        if self.provenance.get("constants_as_initializers"):
+            model = constants_to_initializers(model)[0]
+        _check_like(self._like, model, checkpoint.path)
+        found = _decode(model, checkpoint.path)
+        if any(self._shapes.get(k) != tuple(v.shape) for k, v in found.items()):
+            found = _decode(prepare_model(model, str(checkpoint.path)).model, checkpoint.path)
+        return found
 
 
-def _check_like(first: onnx.ModelProto, model: onnx.ModelProto, path) -> None:
-    """Refuse a later checkpoint whose initializers differ from the first one's in name,
-    shape or element type (names the first such tensor)."""
-    want = {t.name: (tuple(t.dims), t.data_type) for t in first.graph.initializer}
-    got = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+def _decode(model: onnx.ModelProto, path) -> dict[str, np.ndarray]:
+    """Every initializer of ``model`` as an array, by name (names the one that cannot be read)."""
+    from onnx import numpy_helper
+
+    out = {}
+    for t in model.graph.initializer:
+        try:
+            out[t.name] = numpy_helper.to_array(t)
+        except Exception as exc:  # onnx raises ValueError, TypeError, KeyError...
+            raise CheckpointError(path, f"initializer {t.name!r} cannot be "
+                                  f"decoded ({exc.__class__.__name__}: {exc})") from exc
+    return out
+
+
+def _signature(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Initializer name → (dims, element type)."""
+    return {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+
+
+def _check_like(want: dict[str, tuple], model: onnx.ModelProto, path) -> None:
+    """Refuse a later checkpoint whose initializers differ from the first one's (``want``, its
+    :func:`_signature`) in name, shape or element type (names the first such tensor)."""
+    got = _signature(model)
     missing = [n for n in want if n not in got]
     if missing:
         raise CheckpointError(path, f"initializer {missing[0]!r} of the first checkpoint is "

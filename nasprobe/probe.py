@@ -162,7 +162,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
-                  "skipped": dict(skipped)}
+                  "skipped": dict(skipped), **getattr(ctx.source, "provenance", {})}
     attrs = {"nasprobe_version": __version__, "tap": options.tap,
              "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
              "probe_size": int(ctx.probeset.size), "probe_source": options.probe,

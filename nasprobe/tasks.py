@@ -30,7 +30,8 @@ from .contract import Checkpoint
 from .correlation import corr_histogram
 from .errors import CheckpointError, NasprobeError, ProbeSetError
 from .aggregate import LayerStats
-from .graph import Tap, build_probe_graph, build_tap_graph, find_taps
+from .graph import Tap, find_taps
+from .nas_graph import build_probe_graph, build_tap_graph
 from .kernels import available as kernels_available, nas_map
 from .options import ProbeOptions
 from . import pipeline

@@ -6,7 +6,8 @@ import pytest
 
 from nasprobe import runtime
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.graph import build_probe_graph, find_taps
+from nasprobe.graph import find_taps
+from nasprobe.nas_graph import build_probe_graph
 from tests.core import onnx_models as om
 from tests.core.conftest import ORT_LOG
 
