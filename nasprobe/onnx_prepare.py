@@ -171,6 +171,14 @@ def float_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     return out, helper.tensor_dtype_to_np_dtype(elem).name
 
 
+def _negative_dims_symbolic(model: onnx.ModelProto) -> None:
+    """Dimensions written as ``-1`` (some exporters' "dynamic") become symbolic, in place."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.dim_param = f"{vi.name}_dim{i}"
+
+
 def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     """``model`` made probe-ready (see the module docstring); ``source`` names the file in
     errors. ``notes`` records: ``opset`` (after), ``opset_original`` (when upgraded),
@@ -201,6 +209,7 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     if halves:
         notes["weights_dtype"] = "+".join(halves)
         notes["compute_dtype"] = "float32"
+    _negative_dims_symbolic(model)
     model, in_dtype = float_input(model)
     if in_dtype:
         notes["input_dtype"] = in_dtype

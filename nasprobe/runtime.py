@@ -235,7 +235,8 @@ class TappedModel:
             for name, arr in weights.items():
                 init = self.inits[name]
                 model.graph.initializer[init.index].CopyFrom(
-                    numpy_helper.from_array(np.ascontiguousarray(arr, dtype=init.dtype), name))
+                    numpy_helper.from_array(  # ascontiguousarray alone turns a 0-d array 1-d
+                        np.ascontiguousarray(arr, dtype=init.dtype).reshape(init.dims), name))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Idle onnxruntime threads would otherwise spin for a while after each run, taking the

@@ -195,3 +195,23 @@ def test_provenance_is_json(tmp_path):
     model, _ = _mlp(rng, 11)
     _, info = _probe(tmp_path, model, rng.normal(0, 1, (4, 5)).astype(np.float32))
     json.dumps(info)
+
+
+def test_scalar_initializers_survive_the_weight_swap(tmp_path):
+    """A 0-d initializer (an index, as torch exports write for shape arithmetic) keeps its
+    rank when each epoch's weights are swapped in."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(0, 1, (4, 3))
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "i0"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+             numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+             numpy_helper.from_array(w.astype(np.float32), "w")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"]),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+             helper.make_node("Concat", ["n1", "m1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+             helper.make_node("Gemm", ["xr", "w"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 3])], [_vi("y", ["N", 4])], inits)
+    x = rng.normal(0, 1, (6, 3)).astype(np.float32)
+    ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
+    _check(ds, {"fc": x.astype(np.float64) @ w.T})
