@@ -178,7 +178,7 @@ def check_order(original: onnx.ModelProto, prepared_taps) -> bool:
 def run_one(entry: Entry, cache: Path) -> dict:
     """Probe one file through the CLI and compare; a row of the table."""
     import nasprobe
-    from nasprobe.checkpoints import load_onnx
+    from nasprobe.onnx_source import load_onnx
     from nasprobe.graph import find_taps
     from nasprobe.onnx_prepare import prepare_model
 

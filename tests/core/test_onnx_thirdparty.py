@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 import nasprobe
-from nasprobe.checkpoints import load_onnx
+from nasprobe.onnx_source import load_onnx
 from nasprobe.cli import main
 from nasprobe.graph import find_taps
 from nasprobe.onnx_prepare import prepare_model
