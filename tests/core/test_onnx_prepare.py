@@ -215,3 +215,18 @@ def test_scalar_initializers_survive_the_weight_swap(tmp_path):
     x = rng.normal(0, 1, (6, 3)).astype(np.float32)
     ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
     _check(ds, {"fc": x.astype(np.float64) @ w.T})
+
+
+def test_fixed_batch_sequence_taps_keep_every_time_step(tmp_path):
+    """A batch-1 sequence model that flattens (1, T, C) to (T, C) before its dense layer: every
+    time step counts, not only the first row of each batch."""
+    rng = np.random.default_rng(9)
+    w = rng.normal(0, 1, (5, 4))
+    inits = [numpy_helper.from_array(np.array([3, 4], np.int64), "shape"),
+             numpy_helper.from_array(w.astype(np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["seq"]),
+             helper.make_node("Gemm", ["seq", "w"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "g", [_vi("x", [1, 3, 4])], [_vi("y", [3, 5])], inits)
+    x = rng.normal(0, 1, (4, 3, 4)).astype(np.float32)
+    ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
+    _check(ds, {"fc": x.reshape(-1, 4).astype(np.float64) @ w.T})
