@@ -183,8 +183,8 @@ class TappedModel:
     """A tapped ONNX graph whose weights can be swapped per checkpoint.
 
     Args:
-        model: the graph from :func:`nasprobe.graph.build_probe_graph` or
-            :func:`nasprobe.graph.build_tap_graph`.
+        model: the graph from :func:`nasprobe.nas_graph.build_probe_graph` or
+            :func:`nasprobe.nas_graph.build_tap_graph`.
         device: ``auto``, ``cpu`` or ``cuda``.
 
     After the first :meth:`session`, :attr:`provider` is the provider that runs the sessions

@@ -230,3 +230,37 @@ def test_fixed_batch_sequence_taps_keep_every_time_step(tmp_path):
     x = rng.normal(0, 1, (4, 3, 4)).astype(np.float32)
     ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
     _check(ds, {"fc": x.reshape(-1, 4).astype(np.float64) @ w.T})
+
+
+def test_two_heads_and_dynamic_spatial_dims(tmp_path):
+    """A fully convolutional net with dynamic height and width and two heads (a PReLU
+    trunk, a LeakyRelu head and a plain logits head): every layer is probed, and the heatmaps
+    take the probe images' map size."""
+    rng = np.random.default_rng(10)
+    k = {n: rng.normal(0, 1, s).astype(np.float32).astype(np.float64) for n, s in
+         [("trunk", (4, 2, 3, 3)), ("head_a", (3, 4, 1, 1)), ("head_b", (5, 4, 3, 3))]}
+    inits = [numpy_helper.from_array(v.astype(np.float32), f"{n}/kernel:0") for n, v in k.items()]
+    inits.append(numpy_helper.from_array(np.full((4, 1, 1), 0.2, np.float32), "slope"))
+    nodes = [helper.make_node("Conv", ["x", "trunk/kernel:0"], ["t"], name="node_Conv_0"),
+             helper.make_node("PRelu", ["t", "slope"], ["tr"]),
+             helper.make_node("Conv", ["tr", "head_a/kernel:0"], ["a"], name="node_Conv_1"),
+             helper.make_node("LeakyRelu", ["a"], ["ya"]),
+             helper.make_node("Conv", ["tr", "head_b/kernel:0"], ["yb"], name="node_Conv_2", pads=[1] * 4)]
+    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 2, "H", "W"])],
+                          [_vi("ya", ["N", 3, None, None]), _vi("yb", ["N", 5, None, None])], inits)
+    x = rng.normal(0, 1, (3, 2, 7, 11)).astype(np.float32)
+    ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
+
+    def conv(a, w, pad=0):
+        a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        kh, kw = w.shape[2:]
+        h, wd = a.shape[2] - kh + 1, a.shape[3] - kw + 1
+        cols = np.stack([a[:, :, i:i + h, j:j + wd] for i in range(kh) for j in range(kw)], -1)
+        return np.einsum("nchwk,dck->ndhw", cols, w.reshape(*w.shape[:2], -1))
+
+    t = conv(x.astype(np.float64), k["trunk"])
+    tr = np.where(t > 0, t, 0.2 * t)
+    refs = {"trunk": t, "head_a": conv(tr, k["head_a"]), "head_b": conv(tr, k["head_b"], 1)}
+    _check(ds, refs)
+    for layer, want in [("trunk", (5, 9)), ("head_a", (5, 9)), ("head_b", (5, 9))]:
+        assert ds[f"heatmaps/{layer}"].to_dataset().nas_map.shape[-2:] == want
