@@ -309,11 +309,7 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
                          f"operators found: {', '.join(ops) or 'none'}{why}")
     if layers:
         try:
-            try:
             rx = re.compile(layers)
-        except re.error as exc:
-            raise GraphError(source, f"--layers {layers!r}: not a valid regular expression "
-                             f"({exc})") from None
         except re.error as exc:
             raise GraphError(source, f"--layers {layers!r}: not a valid regular expression "
                              f"({exc})") from None
