@@ -32,14 +32,14 @@ rises much).
 **Rules** (each also takes ``min_epochs``: never fire before that epoch; ``patience``: the
 condition must hold at ``patience`` consecutive epochs, and the rule fires at the last):
 
-=========== ==========================================================================
-``rise``    naive: the smoothed deep signal is ``delta`` above its first value
-``plateau`` the deep layers are saturated
-``creep``   after the first saturated epoch ``t_s``, the smoothed deep signal is ``delta``
-            above its minimum since ``t_s``
-``gap``     as ``creep`` with the shallow-to-deep gap
-``quantile`` as ``creep`` with the upper quantile of the deep layers
-=========== ==========================================================================
+* ``rise`` — naive: the smoothed deep signal is ``delta`` above its first value;
+* ``plateau`` — the deep layers are saturated;
+* ``creep`` — after the first saturated epoch ``t_s``, the smoothed deep signal is ``delta``
+  above its minimum since ``t_s``;
+* ``gap`` — as ``creep``, with the shallow-to-deep gap;
+* ``quantile`` — as ``creep``, with the upper quantile of the deep layers.
+
+Each rule's defaults (:data:`DEFAULTS`) are the parameters the study chose on its tuning half.
 """
 
 from __future__ import annotations
