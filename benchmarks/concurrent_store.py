@@ -66,7 +66,9 @@ def concurrent(root: Path, probe: Path, jobs: int, rounds: int) -> None:
         print(f"round {r}: {jobs} jobs at once into a store holding run a: "
               f"{len(want & complete)}/{len(want)} runs landed whole, "
               f"{len(want - complete)} lost or incomplete {sorted(want - complete)}")
-    print(f"exit codes {sorted(set(codes))}; {rounds} rounds took {wall:.1f} s")
+    counts = {c: codes.count(c) for c in sorted(set(codes))}
+    print(f"{jobs} processes, exit codes (code: processes) {counts}; {rounds} rounds took "
+          f"{wall:.1f} s")
 
 
 def moto_server() -> tuple[subprocess.Popen, str]:

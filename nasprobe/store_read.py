@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -176,24 +177,35 @@ def _merge_layers(lists: list[list[str]]) -> list[str]:
     return out
 
 
+def _run(loc: Location, key: str) -> dict | None:
+    """One run's committed epochs, read whole (None when it has none yet)."""
+    entries = [n for n in loc.listdir(RUNS, key)
+               if n not in (COMMITS, CLAIMS, "zarr.json") and not n.startswith(".")]
+    commits = committed_epochs(loc, key)
+    if not commits:
+        return None
+    jobs = sorted(n for n in entries if not n.startswith("metrics-"))
+    by_job: dict[str, list[tuple[int, int]]] = {}
+    for epoch, m in commits.items():
+        by_job.setdefault(m["job"], []).append((epoch, m["index"]))
+    run = {"key": key, "name": run_name(key), "first": jobs[0] if jobs else key,
+           "attrs": _job_attrs(loc, key, jobs), "jobs": {}, "extra": {}}
+    for job in sorted(by_job):
+        pairs = sorted(by_job[job])
+        run["jobs"][job] = _read_job(loc, key, job, [i for _, i in pairs],
+                                     run["attrs"].get(job, {}))
+    for g in sorted(n for n in entries if n.startswith("metrics-")):
+        for name, values in _read_metrics(loc, key, g).items():
+            run["extra"].setdefault(name, {}).update(values)
+    return run
+
+
 def _runs(loc: Location) -> list[dict]:
-    """Every run that has a committed epoch, in the order its first job started."""
-    runs = []
-    for key in loc.listdir(RUNS):
-        if key.startswith(".") or key == "zarr.json":
-            continue
-        entries = [n for n in loc.listdir(RUNS, key)
-                   if n not in (COMMITS, CLAIMS, "zarr.json") and not n.startswith(".")]
-        commits = committed_epochs(loc, key)
-        if not commits:
-            continue
-        jobs = sorted(n for n in entries if not n.startswith("metrics-"))
-        by_job: dict[str, list[tuple[int, int]]] = {}
-        for epoch, m in commits.items():
-            by_job.setdefault(m["job"], []).append((epoch, m["index"]))
-        runs.append({"key": key, "name": run_name(key), "first": jobs[0] if jobs else key,
-                     "by_job": by_job, "all_jobs": jobs,
-                     "metrics": sorted(n for n in entries if n.startswith("metrics-"))})
+    """Every run that has a committed epoch, in the order its first job started (runs are
+    read at once: on object stores each takes a few round trips)."""
+    keys = [k for k in loc.listdir(RUNS) if not k.startswith(".") and k != "zarr.json"]
+    with ThreadPoolExecutor(8) as pool:
+        runs = [r for r in pool.map(lambda k: _run(loc, k), keys) if r is not None]
     return sorted(runs, key=lambda r: (r["first"], r["name"]))
 
 
@@ -205,17 +217,6 @@ def _combine(loc: Location) -> xr.DataTree:
         attrs = dict(root.attrs)
         fixed = {n: root[n][:] for n in ("quantile", "nas_bin", "corr_bin")}
         runs = _runs(loc)
-        for run in runs:
-            run["attrs"] = _job_attrs(loc, run["key"], run["all_jobs"])
-            run["jobs"] = {}
-            for job in sorted(run["by_job"]):
-                pairs = sorted(run["by_job"][job])
-                run["jobs"][job] = _read_job(loc, run["key"], job, [i for _, i in pairs],
-                                             run["attrs"].get(job, {}))
-            run["extra"] = {}
-            for g in run["metrics"]:
-                for name, values in _read_metrics(loc, run["key"], g).items():
-                    run["extra"].setdefault(name, {}).update(values)
     epochs = sorted({int(e) for r in runs for j in r["jobs"].values() for e in j["epoch"]})
     layers = _merge_layers([j["layer"] for r in runs for j in r["jobs"].values()])
     info = {}

@@ -102,7 +102,8 @@ def test_dask_workers_write_s3_and_survive_a_killed_worker(runs, s3_bucket, tmp_
 
 
 def test_readers_during_writes_on_s3(tmp_path, s3_bucket):
-    """open_store and `nasprobe info` on S3 while a job writes there see only committed cells."""
+    """open_store, `nasprobe info` and `nasprobe report` on S3 while a job writes there see
+    only committed cells."""
     folder = tmp_path / "run"
     write_run(folder, om.conv_bn_relu_net, [f"epoch_{i:03d}.onnx" for i in range(8)])
     rng = np.random.default_rng(2)
@@ -122,7 +123,10 @@ def test_readers_during_writes_on_s3(tmp_path, s3_bucket):
         snaps.append(nasprobe.open_store(out))
         if len(snaps) == 1:
             res = CliRunner().invoke(main, ["info", out])
+            assert res.exit_code == 0 and "r: " in res.output, res.output
+            res = CliRunner().invoke(main, ["report", out, "--out", str(tmp_path / "r.html")])
             assert res.exit_code == 0, res.output
+            assert "<html" in (tmp_path / "r.html").read_text(encoding="utf-8").lower()
     assert proc.wait() == 0, proc.stderr.read()
     final = nasprobe.open_store(out)
     seen = [snapshot_consistent(s, final) for s in snaps]
