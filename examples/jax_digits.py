@@ -1,4 +1,4 @@
-"""A small Flax NNX CNN on scikit-learn's digits, one Orbax checkpoint per epoch, probed by nasprobe.
+"""A small Flax NNX CNN on scikit-learn's digits, an Orbax checkpoint per epoch, probed by nasprobe.
 
 Trains ``DigitsCNN`` (conv1 → BatchNorm → ReLU → conv2 → ReLU → max-pool → fc → ReLU → head) on
 300 of the 1,797 bundled 8×8 digits (nothing is downloaded) with Adam in a jitted train step,
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp

@@ -59,7 +59,7 @@ def save_msgpack(net, path):
 
 @pytest.fixture(scope="session")
 def jax_run(tmp_path_factory):
-    """``{"orbax": folder, "msgpack": folder, "probe": .npz, "x": images, "nets": {epoch: net}}``."""
+    """The run: ``orbax`` and ``msgpack`` folders, ``probe`` (.npz), ``x``, ``nets`` by epoch."""
     root = tmp_path_factory.mktemp("jax_run")
     (root / "orbax").mkdir()
     (root / "msgpack").mkdir()

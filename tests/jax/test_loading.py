@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from nasprobe_jax.loading import fit_state, flatten_tree, parse_model_spec, read_checkpoint
+from nasprobe_jax.plugin import adapter
 
 from nasprobe import adapters
 from nasprobe.cli import main
-from nasprobe_jax.loading import fit_state, flatten_tree, parse_model_spec, read_checkpoint
-from nasprobe_jax.plugin import adapter
 
 from .conftest import MODEL, save_msgpack
 from .models import small_cnn
@@ -112,9 +112,9 @@ def test_missing_model_exits_2(jax_run, tmp_path):
 
 def test_linen_modules_are_refused_with_the_reason():
     from flax import linen
+    from nasprobe_jax.loading import build_module
 
     from nasprobe.errors import NasprobeError
-    from nasprobe_jax.loading import build_module
 
     with pytest.raises(NasprobeError, match="Linen"):
         build_module(lambda: linen.Dense(3))
@@ -128,3 +128,24 @@ def test_missing_jax_names_the_extra(jax_run, monkeypatch):
     ckpt = Checkpoint(jax_run["orbax"] / "epoch_001", 1)
     with pytest.raises(NasprobeError, match=r"pip install 'nasprobe\[jax\]'"):
         adapters.open_source([ckpt], "jax", SourceOptions(model=MODEL))
+
+
+def test_checkpoint_manager_steps_are_checkpoints(jax_run, tmp_path):
+    """``CheckpointManager`` writes ``<step>/default/``: the step folder is the checkpoint."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from nasprobe.checkpoints import find_checkpoints
+
+    net = jax_run["nets"][2]
+    with ocp.CheckpointManager((tmp_path / "mgr").resolve()) as mgr:
+        for step in (0, 1):
+            mgr.save(step, args=ocp.args.StandardSave(nnx.state(net)))
+        mgr.wait_until_finished()
+    found = find_checkpoints([tmp_path / "mgr"])
+    assert [(c.path.name, c.epoch) for c in found] == [("0", 0), ("1", 1)]
+    a = read_checkpoint(found[1].path)
+    b = read_checkpoint(jax_run["msgpack"] / "epoch_002.msgpack")
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-
-from nasprobe_jax.regularizers import (DecorrReg, NASReg, SparsityReg, decorr_penalty,
-                                       kernels_of, nas_penalty, sparsity_penalty)
+from nasprobe_jax.regularizers import (
+    DecorrReg,
+    NASReg,
+    SparsityReg,
+    decorr_penalty,
+    kernels_of,
+)
 from nasprobe_jax.taps import forward_with_taps
 from nasprobe_torch import regularizers as treg
 
