@@ -301,6 +301,9 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
         taps.append(t)
     refused = untappable(model)
     why = "".join(f"; {k}: {v}" for k, v in list(refused.items())[:4])
+    if not taps and refused:
+        raise GraphError(source, f"no {tap} tap found: the {len(refused)} linear layers cannot be "
+                         "tapped" + "".join(f"; {k}: {v}" for k, v in list(refused.items())[:3]))
     if not taps:
         ops = sorted({n.op_type for n in g.nodes})
         raise GraphError(source, f"no {tap} tap found: the graph has no Conv, ConvTranspose, "
