@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")  # the jax extra is in the dev lock; this only names the need
-from flax import nnx, serialization  # noqa: E402
+from flax import nnx, serialization
 
-from .models import small_cnn  # noqa: E402
+from .models import small_cnn
 
 MODEL = "tests.jax.models:small_cnn"
 EPOCHS = (1, 2)
