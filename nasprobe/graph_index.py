@@ -117,7 +117,9 @@ class GraphIndex:
                 t = self.consts.get(node.input[0])
         return int(np.prod(t.dims)) if t is not None else None
 
-    def const_source(self, name: str) -> tuple[str, tuple[int, ...] | None, onnx.NodeProto | None] | None:
+    def const_source(
+        self, name: str
+    ) -> tuple[str, tuple[int, ...] | None, onnx.NodeProto | None] | None:
         """Where a weight comes from: ``(initializer, perm, dequantize)`` when ``name`` is an
         initializer, possibly behind Identity/Cast, a Transpose (``perm``) or a
         ``DequantizeLinear`` (the node, whose scale and zero point give the float weight)."""

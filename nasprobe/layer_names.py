@@ -2,8 +2,8 @@
 
 In order: the ``nasprobe.layer`` metadata the adapters write; the PyTorch exporter's module
 scope; the older PyTorch exporter's ``/scope/Conv`` node name (as a module path); a
-TensorFlow exporter's ``model/dense_1/Tensordot/MatMul`` (→ ``dense_1``); then, when the node name is
-generic (``node_Conv_1``, ``Conv_0``, ``p2o.Conv.3``, empty), the weight initializer's name
+TensorFlow exporter's ``model/dense_1/Tensordot/MatMul`` (→ ``dense_1``); then, when the node
+name is generic (``node_Conv_1``, ``Conv_0``, ``p2o.Conv.3``, empty), the weight initializer's name
 with the weight words removed (``conv2d_8/kernel:0`` → ``conv2d_8``,
 ``features.0.weight`` → ``features.0``); then the node name itself.
 """
@@ -18,21 +18,67 @@ import onnx
 __all__ = ["layer_name", "is_generic", "weight_layer"]
 
 #: Trailing path parts of an initializer name that say "weight", not which layer.
-_WEIGHT_WORDS = frozenset({
-    "kernel", "weight", "weights", "w", "filter", "filters", "readvariableop",
-    "depthwise_kernel", "pointwise_kernel", "kernel_oih", "quantized",
-})
+_WEIGHT_WORDS = frozenset(
+    {
+        "kernel",
+        "weight",
+        "weights",
+        "w",
+        "filter",
+        "filters",
+        "readvariableop",
+        "depthwise_kernel",
+        "pointwise_kernel",
+        "kernel_oih",
+        "quantized",
+    }
+)
 #: Leading path parts that wrap every name of a TensorFlow export.
 _WRAPPERS = frozenset({"statefulpartitionedcall", "partitionedcall", "functional"})
-_GENERIC_WORDS = frozenset({"node", "p2o", "onnx", "const", "constant", "param", "initializer",
-                            "tensor", "w", "b", "weight", "kernel", "oih", "oihw", "hwio", "val"})
+_GENERIC_WORDS = frozenset(
+    {
+        "node",
+        "p2o",
+        "onnx",
+        "const",
+        "constant",
+        "param",
+        "initializer",
+        "tensor",
+        "w",
+        "b",
+        "weight",
+        "kernel",
+        "oih",
+        "oihw",
+        "hwio",
+        "val",
+    }
+)
 
 
 #: Trailing parts of TensorFlow node names that name the operation, not the layer.
-_TF_OPS = frozenset({"Conv2D", "Conv1D", "Conv3D", "MatMul", "BiasAdd", "Tensordot", "Add",
-                     "StatefulPartitionedCall", "PartitionedCall", "depthwise", "Einsum",
-                     "Conv2DBackpropInput", "Mul", "BatchMatMulV2", "Conv", "Gemm",
-                     "DequantizeLinear"})
+_TF_OPS = frozenset(
+    {
+        "Conv2D",
+        "Conv1D",
+        "Conv3D",
+        "MatMul",
+        "BiasAdd",
+        "Tensordot",
+        "Add",
+        "StatefulPartitionedCall",
+        "PartitionedCall",
+        "depthwise",
+        "Einsum",
+        "Conv2DBackpropInput",
+        "Mul",
+        "BatchMatMulV2",
+        "Conv",
+        "Gemm",
+        "DequantizeLinear",
+    }
+)
 
 
 def _tokens(name: str) -> list[str]:

@@ -19,8 +19,15 @@ from .errors import GraphError
 from .graph import untappable
 from .graph_index import opset_of
 
-__all__ = ["Prepared", "prepare_model", "MIN_OPSET", "upgrade_opset", "widen_half",
-           "float_input", "constants_to_initializers"]
+__all__ = [
+    "Prepared",
+    "prepare_model",
+    "MIN_OPSET",
+    "upgrade_opset",
+    "widen_half",
+    "float_input",
+    "constants_to_initializers",
+]
 
 #: The oldest default-domain opset the tapped graph is built at; older files are upgraded.
 MIN_OPSET = 13
@@ -44,7 +51,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     out.CopyFrom(model)
     keep, moved = [], 0
     for n in out.graph.node:
-        value = [a for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+        value = [
+            a for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+        ]
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and value and n.output:
             t = onnx.TensorProto()
             t.CopyFrom(value[0].t)
@@ -86,10 +95,17 @@ def upgrade_opset(model: onnx.ModelProto, source: str, target: int = MIN_OPSET) 
         if "no registered schema" in text:
             why = "was removed from ONNX and has no upgrade"
         else:
-            why = "cannot be upgraded (" + (text.strip().splitlines() or [type(exc).__name__])[0] + ")"
-        raise GraphError(source, f"cannot upgrade opset {old} to {target}: operator "
-                         f"{_old_op(model, text)} at opset {old} {why}; re-export the model "
-                         f"at opset >= {target}") from exc
+            why = (
+                "cannot be upgraded ("
+                + (text.strip().splitlines() or [type(exc).__name__])[0]
+                + ")"
+            )
+        raise GraphError(
+            source,
+            f"cannot upgrade opset {old} to {target}: operator "
+            f"{_old_op(model, text)} at opset {old} {why}; re-export the model "
+            f"at opset >= {target}",
+        ) from exc
     return new
 
 
@@ -126,8 +142,11 @@ def _widen_graph(g: onnx.GraphProto, found: set[str]) -> None:
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
                     _widen_graph(sub, found)
-            elif a.name in ("to", "dtype", "output_dtype") and a.type == onnx.AttributeProto.INT \
-                    and a.i in _HALF:
+            elif (
+                a.name in ("to", "dtype", "output_dtype")
+                and a.type == onnx.AttributeProto.INT
+                and a.i in _HALF
+            ):
                 found.add(_HALF[a.i])
                 a.i = TensorProto.FLOAT
 
@@ -166,8 +185,9 @@ def float_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     for g_in in out.graph.input:
         if g_in.name == name:
             g_in.type.tensor_type.elem_type = TensorProto.FLOAT
-    out.graph.node.insert(0, helper.make_node("Cast", [name], [inner], to=elem,
-                                              name="nasprobe/input_cast"))
+    out.graph.node.insert(
+        0, helper.make_node("Cast", [name], [inner], to=elem, name="nasprobe/input_cast")
+    )
     return out, helper.tensor_dtype_to_np_dtype(elem).name
 
 
@@ -182,9 +202,10 @@ def _negative_dims_symbolic(model: onnx.ModelProto) -> None:
 def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     """``model`` made probe-ready (see the module docstring); ``source`` names the file in
     errors. ``notes`` records: ``opset`` (after), ``opset_original`` (when upgraded),
-    ``functions_inlined``, ``constants_as_initializers``, ``weights_dtype`` / ``compute_dtype`` (when half types were
-    widened), ``input_dtype`` (when a Cast was put in front), ``not_probed`` (layers inside
-    control flow or integer-quantised, with the reason)."""
+    ``functions_inlined``, ``constants_as_initializers``, ``weights_dtype`` /
+    ``compute_dtype`` (when half types were widened), ``input_dtype`` (when a Cast was put
+    in front), ``not_probed`` (layers inside control flow or integer-quantised, with the
+    reason)."""
     notes: dict = {}
     if len(model.functions):
         from onnx import inliner
@@ -196,12 +217,16 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
         notes["constants_as_initializers"] = moved
     opset = opset_of(model)
     if opset is None:
-        raise GraphError(source, "imports no default-domain (ai.onnx) opset; not a model "
-                         "nasprobe can tap")
+        raise GraphError(
+            source, "imports no default-domain (ai.onnx) opset; not a model nasprobe can tap"
+        )
     if opset < MIN_OPSET:
         if opset < 7:
-            raise GraphError(source, f"opset {opset} is older than 7, which onnx's version "
-                             "converter cannot upgrade; re-export the model")
+            raise GraphError(
+                source,
+                f"opset {opset} is older than 7, which onnx's version "
+                "converter cannot upgrade; re-export the model",
+            )
         model = upgrade_opset(model, source)
         notes["opset_original"] = opset
     notes["opset"] = opset_of(model)
@@ -216,8 +241,11 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     inits = {t.name for t in model.graph.initializer}
     feeds = [i.name for i in model.graph.input if i.name not in inits]
     if len(feeds) > 1:
-        raise GraphError(source, f"has {len(feeds)} inputs ({', '.join(feeds)}); nasprobe feeds "
-                         "the probe set to a model with one input")
+        raise GraphError(
+            source,
+            f"has {len(feeds)} inputs ({', '.join(feeds)}); nasprobe feeds "
+            "the probe set to a model with one input",
+        )
     refused = untappable(model)
     if refused:
         notes["not_probed"] = refused

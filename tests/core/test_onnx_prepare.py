@@ -35,22 +35,34 @@ def _mlp(rng, opset, dtype=np.float32, elem=TensorProto.FLOAT, names=("fc1", "fc
     """Gemm -> Relu -> Squeeze/Unsqueeze (axes attribute before opset 13) -> Gemm."""
     w1, b1 = rng.normal(0, 1, (6, 5)), rng.normal(0, 0.1, 6)
     w2, b2 = rng.normal(0, 1, (3, 6)), rng.normal(0, 0.1, 3)
-    inits = [numpy_helper.from_array(w1.astype(dtype), "w1"), numpy_helper.from_array(b1.astype(dtype), "b1"),
-             numpy_helper.from_array(w2.astype(dtype), "w2"), numpy_helper.from_array(b2.astype(dtype), "b2")]
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name=names[0], transB=1),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Unsqueeze", ["r"], ["u"], axes=[2]) if opset < 13 else
-             helper.make_node("Unsqueeze", ["r", "ax"], ["u"]),
-             helper.make_node("Squeeze", ["u"], ["s"], axes=[2]) if opset < 13 else
-             helper.make_node("Squeeze", ["u", "ax"], ["s"]),
-             helper.make_node("Gemm", ["s", "w2", "b2"], ["y"], name=names[1], transB=1)]
+    inits = [
+        numpy_helper.from_array(w1.astype(dtype), "w1"),
+        numpy_helper.from_array(b1.astype(dtype), "b1"),
+        numpy_helper.from_array(w2.astype(dtype), "w2"),
+        numpy_helper.from_array(b2.astype(dtype), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name=names[0], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Unsqueeze", ["r"], ["u"], axes=[2])
+        if opset < 13
+        else helper.make_node("Unsqueeze", ["r", "ax"], ["u"]),
+        helper.make_node("Squeeze", ["u"], ["s"], axes=[2])
+        if opset < 13
+        else helper.make_node("Squeeze", ["u", "ax"], ["s"]),
+        helper.make_node("Gemm", ["s", "w2", "b2"], ["y"], name=names[1], transB=1),
+    ]
     if opset >= 13:
         inits.append(numpy_helper.from_array(np.array([2], np.int64), "ax"))
-    g = helper.make_graph(nodes, "mlp", [_vi("x", ["N", 5], elem)], [_vi("y", ["N", 3], elem)], inits)
+    g = helper.make_graph(
+        nodes, "mlp", [_vi("x", ["N", 5], elem)], [_vi("y", ["N", 3], elem)], inits
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 7
-    weights = {k: np.asarray(v, dtype).astype(np.float64) for k, v in
-               {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()}
+    weights = {
+        k: np.asarray(v, dtype).astype(np.float64)
+        for k, v in {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()
+    }
     return m, weights
 
 
@@ -96,13 +108,24 @@ def test_an_impossible_upgrade_exits_2_naming_file_operator_and_opset(tmp_path):
     (tmp_path / "r").mkdir()
     onnx.save(model, str(tmp_path / "r" / "epoch_1.onnx"))
     np.save(tmp_path / "p.npy", np.zeros((2, 5), np.float32))
-    res = CliRunner().invoke(main, ["probe", str(tmp_path / "r"), "--probe", str(tmp_path / "p.npy"),
-                                    "--out", str(tmp_path / "s.zarr")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            str(tmp_path / "r"),
+            "--probe",
+            str(tmp_path / "p.npy"),
+            "--out",
+            str(tmp_path / "s.zarr"),
+        ],
+    )
     assert res.exit_code == 2
     assert "epoch_1.onnx" in res.output and "ImageScaler" in res.output and "opset 8" in res.output
 
 
-@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT16, np.float16), (TensorProto.BFLOAT16, None)])
+@pytest.mark.parametrize(
+    "elem,dtype", [(TensorProto.FLOAT16, np.float16), (TensorProto.BFLOAT16, None)]
+)
 def test_half_precision_weights_are_probed_in_float32(tmp_path, elem, dtype):
     rng = np.random.default_rng(3)
     if dtype is None:
@@ -125,10 +148,16 @@ def test_integer_input_gets_a_cast_and_constants_become_swappable_weights(tmp_pa
     runs = []
     for epoch in (1, 2):
         w = rng.normal(0, 1, (4, 3))
-        nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w.astype(np.float32))),
-                 helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-                 helper.make_node("Gemm", ["xf", "w"], ["y"], name="Gemm_0", transB=1)]
-        g = helper.make_graph(nodes, "g", [_vi("x", ["N", 3], TensorProto.INT64)], [_vi("y", ["N", 4])])
+        nodes = [
+            helper.make_node(
+                "Constant", [], ["w"], value=numpy_helper.from_array(w.astype(np.float32))
+            ),
+            helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+            helper.make_node("Gemm", ["xf", "w"], ["y"], name="Gemm_0", transB=1),
+        ]
+        g = helper.make_graph(
+            nodes, "g", [_vi("x", ["N", 3], TensorProto.INT64)], [_vi("y", ["N", 4])]
+        )
         runs.append((helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), w))
     folder = tmp_path / "r"
     folder.mkdir()
@@ -148,14 +177,30 @@ def test_integer_input_gets_a_cast_and_constants_become_swappable_weights(tmp_pa
 def test_control_flow_taps_are_refused_the_rest_probed():
     rng = np.random.default_rng(5)
     inner_w = numpy_helper.from_array(rng.normal(0, 1, (4, 4)).astype(np.float32), "inner_w")
-    then = helper.make_graph([helper.make_node("Gemm", ["h", "inner_w"], ["t"], name="head_gemm")],
-                             "then", [], [_vi("t", ["N", 4])], [inner_w])
-    other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [_vi("e", ["N", 4])])
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], name="body", transB=1),
-             helper.make_node("If", ["flag"], ["y"], name="switch", then_branch=then, else_branch=other)]
-    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 3])], [_vi("y", ["N", 4])],
-                          [numpy_helper.from_array(rng.normal(0, 1, (4, 3)).astype(np.float32), "w"),
-                           numpy_helper.from_array(np.array(True), "flag")])
+    then = helper.make_graph(
+        [helper.make_node("Gemm", ["h", "inner_w"], ["t"], name="head_gemm")],
+        "then",
+        [],
+        [_vi("t", ["N", 4])],
+        [inner_w],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["e"])], "else", [], [_vi("e", ["N", 4])]
+    )
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["h"], name="body", transB=1),
+        helper.make_node("If", ["flag"], ["y"], name="switch", then_branch=then, else_branch=other),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [_vi("x", ["N", 3])],
+        [_vi("y", ["N", 4])],
+        [
+            numpy_helper.from_array(rng.normal(0, 1, (4, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(True), "flag"),
+        ],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert [t.layer for t in find_taps(model)] == ["body"]
     assert "inside If 'switch'" in untappable(model)["head_gemm"]
@@ -166,17 +211,38 @@ def test_control_flow_taps_are_refused_the_rest_probed():
 
 def test_local_functions_are_inlined_and_their_layers_probed():
     rng = np.random.default_rng(6)
-    fn = helper.make_function("custom", "Block", ["a", "k"], ["b"],
-                              [helper.make_node("Conv", ["a", "k"], ["c"], name="conv"),
-                               helper.make_node("Relu", ["c"], ["b"])],
-                              [helper.make_opsetid("", 17)])
+    fn = helper.make_function(
+        "custom",
+        "Block",
+        ["a", "k"],
+        ["b"],
+        [
+            helper.make_node("Conv", ["a", "k"], ["c"], name="conv"),
+            helper.make_node("Relu", ["c"], ["b"]),
+        ],
+        [helper.make_opsetid("", 17)],
+    )
     nodes = [helper.make_node("Block", ["x", "k"], ["y"], domain="custom", name="block")]
-    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 2, 5, 5])], [_vi("y", None)],
-                          [numpy_helper.from_array(rng.normal(0, 1, (3, 2, 3, 3)).astype(np.float32), "block1/kernel:0")])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [_vi("x", ["N", 2, 5, 5])],
+        [_vi("y", None)],
+        [
+            numpy_helper.from_array(
+                rng.normal(0, 1, (3, 2, 3, 3)).astype(np.float32), "block1/kernel:0"
+            )
+        ],
+    )
     nodes[0].input[1] = "block1/kernel:0"
-    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 2, 5, 5])], [_vi("y", None)], list(g.initializer))
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)],
-                              functions=[fn])
+    g = helper.make_graph(
+        nodes, "g", [_vi("x", ["N", 2, 5, 5])], [_vi("y", None)], list(g.initializer)
+    )
+    model = helper.make_model(
+        g,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)],
+        functions=[fn],
+    )
     prepared = prepare_model(model, "m.onnx")
     assert prepared.notes["functions_inlined"] == 1
     (t,) = find_taps(prepared.model, "preact")
@@ -184,8 +250,12 @@ def test_local_functions_are_inlined_and_their_layers_probed():
 
 
 def test_multi_input_models_are_refused_clearly():
-    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g",
-                          [_vi("a", [1, 2]), _vi("b", [1, 2])], [_vi("c", [1, 2])])
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "g",
+        [_vi("a", [1, 2]), _vi("b", [1, 2])],
+        [_vi("c", [1, 2])],
+    )
     with pytest.raises(GraphError, match=r"m\.onnx: has 2 inputs \(a, b\)"):
         prepare_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "m.onnx")
 
@@ -202,15 +272,20 @@ def test_scalar_initializers_survive_the_weight_swap(tmp_path):
     rank when each epoch's weights are swapped in."""
     rng = np.random.default_rng(8)
     w = rng.normal(0, 1, (4, 3))
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "i0"),
-             numpy_helper.from_array(np.array([0], np.int64), "ax0"),
-             numpy_helper.from_array(np.array([-1], np.int64), "m1"),
-             numpy_helper.from_array(w.astype(np.float32), "w")]
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"]),
-             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
-             helper.make_node("Concat", ["n1", "m1"], ["shape"], axis=0),
-             helper.make_node("Reshape", ["x", "shape"], ["xr"]),
-             helper.make_node("Gemm", ["xr", "w"], ["y"], name="fc", transB=1)]
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "i0"),
+        numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+        numpy_helper.from_array(w.astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["n"]),
+        helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "m1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+        helper.make_node("Gemm", ["xr", "w"], ["y"], name="fc", transB=1),
+    ]
     g = helper.make_graph(nodes, "g", [_vi("x", ["N", 3])], [_vi("y", ["N", 4])], inits)
     x = rng.normal(0, 1, (6, 3)).astype(np.float32)
     ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
@@ -222,10 +297,14 @@ def test_fixed_batch_sequence_taps_keep_every_time_step(tmp_path):
     time step counts, not only the first row of each batch."""
     rng = np.random.default_rng(9)
     w = rng.normal(0, 1, (5, 4))
-    inits = [numpy_helper.from_array(np.array([3, 4], np.int64), "shape"),
-             numpy_helper.from_array(w.astype(np.float32), "w")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["seq"]),
-             helper.make_node("Gemm", ["seq", "w"], ["y"], name="fc", transB=1)]
+    inits = [
+        numpy_helper.from_array(np.array([3, 4], np.int64), "shape"),
+        numpy_helper.from_array(w.astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["seq"]),
+        helper.make_node("Gemm", ["seq", "w"], ["y"], name="fc", transB=1),
+    ]
     g = helper.make_graph(nodes, "g", [_vi("x", [1, 3, 4])], [_vi("y", [3, 5])], inits)
     x = rng.normal(0, 1, (4, 3, 4)).astype(np.float32)
     ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
@@ -237,17 +316,28 @@ def test_two_heads_and_dynamic_spatial_dims(tmp_path):
     trunk, a LeakyRelu head and a plain logits head): every layer is probed, and the heatmaps
     take the probe images' map size."""
     rng = np.random.default_rng(10)
-    k = {n: rng.normal(0, 1, s).astype(np.float32).astype(np.float64) for n, s in
-         [("trunk", (4, 2, 3, 3)), ("head_a", (3, 4, 1, 1)), ("head_b", (5, 4, 3, 3))]}
+    k = {
+        n: rng.normal(0, 1, s).astype(np.float32).astype(np.float64)
+        for n, s in [("trunk", (4, 2, 3, 3)), ("head_a", (3, 4, 1, 1)), ("head_b", (5, 4, 3, 3))]
+    }
     inits = [numpy_helper.from_array(v.astype(np.float32), f"{n}/kernel:0") for n, v in k.items()]
     inits.append(numpy_helper.from_array(np.full((4, 1, 1), 0.2, np.float32), "slope"))
-    nodes = [helper.make_node("Conv", ["x", "trunk/kernel:0"], ["t"], name="node_Conv_0"),
-             helper.make_node("PRelu", ["t", "slope"], ["tr"]),
-             helper.make_node("Conv", ["tr", "head_a/kernel:0"], ["a"], name="node_Conv_1"),
-             helper.make_node("LeakyRelu", ["a"], ["ya"]),
-             helper.make_node("Conv", ["tr", "head_b/kernel:0"], ["yb"], name="node_Conv_2", pads=[1] * 4)]
-    g = helper.make_graph(nodes, "g", [_vi("x", ["N", 2, "H", "W"])],
-                          [_vi("ya", ["N", 3, None, None]), _vi("yb", ["N", 5, None, None])], inits)
+    nodes = [
+        helper.make_node("Conv", ["x", "trunk/kernel:0"], ["t"], name="node_Conv_0"),
+        helper.make_node("PRelu", ["t", "slope"], ["tr"]),
+        helper.make_node("Conv", ["tr", "head_a/kernel:0"], ["a"], name="node_Conv_1"),
+        helper.make_node("LeakyRelu", ["a"], ["ya"]),
+        helper.make_node(
+            "Conv", ["tr", "head_b/kernel:0"], ["yb"], name="node_Conv_2", pads=[1] * 4
+        ),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [_vi("x", ["N", 2, "H", "W"])],
+        [_vi("ya", ["N", 3, None, None]), _vi("yb", ["N", 5, None, None])],
+        inits,
+    )
     x = rng.normal(0, 1, (3, 2, 7, 11)).astype(np.float32)
     ds, _ = _probe(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x)
 
@@ -255,7 +345,7 @@ def test_two_heads_and_dynamic_spatial_dims(tmp_path):
         a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         kh, kw = w.shape[2:]
         h, wd = a.shape[2] - kh + 1, a.shape[3] - kw + 1
-        cols = np.stack([a[:, :, i:i + h, j:j + wd] for i in range(kh) for j in range(kw)], -1)
+        cols = np.stack([a[:, :, i : i + h, j : j + wd] for i in range(kh) for j in range(kw)], -1)
         return np.einsum("nchwk,dck->ndhw", cols, w.reshape(*w.shape[:2], -1))
 
     t = conv(x.astype(np.float64), k["trunk"])

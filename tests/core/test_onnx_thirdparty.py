@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from onnx import helper
 
 import nasprobe
-from nasprobe.onnx_source import load_onnx
 from nasprobe.cli import main
 from nasprobe.graph import find_taps
 from nasprobe.onnx_prepare import prepare_model
+from nasprobe.onnx_source import load_onnx
 from nasprobe.probe import run_info
 from tests.core.test_onnx_prepare import nas64
 
@@ -27,7 +27,7 @@ def _photo_strips(n, h, w):
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images
-    out = [photos[i % 2][40 * i: 40 * i + h, 60 * i: 60 * i + w] for i in range(n)]
+    out = [photos[i % 2][40 * i : 40 * i + h, 60 * i : 60 * i + w] for i in range(n)]
     return (np.stack(out).astype(np.float32) / 255).transpose(0, 3, 1, 2).copy()
 
 
@@ -53,8 +53,10 @@ def test_third_party_file_probed_through_the_cli_matches_float64(tmp_path, name)
     ckpt.write_bytes((DATA / name).read_bytes())
     x = make_x()
     np.save(tmp_path / "p.npy", x)
-    res = CliRunner().invoke(main, ["probe", str(run), "--probe", str(tmp_path / "p.npy"),
-                                    "--out", str(tmp_path / "s.zarr")])
+    res = CliRunner().invoke(
+        main,
+        ["probe", str(run), "--probe", str(tmp_path / "p.npy"), "--out", str(tmp_path / "s.zarr")],
+    )
     assert res.exit_code == 0, res.output
     ds = nasprobe.open_store(tmp_path / "s.zarr")
     taps = find_taps(prepare_model(load_onnx(ckpt), name).model)

@@ -20,20 +20,35 @@ def _nas64(a, axis):
 
 def test_torch_opset11_export_is_upgraded_and_matches_torch(tmp_path):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3, bias=False),
-                        nn.Hardswish(), nn.Flatten(), nn.Linear(5 * 4 * 4, 4)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, bias=False),
+        nn.Hardswish(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 4),
+    ).eval()
     run = tmp_path / "run"
     run.mkdir()
-    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(run / "epoch_001.onnx"), opset_version=11,
-                      dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, 8, 8),),
+        str(run / "epoch_001.onnx"),
+        opset_version=11,
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+    )
     x = torch.randn(10, 3, 8, 8)
     np.save(tmp_path / "p.npy", x.numpy())
     nasprobe.probe([run], probe=tmp_path / "p.npy", out=tmp_path / "s.zarr", progress=False)
     ds = nasprobe.open_store(tmp_path / "s.zarr")
     assert list(ds.layer.values) == ["0", "2", "5"]
     outs = {}
-    hooks = [net[i].register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(str(i), o.double()))
-             for i in (0, 2, 5)]
+    hooks = [
+        net[i].register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(str(i), o.double()))
+        for i in (0, 2, 5)
+    ]
     with torch.no_grad():
         net.double()(x.double())
     for h in hooks:
