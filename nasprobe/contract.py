@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # annotations only: the command line starts without numpy and
     import numpy as np
     import onnx
 
-__all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter"]
+__all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter",
+           "unique_layer_name"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +137,16 @@ class BaseAdapter:
 
     def __repr__(self) -> str:
         return f"<nasprobe adapter {self.name!r}>"
+
+
+def unique_layer_name(base: str, used: set[str], reserved: set[str] = frozenset()) -> str:
+    """A layer name not yet in ``used``: ``base`` itself, else ``base#2``, ``base#3``... — the
+    first suffixed name that is neither used nor one of the ``reserved`` names (the other
+    layers' own names, so that a real layer called ``conv#2`` keeps its name). The caller adds
+    the result to ``used``."""
+    if base not in used:
+        return base
+    k = 2
+    while f"{base}#{k}" in used or f"{base}#{k}" in reserved:
+        k += 1
+    return f"{base}#{k}"

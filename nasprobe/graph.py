@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .contract import unique_layer_name
 from .errors import GraphError
 from .graph_index import CONTROL_FLOW, GraphIndex, attr
 from .layer_names import layer_name
@@ -283,16 +284,14 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
         raise GraphError(source, f"tap must be 'linear' or 'preact', not {tap!r}")
     g = GraphIndex(model)
     taps: list[Tap] = []
-    seen: dict[str, int] = {}
-    for node in g.nodes:
-        if node.op_type not in LINEAR_OPS:
-            continue
-        t = _linear_tap(g, node)
-        if t is None:
-            continue
-        base = layer_name(node, t.weight)
-        seen[base] = seen.get(base, 0) + 1
-        t.layer = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    # A repeated name gets "#2", "#3"...: never another layer's own name (unique_layer_name).
+    linear = [(node, t) for node in g.nodes if node.op_type in LINEAR_OPS
+              for t in [_linear_tap(g, node)] if t is not None]
+    bases = {layer_name(node, t.weight) for node, t in linear}
+    used: set[str] = set()
+    for node, t in linear:
+        t.layer = unique_layer_name(layer_name(node, t.weight), used, bases)
+        used.add(t.layer)
         if tap == "preact":
             found = _preact(g, t)
             if found is None:

@@ -40,8 +40,14 @@ class LayerInfo:
 
 
 def group_name(layer: str) -> str:
-    """Name of a layer's heatmap group (``/`` is not allowed in group names)."""
-    return layer.replace("/", "_")
+    """Name of a layer's heatmap group: the layer name with ``%``, ``/`` and ``\\`` written as
+    ``%25``, ``%2F``, ``%5C``, a leading ``.`` as ``%2E`` and a leading ``__`` as ``%5F_`` — one
+    group per layer (``a/b`` and ``a_b`` stay apart) and never a path (``..``). The group's
+    ``layer`` attribute holds the name itself."""
+    name = layer.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+    if name.startswith((".", "__")):  # "." and ".." are paths; "__" is reserved by zarr
+        name = ("%2E" if name[0] == "." else "%5F") + name[1:]
+    return name or "%00"
 
 
 def spatial_dims(n: int) -> tuple[str, ...]:

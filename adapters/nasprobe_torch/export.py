@@ -31,6 +31,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from nasprobe.contract import unique_layer_name
 from nasprobe.errors import GraphError, NasprobeError
 
 __all__ = ["Exported", "export_onnx", "export_model", "LINEAR_OPS", "ACTIVATION_OPS"]
@@ -188,17 +189,19 @@ def _tag_layers(graph: onnx.GraphProto, layout: dict) -> list[str]:
         module = _scope_module(node)
         if module:
             _set_metadata(node, "nasprobe.module", module)
-    layers: list[str] = []
-    for node in graph.node:
-        if node.op_type not in LINEAR_OPS or len(node.input) < 2 or node.input[1] not in inits:
-            continue
+    def module_of(node) -> str:
         key = layout.get(node.input[1], (None,))[0]
-        layer = key.rpartition(".")[0] if key else (_scope_module(node) or "")
+        return key.rpartition(".")[0] if key else (_scope_module(node) or "")
+
+    linear = [n for n in graph.node
+              if n.op_type in LINEAR_OPS and len(n.input) >= 2 and n.input[1] in inits]
+    modules = {module_of(n) for n in linear}
+    layers: list[str] = []
+    for node in linear:
+        layer = module_of(node)
         if not layer:
             continue
-        base, count = layer, 2
-        while layer in layers:
-            layer, count = f"{base}#{count}", count + 1
+        layer = unique_layer_name(layer, set(layers), modules)
         layers.append(layer)
         chain, tensor = [node], node.output[0]
         while True:

@@ -152,12 +152,14 @@ def _heatmap_node(tree: xr.DataTree, layer: str):
     if "heatmaps" not in tree.children:
         return None
     hm = tree["heatmaps"]
-    for name in (layer, group_name(layer)):
-        if name in hm.children:
-            return hm[name]
+    if group_name(layer) in hm.children:
+        return hm[group_name(layer)]
     for child in hm.children.values():
         if child.attrs.get("layer") == layer:
             return child
+    for name in (layer, layer.replace("/", "_")):  # stores written before group_name escaped
+        if name in hm.children:
+            return hm[name]
     return None
 
 

@@ -143,7 +143,7 @@ def test_layer_with_equal_channels_is_counted_by_both(tmp_path, channels):
     for on, store in [("graph", g), ("host", h)]:
         ds = store.to_dataset().sel(layer="dense1/MatMul", run="zero", epoch=1)
         assert float(ds.nas_max) == pytest.approx(0, abs=1e-6), on
-        maps = store["heatmaps/dense1_MatMul"].to_dataset().nas_image_map.values
+        maps = store[f"heatmaps/{group_name('dense1/MatMul')}"].to_dataset().nas_image_map.values
         assert int(ds.nas_hist.sum()) == 5 and int(ds.nas_hist[0]) == 5, \
             f"nas_on={on}: nas_hist counts {int(ds.nas_hist.sum())} of 5 values {maps.ravel()}"
 
