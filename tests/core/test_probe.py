@@ -11,6 +11,7 @@ from nasprobe.aggregate import NAS_BINS, QUANTILES
 from nasprobe.correlation import corr_histogram
 from nasprobe.graph import find_taps
 from nasprobe.measures import entropy_from_nas, nas
+from nasprobe.store import group_name
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
@@ -86,7 +87,7 @@ def test_every_graph_kind_end_to_end(name, tmp_path):
         taps, _, raw, _ = _raw(path, x)
         for t in taps:
             maps = nas(raw[t.tensor].astype(np.float64), axis=t.channel_axis)
-            got = dt[f"heatmaps/{t.layer.replace('/', '_')}"].to_dataset().nas_image_map
+            got = dt[f"heatmaps/{group_name(t.layer)}"].to_dataset().nas_image_map
             np.testing.assert_allclose(got.sel(run=name, epoch=epoch).values, maps[:8], atol=1e-5)
             assert float(dt.to_dataset().nas_median.sel(run=name, epoch=epoch, layer=t.layer)) == \
                 pytest.approx(np.median(maps), abs=1e-4)
