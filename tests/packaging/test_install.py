@@ -104,8 +104,8 @@ def test_built_package_installs_and_works(tmp_path):
     in_wheel = zipfile.ZipFile(wheel).namelist()
     for pkg in packages:
         assert f"{pkg}/__init__.py" in in_wheel, f"{pkg} is missing from the wheel"
-    py_files = {f.removeprefix("adapters/") for f in files
-                if f.endswith(".py") and Path(f.removeprefix("adapters/")).parent.as_posix() in packages}
+    in_tree = [f.removeprefix("adapters/") for f in files if f.endswith(".py")]
+    py_files = {f for f in in_tree if Path(f).parent.as_posix() in packages}
     assert py_files <= set(in_wheel), sorted(py_files - set(in_wheel))
     assert any(n.startswith("nasprobe/_kernels.") and n.endswith(".so") for n in in_wheel)
     assert not any(n.endswith(".c") for n in in_wheel)
@@ -118,7 +118,8 @@ def test_built_package_installs_and_works(tmp_path):
     for name in ["nasprobe/_kernels.c", "setup.py", "pyproject.toml", "LICENSE", "README.md",
                  "docs/README.md", "docs/measures.md", "docs/cli.md", "docs/store.md"]:
         assert name in in_sdist, name
-    assert {f for f in files if f.endswith(".py") and f.startswith(("nasprobe/", "adapters/"))} <= in_sdist
+    sources = {f for f in files if f.endswith(".py") and f.startswith(("nasprobe/", "adapters/"))}
+    assert sources <= in_sdist, sorted(sources - in_sdist)
 
     # A new environment and a working folder, both outside the clone; nothing of the dev
     # environment leaks in (no PYTHONPATH, no site packages of another venv).
@@ -142,7 +143,8 @@ def test_built_package_installs_and_works(tmp_path):
               cwd=work, env=env)
     got_version, location = res.stdout.split()
     assert got_version == version and Path(location).is_relative_to(venv)
-    assert run([cli, "--version"], cwd=work, env=env).stdout.strip() == f"nasprobe, version {version}"
+    res = run([cli, "--version"], cwd=work, env=env)
+    assert res.stdout.strip() == f"nasprobe, version {version}"
     assert run([python, "-c", "import importlib.util as u; print(u.find_spec('onnxruntime'))"],
                cwd=work, env=env).stdout.strip() == "None"
     run_dir = write_onnx_run(work / "data")
