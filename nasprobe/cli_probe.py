@@ -170,6 +170,10 @@ def info_cmd(store):
         click.echo(f"  {r}: {done.sum()} epochs ({span}), {p.get('framework', '?')} from "
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
                    f"NAS computed in {p.get('nas_on', 'graph')}")
+        if len(p.get("probe_sets", [])) > 1:
+            click.echo(f"    MIXES {len(p['probe_sets'])} probe sets (sha256 "
+                       f"{', '.join(h[:12] + '…' for h in p['probe_sets'])}): its epochs were "
+                       "not all measured on the same images")
         for f, why in p.get("skipped", {}).items():
             click.echo(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():

@@ -162,7 +162,8 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
-                  "skipped": dict(skipped), **getattr(ctx.source, "provenance", {})}
+                  "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256,
+                  **getattr(ctx.source, "provenance", {})}
     attrs = {"nasprobe_version": __version__, "tap": options.tap,
              "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
              "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
@@ -289,6 +290,16 @@ def _check_out(out: str | os.PathLike) -> None:
         raise StoreError(out, f"cannot be created: {parent} is not writable")
 
 
+def _record(plan: _Plan) -> None:
+    """Write the run's provenance (skipped files, epochs with non-finite weights) into this
+    job's record now, not only when the job ends: an interrupted job keeps what it learned.
+    Each job has its own record; readers merge them (see nasprobe.store_read)."""
+    plan.provenance["skipped"] = dict(plan.skipped)
+    if plan.nonfinite:
+        plan.provenance["nonfinite"] = dict(plan.nonfinite)
+    plan.writer.set_provenance(plan.provenance)
+
+
 def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, progress: bool,
              workers: int | None, scheduler) -> None:
     """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
@@ -304,9 +315,11 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
                 raise CheckpointError(o.path, o.message)
             plan.skipped[o.path] = o.message
             print(f"nasprobe: skipped {o.path}: {o.message}", file=sys.stderr)
+            _record(plan)
             return True
         if o.nonfinite:
             plan.nonfinite[o.path] = o.nonfinite
+            _record(plan)
             warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
                           "of affected layers is recorded as NaN", stacklevel=4)
         bar.set_postfix(provider=o.provider.replace("ExecutionProvider", ""))

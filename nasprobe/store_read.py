@@ -302,9 +302,12 @@ def _attrs(root: dict, runs: list[dict]) -> dict:
     prov, version, source, k = {}, None, None, 0
     for r in runs:
         p: dict = {}
+        probes: list[str] = []  # every probe set a job of this run used (issue: --force)
         for job in sorted(r["attrs"]):
             a = r["attrs"][job]
             jp = json.loads(a.get("provenance", "{}"))
+            if jp.get("probe_sha256") and jp["probe_sha256"] not in probes:
+                probes.append(jp["probe_sha256"])
             for field in ("skipped", "nonfinite"):
                 if field in jp or field in p:
                     jp[field] = {**p.get(field, {}), **jp.get(field, {})}
@@ -312,6 +315,8 @@ def _attrs(root: dict, runs: list[dict]) -> dict:
             version = a.get("nasprobe_version", version)
             source = a.get("probe_source", source)
             k = max(k, int(a.get("keep_images", 0)))
+        if len(probes) > 1:
+            p["probe_sets"] = probes
         prov[r["name"]] = p
     if version is not None:
         out["nasprobe_version"] = version
