@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean lock gpu-smoke dist corpus
+.PHONY: demo test install clean lock gpu-smoke dist corpus lint
 
 $(STAMP): pyproject.toml setup.py nasprobe/_kernels.c requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/nasprobe demo --out $(DEMO_OUT)
+
+# ruff: pyflakes, pycodestyle, import order, bugbear, Google docstrings (config in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh

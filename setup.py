@@ -7,4 +7,6 @@ computing NAS inside the onnxruntime graph (see nasprobe/kernels.py).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("nasprobe._kernels", ["nasprobe/_kernels.c"],
-                             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"], optional=True)])
+                             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=fast",
+                                                 "-fno-math-errno", "-fno-trapping-math"],
+                             optional=True)])

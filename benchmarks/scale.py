@@ -101,8 +101,9 @@ def _worker_peak_mib() -> float:
 
 
 def main() -> None:
-    import nasprobe
     from distributed import Client, LocalCluster
+
+    import nasprobe
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

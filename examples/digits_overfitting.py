@@ -48,12 +48,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "examples/digits_overfitting.py",
                                                 *(sys.argv[1:] if argv is None else argv)])
 
-    from nasprobe_torch.digits import digits_splits, fit_digits
+    from nasprobe_torch.digits import digits_splits
 
     _, _, x_pr, y_pr = digits_splits(TRAIN, PROBE, SPLIT_SEED)
     probe_npz = out / "probe.npz"

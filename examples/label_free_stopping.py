@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import itertools
-import json
 import multiprocessing
 import os
 import platform
@@ -53,8 +52,12 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 TRAIN_SIZES = (150, 300, 600)
 WIDTHS = {"s": (16, 16, 32, 32, 64), "xs": (8, 8, 16, 16, 32)}
@@ -157,7 +160,7 @@ class _NoWriter:
     close = add_scalar
 
 
-def load_all(out: Path, runs: list[tuple]) -> "xr.Dataset":
+def load_all(out: Path, runs: list[tuple]) -> xr.Dataset:
     """Every run's record as one Dataset (run, epoch, layer[, quantile])."""
     import xarray as xr
 

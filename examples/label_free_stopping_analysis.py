@@ -173,7 +173,7 @@ def by_regularizer(res: dict[str, list[dict]], methods: list[str]) -> str:
     lines = ["| regulariser, train size | oracle epoch (median) | "
              + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for reg, n in keys:
-        pick = lambda m: [x for x in res[m] if x["regularizer"] == reg and x["train_size"] == n]  # noqa: E731
+        pick = lambda m: [x for x in res[m] if x["regularizer"] == reg and x["train_size"] == n]  # noqa: E731, B023
         oracle = np.median([x["epoch"] for x in pick("oracle")])
         cells = [f"{np.mean([x['excess'] for x in pick(m)]):.3f}" for m in methods]
         lines.append(f"| {reg}, {n} | {oracle:.0f} | " + " | ".join(cells) + " |")

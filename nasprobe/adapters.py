@@ -21,8 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable
 
-from .contract import (Adapter, BaseAdapter, Checkpoint, CheckpointSource,  # noqa: F401
-                       SourceOptions)
+from .contract import Adapter, BaseAdapter, Checkpoint, CheckpointSource, SourceOptions  # noqa: F401
 from .errors import NasprobeError
 from .onnx_source import adapter as onnx_adapter
 

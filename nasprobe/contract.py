@@ -45,9 +45,13 @@ class CheckpointSource(Protocol):
 
     framework: str
 
-    def architecture(self) -> onnx.ModelProto: ...
+    def architecture(self) -> onnx.ModelProto:
+        """The ONNX model, with the first checkpoint's weights."""
+        ...
 
-    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]: ...
+    def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+        """Initializer name → array, for ``checkpoint``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ class EventWriter:
         """Flush and close the event file."""
         self._writer.close()
 
-    def __enter__(self) -> "EventWriter":
+    def __enter__(self) -> EventWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -95,7 +95,7 @@ class ProbeOptions:
     @classmethod
     def build(cls, probe: str | os.PathLike, *, model: Any = None,
               input_shape: Sequence[int] | None = None, trust_pickle: bool = False,
-              **rest: Any) -> "ProbeOptions":
+              **rest: Any) -> ProbeOptions:
         """Options from flat keyword arguments (those of :func:`nasprobe.probe`): ``model``,
         ``input_shape`` and ``trust_pickle`` go into :attr:`source`, the rest are fields."""
         source = SourceOptions(model=model, input_shape=input_shape, trust_pickle=trust_pickle)

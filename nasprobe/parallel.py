@@ -87,7 +87,8 @@ def _match_worker_threads(dask_worker) -> int:
 
 def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], bool],
                 retries: int = RETRIES) -> None:
-    """Submit one :func:`nasprobe.tasks.run_epoch` per task and pass each :class:`~nasprobe.tasks.Outcome` to ``handle`` as it completes.
+    """Submit one :func:`nasprobe.tasks.run_epoch` per task and pass each
+    :class:`~nasprobe.tasks.Outcome` to ``handle`` as it completes.
 
     ``handle`` returns False to stop: the remaining tasks are cancelled (slots already being
     written are either committed whole or stay invisible). A task whose worker died more than

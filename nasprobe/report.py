@@ -194,10 +194,11 @@ def render_report(store, *, title: str | None = None, dpi: int = 110,
                   kinds: tuple[str, ...] = KINDS) -> str:
     """The report's HTML text (see the module docstring).
 
-    :param store: a store path, its ``xarray.DataTree`` or root ``xarray.Dataset``.
-    :param title: page title (default: the store's folder name).
-    :param dpi: resolution of the embedded PNG figures, dots per inch.
-    :param kinds: the figure kinds to draw (default: all of :data:`KINDS`).
+    Args:
+        store: a store path, its ``xarray.DataTree`` or root ``xarray.Dataset``.
+        title: page title (default: the store's folder name).
+        dpi: resolution of the embedded PNG figures, dots per inch.
+        kinds: the figure kinds to draw (default: all of :data:`KINDS`).
     """
     tree = as_tree(store)
     ds = tree.to_dataset(inherit=True)

@@ -58,7 +58,7 @@ def provider_notice(message: str) -> None:
 
 
 def select_providers(device: str = "auto") -> list[str]:
-    """onnxruntime providers to ask for on ``device`` (``auto``, ``cpu`` or ``cuda``).
+    """Onnxruntime providers to ask for on ``device`` (``auto``, ``cpu`` or ``cuda``).
 
     ``cuda`` or ``auto`` ask for ``CUDAExecutionProvider`` when this onnxruntime lists it; a
     ``cuda`` request without it gets CPU with a notice on stderr. Listed is not working: which

@@ -296,6 +296,7 @@ class RunWriter:
         """Write one epoch's results into this job's chunks, then commit them.
 
         Args:
+            run_i, epoch_i: the slot (indices along ``run`` and ``epoch``) reserved for it.
             summaries: layer → :meth:`nasprobe.aggregate.LayerStats.summary` dict.
             metrics: ``loss``/``accuracy`` for this epoch (others are ignored here).
             corr: layer → ``corr_hist`` counts (200,).

@@ -1,6 +1,6 @@
-"""A store → TensorBoard event files (``nasprobe tensorboard STORE LOGDIR``).
+r"""A store → TensorBoard event files (``nasprobe tensorboard STORE LOGDIR``).
 
-One TensorBoard run folder per store run, ``LOGDIR/<run>`` (a ``/`` or ``\\`` in a run name
+One TensorBoard run folder per store run, ``LOGDIR/<run>`` (a ``/`` or ``\`` in a run name
 becomes ``_``), each holding one event file named ``events.out.tfevents.*.nasprobe`` with, at
 ``step = epoch`` (the untrained model is step ``-1``):
 
@@ -27,8 +27,14 @@ import numpy as np
 import xarray as xr
 
 from .errors import NasprobeError
-from .event_writer import (EVENT_FILE_PREFIX, EventWriter, LogdirError, heatmap_rgba,
-                           heatmap_scale, tensorboard_protos)
+from .event_writer import (
+    EVENT_FILE_PREFIX,
+    EventWriter,
+    LogdirError,
+    heatmap_rgba,
+    heatmap_scale,
+    tensorboard_protos,
+)
 
 __all__ = ["LogdirError", "write_tensorboard", "heatmap_rgba", "heatmap_scale", "run_folder",
            "SCALAR_VARIABLES", "LAYER_SCALARS", "TB_SUFFIX"]
@@ -83,13 +89,16 @@ def write_tensorboard(store, logdir: str | os.PathLike, *, overwrite: bool = Fal
                       runs=None) -> dict[str, Path]:
     """Write a store's NAS, loss/accuracy and heatmaps as TensorBoard event files.
 
-    :param store: a store path, or its ``xarray.DataTree`` / root ``xarray.Dataset``.
-    :param logdir: the TensorBoard log folder; run ``r`` goes to ``logdir/<r>``.
-    :param overwrite: replace the event files an earlier export left in those folders
-        (otherwise that is an error: TensorBoard would show both); event files nasprobe did
-        not write are kept.
-    :param runs: the runs to write (default: all).
-    :returns: ``{run: folder}`` of the folders written.
+    Args:
+        store: a store path, or its ``xarray.DataTree`` / root ``xarray.Dataset``.
+        logdir: the TensorBoard log folder; run ``r`` goes to ``logdir/<r>``.
+        overwrite: replace the event files an earlier export left in those folders
+            (otherwise that is an error: TensorBoard would show both); event files nasprobe did
+            not write are kept.
+        runs: the runs to write (default: all).
+
+    Returns:
+        ``{run: folder}`` of the folders written.
     """
     from .report import as_tree
 

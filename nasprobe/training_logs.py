@@ -122,7 +122,7 @@ def _classify(name: str) -> tuple[str, int] | None:
 
 
 def canonical_metric_name(name: str) -> str:
-    """nasprobe's name for a log column or tag: ``val_loss`` → ``loss``, ``acc`` →
+    """Nasprobe's name for a log column or tag: ``val_loss`` → ``loss``, ``acc`` →
     ``train_accuracy``, ``validation/epoch_accuracy`` → ``accuracy``; unknown names unchanged."""
     found = _classify(name)
     return found[0] if found else name
@@ -263,7 +263,7 @@ def _read_tensorboard(path: Path) -> dict[str, dict[int, float]]:
 
 
 def _step_to_epoch(epoch_rows):
-    """step → epoch. Without an ``epoch`` tag the step is the epoch (Keras); with one
+    """Step → epoch. Without an ``epoch`` tag the step is the epoch (Keras); with one
     (Lightning logs ``epoch`` at each global step) a step belongs to the epoch last logged at
     or before it (steps before the first ``epoch`` entry: ``None``, dropped)."""
     if not epoch_rows:
@@ -297,9 +297,12 @@ def _find_log(path: Path) -> tuple[str, Path]:
 def store_metric_names(metrics: Metrics, path: str | os.PathLike) -> Metrics:
     """``metrics`` renamed for the store by the rules of the module docstring (*In the store*).
 
-    :param metrics: from :func:`read_training_log`.
-    :param path: the log, for messages.
-    :raises TrainingLogError: two names that become one (both named).
+    Args:
+        metrics: from :func:`read_training_log`.
+        path: the log, for messages.
+
+    Raises:
+        TrainingLogError: two names that become one (both named).
     """
     out: Metrics = {}
     origin: dict[str, str] = {}
@@ -322,13 +325,18 @@ def store_metric_names(metrics: Metrics, path: str | os.PathLike) -> Metrics:
 def read_training_log(path: str | os.PathLike, *, epoch_offset: int = 0) -> Metrics:
     """Per-epoch metrics of one training log (format detected from the path).
 
-    :param path: a CSV log (Keras ``CSVLogger``, Lightning or nasprobe ``metrics.csv``), a
-        Keras history ``.json``, a TensorBoard event file, or a folder holding event files
-        or exactly one ``metrics.csv``.
-    :param epoch_offset: added to every epoch (``1`` for Keras ``ModelCheckpoint`` names).
-    :returns: ``{name: {epoch: value}}`` in nasprobe's names (module docstring); NaN values
-        are kept (a diverged epoch is information), empty cells are not.
-    :raises TrainingLogError: missing file, unknown layout, or a cell that is not a number.
+    Args:
+        path: a CSV log (Keras ``CSVLogger``, Lightning or nasprobe ``metrics.csv``), a
+            Keras history ``.json``, a TensorBoard event file, or a folder holding event files
+            or exactly one ``metrics.csv``.
+        epoch_offset: added to every epoch (``1`` for Keras ``ModelCheckpoint`` names).
+
+    Returns:
+        ``{name: {epoch: value}}`` in nasprobe's names (module docstring); NaN values
+            are kept (a diverged epoch is information), empty cells are not.
+
+    Raises:
+        TrainingLogError: missing file, unknown layout, or a cell that is not a number.
     """
     path = Path(path)
     if not path.exists():

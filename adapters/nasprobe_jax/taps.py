@@ -97,11 +97,13 @@ def forward_with_taps(model: nnx.Module, *args: Any, layers=None, tap: str = "li
 
     Args:
         model: the NNX module (in train or eval mode, as the caller wants).
+        *args: the module's positional inputs (the images).
         layers: ``None`` — every Conv/Linear module called, but the last one called (the
             prediction layer); a list of module paths; or a regex (``re.search``) over the
             paths of the Conv/Linear modules called.
         tap: ``"linear"`` or ``"preact"`` (module docstring).
         exclude_bias: subtract the layer's bias from a linear tap.
+        **kwargs: the module's keyword inputs.
 
     Returns:
         The model's output and, per selected layer in call order, its tap: an array
@@ -116,7 +118,7 @@ def forward_with_taps(model: nnx.Module, *args: Any, layers=None, tap: str = "li
     with _recording(model, calls):
         out = model(*args, **kwargs)
     called: dict[str, tuple] = {}
-    for path, module, x, y in calls:
+    for path, module, _x, y in calls:
         if isinstance(module, LINEAR_TYPES):
             called.pop(path, None)  # keep call order of the last call
             called[path] = (module, y)

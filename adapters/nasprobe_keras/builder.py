@@ -142,7 +142,7 @@ class Builder:
 
     def weight(self, layer, variable: str, transform: str = "identity") -> str:
         """Initializer for ``layer``'s Keras variable ``variable``, recorded as a WeightRef."""
-        for index, var in enumerate(layer.weights):
+        for index, var in enumerate(layer.weights):  # noqa: B007 (index is used after the loop)
             if var.name == variable:
                 break
         else:

@@ -66,11 +66,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         os.replace(tmp, path)
 
     def on_train_begin(self, logs=None):
+        """Write ``init.keras`` (the untrained model), unless a restarted training has one."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "init.keras").exists():
             self._save("init.keras")
 
     def on_epoch_end(self, epoch, logs=None):
+        """Write the epoch's metrics row and, when due, ``epoch_NNN.keras``."""
         self._write_row(epoch, {LOG_NAMES[k]: float(v) for k, v in (logs or {}).items()
                                 if k in LOG_NAMES})
         if (epoch + 1) % self.every == 0:
@@ -113,9 +115,11 @@ class LiveNASCallback(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
+        """Open the event file in ``logdir``."""
         self._writer = EventWriter(self.logdir)
 
     def on_epoch_end(self, epoch, logs=None):
+        """Probe, then write the medians and heatmaps at step ``epoch``."""
         monitor = NASMonitor(_target(self.model), self.layers, self.tap, self.exclude_bias)
         maps = monitor.nas(self.probe_x, self.batch_size)
         medians = {name: float(np.median(m)) for name, m in maps.items()}
@@ -126,6 +130,7 @@ class LiveNASCallback(keras.callbacks.Callback):
         self.medians[int(epoch)] = medians
 
     def on_train_end(self, logs=None):
+        """Close the event file."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -62,10 +62,12 @@ class NASEarlyStopping(keras.callbacks.Callback):
         return monitor.nas(self.probe_x, self.batch_size)
 
     def on_train_begin(self, logs=None):
+        """Measure the untrained model (epoch -1) unless a restarted training already did."""
         if not self.stopper.epochs:
             self.stopper.update(-1, self._measure())
 
     def on_epoch_end(self, epoch, logs=None):
+        """Measure the epoch; stop training when the rule fires."""
         if self.stopper.update(epoch, self._measure()):
             self.model.stop_training = True
 

@@ -54,6 +54,8 @@ class NASMonitor:
         self.layers = self._taps.names
 
     def nas(self, x, batch_size=None) -> dict:
+        """``{layer name: NAS maps (N, *locations)}`` of ``x`` (float32 numpy), ``batch_size``
+        images per forward pass (default all)."""
         n = len(x)
         batch_size = batch_size or n
         out = {name: [] for name in self.layers}
@@ -235,6 +237,7 @@ class Regularized(keras.Model):
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
 
     def call(self, inputs, training=None):
+        """The inner model's output; in training, with the penalty added as a loss."""
         if not training:
             return self.inner(inputs, training=training)
         with contextlib.ExitStack() as stack:

@@ -13,8 +13,13 @@ from nasprobe.errors import CheckpointError, NasprobeError
 
 from .export import UnsupportedLayerError, WeightRef, convert
 from .formats import is_weights_only
-from .loading import (find_architecture_file, load_architecture_json, load_model,
-                      model_from_spec, read_weights)
+from .loading import (
+    find_architecture_file,
+    load_architecture_json,
+    load_model,
+    model_from_spec,
+    read_weights,
+)
 
 __all__ = ["KerasSource", "make_source"]
 

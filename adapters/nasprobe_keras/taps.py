@@ -173,6 +173,7 @@ class TapCapture:
         return out
 
     def record(self, name):
+        """``(entropy map, D)`` of ``name``'s tap in the last capture."""
         try:
             return self.records[name]
         except KeyError:

@@ -28,7 +28,8 @@ from nasprobe.event_writer import EventWriter, heatmap_rgba
 from .regularizers import NASMonitor
 from .taps import unwrap
 
-__all__ = ["CheckpointWriter", "LiveNAS", "NASCheckpointCallback", "METRIC_COLUMNS"]
+__all__ = ["CheckpointWriter", "LiveNAS", "NASCheckpointCallback",  # noqa: F822 (module __getattr__)
+           "METRIC_COLUMNS"]
 
 #: Columns of ``metrics.csv`` after ``epoch``.
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")

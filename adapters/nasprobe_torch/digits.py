@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import drop_net, norm_net, vanilla_net
 from .callbacks import CheckpointWriter
+from .models import drop_net, norm_net, vanilla_net
 
 __all__ = ["digits_splits", "fit_digits", "train_digits", "NETS", "DIGITS_WIDTHS"]
 

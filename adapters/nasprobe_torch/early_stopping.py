@@ -22,7 +22,7 @@ from torch import nn
 from nasprobe.stopper import Stopper
 from nasprobe.stopping import RECOMMENDED
 
-__all__ = ["NASEarlyStopping", "NASEarlyStoppingCallback"]
+__all__ = ["NASEarlyStopping", "NASEarlyStoppingCallback"]  # noqa: F822 (module __getattr__)
 
 
 class _NoWriter:

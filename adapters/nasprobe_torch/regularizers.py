@@ -41,7 +41,7 @@ class _Reg:
     def __call__(self) -> torch.Tensor:
         return self.penalty()
 
-    def __add__(self, other: "_Reg") -> "RegSum":
+    def __add__(self, other: _Reg) -> RegSum:
         return RegSum([self, other])
 
     def remove(self) -> None:
@@ -61,6 +61,7 @@ class RegSum(_Reg):
         return sum((r.penalty() for r in self.regs[1:]), self.regs[0].penalty())
 
     def remove(self) -> None:
+        """Remove every member's hooks."""
         for r in self.regs:
             r.remove()
 

@@ -127,8 +127,8 @@ class TorchSource:
 
 def make_source(checkpoints: Sequence[Checkpoint], *,
                 model: str | nn.Module | Callable[[], nn.Module] | None = None,
-                input_shape: Sequence[int] | str | None = None, trust_pickle: bool = False,
-                **ignored: Any) -> TorchSource:
+                input_shape: Sequence[int] | str | None = None,
+                trust_pickle: bool = False) -> TorchSource:
     """The :class:`TorchSource` for one run's PyTorch checkpoints.
 
     Args:

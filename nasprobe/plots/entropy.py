@@ -16,8 +16,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .select import Selection
-from .style import (GROUP_STYLES, depth_colors, finish_grid, layer_grid, onset_line,
-                    panel_height, panel_label)
+from .style import (
+    GROUP_STYLES,
+    depth_colors,
+    finish_grid,
+    layer_grid,
+    onset_line,
+    panel_height,
+    panel_label,
+)
 
 __all__ = ["draw_entropy"]
 

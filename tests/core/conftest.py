@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 
 from nasprobe import runtime
-
 from tests.core import onnx_models as om
 
 

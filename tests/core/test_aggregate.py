@@ -11,7 +11,8 @@ from nasprobe.measures import entropy_from_nas
 def test_streamed_statistics_equal_numpy(kind):
     rng = np.random.default_rng(0)
     shape = (203, 5, 4)
-    maps = {"beta": rng.beta(2, 6, shape), "clustered": np.where(rng.random(shape) < 0.5, 0.1, 0.6) + rng.normal(0, 1e-3, shape),
+    maps = {"beta": rng.beta(2, 6, shape),
+            "clustered": np.where(rng.random(shape) < 0.5, 0.1, 0.6) + rng.normal(0, 1e-3, shape),
             "dense": rng.uniform(0, 1e-3, shape), "ties": np.round(rng.uniform(0, 0.8, shape), 2)}[kind]
     st = LayerStats(channels=8, spatial=(5, 4), keep_images=3)
     for i in range(0, shape[0], 17):

@@ -11,7 +11,14 @@ import pytest
 
 import nasprobe
 from nasprobe.probe import run_info
-from tests.hostile import assert_refused, make_store, probe, tree_digest, write_onnx_run, write_probe
+from tests.hostile import (
+    assert_refused,
+    make_store,
+    probe,
+    tree_digest,
+    write_onnx_run,
+    write_probe,
+)
 
 
 def _damage(path, how):

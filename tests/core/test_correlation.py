@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import nasprobe
 from nasprobe.cli import main
 from nasprobe.correlation import CORR_BINS, corr_histogram, sampled_filters
-from tests.core.conftest import write_run
 from tests.core import onnx_models as om
+from tests.core.conftest import write_run
 
 
 def exact(w: np.ndarray, centring: str = "paper", rows=None) -> np.ndarray:

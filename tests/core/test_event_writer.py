@@ -1,6 +1,7 @@
 """The one TensorBoard writer: scalars and heatmap images read back by TensorBoard itself."""
 
 import numpy as np
+
 from nasprobe.event_writer import EventWriter, heatmap_rgba, heatmap_scale
 
 

@@ -1,7 +1,6 @@
 """Taps found in hand-built ONNX graphs, and in-graph NAS against numpy on the raw tensors."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper

@@ -4,7 +4,6 @@ host-mode batches are split so that raw taps fit a budget, and the numbers do no
 import threading
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 

@@ -206,7 +206,7 @@ def test_single_epoch_and_slashed_layer_names_render(kind):
         assert np.allclose(np.unique(img[: px - 1, : px - 1]), np.unique(want))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_tree(n_runs, n_layers, loss):
     """Built once per shape (drawing never modifies a tree); epoch 4 not probed."""
     return make_tree(n_runs=n_runs, n_layers=n_layers, loss=loss, n_epochs=10, missing_epoch=4)

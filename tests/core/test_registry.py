@@ -119,8 +119,9 @@ def test_probe_reads_a_plugins_folder_checkpoints(plugins, tmp_path, labelled_pr
 
 
 def test_framework_choices_and_messages_come_from_the_registry(plugins, tmp_path):
-    from nasprobe.cli_probe import framework_options
     import click
+
+    from nasprobe.cli_probe import framework_options
 
     @click.command()
     @framework_options

@@ -146,9 +146,9 @@ def test_existing_events_need_overwrite(tmp_path):
 
 
 def test_cli_tensorboard_from_store_on_disk(tmp_path):
-    import nasprobe.cli_report  # noqa: F401  (registers the command)
     from click.testing import CliRunner
 
+    import nasprobe.cli_report  # noqa: F401  (registers the command)
     from nasprobe.cli import main
     from nasprobe.store import open_store
 

@@ -9,7 +9,6 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from keras import ops  # noqa: E402
 
 from nasprobe.checkpoints import parse_epoch  # noqa: E402
@@ -18,8 +17,6 @@ from nasprobe.tensorboard import heatmap_scale  # noqa: E402
 from nasprobe.training_logs import read_training_log  # noqa: E402
 from nasprobe_keras.callbacks import CheckpointCallback, LiveNASCallback  # noqa: E402
 from nasprobe_keras.regularizers import NASReg, Regularized  # noqa: E402
-
-
 
 
 def make_model():

@@ -1,10 +1,9 @@
 """NASEarlyStopping in a real (tiny) Keras ``model.fit`` (torch backend); the post-hoc rule on a
 store of the checkpoints the same fit wrote gives the callback's epoch."""
 
+import keras
 import numpy as np
 from click.testing import CliRunner
-
-import keras
 from keras import layers
 
 import nasprobe

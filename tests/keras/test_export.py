@@ -8,13 +8,12 @@ sub-models on the in-memory epoch-2 model.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
-
-import keras
 
 from nasprobe_keras import KerasSource, make_source
 from tests.keras.conftest import FORMATS

@@ -4,7 +4,6 @@ checkpoint like any other: exit 2 naming it, or skipped with ``--on-error skip``
 from __future__ import annotations
 
 import h5py
-import numpy as np
 
 import nasprobe
 from nasprobe.probe import run_info

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import layers
 
 from nasprobe.checkpoints import Checkpoint

@@ -3,10 +3,9 @@ own pre-activation tensors (per epoch, per image, per location)."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import nasprobe
 from nasprobe.measures import nas

@@ -16,14 +16,12 @@ from torch import nn  # noqa: E402
 
 from nasprobe.correlation import filter_correlations, lower_triangle  # noqa: E402
 from nasprobe.measures import entropy, nas, perplexity  # noqa: E402
-from nasprobe_keras.regularizers import (DecorrReg, NASMonitor, NASReg, Regularized,  # noqa: E402
-                                         SparsityReg)
-from nasprobe_torch.regularizers import DecorrReg as TDecorrReg  # noqa: E402
-from nasprobe_torch.regularizers import NASReg as TNASReg  # noqa: E402
-from nasprobe_torch.regularizers import SparsityReg as TSparsityReg  # noqa: E402
-
-
-
+from nasprobe_keras.regularizers import DecorrReg, NASMonitor, NASReg, Regularized, SparsityReg  # noqa: E402
+from nasprobe_torch.regularizers import (
+    DecorrReg as TDecorrReg,  # noqa: E402
+    NASReg as TNASReg,  # noqa: E402
+    SparsityReg as TSparsityReg,  # noqa: E402
+)
 
 
 def make_model(seed=0):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import helper, numpy_helper
 from torch import nn

@@ -7,16 +7,14 @@ import csv
 import numpy as np
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from nasprobe.checkpoints import parse_epoch
 from nasprobe.measures import nas
-from nasprobe.training_logs import read_training_log
 from nasprobe.tensorboard import heatmap_scale
+from nasprobe.training_logs import read_training_log
 from nasprobe_torch.callbacks import CheckpointWriter, LiveNAS
-
-
 
 
 def small_net():
@@ -57,6 +55,7 @@ def test_checkpoint_writer(tmp_path):
 
 def test_lightning_callback(tmp_path):
     import lightning.pytorch as pl
+
     from nasprobe_torch.callbacks import NASCheckpointCallback
 
     class Module(pl.LightningModule):

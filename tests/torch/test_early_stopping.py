@@ -6,13 +6,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from nasprobe import stopping
 from nasprobe.cli import main
 from nasprobe.measures import nas
-from nasprobe import stopping
+from nasprobe_torch.callbacks import CheckpointWriter
 from nasprobe_torch.digits import digits_splits
 from nasprobe_torch.early_stopping import NASEarlyStopping
 from nasprobe_torch.models import vanilla_net
-from nasprobe_torch.callbacks import CheckpointWriter
 
 KW = dict(widths=(4, 4, 8, 8, 16), in_channels=1, classes=10, input_size=16)
 SPEC = "nasprobe_torch.models:vanilla_net(" + ", ".join(f"{k}={v!r}" for k, v in KW.items()) + ")"

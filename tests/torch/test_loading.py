@@ -10,8 +10,13 @@ import torch
 from nasprobe.checkpoints import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe_torch import make_source, models
-from nasprobe_torch.loading import (build_model, fit_state_dict, load_file, parse_model_spec,
-                                    state_dict_of)
+from nasprobe_torch.loading import (
+    build_model,
+    fit_state_dict,
+    load_file,
+    parse_model_spec,
+    state_dict_of,
+)
 
 from .conftest import TINY, SequenceNet, randomize
 

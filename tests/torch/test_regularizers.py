@@ -6,14 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from nasprobe.correlation import filter_correlations, lower_triangle
 from nasprobe.measures import entropy, nas, perplexity
 from nasprobe_torch.regularizers import DecorrReg, NASMonitor, NASReg, SparsityReg
-
-
 
 LAYERS = ["0", "3", "7"]  # conv, conv, hidden linear; "9" is the prediction layer
 
