@@ -1,4 +1,4 @@
-"""A small Flax NNX CNN on scikit-learn's digits, an Orbax checkpoint per epoch, probed by nasprobe.
+r"""A small Flax NNX CNN on scikit-learn's digits, an Orbax checkpoint per epoch, probed by nasprobe.
 
 Trains ``DigitsCNN`` (conv1 → BatchNorm → ReLU → conv2 → ReLU → max-pool → fc → ReLU → head) on
 300 of the 1,797 bundled 8×8 digits (nothing is downloaded) with Adam in a jitted train step,
@@ -14,8 +14,8 @@ Usage::
 
 The same probe from the shell::
 
-    nasprobe probe /tmp/jax-digits/run --probe /tmp/jax-digits/probe.npz \\
-        --out /tmp/jax-digits/nas.zarr --model examples/jax_digits.py:DigitsCNN \\
+    nasprobe probe /tmp/jax-digits/run --probe /tmp/jax-digits/probe.npz \
+        --out /tmp/jax-digits/nas.zarr --model examples/jax_digits.py:DigitsCNN \
         --metrics /tmp/jax-digits/run/metrics.csv
 """
 

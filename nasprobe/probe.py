@@ -29,8 +29,16 @@ from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointErro
 from .options import ProbeOptions
 from .storage import checked_path, is_url, local_copy, location
 from .store import LayerInfo, RunWriter, Store, new_job_id
-from .tasks import (EpochResult, EpochTask, Outcome, RunSpec, context, output_kind, probe_epoch,
-                    run_epoch)
+from .tasks import (
+    EpochResult,
+    EpochTask,
+    Outcome,
+    RunSpec,
+    context,
+    output_kind,
+    probe_epoch,
+    run_epoch,
+)
 
 __all__ = ["probe", "probe_epoch", "EpochResult", "ProbeOptions", "output_kind", "run_folders",
            "run_info"]

@@ -89,7 +89,7 @@ class Location:
         """The filesystem path of ``parts`` under this folder."""
         return "/".join([self.root.rstrip("/"), *parts])
 
-    def child(self, *parts: str) -> "Location":
+    def child(self, *parts: str) -> Location:
         """A sub-folder."""
         return Location("/".join([self.url.rstrip("/"), *parts]))
 
@@ -97,7 +97,7 @@ class Location:
         return self.url
 
     def zarr_store(self, read_only: bool = False):
-        """zarr's own store for this folder: ``LocalStore`` or ``FsspecStore``."""
+        """Zarr's own store for this folder: ``LocalStore`` or ``FsspecStore``."""
         import zarr.storage
 
         if self.local:

@@ -22,8 +22,8 @@ import json
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,8 +35,20 @@ from .aggregate import NAS_BINS, QUANTILES
 from .correlation import CORR_BINS
 from .errors import StoreError
 from .storage import Location, location
-from .store_layout import (CLAIMS, COMMITS, LAYOUT, RUNS, SCALARS, LayerInfo, group_json,
-                           group_name, marker, read_marker, run_key, spatial_dims)
+from .store_layout import (
+    CLAIMS,
+    COMMITS,
+    LAYOUT,
+    RUNS,
+    SCALARS,
+    LayerInfo,
+    group_json,
+    group_name,
+    marker,
+    read_marker,
+    run_key,
+    spatial_dims,
+)
 from .store_read import open_store, store_layout
 
 __all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
@@ -169,7 +181,7 @@ class Store:
 
     def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
                  provenance: dict, job: str | None = None, attrs: dict | None = None
-                 ) -> "RunWriter":
+                 ) -> RunWriter:
         """Create this job's group for ``run`` (arrays sized for ``epochs``, one chunk per
         epoch) and claim the epochs not yet committed.
 

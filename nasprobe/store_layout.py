@@ -59,7 +59,7 @@ def run_key(run: str) -> str:
     """The run's group name: the name percent-escaped (``/``, ``%``, a leading ``.`` or ``_``)."""
     key = quote(run, safe="-+=,@~")
     if key.startswith((".", "_")) or not key:
-        key = "%{:02X}".format(ord(key[0])) + key[1:] if key else "%00"
+        key = f"%{ord(key[0]):02X}" + key[1:] if key else "%00"
     return key
 
 

@@ -8,10 +8,10 @@ nasprobe 0.1 (one shared dataset with a ``probed`` flag) are read as they are.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,8 +22,17 @@ from zarr.core.buffer import cpu
 
 from .errors import StoreError
 from .storage import Location, location
-from .store_layout import (CLAIMS, COMMITS, LAYOUT, RUNS, SCALARS, group_name, read_marker,
-                           run_name, spatial_dims)
+from .store_layout import (
+    CLAIMS,
+    COMMITS,
+    LAYOUT,
+    RUNS,
+    SCALARS,
+    group_name,
+    read_marker,
+    run_name,
+    spatial_dims,
+)
 
 __all__ = ["open_store", "store_layout", "committed_epochs", "LEGACY"]
 
@@ -279,7 +288,7 @@ def _combine(loc: Location) -> xr.DataTree:
     return xr.DataTree.from_dict(tree)
 
 
-def _heatmap(name: str, h: dict, R: int, E: int) -> xr.Dataset:
+def _heatmap(name: str, h: dict, R: int, E: int) -> xr.Dataset:  # noqa: N803 (R runs, E epochs)
     """One layer's maps on the full (run, epoch) grid; NaN-padded where runs' shapes differ."""
     nd = h["parts"][0][2].ndim - 1
     parts = [p for p in h["parts"] if p[2].ndim - 1 == nd]

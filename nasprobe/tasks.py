@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 from onnx import numpy_helper
 
+from . import pipeline
 from .adapters import open_source
+from .aggregate import LayerStats
 from .contract import Checkpoint
 from .correlation import corr_histogram
 from .errors import CheckpointError, NasprobeError, ProbeSetError
-from .aggregate import LayerStats
 from .graph import Tap, find_taps
-from .nas_graph import build_probe_graph, build_tap_graph
 from .kernels import available as kernels_available, nas_map
+from .nas_graph import build_probe_graph, build_tap_graph
 from .options import ProbeOptions
-from . import pipeline
 from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
 from .probesets import ProbeSet, load_probe_set
 from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers

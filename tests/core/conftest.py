@@ -100,7 +100,7 @@ def s3_server(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the moto server did not start (see {log.name})")
+                raise RuntimeError(f"the moto server did not start (see {log.name})") from None
             time.sleep(0.1)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",

@@ -7,8 +7,8 @@ from onnx import helper, numpy_helper
 
 from nasprobe.errors import GraphError
 from nasprobe.graph import find_taps
-from nasprobe.nas_graph import build_probe_graph
 from nasprobe.measures import nas
+from nasprobe.nas_graph import build_probe_graph
 from tests.core import onnx_models as om
 
 

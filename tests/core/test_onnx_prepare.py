@@ -146,7 +146,7 @@ def test_integer_input_gets_a_cast_and_constants_become_swappable_weights(tmp_pa
     input is fed through a Cast from the float32 probe set."""
     rng = np.random.default_rng(4)
     runs = []
-    for epoch in (1, 2):
+    for _epoch in (1, 2):
         w = rng.normal(0, 1, (4, 3))
         nodes = [
             helper.make_node(

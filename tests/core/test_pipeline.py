@@ -10,8 +10,8 @@ import pytest
 from nasprobe import pipeline, runtime, tasks
 from nasprobe.aggregate import LayerStats
 from nasprobe.graph import find_taps
-from nasprobe.nas_graph import build_tap_graph
 from nasprobe.kernels import nas_map
+from nasprobe.nas_graph import build_tap_graph
 from nasprobe.probesets import load_probe_set
 from tests.core import onnx_models as om
 

@@ -58,7 +58,7 @@ def test_cli_reads_and_writes_s3(runs, s3_bucket, tmp_path, monkeypatch):
         assert_run_equal(out, ref, name)
     tree = nasprobe.open_store(out)
     assert tree.attrs["probe_source"] == f"{s3_bucket}/probe.npz"
-    assert '"source": "%s/ckpt/a"' % s3_bucket in tree.attrs["runs"]
+    assert f'"source": "{s3_bucket}/ckpt/a"' in tree.attrs["runs"]
     res = CliRunner().invoke(main, ["info", out])
     assert res.exit_code == 0 and "a: 3 epochs" in res.output, res.output
 

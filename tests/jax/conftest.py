@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from flax import nnx, serialization
 
 from .models import small_cnn

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from nasprobe_jax.export import label_and_verify
-from nasprobe_jax.source import JaxSource
 from onnx import numpy_helper
 
 from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import GraphError
 from nasprobe.graph import find_taps
+from nasprobe_jax.export import label_and_verify
+from nasprobe_jax.source import JaxSource
 
 from .conftest import EPOCHS, LINEAR, MODEL
 from .models import small_cnn

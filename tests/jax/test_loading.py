@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from nasprobe_jax.loading import fit_state, flatten_tree, parse_model_spec, read_checkpoint
-from nasprobe_jax.plugin import adapter
 
 from nasprobe import adapters
 from nasprobe.cli import main
+from nasprobe_jax.loading import fit_state, flatten_tree, parse_model_spec, read_checkpoint
+from nasprobe_jax.plugin import adapter
 
 from .conftest import MODEL, save_msgpack
 from .models import small_cnn
@@ -112,9 +112,9 @@ def test_missing_model_exits_2(jax_run, tmp_path):
 
 def test_linen_modules_are_refused_with_the_reason():
     from flax import linen
-    from nasprobe_jax.loading import build_module
 
     from nasprobe.errors import NasprobeError
+    from nasprobe_jax.loading import build_module
 
     with pytest.raises(NasprobeError, match="Linen"):
         build_module(lambda: linen.Dense(3))

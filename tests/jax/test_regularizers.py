@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+
 from nasprobe_jax.regularizers import (
     DecorrReg,
     NASReg,
