@@ -40,7 +40,7 @@ class LayerInfo:
 
 
 def group_name(layer: str) -> str:
-    """Name of a layer's heatmap group: the layer name with ``%``, ``/`` and ``\\`` written as
+    r"""Name of a layer's heatmap group: the layer name with ``%``, ``/`` and ``\`` written as
     ``%25``, ``%2F``, ``%5C``, a leading ``.`` as ``%2E`` and a leading ``__`` as ``%5F_`` — one
     group per layer (``a/b`` and ``a_b`` stay apart) and never a path (``..``). The group's
     ``layer`` attribute holds the name itself."""
