@@ -248,6 +248,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
     if not plans:
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
+    _check_layers(store, plans)
     for plan in plans:
         store.create_or_check(plan.attrs, force=force)
     job = new_job_id()
@@ -296,6 +297,27 @@ def _check_out(out: str | os.PathLike) -> None:
         raise StoreError(out, f"cannot be created: {parent} is a file, not a folder")
     if not out.exists() and not os.access(parent, os.W_OK):
         raise StoreError(out, f"cannot be created: {parent} is not writable")
+
+
+def _check_layers(store: Store, plans: list[_Plan]) -> None:
+    """Refuse, before anything is written, a run whose layer has the name of a layer already
+    in the store (or in another run of this job) but another number of channels: the store
+    has one ``channels`` value per layer name. (Another map size is fine: the maps of such
+    runs are padded with NaN, see docs/store.md.)"""
+    known: dict[str, tuple[int, str]] = {}
+    if store.exists():
+        from .store import open_store
+
+        ds = open_store(store.path).to_dataset()
+        for name, c in zip(ds["layer"].values, ds["channels"].values):
+            known[str(name)] = (int(c), "the store")
+    for plan in plans:
+        for info in plan.infos:
+            c, where = known.setdefault(info.name, (int(info.channels), f"run {plan.spec.run!r}"))
+            if c != int(info.channels):
+                raise StoreError(store.path, f"layer {info.name!r} of run {plan.spec.run!r} has "
+                                 f"{info.channels} channels, but {c} in {where}: another "
+                                 "architecture under the same layer names; use another --out")
 
 
 def _record(plan: _Plan) -> None:
