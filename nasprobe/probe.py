@@ -300,10 +300,12 @@ def _check_out(out: str | os.PathLike) -> None:
 
 
 def _check_layers(store: Store, plans: list[_Plan]) -> None:
-    """Refuse, before anything is written, a run whose layer has the name of a layer already
-    in the store (or in another run of this job) but another number of channels: the store
-    has one ``channels`` value per layer name. (Another map size is fine: the maps of such
-    runs are padded with NaN, see docs/store.md.)"""
+    """Refuse a run whose layer has a known layer's name but another number of channels.
+
+    Checked before anything is written, against the store and this job's other runs: the
+    store has one ``channels`` value per layer name. (Another map size is fine: the maps of
+    such runs are padded with NaN, see docs/store.md.)
+    """
     known: dict[str, tuple[int, str]] = {}
     if store.exists():
         from .store import open_store
