@@ -14,7 +14,7 @@ from .cli_onsets import onsets_command
 from .cli_probe import demo_cmd, export_cmd, info_cmd, migrate_cmd, probe_cmd
 from .cli_report import report_command, tensorboard_command
 from .doctor import doctor
-from .errors import MissingExtraError, NasprobeError
+from .errors import JobFailedError, MissingExtraError, NasprobeError
 
 
 class _Group(click.Group):
@@ -24,6 +24,9 @@ class _Group(click.Group):
         except NasprobeError as exc:
             click.echo(f"nasprobe: error: {exc}", err=True)
             sys.exit(2)
+        except JobFailedError as exc:
+            click.echo(f"nasprobe: failed (not a problem with the input): {exc}", err=True)
+            sys.exit(1)
         except ModuleNotFoundError as exc:  # an optional dependency (an extra) not installed
             missing = MissingExtraError.from_import(exc)
             if missing is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
+__all__ = ["JobFailedError", "NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
            "ProbeSetError", "GraphError", "StoreError", "MissingExtraError"]
 
 
@@ -80,3 +80,10 @@ class MissingExtraError(NasprobeError):
             return None
         top = exc.name.partition(".")[0]
         return cls(top, EXTRAS[top]) if top in EXTRAS else None
+
+
+class JobFailedError(Exception):
+    """Not bad input: the job itself failed (a Dask worker died every time it tried).
+
+    The command line prints it without a traceback and exits with 1.
+    """

@@ -109,7 +109,7 @@ def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], 
             try:
                 outcome = fut.result()
             except distributed.KilledWorker as exc:
-                outcome = Outcome(run, epoch, path, "error", "the worker probing it died "
+                outcome = Outcome(run, epoch, path, "crashed", "the worker probing it died "
                                   f"repeatedly (a crash or out of memory): {exc}")
             fut.release()
             if not handle(outcome):

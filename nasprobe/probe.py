@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .adapters import is_checkpoint
 from .checkpoints import Checkpoint, checkpoints_in, find_checkpoints, parse_epoch
-from .errors import CheckpointError, EpochError, NasprobeError, NoCheckpointError, StoreError
+from .errors import (
+    CheckpointError,
+    EpochError,
+    JobFailedError,
+    NasprobeError,
+    NoCheckpointError,
+    StoreError,
+)
 from .options import ProbeOptions
 from .storage import checked_path, is_url, local_copy, location
 from .store import LayerInfo, RunWriter, Store, new_job_id
@@ -342,7 +349,9 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
     def handle(o: Outcome) -> bool:
         bar.update(1)
         plan = plans[o.run]
-        if o.status == "error":
+        if o.status == "crashed" and on_error == "fail":  # not the file's fault
+            raise JobFailedError(f"{o.path}: {o.message}")
+        if o.status in ("error", "crashed"):
             if on_error == "fail":
                 raise CheckpointError(o.path, o.message)
             plan.skipped[o.path] = o.message

@@ -115,8 +115,10 @@ class RunContext:
 
 @dataclass
 class Outcome:
-    """What a task reports back: ``status`` ``ok`` or ``error``; for ``error`` the file and
-    message; for ``ok`` the execution provider and the tensors with non-finite weights."""
+    """What a task reports back: ``status`` ``ok``, ``error`` (a bad checkpoint) or
+    ``crashed`` (the process running it died: a failure, not bad input); for ``error`` and
+    ``crashed`` the file and message; for ``ok`` the execution provider and the tensors with
+    non-finite weights."""
 
     run: str
     epoch: int
