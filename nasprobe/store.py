@@ -190,8 +190,14 @@ class Store:
             job claimed, then those another job had claimed (probed only if still uncommitted
             when their turn comes, so a killed job's claims never block a run).
         """
+        from .store_read import committed_epochs
+
         job = job or new_job_id()
         key = run_key(run)
+        if set(map(int, epochs)) <= set(committed_epochs(self.loc, key)):
+            # Nothing to do (a finished run probed again): the store is left untouched.
+            return RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
+                             [x.name for x in layers], todo=[], done=set(map(int, epochs)))
         self.loc.create(group_json({"run": run}), RUNS, key, "zarr.json")
         for sub in (COMMITS, CLAIMS):
             self.loc.create(group_json({}), RUNS, key, sub, "zarr.json")
@@ -394,7 +400,10 @@ class RunWriter:
 
     def set_provenance(self, provenance: dict) -> None:
         """Replace this job's record of the run's provenance (skipped files, ...). Only this
-        job writes its group, so nothing another job wrote is touched."""
+        job writes its group, so nothing another job wrote is touched; a job that had nothing
+        to do made no group and records nothing."""
+        if not self.loc.exists(RUNS, self.key, self.job, "zarr.json"):
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             grp = zarr.open_group(self._group().zarr_store(), mode="r+", zarr_format=3,
