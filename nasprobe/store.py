@@ -323,6 +323,8 @@ class RunWriter:
             True when this job's values are the committed ones; False when another job had
             committed the epoch first (its values stay, these are never seen).
         """
+        if self.done and int(epoch) in self.done:  # committed before this job started
+            return self.committed_by(epoch) == self.job
         i = self.index[int(epoch)]
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)

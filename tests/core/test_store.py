@@ -76,7 +76,8 @@ def test_four_jobs_on_one_run_commit_each_epoch_once(runs, tmp_path):
         commits = committed_epochs(location(out), "e")
         assert sorted(commits) == [1, 2, 7]
         groups = {p.name for p in (out / "runs" / "e").iterdir() if p.name[0].isdigit()}
-        assert {m["job"] for m in commits.values()} <= groups and len(groups) == 4
+        # A job that starts after the others finished finds nothing to do and writes nothing.
+        assert {m["job"] for m in commits.values()} <= groups and 1 <= len(groups) <= 4
         assert_run_equal(out, root / "alone-e.zarr", "e")
 
 
