@@ -86,6 +86,7 @@ def side_by_side(commands: dict[str, list[str] | callable], repeats: int) -> dic
             cmd = cmd(r) if callable(cmd) else cmd
             env = cmd.pop(0) if isinstance(cmd[0], dict) else None  # {VAR: value} first
             runs[k].append(child(cmd, env))
+            print(f"    ({k}, run {r + 1}: {runs[k][-1][0]:.2f} s)", file=sys.stderr, flush=True)
     return {k: (statistics.median(w for w, _ in v), max(p for _, p in v))
             for k, v in runs.items()}
 
