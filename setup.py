@@ -1,4 +1,4 @@
-"""Builds the optional C kernels (nasprobe/_kernels.c); everything else is in pyproject.toml.
+"""Builds the optional C kernels (nasprobe/ckernels.c); everything else is in pyproject.toml.
 
 ``optional=True``: without a C compiler the package still installs and nasprobe falls back to
 computing NAS inside the onnxruntime graph (see nasprobe/kernels.py).
@@ -6,7 +6,7 @@ computing NAS inside the onnxruntime graph (see nasprobe/kernels.py).
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("nasprobe._kernels", ["nasprobe/_kernels.c"],
+setup(ext_modules=[Extension("nasprobe.ckernels", ["nasprobe/ckernels.c"],
                              extra_compile_args=["-O3", "-std=c99", "-ffp-contract=fast",
                                                  "-fno-math-errno", "-fno-trapping-math"],
                              optional=True)])

@@ -69,9 +69,7 @@ def _kernel_line() -> str:
     if not kernels.available():
         return ("not built (no C compiler at install time?): host NAS falls back to numpy, "
                 "--nas-on auto keeps NAS in the graph")
-    from . import _kernels
-
-    return f"built, {_kernels.__file__}"
+    return f"built, {kernels.extension_file()}"
 
 
 def report() -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ running histogram statistics.
 On CPU it is cheaper to let onnxruntime hand back the raw tap tensors and compute NAS in one
 fused pass over memory than to append NAS as five or six separate operators to the graph, each
 of which reads (and most of which write) the whole tap tensor. The fused pass is the small C
-extension :mod:`nasprobe._kernels`, built at install time when a C compiler is present; without
+extension :mod:`nasprobe.ckernels`, built at install time when a C compiler is present; without
 it every function here falls back to numpy (same results, slower) and
 :func:`available` is False, in which case probing keeps NAS inside the graph.
 """
@@ -20,11 +20,11 @@ import numpy as np
 from .measures import entropy_from_nas, nas
 
 try:  # built by setup.py; optional
-    from . import _kernels as _c
+    from . import ckernels as _c
 except ImportError:  # pragma: no cover - exercised only where no C compiler was available
     _c = None
 
-__all__ = ["available", "nas_map", "fold", "set_threads"]
+__all__ = ["available", "extension_file", "nas_map", "fold", "set_threads"]
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -41,8 +41,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def available() -> bool:
-    """True when the compiled kernels are importable (``nasprobe._kernels``)."""
+    """True when the compiled kernels are importable (``nasprobe.ckernels``)."""
     return _c is not None
+
+
+def extension_file() -> str | None:
+    """Path of the compiled extension module that :func:`nas_map` uses, or None when not built."""
+    return None if _c is None else _c.__file__
 
 
 def set_threads(n: int | None) -> None:
@@ -93,7 +98,7 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     if use_c is None:
         use_c = _c is not None
     if use_c and _c is None:
-        raise RuntimeError("nasprobe._kernels is not built (no C compiler at install time?)")
+        raise RuntimeError("nasprobe.ckernels is not built (no C compiler at install time?)")
     if not use_c:
         x = a.astype(np.float64)
         if bias is not None:

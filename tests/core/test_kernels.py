@@ -1,4 +1,4 @@
-"""The compiled host kernels (nasprobe/_kernels.c) against the numpy reference and fallback."""
+"""The compiled host kernels (nasprobe/ckernels.c) against the numpy reference and fallback."""
 
 import subprocess
 import sys
@@ -17,8 +17,8 @@ _c = kernels._c
 
 
 def test_kernels_are_built():
-    assert kernels.available(), "nasprobe._kernels is not built: run `make` (needs a C compiler)"
-    from nasprobe import _kernels  # noqa: F401 - importable under its public name too
+    assert kernels.available(), "nasprobe.ckernels is not built: run `make` (needs a C compiler)"
+    from nasprobe import ckernels  # noqa: F401 - importable under its public name too
 
 
 @pytest.fixture
@@ -377,10 +377,10 @@ def test_nas_rows_rejects_sizes_whose_product_overflows():
     # written past empty buffers. In a subprocess, so that a crash fails this test only.
     code = textwrap.dedent("""
         import numpy as np
-        from nasprobe import _kernels
+        from nasprobe import ckernels
         e = np.zeros(0, np.float32)
         try:
-            _kernels.nas_rows(e, 2**62, 1, 1, np.zeros(1, np.float32), e, 0, 2**62)
+            ckernels.nas_rows(e, 2**62, 1, 1, np.zeros(1, np.float32), e, 0, 2**62)
         except ValueError:
             print("ValueError")
     """)

@@ -54,7 +54,7 @@ def _imports(module: str) -> list[tuple[str, str | None, int]]:
                 sub = f"{target}.{a.name}"
                 if target in MODULES and MODULES[target].name == "__init__.py" and any(
                         MODULES[target].parent.glob(f"{a.name}.*")) and sub not in MODULES:
-                    continue  # a compiled extension module (nasprobe._kernels)
+                    continue  # a compiled extension module (nasprobe.ckernels)
                 # ``from pkg import submodule`` imports the submodule
                 out.append((sub, None, node.lineno) if sub in MODULES else
                            (target, a.name, node.lineno))

@@ -216,7 +216,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ckernels",
                                     "Fused CPU kernels of nasprobe.", -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_ckernels(void) { return PyModule_Create(&module); }
