@@ -42,6 +42,7 @@ from .store_layout import (
     RUNS,
     SCALARS,
     LayerInfo,
+    check_metric_name,
     group_json,
     group_name,
     marker,
@@ -52,7 +53,7 @@ from .store_layout import (
 from .store_read import open_store, store_layout
 
 __all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
-           "check_metric_name", "OWN_NAMES"]
+           "check_metric_name"]
 
 _LAYER_COORDS = "layer_kind channels locations depth"
 
@@ -242,27 +243,6 @@ class Store:
             _make(grp, name, (len(epochs),), "float64", ("epoch",), np.nan,
                   (max(len(epochs), 1),))[:] = col
         return sum(1 for values in metrics.values() for e in values if int(e) in done)
-
-
-#: Names of the view's own variables, coordinates and groups: never a metric's name.
-OWN_NAMES = frozenset({*SCALARS, "nas_quantile", "nas_hist", "corr_hist", "probed", "run", "epoch",
-                       "layer", "layer_kind", "channels", "locations", "depth", "quantile",
-                       "nas_bin", "corr_bin", "image", "heatmaps"})
-
-
-def check_metric_name(path: str, name: str) -> None:
-    """Refuse a metric name that is a path or one of the store's own names (``loss`` and
-    ``accuracy`` may be imported: they are per-epoch metrics; see
-    ``nasprobe.training_logs.store_metric_names``, which renames log columns to pass this).
-
-    Raises:
-        StoreError: naming the store and the metric.
-    """
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json":
-        raise StoreError(path, f"metric name {name!r} is not a plain name; refused")
-    if name in OWN_NAMES:
-        raise StoreError(path, f"metric name {name!r} is one of the store's own variables; "
-                               "refused (import it under another name)")
 
 
 @dataclass

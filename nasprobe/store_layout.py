@@ -12,8 +12,10 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from .errors import StoreError
+
 __all__ = ["LAYOUT", "SCALARS", "LayerInfo", "group_name", "spatial_dims", "run_key",
-           "run_name", "marker", "read_marker", "group_json"]
+           "run_name", "marker", "read_marker", "group_json", "OWN_NAMES", "check_metric_name"]
 
 #: Value of the root attribute ``nasprobe_layout`` of stores with one group per run and job.
 LAYOUT = "runs/1"
@@ -90,3 +92,24 @@ def read_marker(data: bytes | None) -> dict | None:
     except (ValueError, AttributeError):
         return None
     return out if isinstance(out, dict) and "job" in out else None
+
+
+#: Names of the view's own variables, coordinates and groups: never a metric's name.
+OWN_NAMES = frozenset({*SCALARS, "nas_quantile", "nas_hist", "corr_hist", "probed", "run", "epoch",
+                       "layer", "layer_kind", "channels", "locations", "depth", "quantile",
+                       "nas_bin", "corr_bin", "image", "heatmaps"})
+
+
+def check_metric_name(path: str, name: str) -> None:
+    """Refuse a metric name that is a path or one of the store's own names (``loss`` and
+    ``accuracy`` may be imported: they are per-epoch metrics; see
+    ``nasprobe.training_logs.store_metric_names``, which renames log columns to pass this).
+
+    Raises:
+        StoreError: naming the store and the metric.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json":
+        raise StoreError(path, f"metric name {name!r} is not a plain name; refused")
+    if name in OWN_NAMES:
+        raise StoreError(path, f"metric name {name!r} is one of the store's own variables; "
+                               "refused (import it under another name)")
