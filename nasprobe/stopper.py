@@ -17,7 +17,7 @@ from .aggregate import QUANTILES
 from .errors import NasprobeError
 from .stopping import DEFAULTS, RULES, SIGNAL_PARAMS, check_params, prepare
 
-__all__ = ["summarize", "Stopper"]
+__all__ = ["summarize", "Stopper", "StopperResults"]
 
 _log = logging.getLogger("nasprobe.stopping")
 
@@ -89,3 +89,26 @@ class Stopper:
                               np.stack([r["nas_quantile"] for r in self.rows]))},
             coords={"epoch": np.array(self.epochs), "layer": self.layers,
                     "quantile": np.array(QUANTILES)})
+
+
+class StopperResults:
+    """What an early-stopping callback exposes of its :class:`Stopper` (``self.stopper``).
+
+    Shared by the framework callbacks so that each only measures NAS and decides when to stop.
+    """
+
+    stopper: Stopper
+
+    @property
+    def stop_epoch(self) -> int | None:
+        """The epoch at which the rule fired, or None."""
+        return self.stopper.stop_epoch
+
+    @property
+    def signals(self) -> list[dict[str, float]]:
+        """Per recorded epoch: ``{"epoch", "deep", "shallow", "gap", "upper"}`` (NAS units)."""
+        return self.stopper.signals
+
+    def dataset(self) -> xr.Dataset:
+        """The NAS series seen so far (``nas_median``, ``nas_quantile``; as a store's run)."""
+        return self.stopper.dataset()

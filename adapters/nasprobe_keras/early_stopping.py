@@ -13,16 +13,15 @@ docs/label-free-stopping.md.
 from __future__ import annotations
 
 import keras
-import xarray as xr
 
-from nasprobe.stopper import Stopper
+from nasprobe.stopper import Stopper, StopperResults
 from nasprobe.stopping import RECOMMENDED
 from nasprobe_keras.regularizers import NASMonitor, Regularized
 
 __all__ = ["NASEarlyStopping"]
 
 
-class NASEarlyStopping(keras.callbacks.Callback):
+class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
     """Keras callback: stop training when a label-free NAS rule fires.
 
     Args:
@@ -70,17 +69,3 @@ class NASEarlyStopping(keras.callbacks.Callback):
         """Measure the epoch; stop training when the rule fires."""
         if self.stopper.update(epoch, self._measure()):
             self.model.stop_training = True
-
-    @property
-    def stop_epoch(self) -> int | None:
-        """The epoch at which the rule fired, or None."""
-        return self.stopper.stop_epoch
-
-    @property
-    def signals(self) -> list[dict[str, float]]:
-        """Per recorded epoch: ``{"epoch", "deep", "shallow", "gap", "upper"}`` (NAS units)."""
-        return self.stopper.signals
-
-    def dataset(self) -> xr.Dataset:
-        """The NAS series seen so far (``nas_median``, ``nas_quantile``; as a store's run)."""
-        return self.stopper.dataset()

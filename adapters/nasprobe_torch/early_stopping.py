@@ -16,10 +16,9 @@ What the study measured about the rules (and their limits) is in docs/label-free
 from __future__ import annotations
 
 import numpy as np
-import xarray as xr
 from torch import nn
 
-from nasprobe.stopper import Stopper
+from nasprobe.stopper import Stopper, StopperResults
 from nasprobe.stopping import RECOMMENDED
 
 __all__ = ["NASEarlyStopping", "NASEarlyStoppingCallback"]  # noqa: F822 (module __getattr__)
@@ -34,7 +33,7 @@ class _NoWriter:
     add_image = flush = close = add_scalar
 
 
-class NASEarlyStopping:
+class NASEarlyStopping(StopperResults):
     """Decide after each epoch whether to stop, from NAS of unlabelled probe images.
 
     Args:
@@ -82,20 +81,6 @@ class NASEarlyStopping:
     def step(self, epoch: int) -> bool:
         """Measure after 0-based ``epoch`` and apply the rule; True once it has fired: stop."""
         return self.stopper.update(epoch, self.measure())
-
-    @property
-    def stop_epoch(self) -> int | None:
-        """The epoch at which the rule fired, or None."""
-        return self.stopper.stop_epoch
-
-    @property
-    def signals(self) -> list[dict[str, float]]:
-        """Per recorded epoch: ``{"epoch", "deep", "shallow", "gap", "upper"}`` (NAS units)."""
-        return self.stopper.signals
-
-    def dataset(self) -> xr.Dataset:
-        """The NAS series seen so far (``nas_median``, ``nas_quantile``; as a store's run)."""
-        return self.stopper.dataset()
 
 
 def _lightning_callback_class():
