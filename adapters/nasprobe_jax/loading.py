@@ -16,10 +16,6 @@ found by matching the module's own paths as a suffix.
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from nasprobe.errors import CheckpointError, NasprobeError
+from nasprobe.model_spec import call_model_spec, parse_model_spec
 
 from .formats import orbax_item
 
@@ -35,50 +32,6 @@ __all__ = ["ParamPath", "parse_model_spec", "build_module", "flatten_tree", "rea
 
 #: A parameter's path in the model state, e.g. ``("block2", "conv", "kernel")``.
 ParamPath = tuple[str, ...]
-
-
-def parse_model_spec(spec: str) -> tuple[str, str, tuple, dict[str, Any]]:
-    """Split ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(key=value, ...)`` (literal arguments).
-
-    Returns:
-        ``(module, callable_name, args, kwargs)``; ``module`` may be a ``.py`` path.
-
-    Raises:
-        NasprobeError: a malformed spec or an argument that is not a Python literal.
-    """
-    head, paren, tail = spec.partition("(")
-    module, colon, func = head.strip().rpartition(":")
-    if not colon or not module or not func.replace(".", "_").isidentifier():
-        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE or "
-                            "MODULE:CALLABLE(key=value, ...)")
-    if not paren:
-        return module, func, (), {}
-    try:
-        call = ast.parse(f"f({tail}", mode="eval").body
-        if not isinstance(call, ast.Call) or any(k.arg is None for k in call.keywords):
-            raise ValueError("expected key=value arguments")
-        args = tuple(ast.literal_eval(a) for a in call.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as exc:
-        raise NasprobeError(f"--model {spec!r}: arguments must be Python literals ({exc})"
-                            ) from None
-    return module, func, args, kwargs
-
-
-def _import(name: str):
-    if name.endswith(".py"):
-        path = Path(name).resolve()
-        if not path.is_file():
-            raise ImportError(f"no file {path}")
-        mod_name = f"nasprobe_jax_model_{abs(hash(str(path)))}"
-        if mod_name in sys.modules:
-            return sys.modules[mod_name]
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(name)
 
 
 def build_module(model: Any):
@@ -93,17 +46,7 @@ def build_module(model: Any):
 
     label = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        module_name, func_name, args, kwargs = parse_model_spec(model)
-        try:
-            obj: Any = _import(module_name)
-        except ImportError as exc:
-            raise NasprobeError(f"--model {model!r}: cannot import {module_name!r} ({exc})"
-                                ) from exc
-        for part in func_name.split("."):
-            if not hasattr(obj, part):
-                raise NasprobeError(f"--model {model!r}: {module_name!r} has no {func_name!r}")
-            obj = getattr(obj, part)
-        built = obj(*args, **kwargs)
+        built = call_model_spec(model)
     elif isinstance(model, nnx.Module):
         built = model
     elif callable(model):

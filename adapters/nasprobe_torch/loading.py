@@ -13,11 +13,7 @@ name: an ``epoch_003.pt`` that is really a ``.pt2`` archive is refused just the 
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
 import pickle
-import sys
 import warnings
 import zipfile
 from collections import Counter
@@ -28,6 +24,7 @@ import torch
 from torch import nn
 
 from nasprobe.errors import CheckpointError, NasprobeError
+from nasprobe.model_spec import call_model_spec, parse_model_spec
 
 __all__ = [
     "StateDict",
@@ -254,57 +251,6 @@ def fit_state_dict(sd: StateDict, expected: Mapping[str, torch.Size], path: str 
     return sd
 
 
-def _import_module(name: str) -> Any:
-    if name.endswith(".py") or "/" in name or "\\" in name:
-        file = Path(name).resolve()
-        if not file.is_file():
-            raise NasprobeError(f"--model: no such file {name!r}")
-        mod_name = f"nasprobe_user_model_{abs(hash(str(file)))}"
-        spec = importlib.util.spec_from_file_location(mod_name, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(name)
-
-
-def parse_model_spec(spec: str) -> tuple[str, str, tuple, dict[str, Any]]:
-    """Split ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(arg, key=value, ...)``.
-
-    Arguments must be Python literals (read with :func:`ast.literal_eval`; nothing is run).
-    ``MODULE`` is a dotted module name or a path to a ``.py`` file.
-
-    Returns:
-        ``(module, callable_name, args, kwargs)``.
-
-    Raises:
-        NasprobeError: a malformed spec or a non-literal argument.
-    """
-    head, paren, tail = spec.partition("(")
-    if ":" not in head:
-        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE or "
-                            "MODULE:CALLABLE(key=value, ...)")
-    module, _, func = head.strip().rpartition(":")
-    if not module or not func.replace(".", "_").isidentifier():
-        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE")
-    args: tuple = ()
-    kwargs: dict[str, Any] = {}
-    if paren:
-        try:
-            call = ast.parse(f"f({tail}", mode="eval").body
-            if not isinstance(call, ast.Call):
-                raise ValueError("not a call")
-            args = tuple(ast.literal_eval(a) for a in call.args)
-            for kw in call.keywords:
-                if kw.arg is None:
-                    raise ValueError("**kwargs is not allowed")
-                kwargs[kw.arg] = ast.literal_eval(kw.value)
-        except (SyntaxError, ValueError) as exc:
-            raise NasprobeError(f"--model {spec!r}: arguments must be Python literals "
-                                f"({exc})") from None
-    return module, func, args, kwargs
-
-
 def build_model(model: str | nn.Module | Callable[[], nn.Module]) -> nn.Module:
     """The model an option names: an ``nn.Module``, a callable returning one, or a spec string
     for :func:`parse_model_spec`.
@@ -315,17 +261,7 @@ def build_model(model: str | nn.Module | Callable[[], nn.Module]) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, str):
-        module_name, func_name, args, kwargs = parse_model_spec(model)
-        try:
-            obj: Any = _import_module(module_name)
-        except ImportError as exc:
-            raise NasprobeError(f"--model {model!r}: cannot import {module_name!r} ({exc})"
-                                ) from exc
-        for part in func_name.split("."):
-            if not hasattr(obj, part):
-                raise NasprobeError(f"--model {model!r}: {module_name!r} has no {func_name!r}")
-            obj = getattr(obj, part)
-        built = obj(*args, **kwargs)
+        built = call_model_spec(model)
     elif callable(model):
         built = model()
     else:
