@@ -155,18 +155,33 @@ def _hash_stream(h, name: str, size: int, stream) -> None:
 
 
 def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """A ``.npz`` member: memory-mapped when stored uncompressed, else read whole."""
+    """A ``.npz`` member: memory-mapped when stored uncompressed, else read whole.
+
+    The ``.npy`` header is read from the member itself (never past its end), and a stored
+    member must hold exactly the bytes its header announces: a member cut short would
+    otherwise be mapped over the next member's bytes and read as images.
+    """
     fmt = np.lib.format
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        head = f.read(30)  # the zip local file header; its name and extra field follow
-        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
-        version = fmt.read_magic(f) if info.compress_type == zipfile.ZIP_STORED else None
-        if version in ((1, 0), (2, 0)):
-            shape, fortran, dtype = getattr(fmt, f"read_array_header_{version[0]}_0")(f)
-            if not dtype.hasobject and int(np.prod(shape)) > 0:
-                return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                                 order="F" if fortran else "C")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with zf.open(info) as m:
+            version = fmt.read_magic(m)
+            if version in ((1, 0), (2, 0)):
+                shape, fortran, dtype = getattr(fmt, f"read_array_header_{version[0]}_0")(m)
+                header = m.tell()
+            else:
+                shape, dtype = (), None
+        if dtype is not None and not dtype.hasobject and int(np.prod(shape)) > 0:
+            need = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if need != info.file_size:
+                raise ProbeSetError(path, f"member {info.filename} is truncated or damaged: "
+                                    f"its header announces {need} bytes, the member holds "
+                                    f"{info.file_size}")
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                head = f.read(30)  # the zip local file header; its name and extra field follow
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30]))
+            return np.memmap(path, dtype=dtype, mode="r", offset=start + header, shape=shape,
+                             order="F" if fortran else "C")
     with zf.open(info) as f:
         return fmt.read_array(f, allow_pickle=False)
 

@@ -3,6 +3,9 @@ never a traceback (exit 1); an existing store is unchanged."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -58,15 +61,54 @@ def test_training_log_epoch_must_be_whole(world, epoch):
     assert_refused(res, js, "is not a whole number")
 
 
-@pytest.mark.parametrize("cut", [0.3, 0.6, 0.9, 0.99])
-def test_truncated_npz(world, cut):
+def _npz_with_cut_member(path, x, keep: int, extra: dict | None = None):
+    """A valid zip (central directory intact, CRCs right) whose stored member ``x.npy`` holds
+    only the first ``keep`` bytes of the .npy: the file was cut inside that member when it was
+    written, then zipped whole. ``extra`` members follow it."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, x)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("x.npy", buf.getvalue()[:keep])
+        for name, a in (extra or {}).items():
+            b = io.BytesIO()
+            np.lib.format.write_array(b, a)
+            z.writestr(f"{name}.npy", b.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("keep, fragment", [
+    # Cut inside the .npy header: numpy's header parser raised tokenize.TokenError, which
+    # nasprobe did not catch (exit 1, a traceback).
+    (20, "cannot read the probe array"),
+    (80, "cannot read the probe array"),
+    (100, "cannot read the probe array"),
+    # Cut inside the image data, more members after it: the images were memory-mapped over
+    # the next member's bytes and probed without a word (exit 0, wrong numbers).
+    (2000, "member x.npy is truncated"),
+    (4500, "member x.npy is truncated"),
+])
+def test_npz_cut_inside_a_member(world, keep, fragment):
+    tmp, store, probe_path = world
+    x = np.load(probe_path)["x"]
+    bad = _npz_with_cut_member(tmp / f"cut_{keep}.npz", x, keep,
+                               {"y": np.zeros(len(x), np.int64),
+                                "notes": np.zeros(4000, np.float32)})
+    before = tree_digest(store)
+    res = probe(tmp / "good", "--probe", bad, "--out", store)
+    assert_refused(res, bad, fragment)
+    assert tree_digest(store) == before
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.9])
+def test_npz_cut_short(world, cut):
+    """A download cut short loses the zip's central directory: refused as not a zip."""
     tmp, store, probe_path = world
     data = probe_path.read_bytes()
     bad = tmp / f"trunc_{cut}.npz"
     bad.write_bytes(data[: int(len(data) * cut)])
     before = tree_digest(store)
     res = probe(tmp / "good", "--probe", bad, "--out", store)
-    assert_refused(res, bad)
+    assert_refused(res, bad, "cannot read the probe array")
     assert tree_digest(store) == before
 
 
