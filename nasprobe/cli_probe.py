@@ -151,23 +151,19 @@ def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bia
 @click.argument("store", type=PathOrUrl(exists=True))
 def info_cmd(store):
     """Print a store's runs, epochs, layers and provenance."""
-    from .store import open_store
+    from .store_runs import summary
 
-    dt = open_store(store)
-    ds = dt.to_dataset()
+    got = summary(store)
+    if got is None:  # a store of nasprobe 0.1: read through the xarray view
+        got = _legacy_summary(store)
     click.echo(f"store: {store}")
-    attrs = dict(ds.attrs)
-    runs = json.loads(attrs.pop("runs", "{}"))
-    attrs.pop("sources", None)
-    for key in sorted(attrs):
-        click.echo(f"  {key}: {attrs[key]}")
-    click.echo(f"runs ({ds.sizes['run']}):")
-    for r in ds["run"].values:
-        done = ds["probed"].sel(run=r).values.astype(bool)
-        eps = ds["epoch"].values[done]
-        span = f"{eps.min()}..{eps.max()}" if len(eps) else "none"
-        p = runs.get(str(r), {})
-        click.echo(f"  {r}: {done.sum()} epochs ({span}), {p.get('framework', '?')} from "
+    for key in sorted(got.attrs):
+        click.echo(f"  {key}: {got.attrs[key]}")
+    click.echo(f"runs ({len(got.runs)}):")
+    for r in got.runs:
+        eps, p = r.epochs, r.provenance
+        span = f"{min(eps)}..{max(eps)}" if eps else "none"
+        click.echo(f"  {r.name}: {len(eps)} epochs ({span}), {p.get('framework', '?')} from "
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
                    f"NAS computed in {p.get('nas_on', 'graph')}")
         if len(p.get("probe_sets", [])) > 1:
@@ -178,14 +174,31 @@ def info_cmd(store):
             click.echo(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():
             click.echo(f"    non-finite weights in {f} ({', '.join(names[:5])}): NaN statistics")
-    click.echo(f"layers ({ds.sizes['layer']}):")
-    for i in range(ds.sizes["layer"]):
-        row = ds.isel(layer=i)
-        click.echo(f"  {str(row.layer.values):24s} {str(row.layer_kind.values):14s} "
-                   f"channels={int(row.channels)} locations={int(row.locations)}")
-    extra = [v for v in ("loss", "accuracy", "train_loss", "train_accuracy") if v in ds]
-    if extra:
-        click.echo(f"metrics: {', '.join(extra)}")
+    click.echo(f"layers ({len(got.layers)}):")
+    for name, kind, channels, locations in got.layers:
+        click.echo(f"  {name:24s} {kind:14s} channels={channels} locations={locations}")
+    if got.metrics:
+        click.echo(f"metrics: {', '.join(got.metrics)}")
+
+
+def _legacy_summary(store):
+    """:class:`~nasprobe.store_runs.StoreSummary` of a nasprobe 0.1 store, from its xarray view."""
+    from .store import open_store
+    from .store_runs import RunSummary, StoreSummary, metric_order
+
+    ds = open_store(store).to_dataset()
+    attrs = dict(ds.attrs)
+    prov = json.loads(attrs.pop("runs", "{}"))
+    attrs.pop("sources", None)
+    runs = []
+    for r in ds["run"].values:
+        done = ds["probed"].sel(run=r).values.astype(bool)
+        runs.append(RunSummary(str(r), [int(e) for e in ds["epoch"].values[done]],
+                               prov.get(str(r), {})))
+    layers = [(str(ds.layer.values[i]), str(ds.layer_kind.values[i]), int(ds.channels.values[i]),
+               int(ds.locations.values[i])) for i in range(ds.sizes["layer"])]
+    metrics = [v for v in ds.data_vars if "layer" not in ds[v].dims and v != "probed"]
+    return StoreSummary(attrs, runs, layers, metric_order(metrics))
 
 
 @click.command("migrate")

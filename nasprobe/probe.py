@@ -315,10 +315,17 @@ def _check_layers(store: Store, plans: list[_Plan]) -> None:
     """
     known: dict[str, tuple[int, str]] = {}
     if store.exists():
-        from .store import open_store
+        from .store_runs import summary
 
-        ds = open_store(store.path).to_dataset()
-        for name, c in zip(ds["layer"].values, ds["channels"].values):
+        got = summary(store.path)
+        if got is None:  # a nasprobe 0.1 store: its xarray view
+            from .store import open_store
+
+            ds = open_store(store.path).to_dataset()
+            layers = zip(ds["layer"].values, ds["channels"].values)
+        else:
+            layers = ((name, c) for name, _, c, _ in got.layers)
+        for name, c in layers:
             known[str(name)] = (int(c), "the store")
     for plan in plans:
         for info in plan.infos:

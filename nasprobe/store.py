@@ -50,12 +50,20 @@ from .store_layout import (
     run_key,
     spatial_dims,
 )
-from .store_read import open_store, store_layout
+from .store_runs import committed_epochs, store_layout
 
 __all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
            "check_metric_name"]
 
 _LAYER_COORDS = "layer_kind channels locations depth"
+
+
+def open_store(path: str | os.PathLike):
+    """Open a store as an ``xarray.DataTree``: :func:`nasprobe.store_read.open_store`, imported
+    on first use so that writing a store never loads xarray."""
+    from . import store_read
+
+    return store_read.open_store(path)
 
 
 def new_job_id() -> str:
@@ -191,8 +199,6 @@ class Store:
             job claimed, then those another job had claimed (probed only if still uncommitted
             when their turn comes, so a killed job's claims never block a run).
         """
-        from .store_read import committed_epochs
-
         job = job or new_job_id()
         key = run_key(run)
         if set(map(int, epochs)) <= set(committed_epochs(self.loc, key)):
@@ -222,8 +228,6 @@ class Store:
         """Store imported per-epoch metrics (name → {epoch: value}) of ``run`` in a group of
         their own (later imports win on read); returns how many values were stored for epochs
         the run has committed."""
-        from .store_read import committed_epochs
-
         if store_layout(self.loc) != LAYOUT:
             raise StoreError(self.path, "is not a nasprobe store of the current layout "
                              "(see nasprobe migrate)")
@@ -273,8 +277,6 @@ class RunWriter:
 
     def claim(self) -> None:
         """Sort this job's epochs into ``done`` (committed), own claims, others' claims."""
-        from .store_read import committed_epochs
-
         self.done = set(committed_epochs(self.loc, self.key)) & set(self.index)
         todo = [e for e in self.index if e not in self.done]
         with ThreadPoolExecutor(8) as pool:  # object stores: one request per claim, at once

@@ -8,10 +8,11 @@ HEAVY = ["matplotlib", "scipy", "torch", "keras", "dask", "jax", "tensorflow"]
 
 
 def _loaded(code: str, names=HEAVY) -> list[str]:
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {names!r} if m in sys.modules))"
+    probe = (f"{code}\nimport sys\n"
+             f"print('LOADED:', *(m for m in {names!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)
-    return out.stdout.split()
+    return out.stdout.rsplit("LOADED:", 1)[1].split()
 
 
 def test_cli_imports_no_plotting_science_or_framework_library():
@@ -40,3 +41,18 @@ def test_lazy_package_attributes():
             "try:\n    nasprobe.no_such_name\nexcept AttributeError:\n    pass\n"
             "else:\n    raise SystemExit('no AttributeError')")
     assert _loaded(code, ["matplotlib"]) == []
+
+
+def test_probe_and_info_read_and_write_stores_without_xarray(conv_run, labelled_probe, tmp_path):
+    """Writing a store and `nasprobe info` use zarr alone: xarray, pandas and dask (0.5 s of
+    imports) are loaded only to open the xarray view."""
+    folder, _, _ = conv_run
+    out = tmp_path / "nas.zarr"
+    view = ["xarray", "pandas", "dask"]
+    for argv in (["probe", str(folder), "--probe", str(labelled_probe), "--out", str(out)],
+                 ["probe", str(folder), "--probe", str(labelled_probe), "--out", str(out),
+                  "--run", "again"],  # into an existing store: its layers are checked
+                 ["info", str(out)]):
+        code = (f"from nasprobe.cli import main\nimport sys\nsys.argv = ['nasprobe', *{argv!r}]\n"
+                "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n")
+        assert _loaded(code, view + HEAVY) == [], argv
