@@ -3,8 +3,8 @@
 In order: the ``nasprobe.layer`` metadata the adapters write; the PyTorch exporter's module
 scope; the older PyTorch exporter's ``/scope/Conv`` node name (as a module path); a
 TensorFlow exporter's ``model/dense_1/Tensordot/MatMul`` (→ ``dense_1``); then, when the node
-name is generic (``node_Conv_1``, ``Conv_0``, ``p2o.Conv.3``, empty), the weight initializer's name
-with the weight words removed (``conv2d_8/kernel:0`` → ``conv2d_8``,
+name is generic (``node_Conv_1``, ``Conv_0``, ``p2o.Conv.3``, skl2onnx's ``MatMul1``, empty), the
+weight initializer's name with the weight words removed (``conv2d_8/kernel:0`` → ``conv2d_8``,
 ``features.0.weight`` → ``features.0``); then the node name itself.
 """
 
@@ -166,7 +166,10 @@ def layer_name(node: onnx.NodeProto, weight: str | None = None) -> str:
         tf = _tf_layer(node.name)
         if tf:
             return tf
-    if is_generic(node.name, node.op_type):
+    # skl2onnx names a node after its operator type and a count, case kept (``MatMul1``); a
+    # weight named ``conv1`` is a real module name, so this only applies to node names
+    counted = re.fullmatch(re.escape(node.op_type) + r"\d+", node.name) is not None
+    if counted or is_generic(node.name, node.op_type):
         from_weight = weight_layer(weight, node.op_type) if weight else None
         if from_weight:
             return from_weight

