@@ -1,6 +1,8 @@
-"""Probing on Dask (issue 6): several runs at once, a killed worker, and bounded memory.
+"""Probing on Dask (issue 6): several runs at once, a killed worker, a worker that dies every
+time (exit 1, not bad input), and bounded memory.
 
-One LocalCluster (2 worker processes, 1 thread each) serves the whole module.
+One LocalCluster (2 worker processes, 1 thread each) serves the module; the test of a worker
+that always dies has one of its own (1 worker, no retries after a death).
 """
 
 import gc
@@ -226,3 +228,77 @@ def _fresh_peaks(folders, probe, tmp_path):
                           str(tmp_path)], capture_output=True, text=True, check=True)
     small, large = (int(v) for v in out.stdout.split())
     return small, large
+
+
+class DieAtEpoch(WorkerPlugin):
+    """The worker process kills itself (SIGKILL, as the out-of-memory killer does) whenever it
+    is about to write ``epoch``: a real process death, every time that task is tried."""
+
+    name = "die-at-epoch"
+
+    def __init__(self, epoch):
+        self.epoch = int(epoch)
+
+    def setup(self, worker):
+        from nasprobe.store import RunWriter
+
+        original = getattr(RunWriter.write_epoch, "original", RunWriter.write_epoch)
+        target = self.epoch
+
+        def write_epoch(writer, epoch, *args, **kwargs):
+            if int(epoch) == target:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(writer, epoch, *args, **kwargs)
+
+        write_epoch.original = original
+        RunWriter.write_epoch = write_epoch
+
+
+@pytest.fixture
+def fragile_cluster():
+    """One worker process; the scheduler gives up on a task the first time its worker dies
+    (``allowed-failures`` 0), so a task that always kills its worker fails in seconds. The
+    worker holds only the task it runs (``worker-saturation`` 1.0): a task merely queued on a
+    dying worker would count as having killed it too."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.worker-saturation": 1.0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as lc, Client(lc) as client:
+        yield lc, client
+
+
+def test_a_dead_worker_is_a_failure_not_bad_input(tmp_path, fragile_cluster):
+    """A task whose worker process dies every time ends the job with exit 1 (a failure, not
+    bad input: the checkpoint is fine), says so without a traceback, and leaves the store's
+    other runs untouched and the epoch uncommitted; --on-error skip records it and goes on; a
+    later job on a healthy worker probes what is missing."""
+    from tests.hostile import make_store, tree_digest, write_onnx_run
+
+    lc, client = fragile_cluster
+    store, probe_path = make_store(tmp_path)
+    good = tree_digest(store / "runs" / "good")
+    paths = write_onnx_run(tmp_path / "b", epochs=(1, 2, 3))
+    client.register_plugin(DieAtEpoch(2))
+    base = ["probe", str(tmp_path / "b"), "--probe", str(probe_path), "--out", str(store),
+            "--scheduler", lc.scheduler_address]
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 1, (res.output, res.exception)
+    assert "failed (not a problem with the input)" in res.stderr, res.stderr
+    assert str(paths[1]) in res.stderr and "died" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert tree_digest(store / "runs" / "good") == good
+    ds = nasprobe.open_store(store).to_dataset()
+    assert 2 not in ds.epoch.values or not ds.probed.sel(run="b", epoch=2)
+    client.wait_for_workers(1, timeout=60)
+    res = CliRunner().invoke(main, base + ["--on-error", "skip"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "died" in run_info(store)["b"]["skipped"][str(paths[1])]
+    client.unregister_worker_plugin(DieAtEpoch.name)
+    client.restart()  # fresh worker processes without the plugin's patch
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 0, (res.output, res.exception)
+    ds = nasprobe.open_store(store).to_dataset()
+    assert ds.probed.sel(run="b", epoch=[1, 2, 3]).values.all()
+    assert tree_digest(store / "runs" / "good") == good

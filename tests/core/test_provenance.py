@@ -62,27 +62,3 @@ def test_skips_are_kept_when_the_job_is_interrupted(tmp_path, monkeypatch):
     assert f"skipped {paths[1]}: not a readable ONNX model" in out
     assert "run: 3 epochs (1..4)" in out
 
-
-def test_a_dead_worker_is_a_failure_not_bad_input(tmp_path, monkeypatch):
-    """A task whose Dask worker died every time (distributed.KilledWorker, reported as a
-    'crashed' outcome) ends the job with exit 1 and a plain message, not exit 2 as if the
-    checkpoint were bad; with --on-error skip it is recorded and the job goes on."""
-    from nasprobe.tasks import Outcome
-
-    run = tmp_path / "run"
-    write_onnx_run(run, epochs=(1, 2))
-    probe_path = write_probe(tmp_path / "p.npz")
-    original = job.run_epoch
-
-    def worker_dies_at_epoch_2(task):
-        if task.epoch == 2:
-            return Outcome(task.spec.run, task.epoch, str(task.path), "crashed",
-                           "the worker probing it died repeatedly (a crash or out of memory)")
-        return original(task)
-
-    monkeypatch.setattr(job, "run_epoch", worker_dies_at_epoch_2)
-    res = probe(run, "--probe", probe_path, "--out", tmp_path / "s.zarr")
-    assert res.exit_code == 1, (res.output, res.exception)
-    assert "not a problem with the input" in res.stderr and "Traceback" not in res.stderr
-    res = probe(run, "--probe", probe_path, "--out", tmp_path / "s.zarr", "--on-error", "skip")
-    assert res.exit_code == 0, (res.output, res.exception)
