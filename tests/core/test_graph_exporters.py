@@ -132,6 +132,9 @@ def _node(op, name, weight):
         ("stem_conv", "features.0.weight", "stem_conv"),  # a real node name wins
         ("model/dense_1/Tensordot/MatMul", "w", "dense_1"),
         ("model/conv2d/StatefulPartitionedCall/Conv2D", "w", "conv2d"),
+        # tf2onnx on Keras 3: the model is named functional_1, the op convolution
+        ("StatefulPartitionedCall/functional_1/conv1d_1/convolution", "w", "conv1d_1"),
+        ("StatefulPartitionedCall/sequential/conv2d/Conv2D", "w", "conv2d"),
         ("/model.2/cv1/conv/Conv", "w", "model.2.cv1.conv"),
         ("/features/features.0/Conv", "w", "features.0"),
     ],
