@@ -33,6 +33,7 @@ from .errors import (
     NoCheckpointError,
     StoreError,
 )
+from .layer_check import PlannedRun, check_layers
 from .options import ProbeOptions
 from .storage import checked_path, is_url, local_copy, location
 from .store import LayerInfo, RunWriter, Store, new_job_id
@@ -255,7 +256,8 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
     if not plans:
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
-    _check_layers(store, plans)
+    check_layers(store.loc, [PlannedRun(p.spec.run, str(p.spec.checkpoints[0][0]), p.infos,
+                                        p.epochs) for p in plans])
     for plan in plans:
         store.create_or_check(plan.attrs, force=force)
     job = new_job_id()
@@ -304,36 +306,6 @@ def _check_out(out: str | os.PathLike) -> None:
         raise StoreError(out, f"cannot be created: {parent} is a file, not a folder")
     if not out.exists() and not os.access(parent, os.W_OK):
         raise StoreError(out, f"cannot be created: {parent} is not writable")
-
-
-def _check_layers(store: Store, plans: list[_Plan]) -> None:
-    """Refuse a run whose layer has a known layer's name but another number of channels.
-
-    Checked before anything is written, against the store and this job's other runs: the
-    store has one ``channels`` value per layer name. (Another map size is fine: the maps of
-    such runs are padded with NaN, see docs/store.md.)
-    """
-    known: dict[str, tuple[int, str]] = {}
-    if store.exists():
-        from .store_runs import summary
-
-        got = summary(store.path)
-        if got is None:  # a nasprobe 0.1 store: its xarray view
-            from .store import open_store
-
-            ds = open_store(store.path).to_dataset()
-            layers = zip(ds["layer"].values, ds["channels"].values)
-        else:
-            layers = ((name, c) for name, _, c, _ in got.layers)
-        for name, c in layers:
-            known[str(name)] = (int(c), "the store")
-    for plan in plans:
-        for info in plan.infos:
-            c, where = known.setdefault(info.name, (int(info.channels), f"run {plan.spec.run!r}"))
-            if c != int(info.channels):
-                raise StoreError(store.path, f"layer {info.name!r} of run {plan.spec.run!r} has "
-                                 f"{info.channels} channels, but {c} in {where}: another "
-                                 "architecture under the same layer names; use another --out")
 
 
 def _record(plan: _Plan) -> None:

@@ -1,34 +1,112 @@
-"""A later run whose layer has a stored layer's name but another width is refused before
-anything is written (exit 2, the store and the layer named), instead of a ``channels``
-coordinate that is wrong for one of the runs; another map size is stored (padded with NaN)."""
+"""Layers of one name but another shape (docs/store.md, *Heatmaps*).
+
+* A later run whose layer has a stored layer's name but another width is refused before
+  anything is written (exit 2, the store and the layer named).
+* A later run whose maps have another size (a fully convolutional net probed at another image
+  size) is stored: its maps and those of the earlier run keep their own values, padded with
+  NaN to the larger size, and info, plot and report draw the store.
+* Epochs of one *stored run* with another map size are refused (exit 2, the layer, the
+  checkpoint and both shapes named): one run is one architecture at one input size.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 
+import nasprobe
+from nasprobe.cli import main
 from tests.core import onnx_models as om
 from tests.hostile import assert_refused, probe, tree_digest, write_probe
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"widths": (7, 5)}, "layer 'conv1' of run 'b' has 7 channels, but 6 in the store"),
-    ({"size": 10}, None),
-])
-def test_same_layer_name_other_shape_is_refused(tmp_path, kwargs, fragment):
-    for name, kw in (("a", {}), ("b", kwargs)):
-        (tmp_path / name).mkdir()
-        model, _ = om.conv_bn_relu_net(np.random.default_rng(0), **kw)
-        onnx.save(model, str(tmp_path / name / "epoch_001.onnx"))
+def _save(folder, epoch=1, **kwargs):
+    folder.mkdir(exist_ok=True)
+    model, _ = om.conv_bn_relu_net(np.random.default_rng(0), **kwargs)
+    path = folder / f"epoch_{epoch:03d}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_same_layer_name_other_width_is_refused(tmp_path):
+    _save(tmp_path / "a")
+    _save(tmp_path / "b", widths=(7, 5))
     store = tmp_path / "s.zarr"
     assert probe(tmp_path / "a", "--probe", write_probe(tmp_path / "p.npz"), "--out", store).exit_code == 0
-    size = kwargs.get("size", 8)
-    probe_b = write_probe(tmp_path / "pb.npz", shape=(3, size, size))
     before = tree_digest(store)
-    res = probe(tmp_path / "b", "--probe", probe_b, "--out", store, "--force")
-    if fragment is None:  # same widths, larger maps: accepted
-        assert res.exit_code == 0, (res.output, res.exception)
-        return
-    assert_refused(res, store, fragment)
+    res = probe(tmp_path / "b", "--probe", write_probe(tmp_path / "p.npz"), "--out", store)
+    assert_refused(res, store, "layer 'conv1' of run 'b' has 7 channels, but 6 in the store")
     assert tree_digest(store) == before
+
+
+@pytest.fixture
+def two_sizes(tmp_path):
+    """Run ``a`` at 8×8 and run ``b`` (the same weights, a 10×10 input) in one store, and each
+    run alone in a store of its own."""
+    _save(tmp_path / "a")
+    _save(tmp_path / "b", size=10)
+    p8 = write_probe(tmp_path / "p8.npz")
+    p10 = write_probe(tmp_path / "p10.npz", shape=(3, 10, 10))
+    mixed = tmp_path / "mixed.zarr"
+    for run, p, extra in (("a", p8, []), ("b", p10, ["--force"])):
+        res = probe(tmp_path / run, "--probe", p, "--out", mixed, *extra)
+        assert res.exit_code == 0, (res.output, res.exception)
+        res = probe(tmp_path / run, "--probe", p, "--out", tmp_path / f"{run}.zarr")
+        assert res.exit_code == 0, (res.output, res.exception)
+    return tmp_path, mixed
+
+
+def test_runs_of_two_map_sizes_are_padded_with_nan(two_sizes):
+    tmp, mixed = two_sizes
+    dt = nasprobe.open_store(mixed)
+    for layer, small, large in (("conv1", (8, 8), (10, 10)), ("conv2", (6, 6), (8, 8))):
+        maps = dt[f"heatmaps/{layer}"].to_dataset()
+        assert maps.nas_map.shape[-2:] == large
+        for run, (h, w) in (("a", small), ("b", large)):
+            alone = nasprobe.open_store(tmp / f"{run}.zarr")[f"heatmaps/{layer}"].to_dataset()
+            for var in ("nas_map", "nas_image_map"):
+                got = maps[var].sel(run=run, epoch=1).values
+                want = alone[var].sel(run=run, epoch=1).values
+                assert want.shape[-2:] == (h, w)
+                np.testing.assert_array_equal(got[..., :h, :w], want)
+                assert np.isnan(got[..., h:, :]).all() and np.isnan(got[..., :, w:]).all()
+                assert np.isfinite(got[..., :h, :w]).all()
+    ds = dt.to_dataset()
+    for run in ("a", "b"):  # the statistics are the run's own, not computed over padding
+        alone = nasprobe.open_store(tmp / f"{run}.zarr").to_dataset()
+        np.testing.assert_array_equal(ds.nas_median.sel(run=run).values,
+                                      alone.nas_median.sel(run=run).values)
+
+
+def test_figures_and_report_draw_padded_maps(two_sizes):
+    tmp, mixed = two_sizes
+    res = CliRunner().invoke(main, ["info", str(mixed)])
+    assert res.exit_code == 0, res.output
+    for kind in ("heatmaps", "line"):
+        out = tmp / f"{kind}.png"
+        res = CliRunner().invoke(main, ["plot", str(mixed), "--kind", kind, "--out", str(out)])
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert out.stat().st_size > 0
+    res = CliRunner().invoke(main, ["report", str(mixed), "--out", str(tmp / "r.html"),
+                                    "--kind", "heatmaps"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "<img" in (tmp / "r.html").read_text()
+
+
+def test_a_stored_run_keeps_its_map_size(tmp_path):
+    first = _save(tmp_path / "a")
+    later = _save(tmp_path / "new", epoch=2, size=10)
+    store = tmp_path / "s.zarr"
+    res = probe(first, "--run", "a", "--probe", write_probe(tmp_path / "p8.npz"), "--out", store)
+    assert res.exit_code == 0, (res.output, res.exception)
+    before = tree_digest(store)
+    p10 = write_probe(tmp_path / "p10.npz", shape=(3, 10, 10))
+    res = probe(later, "--run", "a", "--probe", p10, "--out", store, "--force")
+    assert_refused(res, store, f"layer 'conv1' of run 'a' has maps of 10×10 locations in {later}",
+                   "but 8×8 in the run's stored epochs 1", "--run NAME")
+    assert tree_digest(store) == before
+    # The same checkpoint as a run of its own is fine.
+    res = probe(later, "--run", "a-10px", "--probe", p10, "--out", store, "--force")
+    assert res.exit_code == 0, (res.output, res.exception)
