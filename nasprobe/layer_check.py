@@ -12,14 +12,13 @@ the values.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-
-import zarr
 
 from .errors import StoreError
 from .storage import Location
-from .store_layout import LAYOUT, RUNS, LayerInfo, group_name, run_key, run_name
-from .store_read import committed_epochs, store_layout
+from .store_layout import LAYOUT, RUNS, LayerInfo, group_name, run_key
+from .store_runs import committed_epochs, read_runs, store_layout
 
 __all__ = ["PlannedRun", "StoredLayer", "stored_layers", "check_layers"]
 
@@ -51,23 +50,20 @@ def stored_layers(loc: Location) -> dict[str, dict[str, StoredLayer]]:
     if store_layout(loc) != LAYOUT:
         return {}
     out: dict[str, dict[str, StoredLayer]] = {}
-    for key in loc.listdir(RUNS):
-        if key.startswith(".") or key == "zarr.json":
-            continue
-        by_job: dict[str, list[int]] = {}
-        for epoch, m in committed_epochs(loc, key).items():
-            by_job.setdefault(m["job"], []).append(int(epoch))
+    for r in read_runs(loc, values=False):
         layers: dict[str, StoredLayer] = {}
-        for job, epochs in sorted(by_job.items()):
-            grp = zarr.open_group(loc.child(RUNS, key, job).zarr_store(read_only=True), mode="r",
-                                  zarr_format=3, use_consolidated=False)
-            for name, channels in zip(grp["layer"][:].tolist(), grp["channels"][:].tolist()):
-                spatial = tuple(grp[f"heatmaps/{group_name(str(name))}/nas_map"].shape[1:])
-                old = layers.get(str(name))
+        for job, j in sorted(r["jobs"].items()):
+            names = [str(n) for n in j["layer"]]
+            docs = loc.read_many([f"{RUNS}/{r['key']}/{job}/heatmaps/{group_name(n)}/nas_map/"
+                                  "zarr.json" for n in names])
+            for name, channels, doc in zip(names, j["channels"], docs.values()):
+                spatial = tuple(json.loads(doc)["shape"][1:]) if doc else ()
+                epochs = {int(e) for e in j["epoch"]}
+                old = layers.get(name)
                 if old is not None and (old.channels, old.spatial) == (int(channels), spatial):
-                    epochs = sorted({*old.epochs, *epochs})
-                layers[str(name)] = StoredLayer(int(channels), spatial, tuple(sorted(epochs)))
-        out[run_name(key)] = layers
+                    epochs |= set(old.epochs)
+                layers[name] = StoredLayer(int(channels), spatial, tuple(sorted(epochs)))
+        out[r["name"]] = layers
     return out
 
 
