@@ -151,6 +151,7 @@ def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bia
 @click.argument("store", type=PathOrUrl(exists=True))
 def info_cmd(store):
     """Print a store's runs, epochs, layers and provenance."""
+    from .provenance import mixed_probe_sets
     from .store_runs import summary
 
     got = summary(store)
@@ -166,10 +167,9 @@ def info_cmd(store):
         click.echo(f"  {r.name}: {len(eps)} epochs ({span}), {p.get('framework', '?')} from "
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
                    f"NAS computed in {p.get('nas_on', 'graph')}")
-        if len(p.get("probe_sets", [])) > 1:
-            click.echo(f"    MIXES {len(p['probe_sets'])} probe sets (sha256 "
-                       f"{', '.join(h[:12] + '…' for h in p['probe_sets'])}): its epochs were "
-                       "not all measured on the same images")
+        mixed = mixed_probe_sets(r.name, p.get("probe_sets", []))
+        if mixed:
+            click.echo(f"    {mixed}")
         for f, why in p.get("skipped", {}).items():
             click.echo(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():

@@ -58,6 +58,7 @@ def migrate(old: str | os.PathLike, new: str | os.PathLike) -> list[str]:
                               runs.get(str(run), {}),
                               attrs={"nasprobe_version": attrs.get("nasprobe_version", "0.1.0"),
                                      "probe_source": attrs.get("probe_source", ""),
+                                     "probe_sha256": attrs.get("probe_sha256", ""),
                                      "migrated_from": src.url})
         for epoch in epochs:
             c = r.sel(epoch=epoch)

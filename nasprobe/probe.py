@@ -266,7 +266,8 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         kept = min(options.keep_images, plan.attrs["probe_size"])  # no padding past the set
         plan.writer = store.open_run(
             plan.spec.run, plan.epochs, plan.infos, kept, plan.provenance, job=job,
-            attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source")})
+            attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source",
+                                              "probe_sha256")})
         paths = {epoch: path for path, epoch in plan.spec.checkpoints}
         tasks += [EpochTask(plan.spec, paths[epoch], epoch, plan.writer)
                   for epoch in plan.writer.todo]

@@ -4,7 +4,8 @@ The file holds, with no reference to anything outside it (no external CSS, scrip
 images; a Content-Security-Policy forbids fetching any):
 
 * a summary: runs (epochs probed, loss/accuracy present), layers (kind, channels, locations,
-  depth);
+  depth), and a plain warning ``<p class="warning mixed-probe-sets">`` for each run whose
+  epochs were measured on different probe sets, naming which epochs used which;
 * every figure kind of :mod:`nasprobe.plots` (:data:`KINDS`) as an ``<img id="fig-<kind>"
   class="nasprobe-figure">`` with a base64 PNG ``data:`` URI; a kind the store has no data for
   is listed with the reason instead;
@@ -56,6 +57,7 @@ figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 .none { color: #888; }
+.warning { background: #fff3cd; border-left: 4px solid #c90; padding: 0.4em 0.8em; }
 """
 
 _SCRIPT = """
@@ -172,6 +174,19 @@ def _onset_tables(ds: xr.Dataset) -> str:
     return out + _table("nas-onsets", header, rows) + note
 
 
+def _probe_set_warnings(attrs: dict) -> str:
+    """A warning paragraph per run whose epochs mixed probe sets (see nasprobe.provenance)."""
+    from .provenance import mixed_probe_sets
+
+    try:
+        runs = json.loads(attrs.get("runs", "{}"))
+    except (TypeError, json.JSONDecodeError):
+        return ""
+    notes = [mixed_probe_sets(run, p.get("probe_sets", [])) for run, p in runs.items()
+             if isinstance(p, dict)]
+    return "".join(f'<p class="warning mixed-probe-sets">{_e(n)}</p>' for n in notes if n)
+
+
 def _provenance(attrs: dict) -> str:
     rows = []
     for key, value in attrs.items():
@@ -216,7 +231,7 @@ def render_report(store, *, title: str | None = None, dpi: int = 110,
         f"<h1>nasprobe report: {_e(title)}</h1>",
         f'<p id="render-status">Figures rendered: <span id="figures-rendered" '
         f'data-expected="{drawn}">not checked (scripts disabled)</span> of {drawn}.</p>',
-        "<h2>Summary</h2>", _summary(ds),
+        "<h2>Summary</h2>", _probe_set_warnings(dict(tree.attrs)), _summary(ds),
         "<h2>Figures</h2>", *(text for text, _ in figures),
         "<h2>Onsets</h2>", _onset_tables(ds),
         "<h2>Provenance</h2>", _provenance(dict(tree.attrs)),

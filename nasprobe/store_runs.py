@@ -19,6 +19,7 @@ import zarr.storage
 from zarr.core.buffer import cpu
 
 from .errors import StoreError
+from .provenance import run_probe_sets
 from .storage import Location, location
 from .store_layout import (
     CLAIMS,
@@ -213,12 +214,9 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
     prov, version, source, k = {}, None, None, 0
     for r in runs:
         p: dict = {}
-        probes: list[str] = []  # every probe set a job of this run used (issue: --force)
         for job in sorted(r["attrs"]):
             a = r["attrs"][job]
             jp = json.loads(a.get("provenance", "{}"))
-            if jp.get("probe_sha256") and jp["probe_sha256"] not in probes:
-                probes.append(jp["probe_sha256"])
             for kind in ("skipped", "nonfinite"):
                 if kind in jp or kind in p:
                     jp[kind] = {**p.get(kind, {}), **jp.get(kind, {})}
@@ -226,8 +224,10 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
             version = a.get("nasprobe_version", version)
             source = a.get("probe_source", source)
             k = max(k, int(a.get("keep_images", 0)))
-        if len(probes) > 1:
-            p["probe_sets"] = probes
+        # The probe set of each committed epoch (several after --force with another one).
+        p["probe_sets"] = run_probe_sets(r["attrs"], {job: list(j["epoch"]) for job, j
+                                                      in r["jobs"].items()}, root)
+        p.pop("probe_sha256", None)  # a job's own; probe_sets says which epochs used which
         prov[r["name"]] = p
     if version is not None:
         out["nasprobe_version"] = version

@@ -157,7 +157,10 @@ def test_runs_of_different_architectures_share_a_store(tmp_path):
     assert maps.shape == (2, 3, 3, 3)
     assert np.isnan(maps.sel(run="b", epoch=1).values[2, :]).all()
     assert maps.sel(run="b", epoch=1).values[:2, :2] == pytest.approx(np.full((2, 2), 5.1))
-    assert json.loads(ds.attrs["runs"]) == {"a": {"source": "a"}, "b": {"source": "b"}}
+    # Jobs that recorded no probe set are read as having used the store's own ("x").
+    assert json.loads(ds.attrs["runs"]) == {
+        "a": {"source": "a", "probe_sets": [{"sha256": "x", "source": "", "epochs": [0, 1]}]},
+        "b": {"source": "b", "probe_sets": [{"sha256": "x", "source": "", "epochs": [1, 5]}]}}
 
 
 def test_legacy_store_opens_as_written(tmp_path):
@@ -192,7 +195,13 @@ def test_migrate_then_add_a_run(runs, tmp_path):
         a, b = node.to_dataset(inherit=False), got[node.path].to_dataset(inherit=False)
         for name in a.data_vars:
             np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
-    assert json.loads(got.attrs["runs"]) == json.loads(old.attrs["runs"])
+    runs = json.loads(got.attrs["runs"])
+    for run, p in runs.items():  # the migrated store records each epoch's probe set
+        done = old.to_dataset()["probed"].sel(run=run).values.astype(bool)
+        assert p.pop("probe_sets") == [{"sha256": old.attrs["probe_sha256"],
+                                        "source": old.attrs["probe_source"],
+                                        "epochs": old["epoch"].values[done].tolist()}]
+    assert runs == json.loads(old.attrs["runs"])
     with pytest.raises(StoreError, match="exists already"):
         migrate(LEGACY, new)
     nasprobe.probe([root / "a"], probe=probe, out=new, run="c", batch_size=8, keep_images=2,
