@@ -113,6 +113,9 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     x = np.ascontiguousarray(a, dtype=np.float32)
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1:])
+    if inner == 1 < outer:  # dense (N, D): the kernel vectorises over locations, so give it
+        x = np.ascontiguousarray(x.reshape(outer, channels).T)  # (D, N), one row of N
+        outer, inner = 1, outer
     b = (np.zeros(channels, np.float32) if bias is None
          else np.ascontiguousarray(bias, dtype=np.float32).reshape(channels))
     out = np.empty(outer * inner, np.float32)
