@@ -12,6 +12,8 @@ large parent that the child held between fork and exec). Prints:
   hooks + NAS in torch (target <= 0.45);
 * the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.25), and the
   floor — onnxruntime with every tap tensor as an extra output, nothing done with them;
+* where the table job's time goes, inside one process (``breakdown.py``): onnxruntime plain
+  and with the taps as outputs, the host NAS kernel, the statistics, one probe epoch;
 * ResNet-50 (hand-written, benchmarks/resnet50.py) at 224×224, 256 images, 3 epochs, batch 64:
   nasprobe / torch hooks (target <= 0.6), peak RSS of each (target <= 2.5 GB for nasprobe).
 
@@ -37,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-PARTS = ["startup", "table", "long", "resnet"]
+PARTS = ["startup", "table", "long", "breakdown", "resnet"]
 #: CPU seconds of each child command, by argv: on a loaded machine the start-up figures are
 #: compared as CPU time (on an idle machine wall time and CPU time of start-up agree)
 CPU_SECONDS: dict[tuple, list[float]] = {}
@@ -178,7 +180,7 @@ def main() -> None:
             row("  CPU user+sys", cpu["help"])
             row("nasprobe info demo store  (target <= 0.8 s)", got["info"][0])
             row("  CPU user+sys", cpu["info"])
-        if "table" in parts or "long" in parts:
+        if {"table", "long", "breakdown"} & set(parts):
             export_vanilla(tmp / "vanilla1", 1)
             export_vanilla(tmp / "vanilla4", 4)
         for part, folder, n in [("table", "vanilla1", 3072), ("long", "vanilla4", 2048)]:
@@ -209,6 +211,13 @@ def main() -> None:
             ratio("floor: taps / plain onnxruntime", got["taps"][0], got["plain"][0], "-")
             if "torch" in got:
                 ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.45")
+        if "breakdown" in parts:
+            print("where the time goes (one process, VanillaNet-m 32x32, 3072 images)", flush=True)
+            probe = tmp / "table.npy"
+            if not probe.exists():
+                images(probe, 3072, 32)
+            subprocess.run([sys.executable, str(HERE / "breakdown.py"), str(tmp / "vanilla1"),
+                            str(probe), "--repeats", str(max(args.repeats, 3))], check=True)
         if "resnet" in parts:
             sys.path.insert(0, str(HERE))
             from resnet50 import make_run, resnet50
