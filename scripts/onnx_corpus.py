@@ -47,6 +47,7 @@ class Entry:
     refused: bool = False
     exporter: str = ""
     sdist: bool = False
+    tags: tuple = ()  # pip's wheel-tag options, for a package with only platform wheels
 
 
 CORPUS = [
@@ -105,6 +106,7 @@ CORPUS = [
         "slovorez/models/slovorez-test/slovorez-test.onnx",
         "tokens",
         (24,),
+        tags=("--python-version", "3.11", "--platform", "manylinux2014_x86_64"),
         exporter="tf2onnx 1.17.0 (Keras 3, float16, Conv1D as Unsqueeze-Conv-Squeeze)",
     ),
     Entry(
@@ -173,6 +175,7 @@ def fetch(entry: Entry, cache: Path) -> Path:
                 "-d",
                 str(dl),
                 "--no-binary=:all:" if entry.sdist else "--only-binary=:all:",
+                *entry.tags,
                 entry.package,
             ],
             check=True,
