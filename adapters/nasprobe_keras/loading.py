@@ -15,9 +15,6 @@ with ``safe_mode=True`` unless the caller trusts the files (``--trust-pickle``).
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
 import io
 import json
 import zipfile
@@ -27,6 +24,7 @@ import h5py
 import numpy as np
 
 from nasprobe.errors import CheckpointError, NasprobeError
+from nasprobe.model_spec import call_model_spec
 
 __all__ = ["read_weights", "load_model", "load_architecture_json", "model_from_spec",
            "find_architecture_file"]
@@ -152,37 +150,6 @@ def find_architecture_file(folder: Path, checkpoints: set[Path]) -> Path:
                           "--model MODULE:CALLABLE")
 
 
-def _parse_spec(spec: str) -> tuple[str, str, list, dict]:
-    module, sep, rest = spec.partition(":")
-    if not sep or not module or not rest:
-        raise NasprobeError(f"--model {spec!r}: expected MODULE:CALLABLE or "
-                            "MODULE:CALLABLE(key=value, ...)")
-    name, paren, argstr = rest.partition("(")
-    args: list = []
-    kwargs: dict = {}
-    if paren:
-        try:
-            call = ast.parse(f"f({argstr}", mode="eval").body
-            args = [ast.literal_eval(a) for a in call.args]
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-        except (SyntaxError, ValueError) as exc:
-            raise NasprobeError(f"--model {spec!r}: arguments must be Python literals "
-                                f"({exc})") from exc
-    return module, name.strip(), args, kwargs
-
-
-def _import(module: str):
-    if module.endswith(".py"):
-        p = Path(module)
-        spec = importlib.util.spec_from_file_location(p.stem, p)
-        if spec is None or spec.loader is None:
-            raise NasprobeError(f"--model: cannot import {module}")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    return importlib.import_module(module)
-
-
 def model_from_spec(spec, input_shape=None):
     """A built Keras model from ``--model``.
 
@@ -202,12 +169,7 @@ def model_from_spec(spec, input_shape=None):
     elif callable(spec):
         model = spec()
     else:
-        module, name, args, kwargs = _parse_spec(str(spec))
-        try:
-            factory = getattr(_import(module), name)
-        except (ImportError, AttributeError, OSError) as exc:
-            raise NasprobeError(f"--model {spec!r}: {exc}") from exc
-        model = factory(*args, **kwargs)
+        model = call_model_spec(str(spec))
     if not isinstance(model, keras.Model):
         raise NasprobeError(f"--model {spec!r} returned {type(model).__name__}, not a "
                             "keras.Model")
