@@ -21,7 +21,11 @@ if TYPE_CHECKING:  # annotations only: the command line starts without numpy and
     import onnx
 
 __all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter",
-           "unique_layer_name"]
+           "unique_layer_name", "LAYER_KEY", "set_node_metadata"]
+
+#: The metadata key of an ONNX node whose value names its layer: an adapter that writes it
+#: decides the layer names (nasprobe.layer_names reads it before any other rule).
+LAYER_KEY = "nasprobe.layer"
 
 
 @dataclass(frozen=True)
@@ -154,3 +158,13 @@ def unique_layer_name(base: str, used: set[str], reserved: set[str] = frozenset(
     while f"{base}#{k}" in used or f"{base}#{k}" in reserved:
         k += 1
     return f"{base}#{k}"
+
+
+def set_node_metadata(node, key: str, value: str) -> None:
+    """Set ``key`` to ``value`` in an ONNX ``NodeProto``'s ``metadata_props`` (replacing an
+    entry of that key); with :data:`LAYER_KEY` this is how an adapter names a node's layer."""
+    for p in node.metadata_props:
+        if p.key == key:
+            p.value = value
+            return
+    node.metadata_props.add(key=key, value=value)

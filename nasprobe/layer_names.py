@@ -15,6 +15,8 @@ import re
 
 import onnx
 
+from .contract import LAYER_KEY
+
 __all__ = ["layer_name", "is_generic", "weight_layer"]
 
 #: Trailing path parts of an initializer name that say "weight", not which layer.
@@ -158,8 +160,8 @@ def layer_name(node: onnx.NodeProto, weight: str | None = None) -> str:
     """Layer name of a linear node (see the module docstring for the order of the rules);
     ``weight`` is the name of its weight initializer, when it has one."""
     meta = {p.key: p.value for p in node.metadata_props}
-    if meta.get("nasprobe.layer"):
-        return meta["nasprobe.layer"]
+    if meta.get(LAYER_KEY):
+        return meta[LAYER_KEY]
     if "pkg.torch.onnx.name_scopes" in meta:
         scope = _torch_scope(meta)
         if scope:

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from nasprobe.contract import LAYER_KEY, set_node_metadata
 from nasprobe.errors import GraphError, NasprobeError
 
 from .loading import ParamPath, flatten_tree
@@ -225,14 +226,6 @@ def _weight_source(producer: dict[str, onnx.NodeProto], name: str,
     return None
 
 
-def _set_metadata(node: onnx.NodeProto, key: str, value: str) -> None:
-    for p in node.metadata_props:
-        if p.key == key:
-            p.value = value
-            return
-    node.metadata_props.add(key=key, value=value)
-
-
 def label_and_verify(module, graph: onnx.GraphProto, layout: dict[str, Placement],
                      origin: str) -> list[str]:
     """Set ``nasprobe.layer`` on each linear node whose weight is a module's kernel; refuse a
@@ -269,7 +262,7 @@ def label_and_verify(module, graph: onnx.GraphProto, layout: dict[str, Placement
         if place is None or place.path[-1] != "kernel":
             continue
         layer = ".".join(place.path[:-1])
-        _set_metadata(node, "nasprobe.layer", layer)
+        set_node_metadata(node, LAYER_KEY, layer)
         layers.append(layer)
         tagged.add(layer)
     for name, m in modules:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from nasprobe.contract import LAYER_KEY
 from nasprobe.errors import NasprobeError
 
 __all__ = ["BASE_OPSET", "UnsupportedLayerError", "TRANSFORMS", "WeightRef", "Tensor",
@@ -124,7 +125,7 @@ class Builder:
         """Append one node with the nasprobe metadata; returns its (single) output name."""
         out = self.fresh(out or f"{layer}/{role}")
         n = helper.make_node(op, inputs, [out], name=out, **attrs)
-        meta = {"nasprobe.layer": layer, "nasprobe.role": role}
+        meta = {LAYER_KEY: layer, "nasprobe.role": role}
         if channel_axis is not None:
             meta["nasprobe.channel_axis"] = str(channel_axis)
         for k, v in meta.items():

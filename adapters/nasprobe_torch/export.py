@@ -31,7 +31,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from nasprobe.contract import unique_layer_name
+from nasprobe.contract import LAYER_KEY, set_node_metadata, unique_layer_name
 from nasprobe.errors import GraphError, NasprobeError
 
 __all__ = ["Exported", "export_onnx", "export_model", "LINEAR_OPS", "ACTIVATION_OPS"]
@@ -91,14 +91,6 @@ def _export_any(target: Any, example: torch.Tensor) -> onnx.ModelProto:
 
 def _metadata(node: onnx.NodeProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
-
-
-def _set_metadata(node: onnx.NodeProto, key: str, value: str) -> None:
-    for p in node.metadata_props:
-        if p.key == key:
-            p.value = value
-            return
-    node.metadata_props.add(key=key, value=value)
 
 
 def _scope_module(node: onnx.NodeProto) -> str | None:
@@ -188,7 +180,7 @@ def _tag_layers(graph: onnx.GraphProto, layout: dict) -> list[str]:
             consumers.setdefault(name, []).append(node)
         module = _scope_module(node)
         if module:
-            _set_metadata(node, "nasprobe.module", module)
+            set_node_metadata(node, "nasprobe.module", module)
     def module_of(node) -> str:
         key = layout.get(node.input[1], (None,))[0]
         return key.rpartition(".")[0] if key else (_scope_module(node) or "")
@@ -219,7 +211,7 @@ def _tag_layers(graph: onnx.GraphProto, layout: dict) -> list[str]:
         if any(u.op_type == "Sigmoid" for u in acts):  # SiLU: x * sigmoid(x)
             acts += [u for u in users if u.op_type == "Mul"]
         for n in chain + acts:
-            _set_metadata(n, "nasprobe.layer", layer)
+            set_node_metadata(n, LAYER_KEY, layer)
     return layers
 
 
