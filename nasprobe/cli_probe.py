@@ -167,6 +167,11 @@ def info_cmd(store):
         click.echo(f"  {r.name}: {len(eps)} epochs ({span}), {p.get('framework', '?')} from "
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
                    f"NAS computed in {p.get('nas_on', 'graph')}")
+        if "opset_original" in p:
+            click.echo(f"    ONNX opset {p['opset_original']} upgraded to {p.get('opset', '?')}")
+        if "weights_dtype" in p:
+            click.echo(f"    weights stored in {p['weights_dtype']}, run in "
+                       f"{p.get('compute_dtype', 'float32')}")
         mixed = mixed_probe_sets(r.name, p.get("probe_sets", []))
         if mixed:
             click.echo(f"    {mixed}")

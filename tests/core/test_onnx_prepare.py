@@ -98,6 +98,8 @@ def test_old_opsets_are_upgraded_and_probed(tmp_path, opset):
     ds, info = _probe(tmp_path, model, x)
     _check(ds, _mlp_taps(weights, x.astype(np.float64)))
     assert (info["opset_original"], info["opset"]) == (opset, 13)
+    shown = CliRunner().invoke(main, ["info", str(tmp_path / "run.zarr")])
+    assert f"ONNX opset {opset} upgraded to 13" in shown.output
 
 
 def test_an_impossible_upgrade_exits_2_naming_file_operator_and_opset(tmp_path):
@@ -139,6 +141,8 @@ def test_half_precision_weights_are_probed_in_float32(tmp_path, elem, dtype):
     _check(ds, _mlp_taps(weights, x.astype(np.float64)))
     assert info["weights_dtype"] == ("float16" if elem == TensorProto.FLOAT16 else "bfloat16")
     assert info["compute_dtype"] == "float32"
+    shown = CliRunner().invoke(main, ["info", str(tmp_path / "run.zarr")])
+    assert f"weights stored in {info['weights_dtype']}, run in float32" in shown.output
 
 
 def test_integer_input_gets_a_cast_and_constants_become_swappable_weights(tmp_path):
