@@ -92,14 +92,14 @@ def check_layers(loc: Location, runs: list[PlannedRun]) -> None:
                                  f"{info.channels} channels, but {c} in {where}: another "
                                  "architecture under the same layer names; use another --out")
         mine = stored.get(plan.run, {})
-        todo = set(map(int, plan.epochs)) - set(committed_epochs(loc, run_key(plan.run)))
-        for info in plan.layers:
-            s = mine.get(info.name)
-            if s is None or not todo or s.spatial == tuple(info.spatial):
-                continue
-            raise StoreError(loc.url, f"layer {info.name!r} of run {plan.run!r} has maps of "
-                             f"{_shape(tuple(info.spatial))} locations in {plan.source}, but "
-                             f"{_shape(s.spatial)} in the run's stored epochs "
-                             f"{', '.join(map(str, s.epochs))}: one run is one architecture at "
-                             "one input size; probe these checkpoints as another run (--run "
-                             "NAME) or into another --out")
+        moved = [(info, mine[info.name]) for info in plan.layers
+                 if info.name in mine and mine[info.name].spatial != tuple(info.spatial)]
+        if not moved or set(map(int, plan.epochs)) <= set(committed_epochs(loc, run_key(plan.run))):
+            continue  # same shapes, or nothing left to write into the run
+        info, s = moved[0]
+        raise StoreError(loc.url, f"layer {info.name!r} of run {plan.run!r} has maps of "
+                         f"{_shape(tuple(info.spatial))} locations in {plan.source}, but "
+                         f"{_shape(s.spatial)} in the run's stored epochs "
+                         f"{', '.join(map(str, s.epochs))}: one run is one architecture at one "
+                         "input size; probe these checkpoints as another run (--run NAME) or "
+                         "into another --out")

@@ -107,6 +107,11 @@ def test_a_stored_run_keeps_its_map_size(tmp_path):
     assert_refused(res, store, f"layer 'conv1' of run 'a' has maps of 10×10 locations in {later}",
                    "but 8×8 in the run's stored epochs 1", "--run NAME")
     assert tree_digest(store) == before
+    # Epochs the run has already are not probed again: nothing to refuse, nothing written.
+    again = _save(tmp_path / "again", epoch=1, size=10)
+    res = probe(again, "--run", "a", "--probe", p10, "--out", store, "--force")
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert tree_digest(store) == before
     # The same checkpoint as a run of its own is fine.
     res = probe(later, "--run", "a-10px", "--probe", p10, "--out", store, "--force")
     assert res.exit_code == 0, (res.output, res.exception)
