@@ -180,13 +180,31 @@ static PyObject *fold(PyObject *self, PyObject *args)
         const double *e = (const double *)edges.buf;
         double first = e[0], last = e[ncoarse], norm = (double)ncoarse / (last - first);
         double logc = log(channels);
+        /* sum of ln(1 - s) as the log of a running product (one log per call, not per value):
+         * the product is renormalised with frexp before it can underflow; a factor < 0 makes
+         * the sum NaN and a factor 0 makes it -inf, as the sum of log1p(-s) would be. */
+        double prod = 1.0;
+        long long exps = 0;
+        int neg = 0, zero = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < nv; i++) {
             double s = is_double ? val64[i] : (double)val32[i];
             if (!isfinite(s)) { nonfinite++; continue; }
             finite++;
             total += s;
-            entropy += logc + log1p(-s);                  /* H = ln(D (1 - s)) */
+            double q = 1.0 - s;                           /* H = ln(D (1 - s)) */
+            if (q > 0.0) {
+                prod *= q;
+                if (prod < 0x1p-900 || prod > 0x1p900) {
+                    int e;
+                    prod = frexp(prod, &e);
+                    exps += e;
+                }
+            } else if (q == 0.0) {
+                zero = 1;
+            } else {
+                neg = 1;
+            }
             if (s >= first && s <= last) {                /* numpy.histogram's rule */
                 Py_ssize_t k = (Py_ssize_t)((s - first) * norm);
                 if (k >= ncoarse) k = ncoarse - 1;
@@ -202,6 +220,12 @@ static PyObject *fold(PyObject *self, PyObject *args)
             if (c > hi_[f]) hi_[f] = c;
         }
         Py_END_ALLOW_THREADS
+        if (neg)
+            entropy = NAN;
+        else if (zero)
+            entropy = -INFINITY;
+        else if (finite)
+            entropy = (double)finite * logc + (log(prod) + (double)exps * 0.69314718055994530942);
     }
     for (int i = 0; i < got; i++) PyBuffer_Release(views[i]);
     if (!ok) return NULL;

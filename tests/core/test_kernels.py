@@ -425,3 +425,17 @@ def test_threaded_kernel_works_in_a_forked_child():
         np.testing.assert_array_equal(got, expected)
     finally:
         kernels.set_threads(None)
+
+
+@pytest.mark.parametrize("q", [2.0**-20, 0.999, 1e300])
+def test_fold_entropy_sum_survives_a_product_that_would_under_or_overflow(q):
+    """The C fold sums ln(1 - s) as the log of a running product: 10,000 factors of 2**-20
+    (or of 1e300, from s = 1 - 1e300) must neither underflow to 0 nor overflow to inf."""
+    channels = 2**20
+    v = np.full(10_000, 1.0 - q)
+    sc, sn = _state(), _state()
+    rc = kernels.fold(v, *sc, NAS_BINS, channels, use_c=True)
+    rn = kernels.fold(v, *sn, NAS_BINS, channels, use_c=False)
+    expected = v.size * np.log(channels * q)
+    assert np.isfinite(rc[3]) and rc[3] == pytest.approx(expected, rel=1e-12)
+    assert rc[3] == pytest.approx(rn[3], rel=1e-12)
