@@ -17,8 +17,8 @@ large parent that the child held between fork and exec). Prints:
 * ResNet-50 (hand-written, benchmarks/resnet50.py) at 224×224, 256 images, 3 epochs, batch 64:
   nasprobe / torch hooks (target <= 0.6), peak RSS of each (target <= 2.5 GB for nasprobe).
 
-Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra; about 15
-minutes on 2 cores, most of it ResNet-50); ``--only startup,table`` picks parts,
+Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra; about 4
+minutes on an idle 2-core machine, half of it ResNet-50); ``--only startup,table`` picks parts,
 ``--demo-store PATH`` reuses a store from ``nasprobe demo``.
 """
 
