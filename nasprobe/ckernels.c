@@ -23,6 +23,7 @@
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) \
     && defined(__linux__)   /* x86-64-v3/v4 clones: gcc 12 on glibc (ifunc) */
 #define NP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define NP_HAVE_CLONES 1
 #else
 #define NP_CLONES
 #endif
@@ -232,7 +233,23 @@ static PyObject *fold(PyObject *self, PyObject *args)
     return Py_BuildValue("LLdd", finite, nonfinite, total, entropy);
 }
 
+static PyObject *simd(PyObject *self, PyObject *noargs)
+{
+    /* the clone of nas_block that the loader picked, by the same test gcc's resolver makes */
+#ifdef NP_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return PyUnicode_FromString("x86-64-v4 (AVX-512)");
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return PyUnicode_FromString("x86-64-v3 (AVX2, FMA)");
+    return PyUnicode_FromString("x86-64 baseline (SSE2)");
+#else
+    return PyUnicode_FromString("one build for this CPU family (no clones)");
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"simd", simd, METH_NOARGS, "simd() -> the instruction set of the NAS kernel in use."},
     {"nas_rows", nas_rows, METH_VARARGS,
      "nas_rows(x, outer, C, inner, bias, out, start, stop): NAS of rows start..stop (float32)."},
     {"fold", fold, METH_VARARGS,

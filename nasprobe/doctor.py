@@ -69,7 +69,7 @@ def _kernel_line() -> str:
     if not kernels.available():
         return ("not built (no C compiler at install time?): host NAS falls back to numpy, "
                 "--nas-on auto keeps NAS in the graph")
-    return f"built, {kernels.extension_file()}"
+    return f"built, {kernels.extension_file()}, {kernels.simd()}"
 
 
 def report() -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ try:  # built by setup.py; optional
 except ImportError:  # pragma: no cover - exercised only where no C compiler was available
     _c = None
 
-__all__ = ["available", "extension_file", "nas_map", "fold", "set_threads"]
+__all__ = ["available", "extension_file", "simd", "nas_map", "fold", "set_threads"]
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -48,6 +48,13 @@ def available() -> bool:
 def extension_file() -> str | None:
     """Path of the compiled extension module that :func:`nas_map` uses, or None when not built."""
     return None if _c is None else _c.__file__
+
+
+def simd() -> str | None:
+    """The instruction set the compiled NAS kernel runs with on this CPU, e.g.
+    ``"x86-64-v4 (AVX-512)"`` (gcc on x86-64 Linux builds several and picks one at load
+    time); None when the kernels are not built."""
+    return None if _c is None else _c.simd()
 
 
 def set_threads(n: int | None) -> None:

@@ -27,7 +27,8 @@ def test_doctor_on_this_machine_with_the_real_packages():
     assert f"onnxruntime {onnxruntime.__version__}" in got["onnxruntime"]
     assert got["CPUExecutionProvider"] == "works"
     assert kernels.available() and got["C kernel"].startswith("built, ")
-    assert got["C kernel"].endswith(".so") and "ckernels" in got["C kernel"]
+    path, isa = got["C kernel"][len("built, "):].rsplit(", ", 1)
+    assert path.endswith(".so") and "ckernels" in path and isa == kernels.simd()
     assert got["numpy"] == f"numpy {numpy.__version__}"
     assert got["torch"].startswith("torch 2.") and got["keras"].startswith("keras 3.")
     assert got["dask"].startswith("dask ") and "distributed" in got["dask"]

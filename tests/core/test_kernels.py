@@ -19,6 +19,9 @@ _c = kernels._c
 def test_kernels_are_built():
     assert kernels.available(), "nasprobe.ckernels is not built: run `make` (needs a C compiler)"
     from nasprobe import ckernels  # noqa: F401 - importable under its public name too
+    # the clone the loader picked is named (doctor prints it)
+    assert kernels.simd() in {"x86-64-v4 (AVX-512)", "x86-64-v3 (AVX2, FMA)",
+                              "x86-64 baseline (SSE2)", "one build for this CPU family (no clones)"}
 
 
 @pytest.fixture
