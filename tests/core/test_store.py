@@ -230,3 +230,25 @@ def test_url_is_never_a_local_path(tmp_path, monkeypatch):
     ds = nasprobe.open_store("memory://nasprobe-test/nas.zarr").to_dataset()
     assert float(ds["nas_median"].sel(run="r", epoch=3, layer="fc")) == 0.5
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_reads_a_legacy_store_and_its_migrated_copy_alike(tmp_path):
+    """`nasprobe info` reads a 0.1 store through its xarray view and a current one with zarr
+    alone (nasprobe.store_runs): the same runs, epochs, layers and metrics either way."""
+    new = tmp_path / "new.zarr"
+    assert CliRunner().invoke(main, ["migrate", LEGACY, "--out", str(new)]).exit_code == 0
+    old_out = CliRunner().invoke(main, ["info", LEGACY])
+    new_out = CliRunner().invoke(main, ["info", str(new)])
+    assert old_out.exit_code == 0 and new_out.exit_code == 0, (old_out.output, new_out.output)
+
+    def body(text):  # the run lines, the layer block and the metrics: not the attributes
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("runs ("))
+        return [line for line in lines[start:] if not line.startswith("    ")]
+
+    want = np.load(LEGACY_VIEW)
+    got = body(old_out.output)
+    assert got == body(new_out.output)
+    assert got[0] == f"runs ({len(want['run'])}):"
+    assert f"layers ({len(want['layer'])}):" in got
+    assert got[-1].startswith("metrics: loss, accuracy")
