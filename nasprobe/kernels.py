@@ -20,9 +20,9 @@ import numpy as np
 from .measures import entropy_from_nas, nas
 
 try:  # built by setup.py; optional
-    from . import ckernels as _c
+    from . import ckernels
 except ImportError:  # pragma: no cover - exercised only where no C compiler was available
-    _c = None
+    ckernels = None
 
 __all__ = ["available", "extension_file", "simd", "nas_map", "fold", "set_threads"]
 
@@ -42,19 +42,19 @@ if hasattr(os, "register_at_fork"):
 
 def available() -> bool:
     """True when the compiled kernels are importable (``nasprobe.ckernels``)."""
-    return _c is not None
+    return ckernels is not None
 
 
 def extension_file() -> str | None:
     """Path of the compiled extension module that :func:`nas_map` uses, or None when not built."""
-    return None if _c is None else _c.__file__
+    return None if ckernels is None else ckernels.__file__
 
 
 def simd() -> str | None:
     """The instruction set the compiled NAS kernel runs with on this CPU, e.g.
     ``"x86-64-v4 (AVX-512)"`` (gcc on x86-64 Linux builds several and picks one at load
     time); None when the kernels are not built."""
-    return None if _c is None else _c.simd()
+    return None if ckernels is None else ckernels.simd()
 
 
 def set_threads(n: int | None) -> None:
@@ -103,8 +103,8 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     channels = a.shape[axis]
     out_shape = a.shape[:axis] + a.shape[axis + 1:]
     if use_c is None:
-        use_c = _c is not None
-    if use_c and _c is None:
+        use_c = ckernels is not None
+    if use_c and ckernels is None:
         raise RuntimeError("nasprobe.ckernels is not built (no C compiler at install time?)")
     if not use_c:
         x = a.astype(np.float64)
@@ -130,10 +130,10 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         return out.reshape(out_shape)
     threads = min(_threads(), outer)
     if threads <= 1 or x.size < 1 << 16:
-        _c.nas_rows(x, outer, channels, inner, b, out, 0, outer)
+        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer)
     else:
         step = -(-outer // threads)
-        jobs = [_pool(threads).submit(_c.nas_rows, x, outer, channels, inner, b, out, s,
+        jobs = [_pool(threads).submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
                                       min(outer, s + step)) for s in range(0, outer, step)]
         for j in jobs:
             j.result()
@@ -160,11 +160,11 @@ def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np
         latter are skipped), the sum of the finite values and of their entropies (nats).
     """
     if use_c is None:
-        use_c = _c is not None
+        use_c = ckernels is not None
     if use_c:
         v = np.asarray(values)
         v = np.ascontiguousarray(v, np.float64 if v.dtype == np.float64 else np.float32).ravel()
-        return _c.fold(v, count, bin_min, bin_max, hist, np.ascontiguousarray(edges, np.float64),
+        return ckernels.fold(v, count, bin_min, bin_max, hist, np.ascontiguousarray(edges, np.float64),
                        float(channels), v.dtype == np.float64)
     v = np.asarray(values)
     v = (v if v.dtype == np.float64 else v.astype(np.float32)).astype(np.float64).ravel()

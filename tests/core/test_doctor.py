@@ -36,7 +36,7 @@ def test_doctor_on_this_machine_with_the_real_packages():
 
 def test_doctor_shows_listed_but_broken_cuda_with_its_reason_in_one_line(broken_cuda,
                                                                          monkeypatch):
-    monkeypatch.setattr(kernels, "_c", None)
+    monkeypatch.setattr(kernels, "ckernels", None)
     result = CliRunner().invoke(main, ["doctor"])
     got = _lines(result)
     assert got["CUDAExecutionProvider"] == (

@@ -169,7 +169,7 @@ def test_without_kernels_host_falls_back_to_numpy(conv_run, labelled_probe, tmp_
     folder, _, _ = conv_run
     ref = tmp_path / "c.zarr"
     nasprobe.probe([folder], probe=labelled_probe, out=ref, nas_on="host", progress=False)
-    monkeypatch.setattr(kernels, "_c", None)
+    monkeypatch.setattr(kernels, "ckernels", None)
     assert not kernels.available() and not host_nas("auto")
     with pytest.raises(RuntimeError, match="not built"):
         kernels.nas_map(np.zeros((1, 2)), 1, use_c=True)
