@@ -24,6 +24,19 @@ def write_run(folder, builder, names, seed=0, scale=1.0):
     return paths, expected
 
 
+def write_runs(root, names, last, seed, probe_seed):
+    """Run folders ``root/<name>`` of the conv/BN/relu/gemm model, epochs 1, 2 and
+    ``last + i`` for the i-th name (weights seeded ``seed + i``), and ``root/probe.npz``: 16
+    labelled 3×8×8 images from ``probe_seed``. Returns the probe set's path."""
+    for i, name in enumerate(names):
+        write_run(root / name, om.conv_bn_relu_net,
+                  [f"epoch_{e:03d}.onnx" for e in (1, 2, last + i)], seed=seed + i)
+    rng = np.random.default_rng(probe_seed)
+    probe = root / "probe.npz"
+    np.savez(probe, x=rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 16))
+    return probe
+
+
 @pytest.fixture
 def conv_run(tmp_path):
     """A run folder of 3 epochs (init, 1, 2) of the conv/BN/relu/gemm model."""

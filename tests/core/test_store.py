@@ -19,7 +19,7 @@ from nasprobe.store import LayerInfo, Store
 from nasprobe.store_read import committed_epochs
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent
-from tests.core.conftest import write_run
+from tests.core.conftest import write_run, write_runs
 
 LEGACY = __file__.rsplit("/", 1)[0] + "/data/store-0.1.0.zarr"
 LEGACY_VIEW = __file__.rsplit("/", 1)[0] + "/data/store-0.1.0-view.npz"
@@ -30,12 +30,7 @@ def runs(tmp_path_factory):
     """Five run folders (a..e) of the conv model, 3 epochs each, a labelled probe set, and
     each run probed alone into its own store (the reference)."""
     root = tmp_path_factory.mktemp("runs")
-    for i, name in enumerate("abcde"):
-        write_run(root / name, om.conv_bn_relu_net, [f"epoch_{e:03d}.onnx" for e in (1, 2, 3 + i)],
-                  seed=10 + i)
-    rng = np.random.default_rng(0)
-    probe = root / "probe.npz"
-    np.savez(probe, x=rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 16))
+    probe = write_runs(root, "abcde", last=3, seed=10, probe_seed=0)
     for name in "abcde":
         nasprobe.probe([root / name], probe=probe, out=root / f"alone-{name}.zarr", run=name,
                        batch_size=8, keep_images=2, progress=False)

@@ -18,7 +18,7 @@ from nasprobe.storage import location
 from nasprobe.store_read import committed_epochs
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent
-from tests.core.conftest import write_run
+from tests.core.conftest import write_run, write_runs
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,7 @@ def runs(tmp_path_factory):
     """Run folders a..d (3 epochs each), a labelled probe set, and a local reference store
     holding all four runs probed serially."""
     root = tmp_path_factory.mktemp("s3runs")
-    for i, name in enumerate("abcd"):
-        write_run(root / name, om.conv_bn_relu_net, [f"epoch_{e:03d}.onnx" for e in (1, 2, 4 + i)],
-                  seed=20 + i)
-    rng = np.random.default_rng(3)
-    probe = root / "probe.npz"
-    np.savez(probe, x=rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 16))
+    probe = write_runs(root, "abcd", last=4, seed=20, probe_seed=3)
     ref = root / "serial.zarr"
     nasprobe.probe([root / n for n in "abcd"], probe=probe, out=ref, batch_size=8,
                    keep_images=2, progress=False)
