@@ -16,14 +16,14 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-from .errors import StoreError
 from .storage import Location, location
-from .store_layout import LAYOUT, SCALARS, group_name, spatial_dims
+from .store_layout import SCALARS, group_name, spatial_dims
 from .store_runs import (
     HISTS,
     LEGACY,
     committed_epochs,
-    merge_layers,
+    known_layout,
+    layer_table,
     read_runs,
     store_layout,
     view_attrs,
@@ -44,15 +44,7 @@ def open_store(path: str | os.PathLike) -> xr.DataTree:
         StoreError: nothing that nasprobe wrote is at ``path``.
     """
     loc = location(path)
-    layout = store_layout(loc)
-    if layout is None:
-        raise StoreError(loc.url, "is not a nasprobe store (no zarr.json)")
-    if layout == LEGACY:
-        return _open_legacy(loc)
-    if layout != LAYOUT:
-        raise StoreError(loc.url, f"has store layout {layout!r}, which this nasprobe does not "
-                         "know; upgrade nasprobe")
-    return _combine(loc)
+    return _open_legacy(loc) if known_layout(loc) == LEGACY else _combine(loc)
 
 
 # -- the current layout -------------------------------------------------------------------------
@@ -65,13 +57,8 @@ def _combine(loc: Location) -> xr.DataTree:
         fixed = {n: root[n][:] for n in ("quantile", "nas_bin", "corr_bin")}
         runs = read_runs(loc)
     epochs = sorted({int(e) for r in runs for j in r["jobs"].values() for e in j["epoch"]})
-    layers = merge_layers([j["layer"] for r in runs for j in r["jobs"].values()])
-    info = {}
-    for r in runs:
-        for j in r["jobs"].values():
-            for i, name in enumerate(j["layer"]):
-                info.setdefault(name, {"layer_kind": j["layer_kind"][i],
-                                       **{c: int(j[c][i]) for c in ("channels", "locations", "depth")}})
+    info = layer_table(runs)
+    layers = list(info)
     R, E, L = len(runs), len(epochs), len(layers)
     e_at = {e: i for i, e in enumerate(epochs)}
     l_at = {n: i for i, n in enumerate(layers)}

@@ -32,7 +32,8 @@ from .store_layout import (
     run_name,
 )
 
-__all__ = ["LEGACY", "HISTS", "store_layout", "committed_epochs", "read_runs", "merge_layers",
+__all__ = ["LEGACY", "HISTS", "store_layout", "known_layout", "committed_epochs", "read_runs",
+           "merge_layers", "layer_table",
            "view_attrs", "RunSummary", "StoreSummary", "summary", "metric_order"]
 
 #: What :func:`store_layout` answers for a store of nasprobe 0.1.
@@ -54,6 +55,22 @@ def store_layout(loc: Location) -> str | None:
     if attrs.get("nasprobe_layout"):
         return attrs["nasprobe_layout"]
     return LEGACY if loc.exists("probed", "zarr.json") else None
+
+
+def known_layout(loc: Location) -> str:
+    """The store's layout, :data:`~nasprobe.store_layout.LAYOUT` or :data:`LEGACY`.
+
+    Raises:
+        StoreError: nothing that nasprobe wrote is at ``loc``, or a layout this nasprobe does
+            not know (written by a newer one).
+    """
+    layout = store_layout(loc)
+    if layout is None:
+        raise StoreError(loc.url, "is not a nasprobe store (no zarr.json)")
+    if layout not in (LAYOUT, LEGACY):
+        raise StoreError(loc.url, f"has store layout {layout!r}, which this nasprobe does not "
+                         "know; upgrade nasprobe")
+    return layout
 
 
 def committed_epochs(loc: Location, key: str) -> dict[int, dict]:
@@ -206,6 +223,19 @@ def read_runs(loc: Location, values: bool = True) -> list[dict]:
     return sorted(runs, key=lambda r: (r["first"], r["name"]))
 
 
+def layer_table(runs: list[dict]) -> dict[str, dict]:
+    """The layers of ``runs`` (from :func:`read_runs`) in the view's order
+    (:func:`merge_layers`): name → ``layer_kind``, ``channels``, ``locations``, ``depth`` as
+    the first job that has the layer stored them."""
+    jobs = [j for r in runs for j in r["jobs"].values()]
+    info: dict[str, dict] = {}
+    for j in jobs:
+        for i, name in enumerate(j["layer"]):
+            info.setdefault(name, {"layer_kind": j["layer_kind"][i],
+                                   **{c: int(j[c][i]) for c in ("channels", "locations", "depth")}})
+    return {n: info[n] for n in merge_layers([j["layer"] for j in jobs])}
+
+
 def view_attrs(root: dict, runs: list[dict]) -> dict:
     """The view's root attributes: the store's ``root`` attributes, and provenance merged over
     each run's jobs (``runs`` from :func:`read_runs`): ``runs`` (JSON, run → provenance),
@@ -271,30 +301,19 @@ def summary(path) -> StoreSummary | None:
         StoreError: nothing that nasprobe wrote is at ``path``, or an unknown layout.
     """
     loc = location(path)
-    layout = store_layout(loc)
-    if layout is None:
-        raise StoreError(loc.url, "is not a nasprobe store (no zarr.json)")
-    if layout == LEGACY:
+    if known_layout(loc) == LEGACY:
         return None
-    if layout != LAYOUT:
-        raise StoreError(loc.url, f"has store layout {layout!r}, which this nasprobe does not "
-                         "know; upgrade nasprobe")
     root = json.loads(loc.read("zarr.json")).get("attributes", {})
     runs = read_runs(loc, values=False)
     attrs = view_attrs(root, runs)
     prov = json.loads(attrs.pop("runs"))
     attrs.pop("sources", None)
-    jobs = [j for r in runs for j in r["jobs"].values()]
-    info: dict[str, tuple] = {}
-    for j in jobs:
-        for i, name in enumerate(j["layer"]):
-            info.setdefault(name, (name, j["layer_kind"][i], int(j["channels"][i]),
-                                   int(j["locations"][i])))
+    table = layer_table(runs)
     return StoreSummary(
         attrs,
         [RunSummary(r["name"], sorted({int(e) for j in r["jobs"].values() for e in j["epoch"]}),
                     prov.get(r["name"], {})) for r in runs],
-        [info[n] for n in merge_layers([j["layer"] for j in jobs])],
+        [(n, t["layer_kind"], t["channels"], t["locations"]) for n, t in table.items()],
         metric_order({"loss", "accuracy", *(m for r in runs for m in r["extra"])}))
 
 
