@@ -56,9 +56,10 @@ def stored_layers(loc: Location) -> dict[str, dict[str, StoredLayer]]:
             names = [str(n) for n in j["layer"]]
             docs = loc.read_many([f"{RUNS}/{r['key']}/{job}/heatmaps/{group_name(n)}/nas_map/"
                                   "zarr.json" for n in names])
+            job_epochs = {int(e) for e in j["epoch"]}
             for name, channels, doc in zip(names, j["channels"], docs.values()):
                 spatial = tuple(json.loads(doc)["shape"][1:]) if doc else ()
-                epochs = {int(e) for e in j["epoch"]}
+                epochs = set(job_epochs)
                 old = layers.get(name)
                 if old is not None and (old.channels, old.spatial) == (int(channels), spatial):
                     epochs |= set(old.epochs)
