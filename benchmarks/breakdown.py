@@ -6,11 +6,15 @@ script; this says why. On one model and probe set it times, in turn and ``--repe
 
 * ``plain``: onnxruntime on the original graph, every output fetched (what the plain script does);
 * ``taps``: onnxruntime on nasprobe's tapped graph, only the raw tap tensors fetched — the
-  floor of any tool that must get pre-activations out of onnxruntime on CPU;
+  floor of any tool that must get pre-activations out of onnxruntime on CPU — once with one
+  session on every core, once as the streams a probe job uses
+  (:func:`nasprobe.pipeline.cpu_streams`: on 2 cores two threads, each running whole batches
+  with one onnxruntime thread);
 * ``nas``: nasprobe's host NAS kernel over those tap tensors (one thread, and the default);
 * ``fold``: folding the NAS maps into the running statistics;
-* ``epoch``: :func:`nasprobe.tasks.probe_epoch` as a probe job runs it (onnxruntime of the next
-  batch overlapping the host work of the current one).
+* ``epoch``: :func:`nasprobe.tasks.probe_epoch`, as one stream on every core (onnxruntime of
+  the next batch overlapping the host work of the current one) and as a probe job runs it
+  (streams).
 
 It prints each in ms per image and as a ratio to ``plain``. Run by hand:
 ``.venv/bin/python benchmarks/breakdown.py FOLDER_OR_ONNX PROBE.npy [--batch 64]``; without
@@ -45,6 +49,8 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     from nasprobe import kernels, tasks
     from nasprobe.aggregate import LayerStats
     from nasprobe.options import ProbeOptions
+    from nasprobe.pipeline import cpu_streams, prefetched
+    from nasprobe.runtime import intra_op_threads
 
     opts = ProbeOptions(probe=str(probe), batch_size=batch, keep_images=0)
     ctx = tasks.context(tasks.RunSpec("bench", ((str(onnx_file), 0),), opts))
@@ -54,6 +60,8 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     n = len(x)
     plain = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     tapped = ctx.tapped.session()
+    streams, threads = cpu_streams(intra_op_threads())
+    shared = ctx.tapped.session(threads=threads)  # what a probe job's streams share
     inp = ctx.tapped.input_name
     starts = range(0, n, batch)
     kept = [tapped.run(ctx.fetch, {inp: x[i:i + batch]}) for i in list(starts)[:4]]
@@ -65,6 +73,11 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     def run_taps():
         for i in starts:
             tapped.run(ctx.fetch, {inp: x[i:i + batch]})
+
+    def run_taps_streams():
+        for _ in prefetched(starts, lambda i: shared.run(ctx.fetch, {inp: x[i:i + batch]}),
+                            streams):
+            pass
 
     def run_nas():  # every batch's taps: the kept batches in turn (the same shapes)
         for k in range(len(starts)):
@@ -79,18 +92,21 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
             for t, m in zip(ctx.taps, maps):
                 stats[t.layer].update(m)
 
-    def run_epoch():
-        tasks.probe_epoch(tapped, ctx.probeset, ctx.taps, ctx.spatial, batch_size=batch,
+    def run_epoch(session=tapped, **kw):
+        tasks.probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial, batch_size=batch,
                           keep_images=0, kind=ctx.kind, input_name=inp, fetch=ctx.fetch,
-                          host=True)
+                          host=True, **kw)
 
-    got = {"plain": timed(run_plain, repeats), "taps": timed(run_taps, repeats)}
+    got = {"plain": timed(run_plain, repeats), "taps": timed(run_taps, repeats),
+           f"taps, {streams} streams": timed(run_taps_streams, repeats)}
     kernels.set_threads(1)
     got["nas, 1 thread"] = timed(run_nas, repeats)
     kernels.set_threads(None)
     got["nas, default threads"] = timed(run_nas, repeats)
     got["fold"] = timed(run_fold, repeats)
-    got["epoch (probe_epoch)"] = timed(run_epoch, repeats)
+    got["epoch, one stream"] = timed(run_epoch, repeats)
+    got[f"epoch, {streams} streams (job)"] = timed(
+        lambda: run_epoch(shared, streams=streams, threads=threads), repeats)
     values = sum(a[0].size for a in kept[0]) if kept else 0
     print(f"{onnx_file.name}: {n} images, batch {batch}, {len(ctx.taps)} taps, {values} tap "
           f"values per image; minimum of {repeats}")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .measures import entropy_from_nas, nas
+from .pipeline import usable_cpus
 
 try:  # built by setup.py; optional
     from . import ckernels
@@ -29,11 +31,13 @@ __all__ = ["available", "extension_file", "simd", "nas_map", "fold", "set_thread
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
 
 
 def _forget_pool() -> None:
-    global _POOL
-    _POOL = None  # a forked child has no threads: the parent's pool would hang there
+    global _POOL, _POOL_SIZE, _POOL_LOCK
+    _POOL, _POOL_SIZE = None, 0  # a forked child has no threads: the parent's pool would hang
+    _POOL_LOCK = threading.Lock()  # and a lock held by a parent's thread is never released
 
 
 if hasattr(os, "register_at_fork"):
@@ -64,25 +68,22 @@ def set_threads(n: int | None) -> None:
 
 
 def _threads() -> int:
-    if _THREADS is not None:
-        return _THREADS
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return _THREADS if _THREADS is not None else usable_cpus()
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
+    """The kernel's worker pool, with at least ``n`` threads; several probe streams share it.
+    A pool that is outgrown is dropped, not shut down (a stream may still be submitting to
+    it); its idle threads end when it is garbage-collected."""
     global _POOL, _POOL_SIZE
-    if _POOL is None or _POOL_SIZE != n:
-        if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="nasprobe-kernel"), n
-    return _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE < n:
+            _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="nasprobe-kernel"), n
+        return _POOL
 
 
 def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
-            use_c: bool | None = None) -> np.ndarray:
+            use_c: bool | None = None, threads: int | None = None) -> np.ndarray:
     """NAS along ``axis`` of a tap tensor (docs/measures.md), as float32.
 
     Args:
@@ -91,6 +92,8 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         axis: the channel axis (``D`` channels; negative counts from the end).
         bias: optional ``(D,)`` values subtracted per channel first.
         use_c: force (True) or forbid (False) the compiled kernel; default: use it when built.
+        threads: threads for the compiled kernel (default: :func:`set_threads`'s, all CPUs);
+            a probe stream passes its own share (:func:`nasprobe.pipeline.cpu_streams`).
 
     Returns:
         ``a.shape`` without ``axis``, float32 in ``[0, 1 - 1/D]``; NaN where any channel value at
@@ -128,15 +131,19 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     out = np.empty(outer * inner, np.float32)
     if out.size == 0:
         return out.reshape(out_shape)
-    threads = min(_threads(), outer)
+    threads = min(_threads() if threads is None else max(1, threads), outer)
     if threads <= 1 or x.size < 1 << 16:
         ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer)
     else:
-        step = -(-outer // threads)
-        jobs = [_pool(threads).submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
-                                      min(outer, s + step)) for s in range(0, outer, step)]
-        for j in jobs:
-            j.result()
+        step = -(-outer // threads)  # the calling thread takes the first rows itself
+        pool = _pool(max(threads - 1, _threads() - 1, 1))
+        jobs = [pool.submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
+                            min(outer, s + step)) for s in range(step, outer, step)]
+        try:
+            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step))
+        finally:
+            for j in jobs:
+                j.result()
     return out.reshape(out_shape)
 
 

@@ -24,9 +24,10 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import CheckpointError, NasprobeError
+from .pipeline import usable_cpus
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
-           "set_intra_op_threads", "preload_cuda_libraries", "new_session", "short_reason",
+           "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session", "short_reason",
            "captured_stderr", "run_batch"]
 
 CPU = "CPUExecutionProvider"
@@ -48,6 +49,12 @@ def set_intra_op_threads(n: int | None) -> None:
     N threads."""
     global _INTRA_OP_THREADS
     _INTRA_OP_THREADS = None if n is None else max(1, int(n))
+
+
+def intra_op_threads() -> int:
+    """The cores one probe job's sessions may use: :func:`set_intra_op_threads`'s number, else
+    the CPUs this process may run on (its affinity mask, e.g. a cluster job's share)."""
+    return _INTRA_OP_THREADS if _INTRA_OP_THREADS is not None else usable_cpus()
 
 
 def provider_notice(message: str) -> None:
@@ -219,8 +226,13 @@ class TappedModel:
                 raise CheckpointError(path, f"tensor {name!r} has shape {tuple(np.shape(arr))}, "
                                       f"the architecture has {init.dims}")
 
-    def session(self, weights: dict[str, np.ndarray] | None = None, path="<checkpoint>"):
+    def session(self, weights: dict[str, np.ndarray] | None = None, path="<checkpoint>", *,
+                threads: int | None = None):
         """An ``onnxruntime.InferenceSession`` with ``weights`` (initializer name → array) swapped in.
+
+        ``threads``: onnxruntime intra-op threads of one run (default: the
+        :func:`set_intra_op_threads` setting, else onnxruntime's own, all cores); probe streams
+        that call ``run`` from several threads at once give each run a share.
 
         The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
         not take falls back to CPU with one short notice (the reason in one line).
@@ -242,8 +254,8 @@ class TappedModel:
         # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
         # cores from the host NAS kernel and the store writes that follow every batch.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if _INTRA_OP_THREADS is not None:
-            opts.intra_op_num_threads = _INTRA_OP_THREADS
+        if threads is not None or _INTRA_OP_THREADS is not None:
+            opts.intra_op_num_threads = threads if threads is not None else _INTRA_OP_THREADS
         sess, reason = new_session(model.SerializeToString(), self.providers, opts)
         self.provider = sess.get_providers()[0]
         if reason is not None and self.providers[0] == CUDA:

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -35,9 +35,9 @@ from .graph import Tap, find_taps
 from .kernels import available as kernels_available, nas_map
 from .nas_graph import build_probe_graph, build_tap_graph
 from .options import ProbeOptions
-from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
+from .pipeline import cpu_streams, prefetched, sub_batch_size, tap_bytes_per_image
 from .probesets import ProbeSet, load_probe_set
-from .runtime import CPU, CUDA, TappedModel, run_batch, select_providers
+from .runtime import CPU, CUDA, TappedModel, intra_op_threads, run_batch, select_providers
 from .storage import local_copy
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
@@ -164,28 +164,32 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
                 host: bool = False, fixed_batch: int | None = None,
-                tap_budget: int | None = None, bind: bool = False) -> EpochResult:
+                tap_budget: int | None = None, bind: bool = False, streams: int = 1,
+                threads: int | None = None) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
-    Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics.
-    With labels, cross-entropy ``loss`` (nats, mean over images) and ``accuracy`` (fraction)
-    come from the same forward pass (the model's first output). ``fetch`` names the outputs to
-    read per tap (default ``tap.output``, the in-graph NAS map); with ``host`` they are raw tap
-    tensors and NAS is computed here by :func:`nasprobe.kernels.nas_map`, and a batch is run in
-    sub-batches whose raw taps fit ``tap_budget`` bytes (default
+    Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics,
+    in probe-set order. With labels, cross-entropy ``loss`` (nats, mean over images) and
+    ``accuracy`` (fraction) come from the same forward pass (the model's first output).
+    ``fetch`` names the outputs to read per tap (default ``tap.output``, the in-graph NAS map);
+    with ``host`` they are raw tap tensors and NAS is computed by
+    :func:`nasprobe.kernels.nas_map` (``threads`` kernel threads) on the worker that ran the
+    batch, and a batch is run in sub-batches whose raw taps fit ``tap_budget`` bytes (default
     :data:`nasprobe.pipeline.HOST_TAP_BUDGET`; see :func:`nasprobe.pipeline.sub_batch_size`).
-    onnxruntime runs the next (sub-)batch while this thread computes the current one's NAS
-    (:func:`nasprobe.pipeline.prefetched`). A model
-    exported with a fixed batch size ``fixed_batch`` gets batches of exactly that size (the
-    last one padded with zeros, whose outputs are dropped). ``bind``: see
-    :func:`nasprobe.runtime.run_batch`.
+    ``streams`` worker threads run batches through ``session`` at once (make it with a
+    ``threads`` share of the cores: :func:`nasprobe.pipeline.cpu_streams`) while this thread
+    folds finished ones (:func:`nasprobe.pipeline.prefetched`). A model exported with a fixed
+    batch size ``fixed_batch`` gets batches of exactly that size (the last one padded with
+    zeros, whose outputs are dropped). ``bind``: see :func:`nasprobe.runtime.run_batch`.
     """
+    streams = max(1, int(streams))
     if fixed_batch:
         batch_size = fixed_batch
     elif host:
         per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
         budget = pipeline.HOST_TAP_BUDGET if tap_budget is None else tap_budget
-        batch_size = sub_batch_size(batch_size, per_image, budget)
+        batch_size = sub_batch_size(batch_size, per_image, budget,
+                                    max(pipeline.IN_FLIGHT, streams))
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
     labelled = probeset.labels is not None
@@ -193,10 +197,18 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     loss_sum, correct, n, fetched = 0.0, 0, 0, 0
 
     def run(batch):
-        return run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
+        """One batch: its outputs (NAS maps on the host: the raw taps end here) and the bytes
+        that left onnxruntime."""
+        outs = run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
+        size = sum(o.nbytes for o in outs)
+        if host:
+            head = outs[:1] if labelled else []
+            outs = head + [nas_map(o, t.channel_axis, threads=threads)
+                           for t, o in zip(taps, outs[len(head):])]
+        return outs, size
 
-    for (_, xb, yb), outs in prefetched(probeset.batches(batch_size), run):
-        fetched += sum(o.nbytes for o in outs)
+    for (_, xb, yb), (outs, size) in prefetched(probeset.batches(batch_size), run, streams):
+        fetched += size
         if labelled:
             lp = _log_probs(outs[0], kind)
             yb = np.asarray(yb, dtype=np.int64)
@@ -205,8 +217,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
             outs = outs[1:]
         n += len(xb)
         for t, o in zip(taps, outs):
-            stats[t.layer].update(nas_map(o, t.channel_axis) if host else o)
-        outs = o = None  # the raw taps go before onnxruntime's next run needs the memory
+            stats[t.layer].update(o)
+        outs = o = None
     metrics = {}
     if labelled:
         metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
@@ -350,9 +362,13 @@ def run_epoch(task: EpochTask) -> Outcome:
         return Outcome(spec.run, epoch, str(path))
     ctx = context(spec)
     ck = Checkpoint(local_copy(path), epoch)
+    # On CPU with host NAS, batches run as streams sharing the cores (pipeline.cpu_streams).
+    streams, threads = (cpu_streams(intra_op_threads()) if ctx.host and ctx.tapped.provider != CUDA
+                        else (1, None))
     try:
         weights = reading(ck.path, ctx.source.weights, ck)
-        session = reading(ck.path, ctx.tapped.session, weights, ck.path)
+        session = reading(ck.path, partial(ctx.tapped.session, weights, ck.path,
+                                           threads=threads if streams > 1 else None))
     except CheckpointError as exc:
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)
@@ -361,7 +377,7 @@ def run_epoch(task: EpochTask) -> Outcome:
                          keep_images=spec.options.keep_images,
                          kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
                          host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
-                         bind=ctx.tapped.provider == CUDA)
+                         bind=ctx.tapped.provider == CUDA, streams=streams, threads=threads)
     provider = session.get_providers()[0]
     del session
     full = {**ctx.base, **weights}

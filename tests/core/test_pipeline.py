@@ -45,6 +45,34 @@ def test_prefetched_yields_in_order_and_runs_the_next_item_while_the_caller_work
     assert list(pipeline.prefetched([], run)) == []
 
 
+@pytest.mark.parametrize("cores, split", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (4, (4, 1)),
+                                          (5, (4, 1)), (6, (3, 2)), (8, (4, 2)), (16, (4, 4))])
+def test_cpu_streams_share_the_cores_out(cores, split):
+    streams, threads = pipeline.cpu_streams(cores)
+    assert (streams, threads) == split
+    assert 1 <= streams <= pipeline.MAX_STREAMS and streams * threads <= cores
+
+
+def test_prefetched_with_two_workers_runs_two_items_at_once_and_yields_in_order():
+    both = threading.Barrier(2, timeout=10)  # breaks (BrokenBarrierError) unless two run at once
+    alive, most = [0], [0]
+    lock = threading.Lock()
+
+    def run(i):
+        with lock:
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+        if i < 2:
+            both.wait()
+        with lock:
+            alive[0] -= 1
+        return -i
+
+    got = list(pipeline.prefetched(range(7), run, workers=2))
+    assert got == [(i, -i) for i in range(7)]
+    assert most[0] == 2  # never more than the workers
+
+
 def test_prefetched_raises_a_failed_run_where_its_result_is_due():
     def run(i):
         if i == 2:
@@ -91,13 +119,14 @@ def _reference(sess, taps, fetch, probeset):
     return summaries, spatial, {"loss": loss, "accuracy": float((lp.argmax(1) == y).mean())}
 
 
+@pytest.mark.parametrize("streams", [1, 2, 3])
 @pytest.mark.parametrize("budget", [None, 1, "3 images"])
-def test_split_and_overlapped_batches_give_todays_numbers(tapped, budget):
+def test_split_and_overlapped_batches_give_todays_numbers(tapped, budget, streams):
     sess, taps, fetch, probeset = tapped
     ref, spatial, metrics = _reference(sess, taps, fetch, probeset)
     per_image = pipeline.tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
     tap_budget = {None: pipeline.HOST_TAP_BUDGET, 1: 1, "3 images": 6 * per_image}[budget]
-    sizes = []
+    sizes, lock = [], threading.Lock()
 
     class Recording:
         """The session, recording how many images each run gets."""
@@ -106,13 +135,17 @@ def test_split_and_overlapped_batches_give_todays_numbers(tapped, budget):
             return getattr(sess, name)
 
         def run(self, names, feed):
-            sizes.append(len(feed["x"]))
+            with lock:
+                sizes.append(len(feed["x"]))
             return sess.run(names, feed)
 
     got = tasks.probe_epoch(Recording(), probeset, taps, spatial, batch_size=5, keep_images=4,
-                            input_name="x", fetch=fetch, host=True, tap_budget=tap_budget)
-    expected = {None: [5, 5, 1], 1: [1] * 11, "3 images": [3, 3, 3, 2]}[budget]
-    assert sizes == expected
+                            input_name="x", fetch=fetch, host=True, tap_budget=tap_budget,
+                            streams=streams, threads=1)
+    # the budget holds the taps of max(2, streams) runs at once
+    expected = {None: [5, 5, 1], 1: [1] * 11,
+                "3 images": [3, 3, 3, 2] if streams < 3 else [2] * 5 + [1]}[budget]
+    assert sorted(sizes, reverse=True) == expected  # streams finish in any order
     assert got.images == 11
     assert got.fetched_bytes == 11 * (per_image + 4 * 4)  # taps and the 4 logits per image
     for layer, want in ref.items():
@@ -137,3 +170,45 @@ def test_io_binding_gives_what_run_gives(tapped):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(c, a[:3], atol=1e-6)
         assert c.shape[0] == 3
+
+
+@pytest.fixture
+def two_runs_probe(tmp_path):
+    from tests.core.conftest import write_runs
+
+    return write_runs(tmp_path, ["a"], 5, seed=11, probe_seed=12)
+
+
+def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
+        tmp_path, two_runs_probe, monkeypatch):
+    """On CPU with host NAS, run_epoch splits the cores into streams (2 cores: two streams of
+    one onnxruntime thread each, sharing one session); the store is the same bit for bit as
+    with one core."""
+    import nasprobe
+    from nasprobe import kernels
+
+    seen = []
+    original = tasks.probe_epoch
+
+    def recording(session, *args, **kw):
+        seen.append((kw["streams"], kw["threads"],
+                     session.get_session_options().intra_op_num_threads))
+        return original(session, *args, **kw)
+
+    monkeypatch.setattr(tasks, "probe_epoch", recording)
+    stores = {}
+    try:
+        for cores in (1, 2):
+            runtime.set_intra_op_threads(cores)
+            kernels.set_threads(cores)
+            out = tmp_path / f"cores{cores}.zarr"
+            nasprobe.probe([tmp_path / "a"], probe=two_runs_probe, out=out, batch_size=3,
+                           keep_images=16, progress=False, nas_on="host")
+            stores[cores] = nasprobe.open_store(out).to_dataset()
+    finally:
+        runtime.set_intra_op_threads(None)
+        kernels.set_threads(None)
+    assert seen == [(1, 1, 1)] * 3 + [(2, 1, 1)] * 3
+    one, two = stores[1], stores[2]
+    for var in one.data_vars:
+        np.testing.assert_array_equal(one[var].values, two[var].values, err_msg=var)
