@@ -127,3 +127,24 @@ def test_a_cuda_start_that_raises_falls_back_to_cpu(monkeypatch, capfd):
     assert tapped.session().get_providers()[0] == runtime.CPU
     assert tapped.fallback == "CUDA failure 100: no CUDA-capable device is detected"
     assert capfd.readouterr().err.count("nasprobe: CUDA could not start") == 1
+
+
+def test_cpu_sessions_share_one_arena_and_give_what_an_own_arena_gives():
+    """Every epoch's CPU session draws on the process's one registered arena (its pages are
+    faulted in once per process, not once per epoch); the outputs are those of a session with
+    its own arena, and a stream's share of threads is what the session gets."""
+    model, _ = om.conv_bn_relu_net(np.random.default_rng(0))
+    graph = build_probe_graph(model, find_taps(model))
+    tm = runtime.TappedModel(graph, device="cpu")
+    assert runtime.shared_cpu_arena() is True and runtime.shared_cpu_arena() is True  # once
+    x = np.random.default_rng(1).normal(0, 1, (5, 3, 8, 8)).astype(np.float32)
+    own = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = own.run(None, {tm.input_name: x})
+    for threads in (None, 1):
+        sess = tm.session(threads=threads)
+        opts = sess.get_session_options()
+        assert opts.get_session_config_entry("session.use_env_allocators") == "1"
+        if threads:
+            assert opts.intra_op_num_threads == threads
+        for a, b in zip(sess.run(None, {tm.input_name: x}), want):
+            np.testing.assert_array_equal(a, b)
