@@ -28,7 +28,9 @@
 #define NP_CLONES
 #endif
 
-#define BLOCK 256
+/* Locations per tile: the second pass over a tile's C channels then reads what the first left in
+ * L1/L2 (128 measured 15 % faster than 256 on taps fresh from memory, the same in cache). */
+#define BLOCK 128
 
 /* EXP_NONPOS(z, zc, e): zc = max(z, -80) and e = exp(zc) for z <= 0, a macro so that it is
  * inlined into every target clone. A NaN z gives finite zc and e (callers track non-finite
