@@ -27,8 +27,8 @@ from .errors import CheckpointError, NasprobeError
 from .pipeline import usable_cpus
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
-           "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session", "short_reason",
-           "captured_stderr", "shared_cpu_arena", "run_batch"]
+           "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session",
+           "short_reason", "captured_stderr", "shared_cpu_arena", "run_batch"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -442,3 +442,18 @@ def test_fold_entropy_sum_survives_a_product_that_would_under_or_overflow(q):
     expected = v.size * np.log(channels * q)
     assert np.isfinite(rc[3]) and rc[3] == pytest.approx(expected, rel=1e-12)
     assert rc[3] == pytest.approx(rn[3], rel=1e-12)
+
+
+def test_streams_calling_the_kernel_at_once_with_their_own_threads_get_todays_maps():
+    """Probe streams call nas_map concurrently, each with its share of threads, through one
+    shared pool: every map equals the single-threaded one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    arrays = [rng.normal(0, 3, (16, 24, 20, 20)).astype(np.float32) for _ in range(6)]
+    want = [kernels.nas_map(a, 1, threads=1) for a in arrays]
+    for threads in (1, 2, 3):
+        with ThreadPoolExecutor(3) as streams:
+            got = list(streams.map(lambda a, t=threads: kernels.nas_map(a, 1, threads=t), arrays))
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
