@@ -72,6 +72,15 @@ def _kernel_line() -> str:
     return f"built, {kernels.extension_file()}, {kernels.simd()}"
 
 
+def _streams_line() -> str:
+    from .pipeline import cpu_streams, usable_cpus
+
+    cpus = usable_cpus()
+    streams, threads = cpu_streams(cpus)
+    return (f"{streams} stream{'s' if streams > 1 else ''} of {threads} thread"
+            f"{'s' if threads > 1 else ''} ({cpus} usable CPU{'s' if cpus > 1 else ''})")
+
+
 def report() -> list[tuple[str, str]]:
     """``(label, text)`` lines of ``nasprobe doctor``."""
     import nasprobe
@@ -95,6 +104,7 @@ def report() -> list[tuple[str, str]]:
             lines.append((f"  {p}", "works" if reason is None
                           else f"listed, does not start: {reason}"))
     lines.append(("C kernel", _kernel_line()))
+    lines.append(("CPU probe epochs", _streams_line()))
     for label, dists in _STACK:
         found = [f"{d} {v}" for d in dists if (v := _version(d))]
         lines.append((label, ", ".join(found) if found else "not installed"))

@@ -4,7 +4,7 @@ import re
 
 from click.testing import CliRunner
 
-from nasprobe import kernels
+from nasprobe import kernels, pipeline
 from nasprobe.cli import main
 
 
@@ -29,6 +29,9 @@ def test_doctor_on_this_machine_with_the_real_packages():
     assert kernels.available() and got["C kernel"].startswith("built, ")
     path, isa = got["C kernel"][len("built, "):].rsplit(", ", 1)
     assert path.endswith(".so") and "ckernels" in path and isa == kernels.simd()
+    streams, threads = pipeline.cpu_streams(pipeline.usable_cpus())
+    assert re.fullmatch(rf"{streams} streams? of {threads} threads? \(\d+ usable CPUs?\)",
+                        got["CPU probe epochs"])
     assert got["numpy"] == f"numpy {numpy.__version__}"
     assert got["torch"].startswith("torch 2.") and got["keras"].startswith("keras 3.")
     assert got["dask"].startswith("dask ") and "distributed" in got["dask"]
