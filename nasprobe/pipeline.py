@@ -19,10 +19,11 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 __all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "tap_bytes_per_image",
-           "sub_batch_size", "usable_cpus", "cpu_streams", "prefetched"]
+           "sub_batch_size", "cgroup_cpu_limit", "usable_cpus", "cpu_streams", "prefetched"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,13 +51,53 @@ def sub_batch_size(batch_size: int, per_image: int, budget: int = HOST_TAP_BUDGE
     return max(1, min(batch_size, budget // (in_flight * per_image)))
 
 
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup"
+                     ) -> int | None:
+    """CPUs that a cgroup CPU quota lets this process use (``docker run --cpus``, a Kubernetes
+    CPU limit), rounded up; None without a quota or where it cannot be read.
+
+    Reads cgroup v2 ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD") and cgroup v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none), in the process's own cgroup
+    (from ``membership``) and at the hierarchy's root.
+    """
+    own = {"v2": "", "v1": ""}
+    try:
+        for line in Path(membership).read_text().splitlines():
+            ident, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if ident == "0" and not controllers:
+                own["v2"] = path.strip("/")
+            elif "cpu" in controllers.split(","):
+                own["v1"] = path.strip("/")
+    except OSError:
+        pass
+    base = Path(root)
+    for folder in dict.fromkeys([base / own["v2"], base]):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            continue
+    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        for folder in dict.fromkeys([base / name / own["v1"], base / name]):
+            try:
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                period = int((folder / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
+    return None
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (e.g. a cluster job's share of a
-    node), else ``os.cpu_count()``."""
+    node), else ``os.cpu_count()``, and no more than a cgroup CPU quota allows
+    (:func:`cgroup_cpu_limit`: a container limited to 2 CPUs on a 64-core host counts 2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
 
 
 def cpu_streams(cores: int) -> tuple[int, int]:

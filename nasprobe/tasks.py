@@ -362,13 +362,13 @@ def run_epoch(task: EpochTask) -> Outcome:
         return Outcome(spec.run, epoch, str(path))
     ctx = context(spec)
     ck = Checkpoint(local_copy(path), epoch)
-    # On CPU with host NAS, batches run as streams sharing the cores (pipeline.cpu_streams).
+    # On CPU with host NAS, batches run as streams sharing the usable cores (a cgroup quota
+    # included: pipeline.cpu_streams); with NAS in the graph, one onnxruntime-default stream.
     streams, threads = (cpu_streams(intra_op_threads()) if ctx.host and ctx.tapped.provider != CUDA
                         else (1, None))
     try:
         weights = reading(ck.path, ctx.source.weights, ck)
-        session = reading(ck.path, partial(ctx.tapped.session, weights, ck.path,
-                                           threads=threads if streams > 1 else None))
+        session = reading(ck.path, partial(ctx.tapped.session, weights, ck.path, threads=threads))
     except CheckpointError as exc:
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)

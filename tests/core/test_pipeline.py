@@ -212,3 +212,36 @@ def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
     one, two = stores[1], stores[2]
     for var in one.data_vars:
         np.testing.assert_array_equal(one[var].values, two[var].values, err_msg=var)
+
+
+def _cgroup(tmp_path, membership, files):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "self-cgroup").write_text(membership)
+    return pipeline.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "self-cgroup"))
+
+
+@pytest.mark.parametrize("membership, files, limit", [
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # docker --cpus=1.5: rounded up
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/cpu.max": "400000 100000\n",
+                                "cpu.max": "max 100000\n"}, 4),  # the process's own cgroup
+    ("0::/\n", {"cpu.max": "20000 100000\n"}, 1),  # a fifth of a CPU is still one
+    ("4:cpu,cpuacct:/job7\n", {"cpu,cpuacct/job7/cpu.cfs_quota_us": "300000\n",
+                               "cpu,cpuacct/job7/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ("0::/\n", {"cpu.max": "garbage\n"}, None),
+    ("", {}, None),  # no cgroup files at all (macOS, a bare chroot)
+])
+def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path, membership, files, limit):
+    assert _cgroup(tmp_path, membership, files) == limit
+
+
+def test_a_cpu_quota_caps_the_cpus_that_streams_are_made_for(monkeypatch):
+    """A container limited to one CPU runs one stream, whatever the host's core count."""
+    monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: 1)
+    assert pipeline.usable_cpus() == 1
+    assert pipeline.cpu_streams(pipeline.usable_cpus()) == (1, 1)
+    monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: None)
+    assert pipeline.usable_cpus() == len(__import__("os").sched_getaffinity(0))
