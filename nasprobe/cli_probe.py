@@ -103,6 +103,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     from .errors import NasprobeError
     from .options import ProbeOptions
     from .probe import probe, run_folders
+    from .runtime import share_cpu_arena
     from .store import Store
 
     if workers is not None and scheduler is not None:
@@ -122,6 +123,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
                                  device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                  batch_size=batch_size, keep_images=keep_images, nas_on=nas_on,
                                  corr=corr)
+    share_cpu_arena()  # this process ends with the job: its sessions may share one arena
     path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,
                  on_error=on_error, force=force, workers=workers, scheduler=scheduler)
     if metrics_log:

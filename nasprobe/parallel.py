@@ -75,13 +75,15 @@ def dask_client(workers: int | None = None, scheduler=None) -> Iterator:
 
 def _match_worker_threads(dask_worker) -> int:
     """On a Dask worker (``client.run`` passes it): limit onnxruntime sessions and the host NAS
-    kernel to the worker's thread count."""
+    kernel to the worker's thread count, and let its sessions share one CPU arena (a worker
+    process probes epoch after epoch)."""
     from .kernels import set_threads
-    from .runtime import set_intra_op_threads
+    from .runtime import set_intra_op_threads, share_cpu_arena
 
     n = dask_worker.state.nthreads
     set_intra_op_threads(n)
     set_threads(n)
+    share_cpu_arena()
     return n
 
 

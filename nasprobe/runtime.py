@@ -28,7 +28,7 @@ from .pipeline import usable_cpus
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
            "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session",
-           "short_reason", "captured_stderr", "shared_cpu_arena", "run_batch"]
+           "short_reason", "captured_stderr", "share_cpu_arena", "shared_cpu_arena", "run_batch"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -36,6 +36,7 @@ CUDA = "CUDAExecutionProvider"
 _NOTICED: set[str] = set()
 _PRELOADED = False
 _ARENA: bool | None = None  # whether shared_cpu_arena() registered the process's CPU arena
+_SHARE_ARENA = False  # share_cpu_arena()
 #: onnxruntime intra-op threads for new sessions (None: onnxruntime's default, all cores).
 _INTRA_OP_THREADS: int | None = None
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -268,17 +269,30 @@ class TappedModel:
         return sess
 
 
-def shared_cpu_arena() -> bool:
-    """Register, once per process, one CPU memory arena for every session that asks for it.
+def share_cpu_arena(on: bool = True) -> None:
+    """Let this process's CPU sessions share one onnxruntime memory arena (on) or each keep
+    their own (off, the default of the Python API).
 
-    Each epoch gets a new session (new weights); with its own arena, each would map its
-    working memory afresh and fault every page in again (on the benchmark's VanillaNet-m about
-    270 MB and 5 % of an epoch). With the shared arena the second epoch on reuses the memory of
-    the first. The arena grows by what is asked (not to the next power of two) and is kept until
-    the process ends. Returns False where onnxruntime cannot register one (then sessions keep
-    their own arenas).
+    Each epoch gets a new session (new weights); with its own arena, each maps its working
+    memory afresh and faults every page in again (on the benchmark's VanillaNet-m about 270 MB
+    and 5 % of an epoch). With the shared arena the second epoch on reuses the memory of the
+    first, but the arena keeps its largest working set until the process ends. ``nasprobe
+    probe`` (a process that ends with the job) and Dask worker processes turn it on; a notebook
+    that calls :func:`nasprobe.probe` keeps the default, and its memory is freed with each
+    session.
     """
+    global _SHARE_ARENA
+    _SHARE_ARENA = bool(on)
+
+
+def shared_cpu_arena() -> bool:
+    """Whether new CPU sessions use the process's shared arena: :func:`share_cpu_arena` was
+    turned on and the arena is registered (once per process; it grows by what is asked, not
+    to the next power of two). False where onnxruntime cannot register one (then sessions keep
+    their own arenas)."""
     global _ARENA
+    if not _SHARE_ARENA:
+        return False
     if _ARENA is None:
         import onnxruntime as ort
 

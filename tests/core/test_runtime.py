@@ -129,22 +129,57 @@ def test_a_cuda_start_that_raises_falls_back_to_cpu(monkeypatch, capfd):
     assert capfd.readouterr().err.count("nasprobe: CUDA could not start") == 1
 
 
-def test_cpu_sessions_share_one_arena_and_give_what_an_own_arena_gives():
-    """Every epoch's CPU session draws on the process's one registered arena (its pages are
-    faulted in once per process, not once per epoch); the outputs are those of a session with
-    its own arena, and a stream's share of threads is what the session gets."""
+def _config(opts, key):
+    try:
+        return opts.get_session_config_entry(key)
+    except RuntimeError:  # no such key
+        return None
+
+
+def test_cpu_sessions_share_one_arena_when_asked_and_give_what_an_own_arena_gives():
+    """With share_cpu_arena() (the command line, Dask workers) every epoch's CPU session draws
+    on the process's one registered arena, its pages faulted in once per process, not once per
+    epoch; without it (the Python API's default) each session has its own, freed with it. The
+    outputs are the same, and a stream's share of threads is what the session gets."""
     model, _ = om.conv_bn_relu_net(np.random.default_rng(0))
     graph = build_probe_graph(model, find_taps(model))
     tm = runtime.TappedModel(graph, device="cpu")
-    assert runtime.shared_cpu_arena() is True and runtime.shared_cpu_arena() is True  # once
     x = np.random.default_rng(1).normal(0, 1, (5, 3, 8, 8)).astype(np.float32)
     own = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     want = own.run(None, {tm.input_name: x})
-    for threads in (None, 1):
-        sess = tm.session(threads=threads)
-        opts = sess.get_session_options()
-        assert opts.get_session_config_entry("session.use_env_allocators") == "1"
-        if threads:
-            assert opts.intra_op_num_threads == threads
-        for a, b in zip(sess.run(None, {tm.input_name: x}), want):
-            np.testing.assert_array_equal(a, b)
+    try:
+        for shared in (False, True):
+            runtime.share_cpu_arena(shared)
+            assert runtime.shared_cpu_arena() is shared
+            for threads in (None, 1):
+                sess = tm.session(threads=threads)
+                opts = sess.get_session_options()
+                assert _config(opts, "session.use_env_allocators") == ("1" if shared else None)
+                if threads:
+                    assert opts.intra_op_num_threads == threads
+                for a, b in zip(sess.run(None, {tm.input_name: x}), want):
+                    np.testing.assert_array_equal(a, b)
+    finally:
+        runtime.share_cpu_arena(False)
+
+
+def test_the_probe_command_shares_the_arena_and_the_python_api_does_not(tmp_path):
+    """`nasprobe probe` ends with its job, so its sessions share one arena; nasprobe.probe()
+    in a long-lived process (a notebook) leaves each session its own, freed with it."""
+    from click.testing import CliRunner
+
+    import nasprobe
+    from nasprobe.cli import main
+    from tests.core.conftest import write_runs
+
+    probe = write_runs(tmp_path, ["a"], 5, seed=1, probe_seed=2)
+    runtime.share_cpu_arena(False)
+    try:
+        nasprobe.probe([tmp_path / "a"], probe=probe, out=tmp_path / "api.zarr", progress=False)
+        assert runtime.shared_cpu_arena() is False
+        result = CliRunner().invoke(main, ["probe", str(tmp_path / "a"), "--probe", str(probe),
+                                           "--out", str(tmp_path / "cli.zarr")])
+        assert result.exit_code == 0, result.output
+        assert runtime.shared_cpu_arena() is True
+    finally:
+        runtime.share_cpu_arena(False)
