@@ -15,6 +15,7 @@ flight at once are what :func:`sub_batch_size` accounts for.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import deque
@@ -88,10 +89,12 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self
     return None
 
 
+@functools.cache
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (e.g. a cluster job's share of a
     node), else ``os.cpu_count()``, and no more than a cgroup CPU quota allows
-    (:func:`cgroup_cpu_limit`: a container limited to 2 CPUs on a 64-core host counts 2)."""
+    (:func:`cgroup_cpu_limit`: a container limited to 2 CPUs on a 64-core host counts 2).
+    Read once per process: the NAS kernel asks on every call."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

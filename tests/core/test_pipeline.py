@@ -240,8 +240,13 @@ def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path, membership, fil
 
 def test_a_cpu_quota_caps_the_cpus_that_streams_are_made_for(monkeypatch):
     """A container limited to one CPU runs one stream, whatever the host's core count."""
+    pipeline.usable_cpus.cache_clear()  # read once per process: read again here
     monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: 1)
-    assert pipeline.usable_cpus() == 1
-    assert pipeline.cpu_streams(pipeline.usable_cpus()) == (1, 1)
-    monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: None)
-    assert pipeline.usable_cpus() == len(__import__("os").sched_getaffinity(0))
+    try:
+        assert pipeline.usable_cpus() == 1
+        assert pipeline.cpu_streams(pipeline.usable_cpus()) == (1, 1)
+        pipeline.usable_cpus.cache_clear()
+        monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: None)
+        assert pipeline.usable_cpus() == len(__import__("os").sched_getaffinity(0))
+    finally:
+        pipeline.usable_cpus.cache_clear()
