@@ -171,8 +171,9 @@ def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np
     if use_c:
         v = np.asarray(values)
         v = np.ascontiguousarray(v, np.float64 if v.dtype == np.float64 else np.float32).ravel()
-        return ckernels.fold(v, count, bin_min, bin_max, hist, np.ascontiguousarray(edges, np.float64),
-                       float(channels), v.dtype == np.float64)
+        return ckernels.fold(v, count, bin_min, bin_max, hist,
+                             np.ascontiguousarray(edges, np.float64), float(channels),
+                             v.dtype == np.float64)
     v = np.asarray(values)
     v = (v if v.dtype == np.float64 else v.astype(np.float32)).astype(np.float64).ravel()
     finite = np.isfinite(v)
