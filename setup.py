@@ -1,12 +1,12 @@
-"""Builds the optional C kernels (nasprobe/ckernels.c); everything else is in pyproject.toml.
+"""Builds the optional C kernels (nasprobe/measures/ckernels.c); everything else is in pyproject.toml.
 
 ``optional=True``: without a C compiler the package still installs and nasprobe falls back to
-computing NAS inside the onnxruntime graph (see nasprobe/kernels.py).
+computing NAS inside the onnxruntime graph (see nasprobe/measures/kernels.py).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("nasprobe.ckernels", ["nasprobe/ckernels.c"],
+setup(ext_modules=[Extension("nasprobe.measures.ckernels", ["nasprobe/measures/ckernels.c"],
                              extra_compile_args=["-O3", "-std=c99", "-ffp-contract=fast",
                                                  "-fno-math-errno", "-fno-trapping-math"],
                              optional=True)])

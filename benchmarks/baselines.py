@@ -39,7 +39,7 @@ def run_ort(folder: Path, probe: Path, batch: int, taps: bool) -> None:
     for f in sorted(folder.glob("*.onnx")):
         model = str(f)
         if taps:
-            from nasprobe.graph import find_taps
+            from nasprobe.onnxgraph.taps import find_taps
 
             m = onnx.load(model)
             have = {o.name for o in m.graph.output}

@@ -8,11 +8,11 @@ script; this says why. On one model and probe set it times, in turn and ``--repe
 * ``taps``: onnxruntime on nasprobe's tapped graph, only the raw tap tensors fetched — the
   floor of any tool that must get pre-activations out of onnxruntime on CPU — once with one
   session on every core, once as the streams a probe job uses
-  (:func:`nasprobe.pipeline.cpu_streams`: on 2 cores two threads, each running whole batches
+  (:func:`nasprobe.job.pipeline.cpu_streams`: on 2 cores two threads, each running whole batches
   with one onnxruntime thread);
 * ``nas``: nasprobe's host NAS kernel over those tap tensors (one thread, and the default);
 * ``fold``: folding the NAS maps into the running statistics;
-* ``epoch``: :func:`nasprobe.tasks.probe_epoch`, as one stream on every core (onnxruntime of
+* ``epoch``: :func:`nasprobe.job.tasks.probe_epoch`, as one stream on every core (onnxruntime of
   the next batch overlapping the host work of the current one) and as a probe job runs it
   (streams).
 
@@ -46,11 +46,12 @@ def timed(func, repeats: int) -> tuple[float, float]:
 def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     import onnxruntime as ort
 
-    from nasprobe import kernels, tasks
-    from nasprobe.aggregate import LayerStats
-    from nasprobe.options import ProbeOptions
-    from nasprobe.pipeline import cpu_streams, prefetched
-    from nasprobe.runtime import intra_op_threads
+    from nasprobe import kernels
+    from nasprobe.job import tasks
+    from nasprobe.job.options import ProbeOptions
+    from nasprobe.job.pipeline import cpu_streams, prefetched
+    from nasprobe.job.runtime import intra_op_threads
+    from nasprobe.measures.aggregate import LayerStats
 
     opts = ProbeOptions(probe=str(probe), batch_size=batch, keep_images=0)
     ctx = tasks.context(tasks.RunSpec("bench", ((str(onnx_file), 0),), opts))

@@ -50,7 +50,7 @@ PARTS = ["startup", "table", "long", "breakdown", "resnet"]
 CPU_SECONDS: dict[tuple, list[float]] = {}
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
 NASPROBE = ("import atexit, os, re, sys\n"
-            "import nasprobe.pipeline as p\n"
+            "import nasprobe.job.pipeline as p\n"
             "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
@@ -164,14 +164,14 @@ def main() -> None:
     parts = args.only.split(",")
     import compileall
 
-    import nasprobe.kernels
+    import nasprobe.measures.kernels
 
-    for package in (Path(nasprobe.kernels.__file__).parent, HERE.parent / "adapters"):
+    for package in (Path(nasprobe.measures.kernels.__file__).parent, HERE.parent / "adapters"):
         compileall.compile_dir(str(package), quiet=1)
 
     print(f"nasprobe probe speed — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"C kernel built: {nasprobe.kernels.available()}", flush=True)
+          f"C kernel built: {nasprobe.measures.kernels.available()}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "startup" in parts:

@@ -161,7 +161,7 @@ def _fmt_onsets(values) -> str:
 
 def summarise(ds, seeds: int) -> dict:
     """Per configuration: per-run values of the table's columns (numpy arrays over seeds)."""
-    from nasprobe.onsets import onsets
+    from nasprobe.measures.onsets import onsets
 
     on = onsets(ds)
     last = int(ds["epoch"].max())
@@ -212,7 +212,7 @@ def write_results(path: Path, rows: dict, *, epochs: int, seeds: int, beta: floa
         f"Values are mean ± sample std (ddof = 1) over the {n} seeds"
         + ("" if n > 1 else " (one seed: no std)")
         + "; loss onsets also per seed in brackets. *Best test accuracy*: the highest accuracy "
-        "on the 500 held-out digits over all epochs. *Loss onset*: `nasprobe.onsets` (the "
+        "on the 500 held-out digits over all epochs. *Loss onset*: `nasprobe.measures.onsets` (the "
         "epoch of the minimum of the Gaussian-smoothed test loss, σ = 2 epochs, accepted only "
         "if the loss rises significantly afterwards; \"none\" where it never does). "
         "*Epoch of min test loss*: the raw (unsmoothed) minimum. Epoch -1 is the untrained "
@@ -290,8 +290,8 @@ def main(argv=None) -> int:
 
     # 2. probe every epoch of every run into one store (one call per architecture)
     import nasprobe
-    from nasprobe.store import Store
-    from nasprobe.training_logs import read_training_log
+    from nasprobe.store.training_logs import read_training_log
+    from nasprobe.store.writer import Store
 
     t0 = time.perf_counter()
     store = out / "nas.zarr"

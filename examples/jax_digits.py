@@ -129,8 +129,8 @@ def main() -> None:
                         help="weight of the NAS regulariser on conv1, conv2, fc (0: off)")
     args = parser.parse_args()
     import nasprobe
-    from nasprobe.store import Store
-    from nasprobe.training_logs import read_training_log
+    from nasprobe.store.training_logs import read_training_log
+    from nasprobe.store.writer import Store
 
     run = args.out / "run"
     shutil.rmtree(run, ignore_errors=True)

@@ -3,7 +3,7 @@
 Trains VanillaNet on scikit-learn's bundled digits (8×8 upscaled to 16×16; nothing is
 downloaded) in 18 configurations × ``--seeds`` seeds, measures NAS of 200 unlabelled probe
 digits after every epoch while training (``nasprobe_torch.LiveNAS``, no checkpoints are
-probed from disk), and compares nasprobe's label-free stopping rules (``nasprobe.stopping``)
+probed from disk), and compares nasprobe's label-free stopping rules (``nasprobe.measures.stopping``)
 with validation-loss early stopping (labels used) and with the oracle epoch of minimum test
 loss. docs/label-free-stopping.md reports what this command produced.
 
@@ -98,7 +98,7 @@ def train_one(cfg, seed: int, epochs: int, out: str) -> str:
     """Train one run, recording NAS and all losses every epoch into ``out/runs/<run>.npz``."""
     import torch
 
-    from nasprobe.stopper import summarize
+    from nasprobe.measures.online_stopper import summarize
     from nasprobe_torch import LiveNAS
     from nasprobe_torch.digits import digits_splits, fit_digits
     from nasprobe_torch.models import vanilla_net
@@ -164,7 +164,7 @@ def load_all(out: Path, runs: list[tuple]) -> xr.Dataset:
     """Every run's record as one Dataset (run, epoch, layer[, quantile])."""
     import xarray as xr
 
-    from nasprobe.aggregate import QUANTILES
+    from nasprobe.measures.aggregate import QUANTILES
 
     recs = [np.load(out / "runs" / f"{run_name(cfg, seed)}.npz") for cfg, seed in runs]
     layers = [str(v) for v in recs[0]["layers"]]

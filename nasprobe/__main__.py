@@ -1,5 +1,5 @@
 """``python -m nasprobe`` runs the command line."""
 
-from .cli import main
+from nasprobe.cli import main
 
 main()

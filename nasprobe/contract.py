@@ -24,7 +24,7 @@ __all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAd
            "unique_layer_name", "LAYER_KEY", "set_node_metadata"]
 
 #: The metadata key of an ONNX node whose value names its layer: an adapter that writes it
-#: decides the layer names (nasprobe.layer_names reads it before any other rule).
+#: decides the layer names (nasprobe.onnxgraph.layer_names reads it before any other rule).
 LAYER_KEY = "nasprobe.layer"
 
 
@@ -116,6 +116,13 @@ class Adapter(Protocol):
         imported here, never when the adapter object itself is imported."""
         ...
 
+    def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
+        """Optional: train the demo network so that it overfits, one checkpoint per epoch
+        (``nasprobe demo``). Returns ``{"run": folder of checkpoints, "probe": probe-set file,
+        "model": the --model spec, "input_shape": model input shape without the batch axis}``.
+        Adapters without a demo raise :class:`NotImplementedError`."""
+        ...
+
 
 class BaseAdapter:
     """Defaults for an :class:`Adapter`: claims files by extension, has no companions.
@@ -142,6 +149,10 @@ class BaseAdapter:
                     ) -> CheckpointSource:
         """Must be defined by the adapter."""
         raise NotImplementedError
+
+    def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
+        """No demo."""
+        raise NotImplementedError(f"the {self.name} adapter has no demo")
 
     def __repr__(self) -> str:
         return f"<nasprobe adapter {self.name!r}>"

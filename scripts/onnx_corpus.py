@@ -299,9 +299,9 @@ def check_order(original: onnx.ModelProto, prepared_taps) -> bool:
 def run_one(entry: Entry, cache: Path) -> dict:
     """Probe one file through the CLI and compare; a row of the table."""
     import nasprobe
-    from nasprobe.graph import find_taps
-    from nasprobe.onnx_prepare import prepare_model
-    from nasprobe.onnx_source import load_onnx
+    from nasprobe.frameworks.onnx_adapter import load_onnx
+    from nasprobe.onnxgraph.prepare import prepare_model
+    from nasprobe.onnxgraph.taps import find_taps
 
     path = fetch(entry, cache)
     original = onnx.load(str(path))

@@ -14,7 +14,7 @@ The export is refused (``GraphError``) when it could mislabel a tap: a Conv/Line
 no Conv/Gemm/MatMul node reads as it is, or a BatchNorm whose statistics are not the inputs of
 a ``BatchNormalization`` node (folded into the Conv, a linear tap would measure BatchNorm's
 output). Node metadata ``nasprobe.layer`` on each linear operator holds the module path
-(``conv1``, ``block2.conv``); ``nasprobe.graph.find_taps`` reads it (docs/adapters.md).
+(``conv1``, ``block2.conv``); ``nasprobe.onnxgraph.taps.find_taps`` reads it (docs/adapters.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.model_spec import call_model_spec, parse_model_spec
+from nasprobe.frameworks.model_spec import call_model_spec, parse_model_spec
 
 from .formats import orbax_item
 

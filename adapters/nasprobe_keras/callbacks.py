@@ -7,7 +7,7 @@
 * :class:`LiveNASCallback` writes, at each epoch end, the median NAS over all (probe image,
   location) pairs per layer as scalar ``nas_median/<layer>`` (the tag ``nasprobe tensorboard``
   uses) and the mean NAS map per layer as image ``nas_heatmap/<layer>`` (viridis on [0, 1], as
-  ``nasprobe tensorboard`` draws it), with :class:`nasprobe.event_writer.EventWriter`
+  ``nasprobe tensorboard`` draws it), with :class:`nasprobe.report.event_writer.EventWriter`
   (``tensorboard`` package, no TensorFlow).
 
 Both save/probe the *inner* model when training a
@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from nasprobe.event_writer import EventWriter, heatmap_rgba
+from nasprobe.report.event_writer import EventWriter, heatmap_rgba
 
 from .regularizers import NASMonitor, Regularized
 

@@ -4,7 +4,7 @@ probe images.
 :class:`NASEarlyStopping` measures the untrained model at train begin (epoch -1) and, at
 every epoch end, the NAS maps of every Conv/Dense layer (the prediction layer included) on
 ``probe_x``; they are summarised as a store keeps them (median, quantiles) and a rule of
-:mod:`nasprobe.stopping` is applied to the series so far. When it fires,
+:mod:`nasprobe.measures.stopping` is applied to the series so far. When it fires,
 ``model.stop_training`` is set. The rule is causal, so ``nasprobe onsets STORE --rule NAME``
 on checkpoints of the same run gives the same epoch. What the rules are worth:
 docs/label-free-stopping.md.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import keras
 
-from nasprobe.stopper import Stopper, StopperResults
-from nasprobe.stopping import RECOMMENDED
+from nasprobe.measures.online_stopper import Stopper, StopperResults
+from nasprobe.measures.stopping import RECOMMENDED
 from nasprobe_keras.regularizers import NASMonitor, Regularized
 
 __all__ = ["NASEarlyStopping"]
@@ -26,9 +26,9 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
 
     Args:
         probe_x: unlabelled probe inputs ``(P, ...)`` in the model's input layout.
-        rule: a rule of :data:`nasprobe.stopping.RULES` (default
-            :data:`nasprobe.stopping.RECOMMENDED`); its parameters default to
-            :data:`nasprobe.stopping.DEFAULTS` (chosen by the study).
+        rule: a rule of :data:`nasprobe.measures.stopping.RULES` (default
+            :data:`nasprobe.measures.stopping.RECOMMENDED`); its parameters default to
+            :data:`nasprobe.measures.stopping.DEFAULTS` (chosen by the study).
         patience: the rule's condition must hold this many consecutive epochs.
         min_epochs: never stop before this (0-based) epoch.
         layers: which layers to tap (default ``"."``: every Conv/Dense, the prediction layer
@@ -39,7 +39,7 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
 
     Attributes: ``stop_epoch`` (None until the rule fires), ``signals`` (per epoch the
     signals the rule saw), :meth:`dataset` (the NAS series). A ``Regularized`` wrapper's inner
-    model is measured. Each decision is logged on the ``nasprobe.stopping`` logger (INFO).
+    model is measured. Each decision is logged on the ``nasprobe.measures.stopping`` logger (INFO).
     """
 
     def __init__(self, probe_x, rule: str | None = None, *, patience: int | None = None,

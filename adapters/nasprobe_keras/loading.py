@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.model_spec import call_model_spec
+from nasprobe.frameworks.model_spec import call_model_spec
 
 __all__ = ["read_weights", "load_model", "load_architecture_json", "model_from_spec",
            "find_architecture_file"]

@@ -145,7 +145,7 @@ class SparsityReg(_ActivationReg):
 
 def filter_correlations(f, centring: str = "paper"):
     """Differentiable ``(D, D)`` filter correlations of ``f`` ``(D, K)`` (see
-    :func:`nasprobe.correlation.filter_correlations`; zero-norm filters give 0; not clipped)."""
+    :func:`nasprobe.measures.correlation.filter_correlations`; zero-norm filters give 0; not clipped)."""
     f = float32_or_64(f)
     if centring == "paper":
         u = f - _mean(f, axis=0, keepdims=True)

@@ -3,14 +3,14 @@
 * :class:`CheckpointWriter` writes ``init.pt`` (epoch -1) and ``epoch_{epoch:03d}.pt`` (the
   model's ``state_dict``) plus ``metrics.csv`` (``epoch,train_loss,train_accuracy,test_loss,
   test_accuracy``), the layout ``nasprobe probe FOLDER`` and
-  ``nasprobe.training_logs.read_training_log`` understand. Epochs are 0-based: epoch ``e`` is
+  ``nasprobe.store.training_logs.read_training_log`` understand. Epochs are 0-based: epoch ``e`` is
   the model after ``e + 1`` passes over the training data.
 * ``NASCheckpointCallback`` (attribute resolved lazily; needs the ``lightning`` package) does
   the same from a Lightning ``Trainer``.
 * :class:`LiveNAS` writes median NAS per layer (scalars ``nas_median/<layer>``, the tag
   ``nasprobe tensorboard`` uses) and the mean NAS heatmap per layer (images
   ``nas_heatmap/<layer>``, viridis on ``[0, 1]``) to TensorBoard with
-  :class:`nasprobe.event_writer.EventWriter` (needs the ``tensorboard`` package).
+  :class:`nasprobe.report.event_writer.EventWriter` (needs the ``tensorboard`` package).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasprobe.event_writer import EventWriter, heatmap_rgba
+from nasprobe.report.event_writer import EventWriter, heatmap_rgba
 
 from .regularizers import NASMonitor
 from .taps import unwrap
@@ -118,7 +118,7 @@ class LiveNAS:
         model: the model (DDP unwrapped).
         probe_x: probe inputs ``(P, ...)``, a tensor or array, moved to the model's device.
         logdir: TensorBoard log folder (or pass ``writer``, a
-            :class:`nasprobe.event_writer.EventWriter`).
+            :class:`nasprobe.report.event_writer.EventWriter`).
         layers, tap, exclude_bias: as :class:`nasprobe_torch.regularizers.NASMonitor`.
         batch_size: probe images per forward pass (default: all at once).
 

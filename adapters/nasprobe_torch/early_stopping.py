@@ -8,7 +8,7 @@
 
 After every epoch the NAS maps of every Conv/Linear layer (the prediction layer included) on
 ``probe_x`` are summarised as a store keeps them (median, quantiles) and the rule of
-:mod:`nasprobe.stopping` is applied to the series so far. The rule is causal, so
+:mod:`nasprobe.measures.stopping` is applied to the series so far. The rule is causal, so
 ``nasprobe onsets STORE --rule NAME`` on checkpoints of the same run gives the same epoch.
 What the study measured about the rules (and their limits) is in docs/label-free-stopping.md.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from nasprobe.stopper import Stopper, StopperResults
-from nasprobe.stopping import RECOMMENDED
+from nasprobe.measures.online_stopper import Stopper, StopperResults
+from nasprobe.measures.stopping import RECOMMENDED
 
 __all__ = ["NASEarlyStopping", "NASEarlyStoppingCallback"]  # noqa: F822 (module __getattr__)
 
@@ -39,19 +39,19 @@ class NASEarlyStopping(StopperResults):
     Args:
         model: the network (DDP unwrapped); its Conv/Linear layers are tapped.
         probe_x: unlabelled probe inputs ``(P, ...)`` (tensor or array).
-        rule: a rule of :data:`nasprobe.stopping.RULES` (default: the study's recommendation,
-            :data:`nasprobe.stopping.RECOMMENDED`); its parameters default to
-            :data:`nasprobe.stopping.DEFAULTS` (chosen by the study).
+        rule: a rule of :data:`nasprobe.measures.stopping.RULES` (default: the study's recommendation,
+            :data:`nasprobe.measures.stopping.RECOMMENDED`); its parameters default to
+            :data:`nasprobe.measures.stopping.DEFAULTS` (chosen by the study).
         patience: the rule's condition must hold this many consecutive epochs.
         min_epochs: never stop before this (0-based) epoch.
         layers: which layers to tap (default ``"."``: every Conv/Linear, the prediction layer
             last; the rules' default deep layers are the two before it).
         tap, exclude_bias, batch_size: as :class:`nasprobe_torch.LiveNAS`.
-        **params: the rule's other parameters (see :data:`nasprobe.stopping.DEFAULTS`).
+        **params: the rule's other parameters (see :data:`nasprobe.measures.stopping.DEFAULTS`).
 
     Attributes: ``stop_epoch`` (None until the rule fires), ``signals`` (per epoch the
     signals the rule saw), :meth:`dataset` (the NAS series). Each decision is logged on the
-    ``nasprobe.stopping`` logger (INFO).
+    ``nasprobe.measures.stopping`` logger (INFO).
     """
 
     def __init__(self, model: nn.Module, probe_x, rule: str | None = None, *,

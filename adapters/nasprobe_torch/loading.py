@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.model_spec import call_model_spec, parse_model_spec
+from nasprobe.frameworks.model_spec import call_model_spec, parse_model_spec
 
 __all__ = [
     "StateDict",

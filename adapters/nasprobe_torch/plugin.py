@@ -5,6 +5,8 @@ Importing this module imports neither torch nor the rest of the adapter.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nasprobe.contract import BaseAdapter, Checkpoint, CheckpointSource, SourceOptions
 
 __all__ = ["TorchAdapter", "adapter"]
@@ -25,6 +27,13 @@ class TorchAdapter(BaseAdapter):
 
         return make_source(checkpoints, model=options.model, input_shape=options.input_shape,
                            trust_pickle=options.trust_pickle)
+
+    def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
+        """VanillaNet-s trained on 150 of scikit-learn's digits (16x16) with Adam until it
+        overfits; see :func:`nasprobe_torch.digits.train_digits`."""
+        from .digits import train_digits
+
+        return {**train_digits(folder, epochs=epochs, seed=seed), "input_shape": (1, 16, 16)}
 
 
 #: The instance the entry point names.

@@ -182,7 +182,7 @@ def _filters(module: nn.Module) -> torch.Tensor:
 def filter_correlations(f: torch.Tensor, centring: str = "paper") -> torch.Tensor:
     """Differentiable filter correlation matrix ``(D, D)`` of filters ``f`` ``(D, K)``.
 
-    Same definition as :func:`nasprobe.correlation.filter_correlations`: ``"paper"`` centres by
+    Same definition as :func:`nasprobe.measures.correlation.filter_correlations`: ``"paper"`` centres by
     the layer's mean filter, ``"pearson"`` by each filter's own mean; zero-norm filters give 0.
     Not clipped to ``[-1, 1]`` (clipping would cut gradients); computed in float32 or float64.
     """

@@ -7,6 +7,10 @@ Kinds (one module each): ``line`` (2021 Fig. 2b/3), ``stripes`` (2021 Fig. 2c/5)
 ``heatmaps`` (2021 Fig. 4), ``corr`` (2020 Fig. 7), ``entropy`` (2020 Fig. 5).
 Runs are grouped into configurations as described in :mod:`nasprobe.plots.select`.
 Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global state).
+
+Owns every figure kind (one module each), the selection of runs and layers (:mod:`.select`)
+and the shared look (:mod:`.style`). May import matplotlib, xarray, :mod:`nasprobe.measures`
+(onsets drawn on the figures), :mod:`nasprobe.store` (layer group names) and the base modules.
 """
 
 from __future__ import annotations

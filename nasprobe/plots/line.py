@@ -6,7 +6,7 @@ dark navy (first layer) over blue to light teal (last) and drawn in a line style
 with several runs in the group the line is the
 median over runs and a band spans their minimum to maximum (a functional box plot). The test
 loss (median over the group's runs) is drawn in red on a second y axis, with a dashed red
-vertical line at the loss onset (:func:`nasprobe.onsets.loss_onset`).
+vertical line at the loss onset (:func:`nasprobe.measures.onsets.loss_onset`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :func:`load_probe_set` opens ``.npy``/``.npz`` arrays (:mod:`.probeset`) or a folder of images
 (:mod:`.folders`) and fits them to a model input (:mod:`.layout`); the rules are in
 :mod:`nasprobe.probesets.probeset`'s docstring and docs/.
+
+Owns reading probe sets and fitting them to a model's input. May import numpy, Pillow (image
+folders only) and :mod:`nasprobe.errors`.
 """
 
 from .layout import IMAGE_SUFFIXES

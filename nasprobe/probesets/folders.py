@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ProbeSetError
+from nasprobe.errors import ProbeSetError
+
 from .layout import IMAGE_SUFFIXES, MODES, Layout, check_labels, fits, format_dims
 
 __all__ = ["FolderSource", "folder_labels", "folder_source", "open_image", "DECODERS",

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ProbeSetError
+from nasprobe.errors import ProbeSetError
 
 __all__ = ["Layout", "CHANNELS", "MODES", "IMAGE_SUFFIXES", "format_dims", "fits",
            "model_layout", "check_labels"]

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ProbeSetError
+from nasprobe.errors import ProbeSetError
+
 from .layout import CHANNELS, Layout, check_labels, fits, format_dims, model_layout
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from nasprobe import runtime
+from nasprobe.job import runtime
 from tests.core import onnx_models as om
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import pytest
 
-from nasprobe import adapters
-from nasprobe.checkpoints import find_checkpoints
 from nasprobe.contract import Adapter, SourceOptions
+from nasprobe.frameworks import registry as adapters
+from nasprobe.frameworks.checkpoints import find_checkpoints
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
@@ -112,7 +112,7 @@ def test_the_registry_imports_no_framework():
     frameworks: the plug-in objects are cheap."""
     frameworks = sorted({m.split(".")[0] for a in adapters.registered().values()
                          for m in a.requires} - {"onnx"})
-    code = ("import sys, json; from nasprobe import adapters; adapters.registered(); "
+    code = ("import sys, json; from nasprobe.frameworks import registry as adapters; adapters.registered(); "
             "adapters.extensions(); "
             f"print(json.dumps([m for m in {frameworks!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

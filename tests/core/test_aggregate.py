@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from nasprobe.aggregate import NAS_BINS, QUANTILES, LayerStats
-from nasprobe.measures import entropy_from_nas
+from nasprobe.measures.aggregate import NAS_BINS, QUANTILES, LayerStats
+from nasprobe.measures.nas import entropy_from_nas
 
 
 @pytest.mark.parametrize("kind", ["beta", "clustered", "dense", "ties"])

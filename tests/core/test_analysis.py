@@ -6,8 +6,8 @@ import xarray as xr
 from click.testing import CliRunner
 from matplotlib.figure import Figure
 
-import nasprobe.analysis  # noqa: F401  (registers the accessor)
-from nasprobe import onsets as onsets_mod
+import nasprobe.accessor  # noqa: F401  (registers the accessor)
+from nasprobe.measures import onsets as onsets_mod
 from tests.core.figures_data import make_dataset, make_tree
 
 METHODS = ["lineplot", "stripes", "heatmaps", "corr_hist", "entropy"]
@@ -87,7 +87,7 @@ def test_onsets_method_matches_onsets_function():
 
 
 def test_plot_command_writes_figures(tmp_path):
-    import nasprobe.cli_figures  # noqa: F401  (registers `plot` on the group)
+    import nasprobe.cli.figures  # noqa: F401  (registers `plot` on the group)
     from nasprobe.cli import main
 
     store = tmp_path / "s.zarr"

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import nasprobe
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
 from tests.hostile import (
     assert_refused,
     make_store,

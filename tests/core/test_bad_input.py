@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 

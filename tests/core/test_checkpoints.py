@@ -2,8 +2,8 @@
 
 import pytest
 
-from nasprobe.checkpoints import detect_framework, find_checkpoints, parse_epoch
 from nasprobe.errors import CheckpointError, NasprobeError
+from nasprobe.frameworks.checkpoints import detect_framework, find_checkpoints, parse_epoch
 
 
 @pytest.mark.parametrize("name,epoch", [

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.measures import nas
+from nasprobe.measures.nas import nas
 from tests.core import onnx_models as om
 
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 import nasprobe
 from nasprobe import stopping
 from nasprobe.cli import main
-from nasprobe.cli_onsets import parse_params
+from nasprobe.cli.onsets import parse_params
 
 
 @pytest.fixture

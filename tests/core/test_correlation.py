@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.correlation import CORR_BINS, corr_histogram, sampled_filters
+from nasprobe.measures.correlation import CORR_BINS, corr_histogram, sampled_filters
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 

@@ -4,8 +4,9 @@ import re
 
 from click.testing import CliRunner
 
-from nasprobe import kernels, pipeline
+from nasprobe import cpus, kernels
 from nasprobe.cli import main
+from nasprobe.job import pipeline
 
 
 def _lines(result) -> dict[str, str]:
@@ -29,7 +30,7 @@ def test_doctor_on_this_machine_with_the_real_packages():
     assert kernels.available() and got["C kernel"].startswith("built, ")
     path, isa = got["C kernel"][len("built, "):].rsplit(", ", 1)
     assert path.endswith(".so") and "ckernels" in path and isa == kernels.simd()
-    streams, threads = pipeline.cpu_streams(pipeline.usable_cpus())
+    streams, threads = pipeline.cpu_streams(cpus.usable_cpus())
     assert re.fullmatch(rf"{streams} streams? of {threads} threads? \(\d+ usable CPUs?\)",
                         got["CPU probe epochs"])
     assert got["numpy"] == f"numpy {numpy.__version__}"

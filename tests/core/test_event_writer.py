@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nasprobe.event_writer import EventWriter, heatmap_rgba, heatmap_scale
+from nasprobe.report.event_writer import EventWriter, heatmap_rgba, heatmap_scale
 
 
 def test_scalars_and_images_round_trip(tmp_path):

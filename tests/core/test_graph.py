@@ -6,9 +6,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from nasprobe.errors import GraphError
-from nasprobe.graph import find_taps
-from nasprobe.measures import nas
-from nasprobe.nas_graph import build_probe_graph
+from nasprobe.measures.nas import nas
+from nasprobe.onnxgraph.nas_graph import build_probe_graph
+from nasprobe.onnxgraph.taps import find_taps
 from tests.core import onnx_models as om
 
 
@@ -98,7 +98,7 @@ def test_layers_regex_and_errors():
 
 
 def test_layer_names_from_torch_scopes_and_old_exporter():
-    from nasprobe.layer_names import layer_name
+    from nasprobe.onnxgraph.layer_names import layer_name
 
     n = helper.make_node("Conv", ["x", "w"], ["y"], name="node_Conv_3")
     p = n.metadata_props.add()
@@ -158,7 +158,7 @@ def test_shape_inference_on_the_weightless_view_infers_what_the_full_model_does(
     import onnx
     from onnx import shape_inference
 
-    from nasprobe.graph_index import SHAPE_VALUES, shape_view
+    from nasprobe.onnxgraph.index import SHAPE_VALUES, shape_view
 
     if source == "big_reshape":
         model = _big_reshape_net(np.random.default_rng(0))

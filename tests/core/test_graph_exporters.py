@@ -9,9 +9,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from nasprobe.errors import GraphError
-from nasprobe.graph import find_taps
-from nasprobe.layer_names import layer_name
-from nasprobe.nas_graph import build_probe_graph
+from nasprobe.onnxgraph.layer_names import layer_name
+from nasprobe.onnxgraph.nas_graph import build_probe_graph
+from nasprobe.onnxgraph.taps import find_taps
 from tests.core import onnx_models as om
 from tests.core.test_onnx_prepare import nas64
 

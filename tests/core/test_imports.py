@@ -28,14 +28,16 @@ def test_cli_imports_no_plotting_science_or_framework_library():
 def test_the_nas_accessor_waits_for_a_figure_to_import_matplotlib():
     code = "import xarray as xr, nasprobe\nassert hasattr(xr.Dataset, 'nas')"
     assert _loaded(code) == []
-    assert _loaded("import nasprobe.analysis") == []
+    assert _loaded("import nasprobe.accessor") == []
 
 
 def test_lazy_package_attributes():
-    code = ("import sys, types, nasprobe, nasprobe.probe\n"
-            "m = sys.modules['nasprobe.probe']\n"
-            "assert isinstance(m, types.ModuleType) and callable(nasprobe.probe)\n"
-            "assert nasprobe.probe is m.probe and callable(nasprobe.open_store)\n"
+    code = ("import nasprobe, nasprobe.job.probe_job as m\n"
+            "assert callable(nasprobe.probe) and nasprobe.probe is m.probe\n"
+            "assert callable(nasprobe.open_store)\n"
+            "from nasprobe import kernels, stopping\n"
+            "assert kernels.__name__ == 'nasprobe.measures.kernels'\n"
+            "assert stopping.__name__ == 'nasprobe.measures.stopping'\n"
             "assert nasprobe.nas([[1.0, 1.0]], axis=1).shape == (1,)\n"
             "import xarray as xr\nassert hasattr(xr.DataTree, 'nas')\n"
             "try:\n    nasprobe.no_such_name\nexcept AttributeError:\n    pass\n"

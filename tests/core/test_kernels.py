@@ -1,4 +1,4 @@
-"""The compiled host kernels (nasprobe/ckernels.c) against the numpy reference and fallback."""
+"""The compiled host kernels (nasprobe/measures/ckernels.c) against the numpy reference and fallback."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nasprobe import kernels
-from nasprobe.aggregate import FINE_BINS, NAS_BINS
-from nasprobe.measures import entropy_from_nas, nas
+from nasprobe.measures.aggregate import FINE_BINS, NAS_BINS
+from nasprobe.measures.nas import entropy_from_nas, nas
 
 # The extension is built wherever the tests run (the Makefile installs with a C compiler): a
 # missing build is a failure, never a skip.
@@ -17,8 +17,8 @@ _c = kernels.ckernels
 
 
 def test_kernels_are_built():
-    assert kernels.available(), "nasprobe.ckernels is not built: run `make` (needs a C compiler)"
-    from nasprobe import ckernels  # noqa: F401 - importable under its public name too
+    assert kernels.available(), "nasprobe.measures.ckernels is not built: run `make` (needs a C compiler)"
+    from nasprobe.measures import ckernels  # noqa: F401 - importable under its public name too
     # the clone the loader picked is named (doctor prints it)
     assert kernels.simd() in {"x86-64-v4 (AVX-512)", "x86-64-v3 (AVX2, FMA)",
                               "x86-64 baseline (SSE2)", "one build for this CPU family (no clones)"}
@@ -380,7 +380,7 @@ def test_nas_rows_rejects_sizes_whose_product_overflows():
     # written past empty buffers. In a subprocess, so that a crash fails this test only.
     code = textwrap.dedent("""
         import numpy as np
-        from nasprobe import ckernels
+        from nasprobe.measures import ckernels
         e = np.zeros(0, np.float32)
         try:
             ckernels.nas_rows(e, 2**62, 1, 1, np.zeros(1, np.float32), e, 0, 2**62)

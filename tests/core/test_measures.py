@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from nasprobe.measures import entropy, entropy_from_nas, nas, nas_from_entropy, perplexity
+from nasprobe.measures.nas import entropy, entropy_from_nas, nas, nas_from_entropy, perplexity
 
 TABLE = [  # a, H, rho, s  (docs/measures.md)
     ([0, 0, 0, 0], 1.386294, 4.000000, 0.000000),

@@ -9,8 +9,8 @@ import pytest
 
 import nasprobe
 from nasprobe.errors import StoreError
-from nasprobe.store import Store
-from nasprobe.training_logs import TrainingLogError, store_metric_names
+from nasprobe.store.training_logs import TrainingLogError, store_metric_names
+from nasprobe.store.writer import Store
 from tests.hostile import assert_refused, make_store, probe, tree_digest
 
 OWN = ("nas_median", "nas_hist", "probed", "channels", "corr_hist", "loss")

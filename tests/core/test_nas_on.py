@@ -8,12 +8,13 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 import nasprobe
-from nasprobe import kernels, tasks
-from nasprobe.aggregate import NAS_BINS
+from nasprobe import kernels
 from nasprobe.cli import main
 from nasprobe.errors import NasprobeError
-from nasprobe.store import group_name
-from nasprobe.tasks import host_nas
+from nasprobe.job import tasks
+from nasprobe.job.tasks import host_nas
+from nasprobe.measures.aggregate import NAS_BINS
+from nasprobe.store.writer import group_name
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 

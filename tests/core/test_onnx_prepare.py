@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 import nasprobe
 from nasprobe.cli import main
 from nasprobe.errors import GraphError
-from nasprobe.graph import find_taps, untappable
-from nasprobe.onnx_prepare import prepare_model
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
+from nasprobe.onnxgraph.prepare import prepare_model
+from nasprobe.onnxgraph.taps import find_taps, untappable
 
 
 def nas64(a, axis):

@@ -13,10 +13,10 @@ from onnx import helper
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.graph import find_taps
-from nasprobe.onnx_prepare import prepare_model
-from nasprobe.onnx_source import load_onnx
-from nasprobe.probe import run_info
+from nasprobe.frameworks.onnx_adapter import load_onnx
+from nasprobe.job.probe_job import run_info
+from nasprobe.onnxgraph.prepare import prepare_model
+from nasprobe.onnxgraph.taps import find_taps
 from tests.core.test_onnx_prepare import nas64
 
 DATA = Path(__file__).parent / "data" / "thirdparty"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nasprobe.onsets import loss_onset, nas_onset, onsets, smooth
+from nasprobe.measures.onsets import loss_onset, nas_onset, onsets, smooth
 from tests.core.figures_data import make_dataset
 
 

@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
@@ -103,7 +103,7 @@ class KillBeforeCommitOnce(WorkerPlugin):
         self.marker = str(marker)
 
     def setup(self, worker):
-        from nasprobe.store import RunWriter
+        from nasprobe.store.writer import RunWriter
 
         original = getattr(RunWriter.commit, "original", RunWriter.commit)
         marker = self.marker
@@ -119,7 +119,7 @@ class KillBeforeCommitOnce(WorkerPlugin):
         RunWriter.commit = commit
 
     def teardown(self, worker):
-        from nasprobe.store import RunWriter
+        from nasprobe.store.writer import RunWriter
 
         RunWriter.commit = getattr(RunWriter.commit, "original", RunWriter.commit)
 
@@ -150,9 +150,9 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
     Python-tracked memory (numpy included) grows with neither epochs nor runs."""
     import onnxruntime as ort
 
-    from nasprobe.aggregate import LayerStats
-    from nasprobe.store import RunWriter
-    from nasprobe.tasks import EpochResult, Outcome
+    from nasprobe.job.tasks import EpochResult, Outcome
+    from nasprobe.measures.aggregate import LayerStats
+    from nasprobe.store.writer import RunWriter
 
     rng = np.random.default_rng(0)
     probe = tmp_path / "probe.npy"
@@ -240,7 +240,7 @@ class DieAtEpoch(WorkerPlugin):
         self.epoch = int(epoch)
 
     def setup(self, worker):
-        from nasprobe.store import RunWriter
+        from nasprobe.store.writer import RunWriter
 
         original = getattr(RunWriter.write_epoch, "original", RunWriter.write_epoch)
         target = self.epoch

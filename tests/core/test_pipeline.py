@@ -7,11 +7,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from nasprobe import pipeline, runtime, tasks
-from nasprobe.aggregate import LayerStats
-from nasprobe.graph import find_taps
-from nasprobe.kernels import nas_map
-from nasprobe.nas_graph import build_tap_graph
+from nasprobe import cpus
+from nasprobe.job import pipeline, runtime, tasks
+from nasprobe.measures.aggregate import LayerStats
+from nasprobe.measures.kernels import nas_map
+from nasprobe.onnxgraph.nas_graph import build_tap_graph
+from nasprobe.onnxgraph.taps import find_taps
 from nasprobe.probesets import load_probe_set
 from tests.core import onnx_models as om
 
@@ -219,7 +220,7 @@ def _cgroup(tmp_path, membership, files):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     (tmp_path / "self-cgroup").write_text(membership)
-    return pipeline.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "self-cgroup"))
+    return cpus.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "self-cgroup"))
 
 
 @pytest.mark.parametrize("membership, files, limit", [
@@ -240,13 +241,13 @@ def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path, membership, fil
 
 def test_a_cpu_quota_caps_the_cpus_that_streams_are_made_for(monkeypatch):
     """A container limited to one CPU runs one stream, whatever the host's core count."""
-    pipeline.usable_cpus.cache_clear()  # read once per process: read again here
-    monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: 1)
+    cpus.usable_cpus.cache_clear()  # read once per process: read again here
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a: 1)
     try:
-        assert pipeline.usable_cpus() == 1
-        assert pipeline.cpu_streams(pipeline.usable_cpus()) == (1, 1)
-        pipeline.usable_cpus.cache_clear()
-        monkeypatch.setattr(pipeline, "cgroup_cpu_limit", lambda *a: None)
-        assert pipeline.usable_cpus() == len(__import__("os").sched_getaffinity(0))
+        assert cpus.usable_cpus() == 1
+        assert pipeline.cpu_streams(cpus.usable_cpus()) == (1, 1)
+        cpus.usable_cpus.cache_clear()
+        monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a: None)
+        assert cpus.usable_cpus() == len(__import__("os").sched_getaffinity(0))
     finally:
-        pipeline.usable_cpus.cache_clear()
+        cpus.usable_cpus.cache_clear()

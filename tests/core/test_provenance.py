@@ -5,16 +5,14 @@ job keeps them, and later jobs add to them instead of replacing them."""
 from __future__ import annotations
 
 import html
-import importlib
 import json
 
 from click.testing import CliRunner
 
 from nasprobe.cli import main
-from nasprobe.probe import run_info
+from nasprobe.job import probe_job as job
+from nasprobe.job.probe_job import run_info
 from tests.hostile import probe, write_onnx_run, write_probe
-
-job = importlib.import_module("nasprobe.probe")  # the module (nasprobe.probe is the function)
 
 
 def _info(store) -> str:

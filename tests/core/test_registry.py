@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from nasprobe import adapters, contract
-from nasprobe.checkpoints import find_checkpoints
+from nasprobe import contract
 from nasprobe.errors import EpochError, NasprobeError, NoCheckpointError
-from nasprobe.onnx_source import OnnxSource
-from nasprobe.options import ProbeOptions
-from nasprobe.probe import run_folders, run_info
+from nasprobe.frameworks import registry as adapters
+from nasprobe.frameworks.checkpoints import find_checkpoints
+from nasprobe.frameworks.onnx_adapter import OnnxSource
+from nasprobe.job.options import ProbeOptions
+from nasprobe.job.probe_job import run_folders, run_info
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
@@ -121,7 +122,7 @@ def test_probe_reads_a_plugins_folder_checkpoints(plugins, tmp_path, labelled_pr
 def test_framework_choices_and_messages_come_from_the_registry(plugins, tmp_path):
     import click
 
-    from nasprobe.cli_probe import framework_options
+    from nasprobe.cli.probe import framework_options
 
     @click.command()
     @framework_options

@@ -4,10 +4,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from nasprobe import runtime
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.graph import find_taps
-from nasprobe.nas_graph import build_probe_graph
+from nasprobe.job import runtime
+from nasprobe.onnxgraph.nas_graph import build_probe_graph
+from nasprobe.onnxgraph.taps import find_taps
 from tests.core import onnx_models as om
 from tests.core.conftest import ORT_LOG
 

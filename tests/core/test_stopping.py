@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nasprobe import stopper, stopping
-from nasprobe.aggregate import QUANTILES
+from nasprobe import stopping
 from nasprobe.errors import NasprobeError
+from nasprobe.measures import online_stopper as stopper
+from nasprobe.measures.aggregate import QUANTILES
 
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 #: no smoothing, no patience, no start epoch: firing epochs can be worked out by hand

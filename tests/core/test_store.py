@@ -13,10 +13,10 @@ from click.testing import CliRunner
 import nasprobe
 from nasprobe.cli import main
 from nasprobe.errors import NasprobeError, StoreError
-from nasprobe.migrate import migrate
-from nasprobe.storage import checked_path, location
-from nasprobe.store import LayerInfo, Store
-from nasprobe.store_read import committed_epochs
+from nasprobe.store.migrate import migrate
+from nasprobe.store.reader import committed_epochs
+from nasprobe.store.storage import checked_path, location
+from nasprobe.store.writer import LayerInfo, Store
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent
 from tests.core.conftest import write_run, write_runs
@@ -229,7 +229,7 @@ def test_url_is_never_a_local_path(tmp_path, monkeypatch):
 
 def test_info_reads_a_legacy_store_and_its_migrated_copy_alike(tmp_path):
     """`nasprobe info` reads a 0.1 store through its xarray view and a current one with zarr
-    alone (nasprobe.store_runs): the same runs, epochs, layers and metrics either way."""
+    alone (nasprobe.store.runs): the same runs, epochs, layers and metrics either way."""
     new = tmp_path / "new.zarr"
     assert CliRunner().invoke(main, ["migrate", LEGACY, "--out", str(new)]).exit_code == 0
     old_out = CliRunner().invoke(main, ["info", LEGACY])

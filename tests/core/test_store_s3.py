@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.storage import location
-from nasprobe.store_read import committed_epochs
+from nasprobe.store.reader import committed_epochs
+from nasprobe.store.storage import location
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent
 from tests.core.conftest import write_run, write_runs

@@ -11,7 +11,7 @@ import xarray as xr
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from nasprobe.tensorboard import LogdirError, heatmap_rgba, run_folder, write_tensorboard
+from nasprobe.report.tensorboard import LogdirError, heatmap_rgba, run_folder, write_tensorboard
 
 LAYERS = {"features.0": (4, 5), "rnn/seq": (6,), "fc": ()}  # layer → spatial shape
 
@@ -148,9 +148,9 @@ def test_existing_events_need_overwrite(tmp_path):
 def test_cli_tensorboard_from_store_on_disk(tmp_path):
     from click.testing import CliRunner
 
-    import nasprobe.cli_report  # noqa: F401  (registers the command)
+    import nasprobe.cli.report  # noqa: F401  (registers the command)
     from nasprobe.cli import main
-    from nasprobe.store import open_store
+    from nasprobe.store.writer import open_store
 
     tree = synthetic_tree(n_epochs=5)
     root = tree.to_dataset(inherit=False)
@@ -179,7 +179,7 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(LogdirError, match=r"nasprobe\[tensorboard\]"):
         write_tensorboard(synthetic_tree(n_epochs=3), tmp_path)
-    from nasprobe.training_logs import TrainingLogError, read_training_log
+    from nasprobe.store.training_logs import TrainingLogError, read_training_log
 
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
     with pytest.raises(TrainingLogError, match=r"nasprobe\[tensorboard\]"):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nasprobe.training_logs import TrainingLogError, canonical_metric_name, read_training_log
+from nasprobe.store.training_logs import TrainingLogError, canonical_metric_name, read_training_log
 
 RNG = np.random.default_rng(5)
 EPOCHS = 4

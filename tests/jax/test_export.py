@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import GraphError
-from nasprobe.graph import find_taps
+from nasprobe.onnxgraph.taps import find_taps
 from nasprobe_jax.export import label_and_verify
 from nasprobe_jax.source import JaxSource
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from nasprobe import adapters
 from nasprobe.cli import main
+from nasprobe.frameworks import registry as adapters
 from nasprobe_jax.loading import fit_state, flatten_tree, parse_model_spec, read_checkpoint
 from nasprobe_jax.plugin import adapter
 
@@ -135,7 +135,7 @@ def test_checkpoint_manager_steps_are_checkpoints(jax_run, tmp_path):
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from nasprobe.checkpoints import find_checkpoints
+    from nasprobe.frameworks.checkpoints import find_checkpoints
 
     net = jax_run["nets"][2]
     with ocp.CheckpointManager((tmp_path / "mgr").resolve()) as mgr:

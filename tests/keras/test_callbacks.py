@@ -11,10 +11,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
-from nasprobe.checkpoints import parse_epoch  # noqa: E402
-from nasprobe.measures import nas  # noqa: E402
-from nasprobe.tensorboard import heatmap_scale  # noqa: E402
-from nasprobe.training_logs import read_training_log  # noqa: E402
+from nasprobe.frameworks.checkpoints import parse_epoch  # noqa: E402
+from nasprobe.measures.nas import nas  # noqa: E402
+from nasprobe.report.tensorboard import heatmap_scale  # noqa: E402
+from nasprobe.store.training_logs import read_training_log  # noqa: E402
 from nasprobe_keras.callbacks import CheckpointCallback, LiveNASCallback  # noqa: E402
 from nasprobe_keras.regularizers import NASReg, Regularized  # noqa: E402
 

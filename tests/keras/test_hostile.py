@@ -6,7 +6,7 @@ from __future__ import annotations
 import h5py
 
 import nasprobe
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
 from tests.hostile import assert_refused, probe, write_probe
 
 from .conftest import cnn, randomize

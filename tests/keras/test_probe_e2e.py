@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nasprobe
-from nasprobe.measures import nas
+from nasprobe.measures.nas import nas
 from tests.keras.conftest import cnn, save_epochs
 
 # Keras layers whose (tap) tensor feeds the nonlinearity: fused activations in cnn().

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from keras import ops  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nasprobe.correlation import filter_correlations, lower_triangle  # noqa: E402
-from nasprobe.measures import entropy, nas, perplexity  # noqa: E402
+from nasprobe.measures.correlation import filter_correlations, lower_triangle  # noqa: E402
+from nasprobe.measures.nas import entropy, nas, perplexity  # noqa: E402
 from nasprobe_keras.regularizers import DecorrReg, NASMonitor, NASReg, Regularized, SparsityReg  # noqa: E402
 from nasprobe_torch.regularizers import (
     DecorrReg as TDecorrReg,  # noqa: E402

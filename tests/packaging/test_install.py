@@ -100,14 +100,15 @@ def test_built_package_installs_and_works(tmp_path):
     # What they hold: every package of the tree, the built kernel in the wheel, its C source
     # and the documentation in the sdist, the license in both.
     packages = package_dirs(files)
-    assert {"nasprobe", "nasprobe/plots", "nasprobe_torch", "nasprobe_keras"} <= packages
+    assert {"nasprobe", "nasprobe/plots", "nasprobe/store", "nasprobe/job", "nasprobe_torch",
+            "nasprobe_keras"} <= packages
     in_wheel = zipfile.ZipFile(wheel).namelist()
     for pkg in packages:
         assert f"{pkg}/__init__.py" in in_wheel, f"{pkg} is missing from the wheel"
     in_tree = [f.removeprefix("adapters/") for f in files if f.endswith(".py")]
     py_files = {f for f in in_tree if Path(f).parent.as_posix() in packages}
     assert py_files <= set(in_wheel), sorted(py_files - set(in_wheel))
-    assert any(n.startswith("nasprobe/ckernels.") and n.endswith(".so") for n in in_wheel)
+    assert any(n.startswith("nasprobe/measures/ckernels.") and n.endswith(".so") for n in in_wheel)
     assert not any(n.endswith(".c") for n in in_wheel)
     assert f"nasprobe-{version}.dist-info/licenses/LICENSE" in in_wheel
     metadata = zipfile.ZipFile(wheel).read(f"nasprobe-{version}.dist-info/METADATA").decode()
@@ -115,7 +116,7 @@ def test_built_package_installs_and_works(tmp_path):
                  "Project-URL: ", "Provides-Extra: cpu", "Provides-Extra: gpu"]:
         assert line in metadata, line
     in_sdist = {m.name.split("/", 1)[1] for m in tarfile.open(sdist).getmembers() if m.isfile()}
-    for name in ["nasprobe/ckernels.c", "setup.py", "pyproject.toml", "LICENSE", "README.md",
+    for name in ["nasprobe/measures/ckernels.c", "setup.py", "pyproject.toml", "LICENSE", "README.md",
                  "docs/README.md", "docs/measures.md", "docs/cli.md", "docs/store.md"]:
         assert name in in_sdist, name
     sources = {f for f in files if f.endswith(".py") and f.startswith(("nasprobe/", "adapters/"))}
@@ -183,7 +184,7 @@ def test_built_package_installs_and_works(tmp_path):
                   "print(m.distribution('nasprobe').read_text('direct_url.json'))"],
                  cwd=work, env=env).stdout
     assert json.loads(direct)["url"].endswith(sdist.name)
-    res = run([python, "-c", "import nasprobe.kernels as k, nasprobe.ckernels as c; "
+    res = run([python, "-c", "import nasprobe.measures.kernels as k, nasprobe.measures.ckernels as c; "
                "print(k.available(), c.__file__)"], cwd=work, env=env)
     available, so = res.stdout.split()
     assert available == "True" and Path(so).is_relative_to(venv)

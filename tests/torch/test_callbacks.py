@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprobe.checkpoints import parse_epoch
-from nasprobe.measures import nas
-from nasprobe.tensorboard import heatmap_scale
-from nasprobe.training_logs import read_training_log
+from nasprobe.frameworks.checkpoints import parse_epoch
+from nasprobe.measures.nas import nas
+from nasprobe.report.tensorboard import heatmap_scale
+from nasprobe.store.training_logs import read_training_log
 from nasprobe_torch.callbacks import CheckpointWriter, LiveNAS
 
 
@@ -135,8 +135,8 @@ def test_live_nas_event_files(tmp_path):
 
 def test_live_nas_equals_posthoc_probe(tmp_path):
     """docs/measures.md: the training-time NAS equals nasprobe's post-hoc value on the checkpoint."""
-    from nasprobe.probe import probe
-    from nasprobe.store import open_store
+    from nasprobe.job.probe_job import probe
+    from nasprobe.store.writer import open_store
     from nasprobe_torch.models import vanilla_net
 
     kwargs = dict(widths=(4, 4, 6, 6, 8), in_channels=1, classes=3, input_size=8)

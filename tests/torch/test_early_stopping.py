@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from nasprobe import stopping
 from nasprobe.cli import main
-from nasprobe.measures import nas
+from nasprobe.measures.nas import nas
 from nasprobe_torch.callbacks import CheckpointWriter
 from nasprobe_torch.digits import digits_splits
 from nasprobe_torch.early_stopping import NASEarlyStopping

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from nasprobe.checkpoints import find_checkpoints
+from nasprobe.frameworks.checkpoints import find_checkpoints
 from nasprobe_torch import make_source
 
 from .conftest import FACTORIES, linear_outputs, run_onnx, save_pair, torch_taps

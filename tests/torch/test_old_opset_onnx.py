@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import nasprobe
-from nasprobe.probe import run_info
+from nasprobe.job.probe_job import run_info
 
 
 def _nas64(a, axis):

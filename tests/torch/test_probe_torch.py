@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import nasprobe
-from nasprobe.correlation import corr_histogram
-from nasprobe.measures import nas
+from nasprobe.measures.correlation import corr_histogram
+from nasprobe.measures.nas import nas
 from nasprobe_torch import models
 
 from .conftest import TINY, randomize

@@ -1,4 +1,4 @@
-"""nasprobe_torch.regularizers: values against numpy (nasprobe.measures/correlation), gradients
+"""nasprobe_torch.regularizers: values against numpy (nasprobe.measures.nas/correlation), gradients
 against finite differences (float64), in-place ReLU, autocast, DDP, and short trainings."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprobe.correlation import filter_correlations, lower_triangle
-from nasprobe.measures import entropy, nas, perplexity
+from nasprobe.measures.correlation import filter_correlations, lower_triangle
+from nasprobe.measures.nas import entropy, nas, perplexity
 from nasprobe_torch.regularizers import DecorrReg, NASMonitor, NASReg, SparsityReg
 
 LAYERS = ["0", "3", "7"]  # conv, conv, hidden linear; "9" is the prediction layer

@@ -1,0 +1,58 @@
+"""The ``nasprobe`` command line (docs/cli.md). Errors go to stderr; exit codes:
+0 success, 1 unexpected failure, 2 bad input (a :class:`~nasprobe.errors.NasprobeError`),
+130 interrupted (the store keeps every epoch finished before the interruption).
+
+Owns the commands (one module per group of commands: :mod:`.probe` for probe, export, info,
+migrate and demo; :mod:`.figures`; :mod:`.onsets`; :mod:`.report`; :mod:`.doctor`; the demo job in
+:mod:`.demo`) and the path-or-URL parameter type (:mod:`.paths`). The top layer: it may import
+every package; nothing in nasprobe imports it but ``python -m nasprobe``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from nasprobe._version import __version__
+from nasprobe.errors import JobFailedError, MissingExtraError, NasprobeError
+
+from .doctor import doctor
+from .figures import plot
+from .onsets import onsets_command
+from .probe import demo_cmd, export_cmd, info_cmd, migrate_cmd, probe_cmd
+from .report import report_command, tensorboard_command
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NasprobeError as exc:
+            click.echo(f"nasprobe: error: {exc}", err=True)
+            sys.exit(2)
+        except JobFailedError as exc:
+            click.echo(f"nasprobe: failed (not a problem with the input): {exc}", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as exc:  # an optional dependency (an extra) not installed
+            missing = MissingExtraError.from_import(exc)
+            if missing is None:
+                raise
+            click.echo(f"nasprobe: error: {missing}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("nasprobe: interrupted; finished epochs are kept, run the same "
+                       "command again to continue", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="nasprobe")
+def main() -> None:
+    """Neural Activation Sparsity of saved checkpoints: probe, store, plot."""
+
+
+# Commands live in modules named after what they do, as plain click commands; the group adds them.
+for command in (probe_cmd, export_cmd, info_cmd, migrate_cmd, demo_cmd, report_command,
+                tensorboard_command, plot, doctor, onsets_command):
+    main.add_command(command)

@@ -1,0 +1,89 @@
+"""The batch loop's helpers: run batches on worker threads while the caller folds finished
+ones, split the CPU into streams, and size host-mode sub-batches so that raw tap tensors fit a
+memory budget.
+
+onnxruntime releases the GIL while a session runs, and so does the compiled NAS kernel
+(:mod:`nasprobe.measures.kernels`). On CPU a probe epoch runs as several *streams*
+(:func:`cpu_streams`): each worker thread takes whole batches through one shared session
+(onnxruntime's ``run`` may be called from several threads at once) and the NAS kernel, with
+few threads each, instead of one batch at a time spread over every core: no core waits at the
+end of each operator for the others (on the project's 2-core machine two one-thread streams
+took 4–8 % less time per image than one two-thread stream; README, *Speed*).
+:func:`prefetched` keeps the workers busy and hands results back in order; the batches in
+flight at once are what :func:`sub_batch_size` accounts for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+__all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "tap_bytes_per_image",
+           "sub_batch_size", "cpu_streams", "prefetched"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Bytes of raw tap tensors that host-mode NAS may hold at once (all batches in flight).
+HOST_TAP_BUDGET = 512 * 2**20
+#: Batches whose outputs are alive at once under :func:`prefetched` with one worker.
+IN_FLIGHT = 2
+#: Most streams :func:`cpu_streams` splits the CPU into.
+MAX_STREAMS = 4
+
+
+def tap_bytes_per_image(shapes: Iterable[tuple[int, ...]], itemsize: int = 4) -> int:
+    """Bytes one image adds to the raw tap tensors, from each tap's shape without the batch
+    axis (e.g. ``(D, H, W)``) and the element size (float32: 4)."""
+    return sum(math.prod(s) for s in shapes) * itemsize
+
+
+def sub_batch_size(batch_size: int, per_image: int, budget: int = HOST_TAP_BUDGET,
+                   in_flight: int = IN_FLIGHT) -> int:
+    """Images per onnxruntime run: ``batch_size``, or fewer so that ``in_flight`` runs of
+    ``per_image`` bytes per image stay within ``budget`` bytes (at least one image)."""
+    if per_image <= 0:
+        return batch_size
+    return max(1, min(batch_size, budget // (in_flight * per_image)))
+
+
+def cpu_streams(cores: int) -> tuple[int, int]:
+    """How a probe epoch on ``cores`` CPU cores is split: ``(streams, threads)``, each stream a
+    worker thread running whole batches with ``threads`` onnxruntime and NAS-kernel threads.
+
+    As many streams as cores, up to :data:`MAX_STREAMS` (more would multiply the memory of the
+    batches in flight for little gain), choosing among 2..MAX_STREAMS the split that leaves
+    the fewest cores idle (ties: more streams): 1 core → (1, 1), 2 → (2, 1), 6 → (3, 2),
+    16 → (4, 4).
+    """
+    cores = max(1, int(cores))
+    if cores < 2:
+        return 1, 1
+    best = max(range(2, min(cores, MAX_STREAMS) + 1),
+               key=lambda s: (s * (cores // s), s))
+    return best, cores // best
+
+
+def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
+               ) -> Iterator[tuple[T, R]]:
+    """Yield ``(item, run(item))`` in the order of ``items``, ``run`` working on the next
+    ``workers`` items on worker threads while the caller handles the current one.
+
+    At most ``workers + 1`` results are alive at once (``workers`` running, one with the
+    caller). An exception of ``run`` is raised where its result is yielded; a caller that
+    stops early waits for the runs still in flight.
+    """
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="nasprobe-run") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(run, item)))
+            if len(pending) > workers:
+                done = pending.popleft()
+                yield done[0], done[1].result()
+                del done
+        while pending:
+            done = pending.popleft()
+            yield done[0], done[1].result()
+            del done

@@ -1,0 +1,373 @@
+"""The probe job: runs' checkpoints → tapped ONNX → onnxruntime → statistics → the store.
+
+:func:`probe` is the coordinator. It finds each run's checkpoints, builds each run's tapped
+model once (to learn its layers), creates this job's group for each run in the store
+(:meth:`nasprobe.store.writer.Store.open_run`), then runs one task per (run, epoch) still to do — in
+this process, or on Dask workers (``workers=``/``scheduler=``, see :mod:`nasprobe.job.parallel`).
+A task (:func:`nasprobe.job.tasks.run_epoch`) probes one checkpoint, writes its chunks and commits
+the epoch last, so a stopped job continues where it stopped, a serial and a parallel job write
+the same store, and other jobs may write the same store at once (docs/store-design.md). The pure part,
+:func:`probe_epoch`, takes a session and a probe set and returns numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from nasprobe._version import __version__
+from nasprobe.errors import (
+    CheckpointError,
+    EpochError,
+    JobFailedError,
+    NasprobeError,
+    NoCheckpointError,
+    StoreError,
+)
+from nasprobe.frameworks.checkpoints import (
+    Checkpoint,
+    checkpoints_in,
+    find_checkpoints,
+    parse_epoch,
+)
+from nasprobe.frameworks.registry import is_checkpoint
+from nasprobe.store.layer_check import PlannedRun, check_layers
+from nasprobe.store.storage import checked_path, is_url, local_copy, location
+from nasprobe.store.writer import LayerInfo, RunWriter, Store, new_job_id
+
+from .options import ProbeOptions
+from .tasks import (
+    EpochResult,
+    EpochTask,
+    Outcome,
+    RunSpec,
+    context,
+    output_kind,
+    probe_epoch,
+    run_epoch,
+)
+
+__all__ = ["probe", "probe_epoch", "EpochResult", "ProbeOptions", "output_kind", "run_folders",
+           "run_info"]
+
+
+def _folder_name(p: Path) -> str:
+    return p.name or p.resolve().name
+
+
+def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
+                ) -> list[tuple[str, list[Path]]]:
+    """Split the CHECKPOINTS arguments into runs: ``[(run name, inputs)]``.
+
+    Several arguments that are all folders (and not themselves checkpoints, as orbax folders
+    are) are one run each, named after the folder (``nasprobe probe runs/*``); anything else —
+    one folder, or checkpoints — is one run named ``run`` (default: the folder's name, or the
+    folder of the first checkpoint).
+
+    Raises:
+        NasprobeError: ``run`` given with several run folders, or two run folders of one name.
+    """
+    items = [Path(c) for c in checkpoints]
+    if not items:
+        raise NasprobeError("no checkpoints given")
+    runs = [p.is_dir() and not is_checkpoint(p) for p in items]
+    if len(items) > 1 and all(runs):
+        if run:
+            raise NasprobeError(f"--run names one run, but {len(items)} run folders were given "
+                                "(each folder is a run named after it); drop --run")
+        seen: dict[str, Path] = {}
+        for p in items:
+            name = _folder_name(p)
+            if name in seen:
+                raise CheckpointError(p, f"run folder of the same name as {seen[name]}; runs "
+                                      "are named after their folders, so names must differ")
+            seen[name] = p
+        return [(name, [p]) for name, p in seen.items()]
+    first = items[0]
+    return [(run or (_folder_name(first) if runs[0] else first.parent.name), items)]
+
+
+def _explicit(inputs: list[Path]) -> list[Path]:
+    """Run folders replaced by their checkpoints."""
+    out: list[Path] = []
+    for p in inputs:
+        out.extend(checkpoints_in(p) if p.is_dir() and not is_checkpoint(p) else [p])
+    return out
+
+
+def _find(inputs: list[Path], epoch_regex: str | None, on_error: str,
+          skipped: dict[str, str]) -> list[Checkpoint]:
+    """The run's checkpoints. With ``on_error="skip"``, files without an epoch and every file
+    of an epoch claimed twice are left out and recorded in ``skipped`` (path → reason)."""
+    files = inputs
+    while True:
+        try:
+            return find_checkpoints(files, epoch_regex)
+        except NoCheckpointError as exc:
+            _hint_subfolders(Path(exc.path), exc)
+            raise
+        except EpochError as exc:
+            bad = Path(exc.path)
+            if on_error == "fail":
+                raise
+            files = _explicit(files)
+            epoch = parse_epoch(bad, epoch_regex)
+            drop = [bad] if epoch is None else \
+                [f for f in files if parse_epoch(f, epoch_regex) == epoch]
+            for f in drop:
+                others = ", ".join(str(o) for o in drop if o != f)
+                skipped[str(f)] = (exc.message if epoch is None else
+                                   f"claims epoch {epoch}, as does {others}")
+                print(f"nasprobe: skipped {f}: {skipped[str(f)]}", file=sys.stderr)
+            files = [f for f in files if f not in drop]
+            if not files:
+                raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
+                                      f"{', '.join(skipped)})") from exc
+
+
+def _hint_subfolders(folder: Path, exc: NoCheckpointError) -> None:
+    subs = [q for q in sorted(folder.iterdir()) if q.is_dir() and checkpoints_in(q)]
+    if subs:
+        names = ", ".join(q.name for q in subs[:4]) + (", …" if len(subs) > 4 else "")
+        raise NoCheckpointError(folder, f"folder holds no checkpoint file, but its sub-folders "
+                              f"{names} do: pass them as runs, e.g. nasprobe probe "
+                              f"{folder}/*") from exc
+
+
+@dataclass
+class _Plan:
+    """One run as the coordinator sees it."""
+
+    spec: RunSpec
+    infos: list[LayerInfo]
+    epochs: list[int]
+    provenance: dict
+    attrs: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+    nonfinite: dict[str, list[str]] = field(default_factory=dict)
+    writer: RunWriter | None = None
+
+
+def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error,
+          origin: dict[str, str] | None = None) -> _Plan:
+    """Find the run's checkpoints and build its tapped model once (in this process's cache).
+    With ``on_error="skip"`` a first checkpoint that cannot give the architecture is skipped
+    and the next one tried."""
+    skipped: dict[str, str] = {}
+    found = _find(inputs, epoch_regex, on_error, skipped)
+    ckpts = list(found)
+    while True:
+        spec = RunSpec(run=name, checkpoints=tuple((_origin(c.path, origin), c.epoch) for c in ckpts),
+                       options=options)
+        try:
+            ctx = context(spec)
+            break
+        except CheckpointError as exc:
+            if on_error == "fail" or Path(exc.path) != ckpts[0].path:
+                raise
+            skipped[str(ckpts[0].path)] = exc.message
+            print(f"nasprobe: skipped {exc}", file=sys.stderr)
+            ckpts = ckpts[1:]
+            if not ckpts:
+                raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
+                                      f"{', '.join(skipped)})") from exc
+    spec = replace(spec, probe_sha256=ctx.probeset.sha256)
+    infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth)
+             for t in ctx.taps]
+    provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
+                  "checkpoints": len(found), "provider": ctx.tapped.provider,
+                  "nas_on": "host" if ctx.host else "graph",
+                  "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256,
+                  **getattr(ctx.source, "provenance", {})}
+    attrs = {"nasprobe_version": __version__, "tap": options.tap,
+             "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
+             "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
+             "framework": ctx.source.framework}
+    return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs, skipped)
+
+
+def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
+          options: ProbeOptions | None = None, run: str | None = None,
+          epoch_regex: str | None = None, on_error: str = "fail", force: bool = False,
+          progress: bool = True, workers: int | None = None, scheduler=None,
+          **option_fields: Any) -> Path:
+    """Probe every checkpoint of one or more runs and write NAS statistics into the store ``out``.
+
+    What is measured is given either as ``options`` (a :class:`~nasprobe.job.options.ProbeOptions`)
+    or as its fields in keyword arguments, e.g. ``probe(ckpts, out=..., probe="probe.npz",
+    tap="preact")``; ``model``, ``input_shape`` and ``trust_pickle`` are accepted there too
+    (see :meth:`ProbeOptions.build <nasprobe.job.options.ProbeOptions.build>`).
+
+    Args:
+        checkpoints: a folder of checkpoints (epochs parsed from file names) and/or files: one
+            run. Several folders: one run each, named after the folder (see :func:`run_folders`).
+        out: the zarr store (created, or extended: runs and epochs already there are kept).
+        options: the probe options (or give their fields as keyword arguments).
+        run: the run's name (default: the folder's name); only with a single run.
+        epoch_regex: overrides the epoch patterns of file names.
+        on_error: ``fail`` stops at the first bad checkpoint; ``skip`` records it under the
+            run's ``skipped`` provenance and goes on with the other epochs.
+        force: allow a store written with another probe set.
+        progress: a progress bar over finished (run, epoch) tasks on stderr.
+        workers: run the tasks on a new local Dask cluster of this many processes.
+        scheduler: run them on an existing Dask scheduler (``tcp://HOST:PORT`` or a Client).
+        **option_fields: the fields of :class:`~nasprobe.job.options.ProbeOptions` (``probe``,
+            ``framework``, ``tap``, ``nas_on``...), when ``options`` is not given. ``nas_on``:
+            ``graph`` (NAS appended to the ONNX graph), ``host`` (raw taps out of onnxruntime,
+            NAS by the fused C kernel of :mod:`nasprobe.measures.kernels`) or ``auto`` (host on CPU when
+            the kernel is built, else graph); results agree to 1e-5.
+
+    Returns:
+        The store path. Epochs already stored are skipped, so running the same call again after
+        an interruption continues where it stopped. Epochs with non-finite weights are stored
+        (NaN statistics where affected) with a warning, and listed under ``nonfinite``.
+    """
+    if options is None:
+        if "probe" not in option_fields:
+            raise NasprobeError("no probe set given (probe=...)")
+        options = ProbeOptions.build(**option_fields)
+    elif option_fields:
+        raise NasprobeError(f"give options= or its fields ({', '.join(option_fields)}), "
+                            "not both")
+    if on_error not in ("fail", "skip"):
+        raise NasprobeError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if workers is not None and scheduler is not None:
+        raise NasprobeError("give --workers or --scheduler, not both")
+    _check_out(out)
+    origin: dict[str, str] = {}  # local copy → URL, for checkpoints on object storage
+    local = []
+    for c in checkpoints:
+        if is_url(checked_path(c)):
+            copy = local_copy(str(c))
+            origin[str(copy.resolve())] = str(c).rstrip("/")
+            local.append(copy)
+        else:
+            local.append(c)
+    groups = run_folders(local, run)
+    plans: list[_Plan] = []
+    for name, inputs in groups:
+        try:
+            plans.append(_plan(name, inputs, options, epoch_regex, on_error, origin))
+        except CheckpointError as exc:
+            if on_error == "fail" or len(groups) == 1:
+                raise
+            print(f"nasprobe: skipped run {name}: {exc}", file=sys.stderr)
+    if not plans:
+        raise NasprobeError("no run could be probed (see the messages above)")
+    store = Store(out)
+    check_layers(store.loc, [PlannedRun(p.spec.run, str(p.spec.checkpoints[0][0]), p.infos,
+                                        p.epochs) for p in plans])
+    for plan in plans:
+        store.create_or_check(plan.attrs, force=force)
+    job = new_job_id()
+    tasks = []
+    for plan in plans:
+        kept = min(options.keep_images, plan.attrs["probe_size"])  # no padding past the set
+        plan.writer = store.open_run(
+            plan.spec.run, plan.epochs, plan.infos, kept, plan.provenance, job=job,
+            attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source",
+                                              "probe_sha256")})
+        paths = {epoch: path for path, epoch in plan.spec.checkpoints}
+        tasks += [EpochTask(plan.spec, paths[epoch], epoch, plan.writer)
+                  for epoch in plan.writer.todo]
+    _execute(tasks, {p.spec.run: p for p in plans}, on_error, progress, workers, scheduler)
+    for plan in plans:
+        if plan.skipped != plan.provenance["skipped"] or plan.nonfinite:
+            plan.provenance["skipped"] = plan.skipped
+            if plan.nonfinite:
+                plan.provenance["nonfinite"] = plan.nonfinite
+            plan.writer.set_provenance(plan.provenance)
+    return out if is_url(str(out)) else Path(out)
+
+
+def _origin(path: Path, origin: dict[str, str] | None) -> str:
+    """The URL a downloaded file or folder came from (tasks fetch it again where they run, see
+    :func:`nasprobe.store.storage.local_copy`), else the local path."""
+    text = str(Path(path).resolve())
+    for local, url in (origin or {}).items():
+        if text == local or text.startswith(local + os.sep):
+            return url + text[len(local):].replace(os.sep, "/")
+    return str(path)
+
+
+def _check_out(out: str | os.PathLike) -> None:
+    """Refuse, before any work, a store path that cannot be a store folder (URLs are checked
+    by their backend when written)."""
+    loc = location(out)
+    if not loc.local:
+        return
+    out = loc.path()
+    if out.exists() and not out.is_dir():
+        raise StoreError(out, "is a file, not a store folder; use another --out")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(out, f"cannot be created: {parent} is a file, not a folder")
+    if not out.exists() and not os.access(parent, os.W_OK):
+        raise StoreError(out, f"cannot be created: {parent} is not writable")
+
+
+def _record(plan: _Plan) -> None:
+    """Write the run's provenance (skipped files, epochs with non-finite weights) into this
+    job's record now, not only when the job ends: an interrupted job keeps what it learned.
+    Each job has its own record; readers merge them (see nasprobe.store.reader)."""
+    plan.provenance["skipped"] = dict(plan.skipped)
+    if plan.nonfinite:
+        plan.provenance["nonfinite"] = dict(plan.nonfinite)
+    plan.writer.set_provenance(plan.provenance)
+
+
+def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, progress: bool,
+             workers: int | None, scheduler) -> None:
+    """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
+    desc = "probe " + (next(iter(plans)) if len(plans) == 1 else f"{len(plans)} runs")
+    bar = tqdm(total=len(tasks), desc=desc, unit="epoch", disable=not progress,
+               file=sys.stderr)
+
+    def handle(o: Outcome) -> bool:
+        bar.update(1)
+        plan = plans[o.run]
+        if o.status == "crashed" and on_error == "fail":  # not the file's fault
+            raise JobFailedError(f"{o.path}: {o.message}")
+        if o.status in ("error", "crashed"):
+            if on_error == "fail":
+                raise CheckpointError(o.path, o.message)
+            plan.skipped[o.path] = o.message
+            print(f"nasprobe: skipped {o.path}: {o.message}", file=sys.stderr)
+            _record(plan)
+            return True
+        if o.nonfinite:
+            plan.nonfinite[o.path] = o.nonfinite
+            _record(plan)
+            warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
+                          "of affected layers is recorded as NaN", stacklevel=4)
+        bar.set_postfix(provider=o.provider.replace("ExecutionProvider", ""))
+        return True
+
+    try:
+        if workers is None and scheduler is None:
+            for task in tasks:
+                if not handle(run_epoch(task)):
+                    break
+        else:
+            from .parallel import dask_client, run_on_dask
+
+            with dask_client(workers, scheduler) as client:
+                run_on_dask(client, tasks, handle)
+    finally:
+        bar.close()
+
+
+def run_info(path: str | os.PathLike) -> dict:
+    """The ``runs`` provenance attribute of a store, parsed (run → dict)."""
+    from nasprobe.store.writer import open_store
+
+    return json.loads(open_store(path).attrs.get("runs", "{}"))

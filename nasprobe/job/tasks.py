@@ -1,0 +1,389 @@
+"""One (run, epoch) as a self-contained task: the unit of work of serial and Dask probing.
+
+A task (:class:`EpochTask`) holds only small, picklable things — a :class:`RunSpec` (paths and
+options), one checkpoint's path (or URL) and epoch, and the job's
+:class:`~nasprobe.store.writer.RunWriter` for the run — and rebuilds the heavy objects (checkpoint
+source, tapped ONNX graph,
+onnxruntime model, probe set) itself. They are cached per process in a small LRU keyed by
+:attr:`RunSpec.key`, so a worker builds a run's tapped model once and keeps at most
+:data:`CACHE_SIZE` of them: memory grows with neither the number of epochs nor of runs.
+
+:func:`run_epoch` writes the epoch with one :meth:`nasprobe.store.writer.RunWriter.write_epoch` call
+(its chunks, then the commit marker; see docs/store-design.md) and returns a small
+:class:`Outcome`; nothing per epoch is kept after it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from typing import Any
+
+import numpy as np
+from onnx import numpy_helper
+
+from nasprobe.contract import Checkpoint
+from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError
+from nasprobe.frameworks.registry import open_source
+from nasprobe.measures.aggregate import LayerStats
+from nasprobe.measures.correlation import corr_histogram
+from nasprobe.measures.kernels import available as kernels_available, nas_map
+from nasprobe.onnxgraph.nas_graph import build_probe_graph, build_tap_graph
+from nasprobe.onnxgraph.taps import Tap, find_taps
+from nasprobe.probesets import ProbeSet, load_probe_set
+from nasprobe.store.storage import local_copy
+
+from . import pipeline
+from .options import ProbeOptions
+from .pipeline import cpu_streams, prefetched, sub_batch_size, tap_bytes_per_image
+from .runtime import CPU, CUDA, TappedModel, intra_op_threads, run_batch, select_providers
+
+__all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
+           "probe_epoch", "run_batch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
+
+#: Run contexts (tapped model + probe set) kept per process.
+CACHE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a process needs to rebuild one run's tapped model; small and picklable.
+
+    ``checkpoints`` are ``(path, epoch)`` pairs of the run (the first gives the architecture);
+    ``options`` are the job's :class:`~nasprobe.job.options.ProbeOptions`. ``probe_sha256``, once
+    known, lets a worker check that it reads the probe set the coordinator hashed. ``key``
+    identifies the run's tapped model in the per-process cache: the run, its checkpoints and
+    the options' fingerprint.
+    """
+
+    run: str
+    checkpoints: tuple[tuple[str, int], ...]
+    options: ProbeOptions
+    probe_sha256: str | None = None
+
+    @cached_property
+    def key(self) -> str:
+        """Cache key of the run's tapped model (see the class docstring)."""
+        text = json.dumps([self.run, self.checkpoints, self.options.fingerprint])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def ckpts(self) -> list[Checkpoint]:
+        """The run's checkpoints as :class:`~nasprobe.contract.Checkpoint` objects."""
+        return [Checkpoint(local_copy(p), e) for p, e in self.checkpoints]
+
+
+@dataclass(frozen=True)
+class EpochTask:
+    """One (run, epoch) of a probe job: the argument of :func:`run_epoch`.
+
+    Attributes:
+        spec: the run (paths and options, not objects).
+        path, epoch: the checkpoint and its epoch.
+        writer: the job's :class:`~nasprobe.store.writer.RunWriter` for the run (it commits the
+            epoch; see docs/store-design.md).
+    """
+
+    spec: RunSpec
+    path: str
+    epoch: int
+    writer: Any
+
+
+@dataclass
+class RunContext:
+    """One run's heavy objects, built once per process by :func:`context`.
+
+    ``spatial`` maps layer → location shape of its NAS map (``()`` for a dense layer);
+    ``base`` holds the architecture's initializers (name → array) for the weight correlations;
+    ``kind`` says what the model's first output holds (see :func:`output_kind`); ``fetch``
+    names, per tap, the session output to read: the NAS map, or with ``host`` the raw tap
+    tensor whose NAS :func:`nasprobe.measures.kernels.nas_map` computes.
+    """
+
+    source: Any
+    taps: list[Tap]
+    tapped: TappedModel
+    probeset: ProbeSet
+    spatial: dict[str, tuple[int, ...]]
+    base: dict[str, np.ndarray]
+    kind: str
+    fetch: list[str]
+    host: bool = False
+
+
+@dataclass
+class Outcome:
+    """What a task reports back: ``status`` ``ok``, ``error`` (a bad checkpoint) or
+    ``crashed`` (the process running it died: a failure, not bad input); for ``error`` and
+    ``crashed`` the file and message; for ``ok`` the execution provider and the tensors with
+    non-finite weights."""
+
+    run: str
+    epoch: int
+    path: str
+    status: str = "ok"
+    message: str = ""
+    provider: str = ""
+    nonfinite: list[str] = field(default_factory=list)
+
+
+def output_kind(model) -> str:
+    """``"probs"``, ``"logprobs"`` or ``"logits"``: what the model's first output holds."""
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        if out in node.output:
+            return {"Softmax": "probs", "LogSoftmax": "logprobs"}.get(node.op_type, "logits")
+    return "logits"
+
+
+@dataclass
+class EpochResult:
+    """One epoch's numbers: per-layer summaries, ``loss``/``accuracy`` (NaN without labels),
+    and what left onnxruntime for the host (``fetched_bytes`` over ``images``)."""
+
+    summaries: dict[str, dict]
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: bytes of session outputs copied to the host, and the images they came from
+    fetched_bytes: int = 0
+    images: int = 0
+
+
+def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
+    out = np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)
+    if kind == "probs":
+        return np.log(np.clip(out, 1e-300, None))
+    if kind == "logprobs":
+        return out
+    m = out.max(axis=1, keepdims=True)
+    return out - m - np.log(np.exp(out - m).sum(axis=1, keepdims=True))
+
+
+def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
+                *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
+                input_name: str = "input", fetch: list[str] | None = None,
+                host: bool = False, fixed_batch: int | None = None,
+                tap_budget: int | None = None, bind: bool = False, streams: int = 1,
+                threads: int | None = None) -> EpochResult:
+    """Run the probe set through a tapped session and aggregate every layer's NAS maps.
+
+    Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics,
+    in probe-set order. With labels, cross-entropy ``loss`` (nats, mean over images) and
+    ``accuracy`` (fraction) come from the same forward pass (the model's first output).
+    ``fetch`` names the outputs to read per tap (default ``tap.output``, the in-graph NAS map);
+    with ``host`` they are raw tap tensors and NAS is computed by
+    :func:`nasprobe.measures.kernels.nas_map` (``threads`` kernel threads) on the worker that ran the
+    batch, and a batch is run in sub-batches whose raw taps fit ``tap_budget`` bytes (default
+    :data:`nasprobe.job.pipeline.HOST_TAP_BUDGET`; see :func:`nasprobe.job.pipeline.sub_batch_size`).
+    ``streams`` worker threads run batches through ``session`` at once (make it with a
+    ``threads`` share of the cores: :func:`nasprobe.job.pipeline.cpu_streams`) while this thread
+    folds finished ones (:func:`nasprobe.job.pipeline.prefetched`). A model exported with a fixed
+    batch size ``fixed_batch`` gets batches of exactly that size (the last one padded with
+    zeros, whose outputs are dropped). ``bind``: see :func:`nasprobe.job.runtime.run_batch`.
+    """
+    streams = max(1, int(streams))
+    if fixed_batch:
+        batch_size = fixed_batch
+    elif host:
+        per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
+        budget = pipeline.HOST_TAP_BUDGET if tap_budget is None else tap_budget
+        batch_size = sub_batch_size(batch_size, per_image, budget,
+                                    max(pipeline.IN_FLIGHT, streams))
+    stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
+    names = list(fetch) if fetch is not None else [t.output for t in taps]
+    labelled = probeset.labels is not None
+    out_names = ([session.get_outputs()[0].name] if labelled else []) + names
+    loss_sum, correct, n, fetched = 0.0, 0, 0, 0
+
+    def run(batch):
+        """One batch: its outputs (NAS maps on the host: the raw taps end here) and the bytes
+        that left onnxruntime."""
+        outs = run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
+        size = sum(o.nbytes for o in outs)
+        if host:
+            head = outs[:1] if labelled else []
+            outs = head + [nas_map(o, t.channel_axis, threads=threads)
+                           for t, o in zip(taps, outs[len(head):])]
+        return outs, size
+
+    for (_, xb, yb), (outs, size) in prefetched(probeset.batches(batch_size), run, streams):
+        fetched += size
+        if labelled:
+            lp = _log_probs(outs[0], kind)
+            yb = np.asarray(yb, dtype=np.int64)
+            loss_sum += float(-lp[np.arange(len(yb)), yb].sum())
+            correct += int((lp.argmax(axis=1) == yb).sum())
+            outs = outs[1:]
+        n += len(xb)
+        for t, o in zip(taps, outs):
+            stats[t.layer].update(o)
+        outs = o = None
+    metrics = {}
+    if labelled:
+        metrics = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+    return EpochResult({layer: s.summary() for layer, s in stats.items()}, metrics,
+                       fetched_bytes=fetched, images=n)
+
+
+_CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
+_PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
+
+
+def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
+    """The probe set fitted to ``input_shape``, shared by runs of one architecture."""
+    opts = spec.options
+    k = (opts.probe, tuple(input_shape), opts.mean, opts.std)
+    if k not in _PROBESETS:
+        while len(_PROBESETS) >= CACHE_SIZE:
+            _PROBESETS.popitem(last=False)
+        _PROBESETS[k] = load_probe_set(local_copy(opts.probe), input_shape, mean=opts.mean,
+                                       std=opts.std)
+    _PROBESETS.move_to_end(k)
+    return _PROBESETS[k]
+
+
+def _graph(arch, taps, host: bool, opts: ProbeOptions, label: str):
+    """The tapped graph and the outputs to fetch per tap: raw taps (host) or NAS maps."""
+    if host:
+        return build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
+    graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
+    return graph, [t.output for t in taps]
+
+
+def _build(spec: RunSpec) -> RunContext:
+    ckpts = spec.ckpts()
+    opts = spec.options
+    source = reading(ckpts[0].path, open_source, ckpts, opts.framework, opts.source)
+    arch = reading(ckpts[0].path, source.architecture)
+    label, first = str(ckpts[0].path), ckpts[0].path
+    # A damaged first checkpoint can fail anywhere below (onnx, onnxruntime): `reading`
+    # reports that as the checkpoint's fault, naming it.
+    taps = reading(first, lambda: find_taps(arch, tap=opts.tap, layers=opts.layers,
+                                            source=label))
+    # Where NAS goes depends on the provider that runs: asked-for CUDA may not start.
+    host = host_nas(opts.nas_on, select_providers(opts.device)[0])
+    graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+    tapped = reading(first, lambda: TappedModel(graph, device=opts.device))
+    session = reading(first, tapped.session)
+    if host_nas(opts.nas_on, tapped.provider) != host:  # CUDA fell back to CPU
+        host = True
+        graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+        tapped = reading(first, lambda: TappedModel(graph, device="cpu"))
+        session = reading(first, tapped.session)
+    probeset = _probe_set(spec, tapped.input_shape)
+    # One image through the architecture gives every map's location shape.
+    first_out = [session.get_outputs()[0].name] if probeset.labels is not None else []
+    outs = reading(first, run_batch, session, first_out + fetch, tapped.input_name,
+                   probeset.first(1), tapped.fixed_batch)
+    del session
+    if first_out:  # labels index the model's first output: check them once, here
+        classes = int(np.prod(outs[0].shape[1:]))
+        outs = outs[1:]
+        top = int(probeset.labels.max()) if len(probeset.labels) else -1
+        if top >= classes:
+            raise ProbeSetError(spec.options.probe, f"label {top} is out of range: the model's "
+                                f"output {first_out[0]!r} has {classes} classes (labels must "
+                                f"be 0..{classes - 1})")
+    spatial = {}
+    for t, o in zip(taps, outs):
+        shape = [int(d) for d in o.shape]
+        if host:
+            del shape[t.channel_axis]
+        spatial[t.layer] = tuple(shape[1:])
+    base = reading(first, lambda: {t.name: numpy_helper.to_array(t)
+                                   for t in arch.graph.initializer})
+    return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,
+                      host)
+
+
+def host_nas(nas_on: str, provider: str = CPU) -> bool:
+    """Whether NAS is computed on the host from raw taps (True) or inside the graph (False).
+
+    ``nas_on``: ``graph``, ``host``, or ``auto`` — host when the compiled kernels are built and
+    ``provider`` (the execution provider that runs the session) is not CUDA: on CPU the fused
+    host kernel is cheaper than six graph operators over each tap tensor; on CUDA the graph
+    keeps the taps on the GPU and only maps leave.
+    """
+    if nas_on not in ("auto", "graph", "host"):
+        raise NasprobeError(f"nas_on must be auto, graph or host, not {nas_on!r}")
+    if nas_on == "auto":
+        return kernels_available() and provider != CUDA
+    return nas_on == "host"
+
+
+def context(spec: RunSpec) -> RunContext:
+    """The run's :class:`RunContext`, from this process's cache or built (and cached)."""
+    key = spec.key
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        while len(_CONTEXTS) >= CACHE_SIZE:  # evict first: never CACHE_SIZE + 1 alive at once
+            _CONTEXTS.popitem(last=False)
+        ctx = _build(spec)
+        _CONTEXTS[key] = ctx
+    _CONTEXTS.move_to_end(key)
+    if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
+        raise ProbeSetError(spec.options.probe, "changed while it was being probed (sha256 "
+                            f"{ctx.probeset.sha256[:12]}…, expected {spec.probe_sha256[:12]}…)")
+    return ctx
+
+
+def nonfinite(weights: dict[str, np.ndarray]) -> list[str]:
+    """Names of float tensors in ``weights`` that hold NaN or ±Inf."""
+    return [k for k, v in weights.items()
+            if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+
+
+def reading(path, func, *args):
+    """``func(*args)`` for an adapter reading the checkpoint ``path``; any error but a
+    :class:`~nasprobe.errors.NasprobeError` becomes a :class:`CheckpointError` naming the file
+    (a damaged or hostile file raises whatever its parser raises: ``KeyError`` from h5py,
+    ``ValueError`` from onnx, ``MemoryError`` for absurd sizes...), so that ``--on-error skip``
+    can skip it."""
+    try:
+        return func(*args)
+    except NasprobeError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(path, f"cannot be read ({exc.__class__.__name__}: "
+                              f"{str(exc)[:300]})") from exc
+
+
+def run_epoch(task: EpochTask) -> Outcome:
+    """Probe one checkpoint and commit its (run, epoch) cell; the unit of work of a probe job.
+
+    Returns:
+        An :class:`Outcome`. A checkpoint that cannot be used (corrupt, another architecture)
+        gives ``status="error"`` and leaves its epoch uncommitted; other errors propagate. An
+        epoch that another job committed meanwhile is not probed again.
+    """
+    spec, path, epoch = task.spec, task.path, task.epoch
+    if task.writer.committed_by(epoch) is not None:
+        return Outcome(spec.run, epoch, str(path))
+    ctx = context(spec)
+    ck = Checkpoint(local_copy(path), epoch)
+    # On CPU with host NAS, batches run as streams sharing the usable cores (a cgroup quota
+    # included: pipeline.cpu_streams); with NAS in the graph, one onnxruntime-default stream.
+    streams, threads = (cpu_streams(intra_op_threads()) if ctx.host and ctx.tapped.provider != CUDA
+                        else (1, None))
+    try:
+        weights = reading(ck.path, ctx.source.weights, ck)
+        session = reading(ck.path, partial(ctx.tapped.session, weights, ck.path, threads=threads))
+    except CheckpointError as exc:
+        return Outcome(spec.run, epoch, str(path), "error", exc.message)
+    bad = nonfinite(weights)
+    result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
+                         batch_size=spec.options.batch_size,
+                         keep_images=spec.options.keep_images,
+                         kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
+                         host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
+                         bind=ctx.tapped.provider == CUDA, streams=streams, threads=threads)
+    provider = session.get_providers()[0]
+    del session
+    full = {**ctx.base, **weights}
+    corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
+            if spec.options.corr and np.isfinite(full[t.weight]).all()}
+    del full, weights
+    task.writer.write_epoch(epoch, result.summaries, result.metrics, corr)
+    return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)

@@ -1,0 +1,10 @@
+"""The measures: pure functions of arrays, and nothing else.
+
+Owns NAS, entropy and perplexity (:mod:`.nas`), their streaming statistics (:mod:`.aggregate`)
+and host kernels (:mod:`.kernels`, with the C extension ``ckernels``), filter weight
+correlations (:mod:`.correlation`), overfitting onsets (:mod:`.onsets`), the label-free stopping
+rules (:mod:`.stopping`) and the rule applied epoch by epoch while training
+(:mod:`.online_stopper`).
+
+May import: numpy, scipy and nasprobe's base modules (``errors``, ``cpus``). No I/O.
+"""

@@ -1,0 +1,325 @@
+"""The runs of a NAS store read as plain arrays and dicts, with zarr and json alone.
+
+This is the layer below :func:`nasprobe.store.reader.open_store` (which assembles an xarray view
+from it) and what ``nasprobe info`` reads through :func:`summary`, so that a look at a store
+does not pay for importing xarray, pandas and dask. Commit markers are listed first and only
+the slots they name are read (docs/store-design.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.core.buffer import cpu
+
+from nasprobe.errors import StoreError
+
+from .layout import (
+    CLAIMS,
+    COMMITS,
+    LAYOUT,
+    RUNS,
+    SCALARS,
+    group_name,
+    read_marker,
+    run_name,
+)
+from .provenance import run_probe_sets
+from .storage import Location, location
+
+__all__ = ["LEGACY", "HISTS", "store_layout", "known_layout", "committed_epochs", "read_runs",
+           "merge_layers", "layer_table",
+           "view_attrs", "RunSummary", "StoreSummary", "summary", "metric_order"]
+
+#: What :func:`store_layout` answers for a store of nasprobe 0.1.
+LEGACY = "0.1"
+_COORDS = ("epoch", "layer", "layer_kind", "channels", "locations", "depth")
+#: Histogram-like variables and their last dimension.
+HISTS = (("nas_quantile", "quantile"), ("nas_hist", "nas_bin"), ("corr_hist", "corr_bin"))
+
+
+def store_layout(loc: Location) -> str | None:
+    """``"runs/1"`` (one group per run and job), :data:`LEGACY`, or None (no store there)."""
+    meta = loc.read("zarr.json")
+    if meta is None:
+        return None
+    try:
+        attrs = json.loads(meta).get("attributes", {})
+    except ValueError as exc:
+        raise StoreError(loc.url, f"has an unreadable zarr.json ({exc})") from exc
+    if attrs.get("nasprobe_layout"):
+        return attrs["nasprobe_layout"]
+    return LEGACY if loc.exists("probed", "zarr.json") else None
+
+
+def known_layout(loc: Location) -> str:
+    """The store's layout, :data:`~nasprobe.store.layout.LAYOUT` or :data:`LEGACY`.
+
+    Raises:
+        StoreError: nothing that nasprobe wrote is at ``loc``, or a layout this nasprobe does
+            not know (written by a newer one).
+    """
+    layout = store_layout(loc)
+    if layout is None:
+        raise StoreError(loc.url, "is not a nasprobe store (no zarr.json)")
+    if layout not in (LAYOUT, LEGACY):
+        raise StoreError(loc.url, f"has store layout {layout!r}, which this nasprobe does not "
+                         "know; upgrade nasprobe")
+    return layout
+
+
+def committed_epochs(loc: Location, key: str) -> dict[int, dict]:
+    """The run ``key``'s commit markers: epoch → ``{"job", "index", "epoch"}``."""
+    names = [n for n in loc.listdir(RUNS, key, COMMITS) if n.lstrip("-").isdigit()]
+    got = loc.read_many([f"{RUNS}/{key}/{COMMITS}/{n}/zarr.json" for n in names])
+    out = {}
+    for n in names:
+        m = read_marker(got[f"{RUNS}/{key}/{COMMITS}/{n}/zarr.json"])
+        if m is not None:
+            out[int(n)] = m
+    return out
+
+
+def _array_names(layers: list[str]) -> list[str]:
+    """Paths of a job group's arrays (see :func:`nasprobe.store.writer.Store.open_run`)."""
+    names = ["epoch", "layer", "layer_kind", "channels", "locations", "depth", "loss", "accuracy",
+             *SCALARS, *(n for n, _ in HISTS)]
+    for layer in layers:
+        names += [f"heatmaps/{group_name(layer)}/nas_map", f"heatmaps/{group_name(layer)}/nas_image_map"]
+    return names
+
+
+def _chunk_keys(name: str, meta: dict, slots: list[int]) -> list[str]:
+    """Keys of the chunks of array ``name`` that hold ``slots`` along its first axis (every
+    chunk for the 1-D coordinates)."""
+    shape = meta["shape"]
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    enc = meta.get("chunk_key_encoding", {})
+    sep = enc.get("configuration", {}).get("separator", "/")
+    prefix = "c" + sep if enc.get("name", "default") == "default" else ""
+    grid = [range(-(-s // c)) if s else range(0) for s, c in zip(shape, chunks)]
+    if name not in _COORDS:  # per-epoch variables: only the chunks of these slots
+        grid[0] = sorted({i // chunks[0] for i in slots})
+    return [f"{name}/{prefix}{sep.join(map(str, idx))}" if idx else f"{name}/{prefix}0"
+            for idx in itertools.product(*grid)]
+
+
+def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict,
+              values: bool = True) -> dict:
+    """The arrays of one job group at ``slots``: its metadata in one batch of reads, then the
+    chunks of those slots in another (concurrent requests on object stores), decoded by zarr
+    from memory. Without ``values`` only the coordinates (epoch and the layers) are read."""
+    base = f"{RUNS}/{key}/{job}"
+    layers = json.loads(attrs.get("layers", "[]"))
+    names = _array_names(layers) if values else list(_COORDS)
+    groups = [""]
+    if values:
+        groups += ["heatmaps"] + [f"heatmaps/{group_name(x)}" for x in layers]
+    meta_keys = [f"{g}/zarr.json".lstrip("/") for g in groups] + [f"{n}/zarr.json" for n in names]
+    got = loc.read_many([f"{base}/{k}" for k in meta_keys])
+    docs = {k: got[f"{base}/{k}"] for k in meta_keys}
+    missing = [k for k, v in docs.items() if v is None]
+    if missing:
+        raise StoreError(loc.url, f"job group {base} lacks {missing[0]}")
+    chunk_keys = [c for n in names for c in _chunk_keys(n, json.loads(docs[f"{n}/zarr.json"]), slots)]
+    got = loc.read_many([f"{base}/{k}" for k in chunk_keys])
+    mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
+    mem.update({k: cpu.Buffer.from_bytes(got[f"{base}/{k}"]) for k in chunk_keys
+                if got[f"{base}/{k}"] is not None})
+    grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
+                          use_consolidated=False)
+    sl = np.asarray(slots, dtype=np.int64)
+    out = {"attrs": attrs, "epoch": grp["epoch"][:][sl]}
+    for name in ("layer", "layer_kind"):
+        out[name] = [str(v) for v in grp[name][:]]
+    for name in ("channels", "locations", "depth"):
+        out[name] = grp[name][:]
+    if not values:
+        return out
+    for name in list(SCALARS) + [n for n, _ in HISTS] + ["loss", "accuracy"]:
+        out[name] = grp[name].get_orthogonal_selection((sl,))
+    for layer in layers:
+        sub = grp[f"heatmaps/{group_name(layer)}"]
+        out[(layer, "nas_map")] = sub["nas_map"].get_orthogonal_selection((sl,))
+        out[(layer, "nas_image_map")] = sub["nas_image_map"].get_orthogonal_selection((sl,))
+    return out
+
+
+def _job_attrs(loc: Location, key: str, jobs: list[str]) -> dict[str, dict]:
+    """The attributes of the run's job groups (one batch of reads); ``{}`` for a group being
+    created right now."""
+    got = loc.read_many([f"{RUNS}/{key}/{job}/zarr.json" for job in jobs])
+    out = {}
+    for job in jobs:
+        try:
+            out[job] = json.loads(got[f"{RUNS}/{key}/{job}/zarr.json"] or b"{}").get("attributes", {})
+        except ValueError:
+            out[job] = {}
+    return out
+
+
+def _read_metrics(loc: Location, key: str, group: str) -> dict[str, dict[int, float]]:
+    grp = zarr.open_group(loc.child(RUNS, key, group).zarr_store(read_only=True), mode="r",
+                          zarr_format=3, use_consolidated=False)
+    epochs = grp["epoch"][:]
+    return {name: dict(zip(epochs.tolist(), arr[:].tolist()))
+            for name, arr in grp.arrays() if name != "epoch"}
+
+
+def merge_layers(lists: list[list[str]]) -> list[str]:
+    """Union of layer lists keeping each list's order: a new layer goes right after the
+    layer that precedes it in its own list."""
+    out: list[str] = []
+    for names in lists:
+        prev = None
+        for name in names:
+            if name not in out:
+                out.insert(0 if prev is None else out.index(prev) + 1, name)
+            prev = name
+    return out
+
+
+def _run(loc: Location, key: str, values: bool = True) -> dict | None:
+    """One run's committed epochs, read whole (None when it has none yet); without
+    ``values``, only their coordinates and attributes."""
+    entries = [n for n in loc.listdir(RUNS, key)
+               if n not in (COMMITS, CLAIMS, "zarr.json") and not n.startswith(".")]
+    commits = committed_epochs(loc, key)
+    if not commits:
+        return None
+    jobs = sorted(n for n in entries if not n.startswith("metrics-"))
+    by_job: dict[str, list[tuple[int, int]]] = {}
+    for epoch, m in commits.items():
+        by_job.setdefault(m["job"], []).append((epoch, m["index"]))
+    run = {"key": key, "name": run_name(key), "first": jobs[0] if jobs else key,
+           "attrs": _job_attrs(loc, key, jobs), "jobs": {}, "extra": {}}
+    for job in sorted(by_job):
+        pairs = sorted(by_job[job])
+        run["jobs"][job] = _read_job(loc, key, job, [i for _, i in pairs],
+                                     run["attrs"].get(job, {}), values)
+    for g in sorted(n for n in entries if n.startswith("metrics-")):
+        for name, values in _read_metrics(loc, key, g).items():
+            run["extra"].setdefault(name, {}).update(values)
+    return run
+
+
+def read_runs(loc: Location, values: bool = True) -> list[dict]:
+    """Every run that has a committed epoch, in the order its first job started (runs are
+    read at once: on object stores each takes a few round trips).
+
+    Each run is a dict: ``name``, ``key`` (its group), ``first`` (its first job), ``attrs``
+    (job → the job group's attributes), ``jobs`` (job → arrays of its committed epochs: the
+    coordinates ``epoch``, ``layer``, ``layer_kind``, ``channels``, ``locations``, ``depth``
+    and, with ``values``, every variable and heatmap), ``extra`` (imported metric → epoch →
+    value)."""
+    keys = [k for k in loc.listdir(RUNS) if not k.startswith(".") and k != "zarr.json"]
+    with ThreadPoolExecutor(8) as pool:
+        runs = [r for r in pool.map(lambda k: _run(loc, k, values), keys) if r is not None]
+    return sorted(runs, key=lambda r: (r["first"], r["name"]))
+
+
+def layer_table(runs: list[dict]) -> dict[str, dict]:
+    """The layers of ``runs`` (from :func:`read_runs`) in the view's order
+    (:func:`merge_layers`): name → ``layer_kind``, ``channels``, ``locations``, ``depth`` as
+    the first job that has the layer stored them."""
+    jobs = [j for r in runs for j in r["jobs"].values()]
+    info: dict[str, dict] = {}
+    for j in jobs:
+        for i, name in enumerate(j["layer"]):
+            info.setdefault(name, {"layer_kind": j["layer_kind"][i],
+                                   **{c: int(j[c][i]) for c in ("channels", "locations", "depth")}})
+    return {n: info[n] for n in merge_layers([j["layer"] for j in jobs])}
+
+
+def view_attrs(root: dict, runs: list[dict]) -> dict:
+    """The view's root attributes: the store's ``root`` attributes, and provenance merged over
+    each run's jobs (``runs`` from :func:`read_runs`): ``runs`` (JSON, run → provenance),
+    ``sources``, ``framework``, ``keep_images``, ``nasprobe_version``, ``probe_source``."""
+    out = {k: v for k, v in root.items()}
+    prov, version, source, k = {}, None, None, 0
+    for r in runs:
+        p: dict = {}
+        for job in sorted(r["attrs"]):
+            a = r["attrs"][job]
+            jp = json.loads(a.get("provenance", "{}"))
+            for kind in ("skipped", "nonfinite"):
+                if kind in jp or kind in p:
+                    jp[kind] = {**p.get(kind, {}), **jp.get(kind, {})}
+            p.update(jp)
+            version = a.get("nasprobe_version", version)
+            source = a.get("probe_source", source)
+            k = max(k, int(a.get("keep_images", 0)))
+        # The probe set of each committed epoch (several after --force with another one).
+        p["probe_sets"] = run_probe_sets(r["attrs"], {job: list(j["epoch"]) for job, j
+                                                      in r["jobs"].items()}, root)
+        p.pop("probe_sha256", None)  # a job's own; probe_sets says which epochs used which
+        prov[r["name"]] = p
+    if version is not None:
+        out["nasprobe_version"] = version
+    if source is not None:
+        out["probe_source"] = source
+    out["framework"] = ",".join(sorted({p.get("framework", "") for p in prov.values()} - {""}))
+    out["runs"] = json.dumps(prov)
+    out["sources"] = json.dumps({r: p.get("source") for r, p in prov.items()})
+    out["keep_images"] = k
+    return out
+
+
+@dataclass
+class RunSummary:
+    """One run of :class:`StoreSummary`: its ``name``, committed ``epochs`` (sorted) and merged
+    ``provenance`` (framework, source, provider, nas_on, skipped, nonfinite, probe_sets...)."""
+
+    name: str
+    epochs: list[int]
+    provenance: dict
+
+
+@dataclass
+class StoreSummary:
+    """What ``nasprobe info`` prints: the store's ``attrs`` (as in the xarray view, without
+    ``runs`` and ``sources``), its ``runs``, its ``layers`` as ``(name, kind, channels,
+    locations)`` in the view's order, and the names of its per-epoch ``metrics``."""
+
+    attrs: dict
+    runs: list[RunSummary]
+    layers: list[tuple[str, str, int, int]]
+    metrics: list[str]
+
+
+def summary(path) -> StoreSummary | None:
+    """A store's runs, epochs, layers and provenance, read with zarr and json only (no
+    values, no xarray): fast enough for a command-line look. None for a store of nasprobe
+    0.1, which only :func:`nasprobe.store.reader.open_store` reads.
+
+    Raises:
+        StoreError: nothing that nasprobe wrote is at ``path``, or an unknown layout.
+    """
+    loc = location(path)
+    if known_layout(loc) == LEGACY:
+        return None
+    root = json.loads(loc.read("zarr.json")).get("attributes", {})
+    runs = read_runs(loc, values=False)
+    attrs = view_attrs(root, runs)
+    prov = json.loads(attrs.pop("runs"))
+    attrs.pop("sources", None)
+    table = layer_table(runs)
+    return StoreSummary(
+        attrs,
+        [RunSummary(r["name"], sorted({int(e) for j in r["jobs"].values() for e in j["epoch"]}),
+                    prov.get(r["name"], {})) for r in runs],
+        [(n, t["layer_kind"], t["channels"], t["locations"]) for n, t in table.items()],
+        metric_order({"loss", "accuracy", *(m for r in runs for m in r["extra"])}))
+
+
+def metric_order(names) -> list[str]:
+    """Per-epoch metric ``names`` in the order ``nasprobe info`` lists them: the probe's loss
+    and accuracy, the training ones, then the rest alphabetically."""
+    first = [m for m in ("loss", "accuracy", "train_loss", "train_accuracy") if m in names]
+    return first + sorted(set(names) - set(first))

@@ -1,0 +1,251 @@
+"""Where bytes live: local paths and fsspec URLs (``s3://``, ``gs://``, ``az://``, ``memory://``).
+
+A :class:`Location` names a folder on a local disk or on an object store and does the few
+operations the store needs: read, write (whole objects, atomically), list, and *create
+exclusively* — the one atomic step the lock-free store relies on (see docs/store-design.md).
+Local paths go through the operating system (``os.link`` of a fully written temporary file,
+which fails when the target exists), URLs through fsspec's ``pipe_file(mode="create")``
+(``If-None-Match: *`` on S3). zarr reads and writes arrays through its own ``LocalStore`` or
+``FsspecStore`` (:meth:`Location.zarr_store`).
+
+A string with ``://`` is always a URL, never a local path; a path that looks like a URL that
+lost a slash (``s3:/bucket``, what ``pathlib`` makes of ``s3://bucket``) is refused, so a
+URL can never turn into a local folder named ``s3:``. Credentials come from each backend's
+own configuration (environment, config files), never from nasprobe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from nasprobe.errors import NasprobeError
+
+__all__ = ["Location", "location", "is_url", "checked_path", "local_copy", "cache_dir"]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_MANGLED = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")  # 2+ letters: not a Windows drive
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` strings (``file://`` included)."""
+    return isinstance(path, str) and bool(_URL.match(path))
+
+
+def checked_path(path: str | os.PathLike) -> str:
+    """``path`` as a string, refusing a URL mangled into a path (``s3:/bucket/x``).
+
+    Raises:
+        NasprobeError: the path looks like a URL whose ``//`` was collapsed.
+    """
+    text = os.fspath(path)
+    if not is_url(text) and _MANGLED.match(text):
+        fixed = re.sub(r"^([^:]+):/+", r"\1://", text)
+        raise NasprobeError(f"{text}: looks like a URL with a slash lost (a pathlib.Path of "
+                            f"{fixed!r}?); pass the URL as a string, e.g. {fixed}")
+    return text
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder, local or behind an fsspec URL. Small and picklable (holds only the text)."""
+
+    url: str
+
+    @property
+    def local(self) -> bool:
+        """True for a local path (``file://`` URLs included)."""
+        return not is_url(self.url) or self.url.startswith("file://")
+
+    @property
+    def fs(self):
+        """The fsspec filesystem (cached by fsspec per protocol and options)."""
+        return self._split()[0]
+
+    @property
+    def root(self) -> str:
+        """The folder's path as its filesystem spells it (no protocol)."""
+        return self._split()[1]
+
+    def _split(self):
+        import fsspec
+
+        if not self.local:
+            return fsspec.core.url_to_fs(self.url)
+        return fsspec.filesystem("file"), self.path().as_posix()
+
+    def path(self) -> Path:
+        """The local folder (only for local locations)."""
+        if not self.local:
+            raise NasprobeError(f"{self.url}: not a local path")
+        return Path(self.url[len("file://"):] if self.url.startswith("file://") else self.url)
+
+    def key(self, *parts: str) -> str:
+        """The filesystem path of ``parts`` under this folder."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def child(self, *parts: str) -> Location:
+        """A sub-folder."""
+        return Location("/".join([self.url.rstrip("/"), *parts]))
+
+    def __str__(self) -> str:
+        return self.url
+
+    def zarr_store(self, read_only: bool = False):
+        """Zarr's own store for this folder: ``LocalStore`` or ``FsspecStore``."""
+        import zarr.storage
+
+        if self.local:
+            return zarr.storage.LocalStore(self.path(), read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
+
+    def exists(self, *parts: str) -> bool:
+        """True when the object (or folder) ``parts`` exists (never from a stale listing)."""
+        key = self.key(*parts)
+        if not self.local:
+            self.fs.invalidate_cache(key)
+        return self.fs.exists(key)
+
+    def read(self, *parts: str) -> bytes | None:
+        """The bytes of object ``parts``, or None when it does not exist."""
+        try:
+            return self.fs.cat_file(self.key(*parts))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        """Several objects at once (concurrent requests on object stores): key → bytes/None."""
+        if not keys:
+            return {}
+        paths = [self.key(k) for k in keys]
+        got = self.fs.cat(paths, on_error="return")
+        return {k: (None if isinstance(got.get(p), Exception) else got.get(p))
+                for k, p in zip(keys, paths)}
+
+    def listdir(self, *parts: str) -> list[str]:
+        """Names directly under folder ``parts`` (empty when it does not exist)."""
+        try:
+            entries = self.fs.ls(self.key(*parts), detail=False, refresh=True) \
+                if not self.local else self.fs.ls(self.key(*parts), detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def write(self, data: bytes, *parts: str) -> None:
+        """Write object ``parts`` whole; a reader sees the old or the new bytes, never a mix."""
+        if self.local:
+            target = self.path().joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(self.key(*parts), data)
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        """Write several objects (key → bytes, keys relative to this folder), each whole; on
+        object stores as concurrent requests of one batch."""
+        if not items:
+            return
+        if self.local:
+            for k, v in items.items():
+                self.write(v, *k.split("/"))
+        else:
+            self.fs.pipe({self.key(k): v for k, v in items.items()})
+
+    def create(self, data: bytes, *parts: str) -> bool:
+        """Create object ``parts`` only if it does not exist yet, atomically: of several
+        processes racing, exactly one gets True. The object appears with all its bytes."""
+        if self.local:
+            target = self.path().joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, target)  # atomic and exclusive, also on NFS
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        key = self.key(*parts)
+        try:
+            self.fs.pipe_file(key, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError):
+            # A backend without exclusive creates: check, then write. Not atomic, but a marker
+            # always names a job whose data is whole, so racing jobs still never mix values.
+            if self.exists(*parts):
+                return False
+            self.fs.pipe_file(key, data)
+            return True
+
+
+def location(path: str | os.PathLike) -> Location:
+    """A :class:`Location` for a local path (made absolute) or a URL (kept as written)."""
+    text = checked_path(path)
+    if is_url(text):
+        return Location(text.rstrip("/") or text)
+    return Location(str(Path(text).expanduser().absolute()))
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints and probe sets are kept: ``$NASPROBE_CACHE``, else a
+    ``nasprobe-cache`` folder in the system's temporary directory."""
+    return Path(os.environ.get("NASPROBE_CACHE") or Path(tempfile.gettempdir()) / "nasprobe-cache")
+
+
+def local_copy(path: str | os.PathLike) -> Path:
+    """A local path for ``path``: itself when local; for a URL, a copy of the file or folder
+    downloaded through fsspec into :func:`cache_dir` (files whose size changed, or that are
+    missing, are fetched again; each appears whole, written to a temporary name first).
+
+    Raises:
+        NasprobeError: the URL does not exist or cannot be read (the backend's message).
+    """
+    text = checked_path(path)
+    if not is_url(text):
+        return Path(text)
+    text = text.rstrip("/")
+    if text in _COPIES and _COPIES[text].exists():
+        return _COPIES[text]
+    loc = location(text)
+    fs, root = loc.fs, loc.root
+    name = root.rstrip("/").rsplit("/", 1)[-1] or "root"
+    dest = cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / name
+    try:
+        if fs.isdir(root):
+            for info in fs.find(root, detail=True).values():
+                rel = info["name"][len(root.rstrip("/")) + 1:]
+                _fetch(fs, info, dest / rel)
+                _COPIES[f"{text}/{rel}"] = dest / rel
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            _fetch(fs, fs.info(root), dest)
+        _COPIES[text] = dest
+    except (OSError, ValueError) as exc:
+        raise NasprobeError(f"{text}: cannot be read ({exc})") from exc
+    return dest
+
+
+#: URL → local copy made by this process (a file of a folder downloaded whole is found here).
+_COPIES: dict[str, Path] = {}
+
+
+def _fetch(fs, info: dict, dest: Path) -> None:
+    if dest.exists() and dest.stat().st_size == info.get("size"):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
+    try:
+        fs.get_file(info["name"], str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
