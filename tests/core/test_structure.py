@@ -54,7 +54,7 @@ def _imports(module: str) -> list[tuple[str, str | None, int]]:
                 sub = f"{target}.{a.name}"
                 if target in MODULES and MODULES[target].name == "__init__.py" and any(
                         MODULES[target].parent.glob(f"{a.name}.*")) and sub not in MODULES:
-                    continue  # a compiled extension module (nasprobe.ckernels)
+                    continue  # a compiled extension module (nasprobe.measures.ckernels)
                 # ``from pkg import submodule`` imports the submodule
                 out.append((sub, None, node.lineno) if sub in MODULES else
                            (target, a.name, node.lineno))
@@ -100,9 +100,92 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
 
 
 def test_the_scan_sees_the_packages():
-    assert {"nasprobe.probe", "nasprobe.adapters", "nasprobe_torch.plugin",
+    assert {"nasprobe.job.probe_job", "nasprobe.frameworks.registry", "nasprobe_torch.plugin",
             "nasprobe_keras.export"} <= set(MODULES)
-    assert "nasprobe.contract" in GRAPH["nasprobe.adapters"]
+    assert "nasprobe.contract" in GRAPH["nasprobe.frameworks.registry"]
+
+
+#: The core's layers, lowest first: a module may import its own package and any lower layer,
+#: never a higher one or a sibling of its own layer (docs/architecture.md).
+LAYERS = [
+    {"nasprobe._version", "nasprobe.errors", "nasprobe.cpus", "nasprobe.contract"},
+    {"nasprobe.measures", "nasprobe.probesets", "nasprobe.onnxgraph"},
+    {"nasprobe.store", "nasprobe.frameworks"},
+    {"nasprobe.job", "nasprobe.plots"},
+    {"nasprobe.report", "nasprobe.accessor"},
+    {"nasprobe.cli"},
+    {"nasprobe.__main__"},
+]
+ADAPTERS = ("nasprobe_torch", "nasprobe_keras", "nasprobe_jax", "nasprobe_hf")
+
+
+def _unit(module: str) -> str:
+    """The package (or base module) a core module belongs to: ``nasprobe.store.writer`` →
+    ``nasprobe.store``; ``nasprobe`` itself (the lazy public face) is its own unit."""
+    parts = module.split(".")
+    if parts[0] != "nasprobe" or len(parts) == 1:
+        return module
+    return ".".join(parts[:2])
+
+
+def _layer(unit: str) -> int:
+    for i, units in enumerate(LAYERS):
+        if unit in units:
+            return i
+    raise AssertionError(f"{unit} has no layer: add it to LAYERS and docs/architecture.md")
+
+
+def _upward(graph: dict[str, list[str]]) -> list[str]:
+    bad = []
+    for m, targets in graph.items():
+        if not m.startswith("nasprobe.") or _unit(m) == "nasprobe":
+            continue
+        for t in targets:
+            if not t.startswith("nasprobe.") and t != "nasprobe":
+                continue
+            src, dst = _unit(m), _unit(t)
+            if src == dst:
+                continue
+            if dst == "nasprobe":
+                bad.append(f"{m} imports the package face nasprobe (name the module instead)")
+            elif _layer(dst) >= _layer(src):
+                bad.append(f"{m} (layer {_layer(src)}) imports {t} (layer {_layer(dst)})")
+    return bad
+
+
+def test_every_core_package_has_a_layer_and_says_what_it_owns():
+    units = {_unit(m) for m in MODULES if m.startswith("nasprobe.")}
+    for unit in units:
+        _layer(unit)
+        path = MODULES[unit]
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if path.name == "__init__.py":
+            assert "Owns" in doc or "owns" in doc, f"{path}: say what the package owns"
+            assert "import" in doc, f"{path}: say what the package may import"
+
+
+def test_layering_finder_finds_a_planted_upward_import():
+    planted = {"nasprobe.measures.nas": ["nasprobe.store.writer"],
+               "nasprobe.store.writer": ["nasprobe.measures.nas", "nasprobe.store.layout"],
+               "nasprobe.job.tasks": ["nasprobe.plots.line"]}
+    assert _upward(planted) == [
+        "nasprobe.measures.nas (layer 1) imports nasprobe.store.writer (layer 2)",
+        "nasprobe.job.tasks (layer 3) imports nasprobe.plots.line (layer 3)"]
+
+
+def test_no_package_imports_one_above_it_or_beside_it():
+    assert _upward(GRAPH) == []
+
+
+def test_the_core_never_names_an_adapter_package():
+    """Not by import and not by a string that importlib could load."""
+    bad = []
+    for m, path in MODULES.items():
+        if not m.startswith("nasprobe.") and m != "nasprobe":
+            continue
+        text = path.read_text()
+        bad += [f"{path.relative_to(ROOT)}: {a}" for a in ADAPTERS if a in text]
+    assert bad == []
 
 
 def test_cycle_finder_finds_a_planted_loop():
