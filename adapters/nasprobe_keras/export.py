@@ -27,11 +27,11 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from .builder import TRANSFORMS, Builder, Tensor, UnsupportedLayerError, WeightRef
+from .builder import Builder, Tensor, UnsupportedLayerError, WeightRef
 from .layers import convert_layer
 
-__all__ = ["Tensor", "WeightRef", "Converted", "UnsupportedLayerError", "convert",
-           "export_onnx", "TRANSFORMS"]
+__all__ = ["Converted", "convert", "export_onnx"]
+
 
 @dataclass
 class Converted:

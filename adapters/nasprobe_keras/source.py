@@ -11,7 +11,8 @@ from onnx import numpy_helper
 from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
 
-from .export import UnsupportedLayerError, WeightRef, convert
+from .builder import UnsupportedLayerError, WeightRef
+from .export import convert
 from .formats import is_weights_only
 from .loading import (
     find_architecture_file,

@@ -33,7 +33,7 @@ def _parse_shape(shape: Any) -> tuple[int, ...] | None:
 
 
 class TorchSource:
-    """The checkpoints of one PyTorch run as a ``nasprobe.frameworks.checkpoints.CheckpointSource``.
+    """The checkpoints of one PyTorch run as a ``nasprobe.contract.CheckpointSource``.
 
     ``architecture()`` exports once (the model from ``model`` with the first checkpoint's
     weights, or the first checkpoint itself when it is a self-contained program);

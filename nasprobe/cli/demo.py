@@ -36,8 +36,9 @@ def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
     from nasprobe.job.probe_job import probe
     from nasprobe.plots import draw, save
     from nasprobe.report.html import write_report
+    from nasprobe.store.reader import open_store
     from nasprobe.store.training_logs import read_training_log
-    from nasprobe.store.writer import Store, open_store
+    from nasprobe.store.writer import Store
 
     out = Path(out)
     print(f"nasprobe demo: training VanillaNet-s on 150 digits for {epochs} epochs ...",

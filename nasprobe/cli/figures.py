@@ -30,7 +30,7 @@ def plot(store: Path, kind: str, out: Path, width: str, runs: str | None,
          layers: str | None) -> None:
     """Draw the KIND figure of STORE into OUT (deterministic bytes for the same store)."""
     from nasprobe import plots
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
 
     if out.suffix.lower() not in (".pdf", ".svg", ".png"):
         raise click.BadParameter(f"{out}: use a .pdf, .svg or .png file name",

@@ -50,7 +50,7 @@ def onsets_command(store: Path, rule: str | None, params: tuple[str, ...],
     fire). The rules are causal: the epoch equals the decision of a NASEarlyStopping
     callback that saw the same NAS values while training."""
     from nasprobe.measures import onsets, stopping
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
 
     ds = open_store(store).to_dataset()
     if runs:

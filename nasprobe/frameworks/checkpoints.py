@@ -11,22 +11,17 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from nasprobe.contract import Checkpoint, CheckpointSource
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, EpochError, NoCheckpointError
 
 from . import registry as adapters
-from .registry import detect_framework, open_source
 
 __all__ = [
     "checkpoint_stem",
-    "Checkpoint",
-    "CheckpointSource",
     "DEFAULT_EPOCH_PATTERNS",
     "parse_epoch",
     "find_checkpoints",
     "checkpoints_in",
-    "detect_framework",
-    "open_source",
 ]
 
 #: File name patterns tried in order; the first that matches gives the epoch (group ``epoch``).

@@ -26,7 +26,7 @@ from nasprobe.errors import NasprobeError
 
 from .onnx_adapter import adapter as onnx_adapter
 
-__all__ = ["GROUP", "Adapter", "BaseAdapter", "SourceOptions", "registered", "names",
+__all__ = ["GROUP", "registered", "names",
            "get", "extensions", "claimant", "is_checkpoint", "detect_framework", "open_source"]
 
 #: The entry-point group adapters register under.

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from nasprobe._version import __version__
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import (
     CheckpointError,
     EpochError,
@@ -32,30 +33,26 @@ from nasprobe.errors import (
     StoreError,
 )
 from nasprobe.frameworks.checkpoints import (
-    Checkpoint,
     checkpoints_in,
     find_checkpoints,
     parse_epoch,
 )
 from nasprobe.frameworks.registry import is_checkpoint
 from nasprobe.store.layer_check import PlannedRun, check_layers
+from nasprobe.store.layout import LayerInfo
 from nasprobe.store.storage import checked_path, is_url, local_copy, location
-from nasprobe.store.writer import LayerInfo, RunWriter, Store, new_job_id
+from nasprobe.store.writer import RunWriter, Store, new_job_id
 
 from .options import ProbeOptions
 from .tasks import (
-    EpochResult,
     EpochTask,
     Outcome,
     RunSpec,
     context,
-    output_kind,
-    probe_epoch,
     run_epoch,
 )
 
-__all__ = ["probe", "probe_epoch", "EpochResult", "ProbeOptions", "output_kind", "run_folders",
-           "run_info"]
+__all__ = ["probe", "run_folders", "run_info"]
 
 
 def _folder_name(p: Path) -> str:
@@ -368,6 +365,6 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
 
 def run_info(path: str | os.PathLike) -> dict:
     """The ``runs`` provenance attribute of a store, parsed (run → dict)."""
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
 
     return json.loads(open_store(path).attrs.get("runs", "{}"))

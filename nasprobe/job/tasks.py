@@ -42,7 +42,7 @@ from .pipeline import cpu_streams, prefetched, sub_batch_size, tap_bytes_per_ima
 from .runtime import CPU, CUDA, TappedModel, intra_op_threads, run_batch, select_providers
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
-           "probe_epoch", "run_batch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
+           "probe_epoch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2

@@ -23,7 +23,7 @@ from nasprobe.errors import GraphError
 from .index import CONTROL_FLOW, GraphIndex, attr
 from .layer_names import layer_name
 
-__all__ = ["Tap", "find_taps", "untappable", "layer_name", "NAS_PREFIX", "ACTIVATIONS",
+__all__ = ["Tap", "find_taps", "untappable", "NAS_PREFIX", "ACTIVATIONS",
            "QUANTISED_OPS"]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

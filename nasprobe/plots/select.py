@@ -16,7 +16,7 @@ import xarray as xr
 
 from nasprobe.errors import NasprobeError
 from nasprobe.measures.onsets import loss_onset
-from nasprobe.store.writer import group_name
+from nasprobe.store.layout import group_name
 
 __all__ = ["Selection", "select", "heatmap_maps"]
 
@@ -168,7 +168,7 @@ def heatmap_maps(sel: Selection, layer: str, runs: list[str], epochs) -> list[np
 
     Returns one 2-D float array per epoch: (y, x) for 2-D layers, (1, t) for 1-D layers and (1, 1) for
     dense ones (3-D maps are flattened to (z*y, x)). Read from ``heatmaps/<group>/nas_map``
-    where the group is the layer name, :func:`nasprobe.store.writer.group_name` of it, or has a
+    where the group is the layer name, :func:`nasprobe.store.layout.group_name` of it, or has a
     ``layer`` attribute equal to it; without one (a plain Dataset, or a store without maps) the
     layer's ``nas_mean`` is shown as a 1x1 cell. All-NaN where the epoch was not probed.
     """

@@ -72,14 +72,14 @@ window.addEventListener("load", function () {
 
 
 def as_tree(store) -> xr.DataTree:
-    """A store as a DataTree: a path is opened with :func:`nasprobe.store.writer.open_store` (a
+    """A store as a DataTree: a path is opened with :func:`nasprobe.store.reader.open_store` (a
     :class:`~nasprobe.errors.StoreError` when it is not a store); a DataTree is returned as
     is; a Dataset becomes the root of a new tree."""
     if isinstance(store, xr.DataTree):
         return store
     if isinstance(store, xr.Dataset):
         return xr.DataTree(dataset=store)
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
 
     return open_store(store)
 

@@ -33,11 +33,10 @@ from .event_writer import (
     EventWriter,
     LogdirError,
     heatmap_rgba,
-    heatmap_scale,
     tensorboard_protos,
 )
 
-__all__ = ["LogdirError", "write_tensorboard", "heatmap_rgba", "heatmap_scale", "run_folder",
+__all__ = ["write_tensorboard", "run_folder",
            "SCALAR_VARIABLES", "LAYER_SCALARS", "TB_SUFFIX"]
 
 #: Per-layer scalars, written as ``<name>/<layer>``.

@@ -16,7 +16,8 @@ import numpy as np
 from nasprobe.errors import StoreError
 
 from .layout import SCALARS, LayerInfo
-from .reader import LEGACY, open_store, store_layout
+from .reader import open_store
+from .runs import LEGACY, store_layout
 from .storage import location
 from .writer import Store
 

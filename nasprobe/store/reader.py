@@ -20,16 +20,14 @@ from .layout import SCALARS, group_name, spatial_dims
 from .runs import (
     HISTS,
     LEGACY,
-    committed_epochs,
     known_layout,
     layer_table,
     read_runs,
-    store_layout,
     view_attrs,
 )
 from .storage import Location, location
 
-__all__ = ["open_store", "store_layout", "committed_epochs", "LEGACY"]
+__all__ = ["open_store"]
 
 
 def open_store(path: str | os.PathLike) -> xr.DataTree:

@@ -53,18 +53,9 @@ from .layout import (
 from .runs import committed_epochs, store_layout
 from .storage import Location, location
 
-__all__ = ["LayerInfo", "Store", "RunWriter", "open_store", "group_name", "new_job_id",
-           "check_metric_name"]
+__all__ = ["Store", "RunWriter", "new_job_id"]
 
 _LAYER_COORDS = "layer_kind channels locations depth"
-
-
-def open_store(path: str | os.PathLike):
-    """Open a store as an ``xarray.DataTree``: :func:`nasprobe.store.reader.open_store`, imported
-    on first use so that writing a store never loads xarray."""
-    from . import reader as store_read
-
-    return store_read.open_store(path)
 
 
 def new_job_id() -> str:

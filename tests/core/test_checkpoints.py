@@ -3,7 +3,8 @@
 import pytest
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.frameworks.checkpoints import detect_framework, find_checkpoints, parse_epoch
+from nasprobe.frameworks.checkpoints import find_checkpoints, parse_epoch
+from nasprobe.frameworks.registry import detect_framework
 
 
 @pytest.mark.parametrize("name,epoch", [

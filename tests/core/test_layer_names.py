@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import nasprobe
 from nasprobe.contract import unique_layer_name
-from nasprobe.store.writer import group_name
+from nasprobe.store.layout import group_name
 from tests.hostile import probe
 
 NAMES = ["conv", "conv", "conv#2", "a/b", "a_b", "..", "__x", "50%/x"]

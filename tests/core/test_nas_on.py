@@ -14,7 +14,7 @@ from nasprobe.errors import NasprobeError
 from nasprobe.job import tasks
 from nasprobe.job.tasks import host_nas
 from nasprobe.measures.aggregate import NAS_BINS
-from nasprobe.store.writer import group_name
+from nasprobe.store.layout import group_name
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 

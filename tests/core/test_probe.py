@@ -11,7 +11,7 @@ from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import corr_histogram
 from nasprobe.measures.nas import entropy_from_nas, nas
 from nasprobe.onnxgraph.taps import find_taps
-from nasprobe.store.writer import group_name
+from nasprobe.store.layout import group_name
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 

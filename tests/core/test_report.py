@@ -27,7 +27,7 @@ import nasprobe.cli.report  # noqa: F401  (registers `report` on the command gro
 from nasprobe.cli import main
 from nasprobe.measures.onsets import onsets
 from nasprobe.report.html import KINDS, render_report
-from nasprobe.store.writer import open_store
+from nasprobe.store.reader import open_store
 
 from .figures_data import make_tree
 
@@ -78,7 +78,7 @@ def _tree(loss: bool = True) -> xr.DataTree:
 
 
 def _write_store(tree: xr.DataTree, path: Path) -> None:
-    """Write a synthetic tree as a zarr store that nasprobe.store.writer.open_store reads."""
+    """Write a synthetic tree as a zarr store that nasprobe.store.reader.open_store reads."""
     root = tree.to_dataset(inherit=False)
     root["probed"] = xr.DataArray(np.ones((root.sizes["run"], root.sizes["epoch"]), np.int8),
                                   dims=("run", "epoch"))

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 import nasprobe
 from nasprobe.cli import main
 from nasprobe.errors import NasprobeError, StoreError
+from nasprobe.store.layout import LayerInfo
 from nasprobe.store.migrate import migrate
-from nasprobe.store.reader import committed_epochs
+from nasprobe.store.runs import committed_epochs
 from nasprobe.store.storage import checked_path, location
-from nasprobe.store.writer import LayerInfo, Store
+from nasprobe.store.writer import Store
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent
 from tests.core.conftest import write_run, write_runs

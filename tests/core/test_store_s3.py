@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.store.reader import committed_epochs
+from nasprobe.store.runs import committed_epochs
 from nasprobe.store.storage import location
 from tests.core import onnx_models as om
 from tests.core.concurrent_jobs import assert_run_equal, run_together, snapshot_consistent

@@ -221,3 +221,41 @@ def test_no_private_name_imported_across_modules():
                 bad.append(f"{MODULES[m].relative_to(ROOT)}:{node.lineno}: "
                            f"{node.value.id}.{node.attr} of {bound[node.value.id]}")
     assert bad == []
+
+
+def _defined(module: str) -> set[str]:
+    """Names a module defines itself at its top level (functions, classes, assignments,
+    ``try``/``if`` blocks included) — not the names it imports."""
+    names: set[str] = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                for t in node.targets:
+                    for n in ([t] if isinstance(t, ast.Name) else getattr(t, "elts", [])):
+                        if isinstance(n, ast.Name):
+                            names.add(n.id)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for h in getattr(node, "handlers", []):
+                    visit(h.body)
+    visit(ast.parse(MODULES[module].read_text()).body)
+    return names
+
+
+def test_each_name_is_imported_from_the_module_that_defines_it():
+    """One import path per name: no module passes on a name it imported from another, except
+    a package's face (its ``__init__``) for the names of its own modules."""
+    bad = []
+    for m in MODULES:
+        for target, name, line in _imports(m):
+            if name is None or name == "*" or MODULES[target].name == "__init__.py":
+                continue
+            if name not in _defined(target):
+                bad.append(f"{MODULES[m].relative_to(ROOT)}:{line}: {name} from {target}")
+    assert bad == []

@@ -11,7 +11,8 @@ import xarray as xr
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from nasprobe.report.tensorboard import LogdirError, heatmap_rgba, run_folder, write_tensorboard
+from nasprobe.report.event_writer import LogdirError, heatmap_rgba
+from nasprobe.report.tensorboard import run_folder, write_tensorboard
 
 LAYERS = {"features.0": (4, 5), "rnn/seq": (6,), "fc": ()}  # layer → spatial shape
 
@@ -150,7 +151,7 @@ def test_cli_tensorboard_from_store_on_disk(tmp_path):
 
     import nasprobe.cli.report  # noqa: F401  (registers the command)
     from nasprobe.cli import main
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
 
     tree = synthetic_tree(n_epochs=5)
     root = tree.to_dataset(inherit=False)

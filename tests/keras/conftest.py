@@ -23,7 +23,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import keras
 from keras import layers
 
-from nasprobe.frameworks.checkpoints import Checkpoint
+from nasprobe.contract import Checkpoint
 
 FORMATS = ("keras", "h5", "weights_json", "weights_keras")
 

@@ -13,7 +13,7 @@ from keras import ops  # noqa: E402
 
 from nasprobe.frameworks.checkpoints import parse_epoch  # noqa: E402
 from nasprobe.measures.nas import nas  # noqa: E402
-from nasprobe.report.tensorboard import heatmap_scale  # noqa: E402
+from nasprobe.report.event_writer import heatmap_scale  # noqa: E402
 from nasprobe.store.training_logs import read_training_log  # noqa: E402
 from nasprobe_keras.callbacks import CheckpointCallback, LiveNASCallback  # noqa: E402
 from nasprobe_keras.regularizers import NASReg, Regularized  # noqa: E402

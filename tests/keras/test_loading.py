@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from keras import layers
 
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.frameworks.checkpoints import Checkpoint
 from nasprobe_keras import UnsupportedLayerError, export_onnx, make_source
 from tests.keras.conftest import cnn, randomize
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from nasprobe.frameworks.checkpoints import parse_epoch
 from nasprobe.measures.nas import nas
-from nasprobe.report.tensorboard import heatmap_scale
+from nasprobe.report.event_writer import heatmap_scale
 from nasprobe.store.training_logs import read_training_log
 from nasprobe_torch.callbacks import CheckpointWriter, LiveNAS
 
@@ -136,7 +136,7 @@ def test_live_nas_event_files(tmp_path):
 def test_live_nas_equals_posthoc_probe(tmp_path):
     """docs/measures.md: the training-time NAS equals nasprobe's post-hoc value on the checkpoint."""
     from nasprobe.job.probe_job import probe
-    from nasprobe.store.writer import open_store
+    from nasprobe.store.reader import open_store
     from nasprobe_torch.models import vanilla_net
 
     kwargs = dict(widths=(4, 4, 6, 6, 8), in_channels=1, classes=3, input_size=8)

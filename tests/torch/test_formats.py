@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.frameworks.checkpoints import Checkpoint
 from nasprobe_torch import make_source, models
 
 from .conftest import TINY, linear_outputs, randomize, run_onnx, torch_taps

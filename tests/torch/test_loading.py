@@ -7,8 +7,8 @@ import builtins
 import pytest
 import torch
 
+from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.frameworks.checkpoints import Checkpoint
 from nasprobe_torch import make_source, models
 from nasprobe_torch.loading import (
     build_model,
