@@ -4,10 +4,10 @@ An adapter turns one framework's checkpoints into what the probe needs: a
 :class:`CheckpointSource`, that is one ONNX architecture (exported once) and, per epoch, the
 values of its initializers. The core itself knows only ONNX; every framework (PyTorch, Keras,
 JAX, ...) is a plug-in registered under the entry-point group ``nasprobe.adapters`` and found
-by :mod:`nasprobe.adapters`. docs/adapters.md shows how to write one.
+by :mod:`nasprobe.frameworks.registry`. docs/adapters.md shows how to write one.
 
-This module imports nothing of the core but its errors, so that adapters and the registry can
-both depend on it.
+This module imports nothing of the core, so that adapters and the registry can both depend
+on it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from nasprobe.frameworks import registry as adapters
 
 from .paths import PathOrUrl
 
-__all__ = ["probe_cmd", "export_cmd", "info_cmd", "demo_cmd", "framework_options"]
+__all__ = ["probe_cmd", "export_cmd", "info_cmd", "migrate_cmd", "demo_cmd", "framework_options"]
 
 
 def _floats(text: str | None, option: str = "--mean/--std") -> list[float] | None:

@@ -89,14 +89,15 @@ def _match_worker_threads(dask_worker) -> int:
     return n
 
 
-def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], bool],
+def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], None],
                 retries: int = RETRIES) -> None:
     """Submit one :func:`nasprobe.job.tasks.run_epoch` per task and pass each
     :class:`~nasprobe.job.tasks.Outcome` to ``handle`` as it completes.
 
-    ``handle`` returns False to stop: the remaining tasks are cancelled (slots already being
-    written are either committed whole or stay invisible). A task whose worker died more than
-    the scheduler allows is reported as an ``error`` outcome naming its checkpoint.
+    ``handle`` stops the job by raising (``--on-error fail``): the remaining tasks are then
+    cancelled (slots already being written are either committed whole or stay invisible). A
+    task whose worker died more than the scheduler allows is reported as a ``crashed`` outcome
+    naming its checkpoint.
     """
     distributed = _distributed()
     # Each worker's onnxruntime uses the worker's own threads, not every core of the machine.
@@ -116,8 +117,7 @@ def run_on_dask(client, tasks: Sequence[EpochTask], handle: Callable[[Outcome], 
                 outcome = Outcome(run, epoch, path, "crashed", "the worker probing it died "
                                   f"repeatedly (a crash or out of memory): {exc}")
             fut.release()
-            if not handle(outcome):
-                break
+            handle(outcome)
     finally:
         if futures:
             client.cancel(list(futures))

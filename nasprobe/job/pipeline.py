@@ -7,8 +7,7 @@ onnxruntime releases the GIL while a session runs, and so does the compiled NAS 
 (:func:`cpu_streams`): each worker thread takes whole batches through one shared session
 (onnxruntime's ``run`` may be called from several threads at once) and the NAS kernel, with
 few threads each, instead of one batch at a time spread over every core: no core waits at the
-end of each operator for the others (on the project's 2-core machine two one-thread streams
-took 4–8 % less time per image than one two-thread stream; README, *Speed*).
+end of each operator for the others (the README's *Speed* section has the measurements).
 :func:`prefetched` keeps the workers busy and hands results back in order; the batches in
 flight at once are what :func:`sub_batch_size` accounts for.
 """

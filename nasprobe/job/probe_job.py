@@ -329,7 +329,7 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
     bar = tqdm(total=len(tasks), desc=desc, unit="epoch", disable=not progress,
                file=sys.stderr)
 
-    def handle(o: Outcome) -> bool:
+    def handle(o: Outcome) -> None:
         bar.update(1)
         plan = plans[o.run]
         if o.status == "crashed" and on_error == "fail":  # not the file's fault
@@ -340,20 +340,18 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
             plan.skipped[o.path] = o.message
             print(f"nasprobe: skipped {o.path}: {o.message}", file=sys.stderr)
             _record(plan)
-            return True
+            return
         if o.nonfinite:
             plan.nonfinite[o.path] = o.nonfinite
             _record(plan)
             warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
                           "of affected layers is recorded as NaN", stacklevel=4)
         bar.set_postfix(provider=o.provider.replace("ExecutionProvider", ""))
-        return True
 
     try:
         if workers is None and scheduler is None:
             for task in tasks:
-                if not handle(run_epoch(task)):
-                    break
+                handle(run_epoch(task))
         else:
             from .parallel import dask_client, run_on_dask
 

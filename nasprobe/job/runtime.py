@@ -274,8 +274,7 @@ def share_cpu_arena(on: bool = True) -> None:
     their own (off, the default of the Python API).
 
     Each epoch gets a new session (new weights); with its own arena, each maps its working
-    memory afresh and faults every page in again (on the benchmark's VanillaNet-m about 270 MB
-    and 5 % of an epoch). With the shared arena the second epoch on reuses the memory of the
+    memory afresh and faults every page in again. With the shared arena the second epoch on reuses the memory of the
     first, but the arena keeps its largest working set until the process ends. ``nasprobe
     probe`` (a process that ends with the job) and Dask worker processes turn it on; a notebook
     that calls :func:`nasprobe.probe` keeps the default, and its memory is freed with each

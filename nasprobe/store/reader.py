@@ -25,7 +25,7 @@ from .runs import (
     read_runs,
     view_attrs,
 )
-from .storage import Location, location
+from .storage import Location, location, quiet_zarr_warnings
 
 __all__ = ["open_store"]
 
@@ -48,7 +48,7 @@ def open_store(path: str | os.PathLike) -> xr.DataTree:
 # -- the current layout -------------------------------------------------------------------------
 def _combine(loc: Location) -> xr.DataTree:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        quiet_zarr_warnings()
         root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
                                use_consolidated=False)
         attrs = dict(root.attrs)
@@ -148,7 +148,7 @@ def _tidy(ds: xr.Dataset, keep: np.ndarray, order: np.ndarray, probed: xr.DataAr
 def _open_legacy(loc: Location) -> xr.DataTree:
     """A store of nasprobe 0.1: one dataset over (run, epoch), a ``probed`` commit flag."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        quiet_zarr_warnings()
         raw = xr.open_datatree(loc.zarr_store(read_only=True), engine="zarr")
     root = raw.to_dataset(inherit=False).load()
     probed = root["probed"].astype(bool)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.core.buffer import cpu
+from zarr.buffer import cpu
 
 from nasprobe.errors import StoreError
 

@@ -21,12 +21,26 @@ import os
 import re
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from nasprobe.errors import NasprobeError
 
-__all__ = ["Location", "location", "is_url", "checked_path", "local_copy", "cache_dir"]
+__all__ = ["Location", "location", "is_url", "checked_path", "local_copy", "cache_dir",
+           "quiet_zarr_warnings"]
+
+
+def quiet_zarr_warnings() -> None:
+    """Inside a ``warnings.catch_warnings()`` block: silence the two warnings zarr gives for
+    every nasprobe store, and nothing else. Consolidated metadata is "not part of the Zarr v3
+    specification" (nasprobe writes none and reads none), and fixed-width strings (the run,
+    layer and kind coordinates) have "no Zarr V3 specification" yet; both are the library's
+    notices, not problems of the store."""
+    from zarr.errors import UnstableSpecificationWarning, ZarrUserWarning
+
+    warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
+    warnings.filterwarnings("ignore", category=ZarrUserWarning, message=".*[Cc]onsolidated")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _MANGLED = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")  # 2+ letters: not a Windows drive

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.core.buffer import cpu
+from zarr.buffer import cpu
 
 from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
@@ -51,7 +51,7 @@ from .layout import (
     spatial_dims,
 )
 from .runs import committed_epochs, store_layout
-from .storage import Location, location
+from .storage import Location, location, quiet_zarr_warnings
 
 __all__ = ["Store", "RunWriter", "new_job_id"]
 
@@ -381,7 +381,7 @@ class RunWriter:
         if not self.loc.exists(RUNS, self.key, self.job, "zarr.json"):
             return
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            quiet_zarr_warnings()
             grp = zarr.open_group(self._group().zarr_store(), mode="r+", zarr_format=3,
                                   use_consolidated=False)
             grp.attrs["provenance"] = json.dumps(provenance)
