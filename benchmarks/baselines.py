@@ -2,10 +2,14 @@
 ``probe_speed.py`` (whole-process time; peak memory = the process's own ``VmHWM``, printed to
 stderr at exit).
 
-``ort``: a plain onnxruntime script — numpy and onnxruntime, one session per checkpoint,
-batches of the probe set, nothing done with the outputs. ``--taps`` adds every tap tensor as an
-extra graph output first (outside the timing): the floor of any tool that must read the taps
-out of onnxruntime.
+``ort``: a plain onnxruntime script — it imports numpy and onnxruntime and nothing else (what
+a user's own script loads), one session per checkpoint, batches of the probe set, nothing done
+with the outputs.
+
+``tap SRC DST``: writes a copy of every ``*.onnx`` of ``SRC`` into ``DST`` with every tap
+tensor as an extra graph output (run once, outside any timing). ``ort DST`` on those copies is
+the floor of any tool that must read the taps out of onnxruntime: the same plain script, the
+same imports, only the graph differs.
 
 ``torch``: the obvious PyTorch way — load each checkpoint's state dict (``.pt`` files holding
 the same weights as the ONNX files), forward hooks on every Conv2d/Linear computing NAS in
@@ -29,29 +33,34 @@ def _report_peak() -> None:
     print(f"VmHWM {peak} kB", file=sys.stderr)
 
 
-def run_ort(folder: Path, probe: Path, batch: int, taps: bool) -> None:
+def run_ort(folder: Path, probe: Path, batch: int) -> None:
     """Every ``*.onnx`` of ``folder`` over the probe set, one session each."""
-    import onnx
     import onnxruntime as ort
-    from onnx import helper
 
     x = np.load(probe, mmap_mode="r")
     for f in sorted(folder.glob("*.onnx")):
-        model = str(f)
-        if taps:
-            from nasprobe.onnxgraph.taps import find_taps
-
-            m = onnx.load(model)
-            have = {o.name for o in m.graph.output}
-            for t in find_taps(m):
-                if t.tensor not in have:
-                    have.add(t.tensor)
-                    m.graph.output.append(helper.make_tensor_value_info(t.tensor, 1, None))
-            model = m.SerializeToString()
-        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         for i in range(0, len(x), batch):
             sess.run(None, {name: np.ascontiguousarray(x[i:i + batch])})
+
+
+def write_tapped(src: Path, dst: Path) -> None:
+    """A copy of every ``*.onnx`` of ``src`` in ``dst`` with nasprobe's taps as extra outputs."""
+    import onnx
+    from onnx import helper
+
+    from nasprobe.onnxgraph.taps import find_taps
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.onnx")):
+        m = onnx.load(str(f))
+        have = {o.name for o in m.graph.output}
+        for t in find_taps(m):
+            if t.tensor not in have:
+                have.add(t.tensor)
+                m.graph.output.append(helper.make_tensor_value_info(t.tensor, 1, None))
+        onnx.save(m, str(dst / f.name))
 
 
 def build_model(kind: str):
@@ -100,17 +109,19 @@ def run_torch(folder: Path, probe: Path, batch: int, kind: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["ort", "torch"])
+    ap.add_argument("what", choices=["ort", "torch", "tap"])
     ap.add_argument("folder", type=Path)
-    ap.add_argument("probe", type=Path)
+    ap.add_argument("probe", type=Path, help="the probe set (.npy); for `tap`, the output folder")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--taps", action="store_true", help="ort: taps as extra outputs")
     ap.add_argument("--model", choices=["vanilla", "resnet50"], default="vanilla")
     args = ap.parse_args()
+    if args.what == "tap":
+        write_tapped(args.folder, args.probe)
+        return
     atexit.register(_report_peak)
     t = time.perf_counter()
     if args.what == "ort":
-        run_ort(args.folder, args.probe, args.batch, args.taps)
+        run_ort(args.folder, args.probe, args.batch)
     else:
         run_torch(args.folder, args.probe, args.batch, args.model)
     print(f"work {time.perf_counter() - t:.3f} s", file=sys.stderr)

@@ -127,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if args.onnx is None:
             sys.path.insert(0, str(Path(__file__).parent))
-            from probe_speed import export_vanilla, images
+            from bench_models import export_vanilla, images
 
             export_vanilla(Path(d) / "vanilla", 1)
             args.onnx, args.probe = Path(d) / "vanilla", images(Path(d) / "p.npy", 3072, 32)

@@ -1,25 +1,44 @@
-"""Speed and memory of nasprobe, whole processes measured side by side (issue 14).
+"""Speed and memory of nasprobe, whole processes measured side by side (issues 14 and 25).
 
-Every figure is a fresh process timed from outside (wall seconds, median of ``--repeats``
-runs taken in turn, A B C A B C ...), so imports and start-up count; peak memory is the
-child's own ``VmHWM`` (/proc/self/status at exit: ``getrusage`` would count the pages of this
-large parent that the child held between fork and exec). Prints:
+Every figure is a fresh process timed from outside (wall and CPU seconds, medians of
+``--repeats`` runs taken in turn, A B C A B C ...), so imports and start-up count; peak memory is
+the child's own ``VmHWM`` (/proc/self/status at exit: ``getrusage`` would count the pages of this
+large parent that the child held between fork and exec).
 
+Each ``--python`` is the interpreter of one environment with nasprobe installed (default: the
+one running this script); every command below runs in each of them, interleaved, and each row is
+printed per environment — e.g. the lock's ``.venv/bin/python`` and a venv made the way a user
+installs (``python -m venv v && v/bin/pip install -e '.[cpu,torch]'``, no constraints: it
+resolves the newest releases, which is how the ml_dtypes 0.7 start-up cost was found). The
+models and probe sets are made once, by the interpreter running this script (it needs torch).
+Prints:
+
+* the environments: Python and the versions of numpy, ml_dtypes, onnx, onnxruntime, zarr;
 * start-up: ``nasprobe --help`` (target <= 0.25 s) and ``nasprobe info`` on a demo store
-  (target <= 0.8 s);
+  (target <= 0.5 s);
+* ``tiny``: the fixed cost of a job, a 4-layer CNN, one epoch, 8 images of 16×16:
+  nasprobe minus a plain onnxruntime script (target <= 0.3 s);
+* ``imports``: ``python -X importtime`` of that tiny job: the modules whose own import costs
+  most, and the packages it loads that the plain script does not;
 * the table's job, VanillaNet-m 32×32, 3,072 images, 1 epoch, batch 64, ``--keep-images 0``:
-  nasprobe / a plain onnxruntime script (target <= 1.4, stretch 1.25) and / torch forward
-  hooks + NAS in torch (target <= 0.45);
-* the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.25), and the
-  floor — onnxruntime with every tap tensor as an extra output, nothing done with them;
-* where the table job's time goes, inside one process (``breakdown.py``): onnxruntime plain
-  and with the taps as outputs, the host NAS kernel, the statistics, one probe epoch;
+  nasprobe / a plain onnxruntime script (target <= 1.35) and / torch forward hooks + NAS in
+  torch (target <= 0.40);
+* the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.30), and the
+  floor — the plain script on copies of the graphs with every tap tensor as an extra output;
+* where the table job's time goes, inside one process of this script's interpreter
+  (``breakdown.py``): onnxruntime plain and with the taps as outputs, the host NAS kernel, the
+  statistics, one probe epoch;
 * ResNet-50 (hand-written, benchmarks/resnet50.py) at 224×224, 256 images, 3 epochs, batch 64:
   nasprobe / torch hooks (target <= 0.6), peak RSS of each (target <= 2.5 GB for nasprobe).
 
-Run by hand: ``.venv/bin/python benchmarks/probe_speed.py`` (needs the torch extra; about 4
-minutes on an idle 2-core machine, half of it ResNet-50); ``--only startup,table`` picks parts,
-``--demo-store PATH`` reuses a store from ``nasprobe demo``.
+The plain script (``baselines.py ort``) imports numpy and onnxruntime only, as a user's own
+script does. On a loaded machine compare the CPU seconds: wall time then includes waiting for
+a core.
+
+Run by hand: ``.venv/bin/python benchmarks/probe_speed.py [--python OTHER/bin/python]`` (needs
+the torch extra; about 4 minutes per environment on an idle 2-core machine, half of it
+ResNet-50); ``--only startup,tiny,imports,table`` picks parts, ``--demo-store PATH`` reuses a
+store from ``nasprobe demo``.
 
 nasprobe's own modules are byte-compiled first (``compileall``), as ``pip install`` does for a
 regular install: in an editable install under ``PYTHONDONTWRITEBYTECODE=1`` (this project's
@@ -38,23 +57,73 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from bench_models import export_vanilla, images, state_dicts, tiny_cnn
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-PARTS = ["startup", "table", "long", "breakdown", "resnet"]
-#: CPU seconds of each child command, by argv: on a loaded machine the start-up figures are
-#: compared as CPU time (on an idle machine wall time and CPU time of start-up agree)
-CPU_SECONDS: dict[tuple, list[float]] = {}
+PARTS = ["startup", "tiny", "imports", "table", "long", "breakdown", "resnet"]
+#: the distributions whose versions are printed per environment
+VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
 NASPROBE = ("import atexit, os, re, sys\n"
-            "import nasprobe.job.pipeline as p\n"
+            "try:\n    import nasprobe.job.pipeline as p\n"  # earlier code: nasprobe.pipeline
+            "except ImportError:\n    import nasprobe.pipeline as p\n"
             "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
             "from nasprobe.cli import main\nsys.argv[0] = 'nasprobe'\nmain()\n")
+
+
+@dataclass
+class Env:
+    """One environment: a label and its interpreter."""
+
+    label: str
+    python: str
+
+    def nasprobe(self, *args: str) -> list[str]:
+        return [self.python, "-c", NASPROBE, *args]
+
+    def script(self) -> list[str]:
+        """The console script (start-up figures), else the interpreter running the CLI."""
+        exe = Path(self.python).parent / "nasprobe"
+        return [str(exe)] if exe.exists() else [self.python, "-m", "nasprobe"]
+
+    def baseline(self, *args: str) -> list[str]:
+        return [self.python, str(HERE / "baselines.py"), *args]
+
+
+@dataclass
+class Timing:
+    """Medians of wall and CPU (user + system) seconds, largest peak MiB."""
+
+    wall: float
+    cpu: float
+    peak: float
+
+
+def environments(pythons: list[str]) -> list[Env]:
+    envs = []
+    for py in pythons:  # a venv's interpreter is a link: its folder names the environment
+        path = Path(py).absolute()
+        label = path.parent.parent.name if path.parent.name == "bin" else py
+        while label in {e.label for e in envs}:
+            label += "'"
+        envs.append(Env(label, py))
+    return envs
+
+
+def describe(env: Env) -> str:
+    """Python and the versions that decide start-up, read without importing them."""
+    code = ("import importlib.metadata as m, sys\nv = []\n"
+            f"for d in {VERSIONS!r}:\n"
+            "    try:\n        v.append(f'{d} {m.version(d)}')\n"
+            "    except m.PackageNotFoundError:\n        v.append(f'{d} -')\n"
+            "print(f'Python {sys.version.split()[0]},', ', '.join(v))")
+    return subprocess.run([env.python, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def _children_cpu() -> float:
@@ -62,97 +131,183 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def child(argv: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run ``argv``; return (wall seconds, peak MiB or NaN when it does not print VmHWM).
-    Its CPU seconds (user + system) are kept in :data:`CPU_SECONDS` under ``argv``."""
+def child(argv: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run ``argv``; return (wall s, CPU s user + system, peak MiB or NaN when it does not
+    print VmHWM)."""
     t, c = time.perf_counter(), _children_cpu()
     res = subprocess.run(argv, capture_output=True, text=True,
                          env=None if env is None else {**os.environ, **env})
-    wall = time.perf_counter() - t
-    CPU_SECONDS.setdefault(tuple(argv), []).append(_children_cpu() - c)
+    wall, cpu = time.perf_counter() - t, _children_cpu() - c
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exit {res.returncode}:\n{res.stderr[-2000:]}")
     m = re.search(r"VmHWM (\d+) kB", res.stderr)
-    return wall, int(m.group(1)) / 1024 if m else float("nan")
+    return wall, cpu, int(m.group(1)) / 1024 if m else float("nan")
 
 
-def nasprobe_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", NASPROBE, *args]
-
-
-def baseline(*args: str) -> list[str]:
-    return [sys.executable, str(HERE / "baselines.py"), *args]
-
-
-def side_by_side(commands: dict[str, list[str] | callable], repeats: int) -> dict[str, tuple]:
-    """Median (wall s, peak MiB) per command, the commands taken in turn ``repeats`` times.
-    A callable gives a fresh command per repeat (e.g. a new store path)."""
+def side_by_side(commands: dict[str, list[str] | callable], repeats: int) -> dict[str, Timing]:
+    """Medians per command, the commands taken in turn ``repeats`` times. A callable gives a
+    fresh command per repeat (e.g. a new store path); a dict first in a command is its
+    environment variables."""
     runs: dict[str, list] = {k: [] for k in commands}
     for r in range(repeats):
         for k, cmd in commands.items():
-            cmd = cmd(r) if callable(cmd) else cmd
-            env = cmd.pop(0) if isinstance(cmd[0], dict) else None  # {VAR: value} first
+            cmd = list(cmd(r) if callable(cmd) else cmd)
+            env = cmd.pop(0) if isinstance(cmd[0], dict) else None
             runs[k].append(child(cmd, env))
             print(f"    ({k}, run {r + 1}: {runs[k][-1][0]:.2f} s)", file=sys.stderr, flush=True)
-    return {k: (statistics.median(w for w, _ in v), max(p for _, p in v))
-            for k, v in runs.items()}
+    return {k: Timing(statistics.median(w for w, _, _ in v), statistics.median(c for _, c, _ in v),
+                      max(p for _, _, p in v)) for k, v in runs.items()}
 
 
-def export_vanilla(folder: Path, epochs: int) -> None:
-    """VanillaNet-m (64/64/128/128/256, 100 classes) at 32×32: ONNX files and, in
-    ``folder/../<name>-pt``, torch state dicts of the same weights."""
-    import torch
+def row(name: str, t: Timing, cpu: bool = False) -> None:
+    mem = f"   peak {t.peak:7.0f} MiB" if t.peak == t.peak else ""
+    extra = f"   CPU {t.cpu:6.2f} s" if cpu else ""
+    print(f"  {name:48s} {t.wall:8.2f} s{extra}{mem}", flush=True)
 
+
+def ratio(name: str, a: Timing, b: Timing, target: str) -> None:
+    print(f"  {name:48s} {a.wall / b.wall:8.3f}    (CPU {a.cpu / b.cpu:.3f}; target {target})",
+          flush=True)
+
+
+def startup(envs: list[Env], store: Path, repeats: int) -> None:
+    cmds = {}
+    for e in envs:
+        cmds[f"help@{e.label}"] = [*e.script(), "--help"]
+        cmds[f"info@{e.label}"] = [*e.script(), "info", str(store)]
+    got = side_by_side(cmds, max(repeats, 5))
+    print("start-up (median of whole processes; wall, then CPU user+sys)")
+    for e in envs:
+        row(f"[{e.label}] nasprobe --help  (target <= 0.25 s)", got[f"help@{e.label}"], cpu=True)
+        row(f"[{e.label}] nasprobe info demo store  (target <= 0.5 s)", got[f"info@{e.label}"],
+            cpu=True)
+
+
+def tiny(envs: list[Env], tmp: Path, repeats: int) -> None:
+    run, probe = tmp / "tiny", images(tmp / "tiny.npy", 8, 16)
+    if not run.exists():
+        tiny_cnn(run)
+    cmds = {}
+    for e in envs:
+        cmds[f"nasprobe@{e.label}"] = lambda r, e=e: e.nasprobe(
+            "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"tiny-{e.label}{r}.zarr"),
+            "--keep-images", "0", "--run", "bench")
+        cmds[f"plain@{e.label}"] = e.baseline("ort", str(run), str(probe))
+    got = side_by_side(cmds, max(repeats, 5))
+    print(f"tiny job: 4-layer CNN, 8 images of 16x16, 1 epoch (median of {max(repeats, 5)})")
+    for e in envs:
+        a, b = got[f"nasprobe@{e.label}"], got[f"plain@{e.label}"]
+        row(f"[{e.label}] nasprobe probe --keep-images 0", a, cpu=True)
+        row(f"[{e.label}] plain onnxruntime script", b, cpu=True)
+        print(f"  {f'[{e.label}] nasprobe - plain  (target <= 0.3 s)':48s} {a.wall - b.wall:8.2f} s"
+              f"   CPU {a.cpu - b.cpu:6.2f} s", flush=True)
+
+
+def imports(envs: list[Env], tmp: Path, top: int = 8) -> None:
+    """``-X importtime`` of the tiny job: the costliest modules by their own import, and the
+    top-level packages a plain script does not load, by their cumulative import."""
+    run, probe = tmp / "tiny", images(tmp / "tiny.npy", 8, 16)
+    if not run.exists():
+        tiny_cnn(run)
+    print("imports of the tiny job (python -X importtime, one run; ms)")
+    for e in envs:
+        runs = {}
+        for what, cmd in (("nasprobe", e.nasprobe("probe", str(run), "--probe", str(probe), "--out",
+                                                  str(tmp / f"imp-{e.label}.zarr"), "--keep-images",
+                                                  "0", "--run", "bench")),
+                          ("plain", e.baseline("ort", str(run), str(probe)))):
+            res = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True,
+                                 text=True, check=True)
+            runs[what] = [(m.group(3), int(m.group(1)), int(m.group(2))) for m in re.finditer(
+                r"import time:\s+(\d+) \|\s+(\d+) \| ( *\S+)", res.stderr)]
+        own = sorted(runs["nasprobe"], key=lambda r: -r[1])[:top]
+        print(f"  [{e.label}] own import: " + ", ".join(f"{n.strip()} {s / 1e3:.0f}" for n, s, _ in own))
+        # top-level packages imported at any depth (cumulative ms of their first import)
+        plain = {n.strip().split(".")[0] for n, _, _ in runs["plain"]}
+        seen, tops = set(), []
+        for n, _, c in runs["nasprobe"]:
+            name = n.strip()
+            if "." not in name and name not in plain and name not in seen:
+                seen.add(name)
+                tops.append((name, c))
+        tops.sort(key=lambda r: -r[1])
+        print(f"  [{e.label}] packages the plain script does not load: "
+              + ", ".join(f"{n} {c / 1e3:.0f}" for n, c in tops[:top]))
+
+
+def vanilla(envs: list[Env], tmp: Path, part: str, repeats: int) -> None:
+    folder, n = {"table": ("vanilla1", 3072), "long": ("vanilla4", 2048)}[part]
+    run, pt, tapped = tmp / folder, tmp / f"{folder}-pt", tmp / f"{folder}-tapped"
+    if not run.exists():
+        export_vanilla(run, 1 if part == "table" else 4)
+    if not tapped.exists():  # the floor's graphs, written once outside the timing
+        subprocess.run([sys.executable, str(HERE / "baselines.py"), "tap", str(run), str(tapped)],
+                       check=True)
+    probe = images(tmp / f"{part}.npy", n, 32)
+    cmds = {}
+    for e in envs:
+        cmds[f"nasprobe@{e.label}"] = lambda r, e=e: e.nasprobe(
+            "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"{part}{e.label}{r}.zarr"),
+            "--batch-size", "64", "--keep-images", "0", "--run", "bench")
+        cmds[f"plain@{e.label}"] = e.baseline("ort", str(run), str(probe))
+        cmds[f"taps@{e.label}"] = e.baseline("ort", str(tapped), str(probe))
+        if part == "table":
+            cmds[f"torch@{e.label}"] = e.baseline("torch", str(pt), str(probe))
+    got = side_by_side(cmds, repeats)
+    epochs = len(list(run.glob("*.onnx")))
+    print(f"VanillaNet-m 32x32, {n} images x {epochs} epoch(s), batch 64 (median of {repeats})")
+    for e in envs:
+        t = {k.split("@")[0]: v for k, v in got.items() if k.endswith(f"@{e.label}")}
+        row(f"[{e.label}] nasprobe probe --keep-images 0", t["nasprobe"], cpu=True)
+        row(f"[{e.label}] plain onnxruntime script", t["plain"], cpu=True)
+        row(f"[{e.label}] the same script, taps as outputs (floor)", t["taps"], cpu=True)
+        if "torch" in t:
+            row(f"[{e.label}] torch forward hooks + NAS in torch", t["torch"], cpu=True)
+        ratio(f"[{e.label}] nasprobe / plain onnxruntime", t["nasprobe"], t["plain"],
+              "<= 1.35" if part == "table" else "<= 1.30")
+        ratio(f"[{e.label}] floor: taps / plain onnxruntime", t["taps"], t["plain"], "-")
+        if "torch" in t:
+            ratio(f"[{e.label}] nasprobe / torch hooks", t["nasprobe"], t["torch"], "<= 0.40")
+
+
+def resnet(envs: list[Env], tmp: Path, repeats: int, unsplit: bool) -> None:
     sys.path.insert(0, str(HERE))
-    from baselines import build_model
-    from resnet50 import reweight
+    from resnet50 import make_run, resnet50
 
-    torch.manual_seed(0)
-    model = build_model("vanilla")
-    folder.mkdir(parents=True)
-    first = folder / "epoch_000.onnx"
-    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(first), dynamo=True,
-                      dynamic_shapes=({0: "N"},), verbose=False)
-    reweight(first, folder, epochs)
-    state_dicts(folder, model)
-
-
-def state_dicts(folder: Path, model) -> None:
-    """``.pt`` state dicts next to ``folder`` holding each ONNX file's weights (by name)."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    out = folder.parent / f"{folder.name}-pt"
-    out.mkdir(exist_ok=True)
-    base = model.state_dict()
-    for f in sorted(folder.glob("*.onnx")):
-        inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer}
-        sd = {k: torch.from_numpy(inits[k].copy()) if k in inits else v for k, v in base.items()}
-        missing = [k for k, v in base.items() if k not in inits and v.dtype.is_floating_point]
-        if missing:
-            raise SystemExit(f"{f}: {len(missing)} torch tensors not in the ONNX file, "
-                             f"e.g. {missing[:3]}")
-        torch.save(sd, out / f"{f.stem}.pt")
-
-
-def images(path: Path, n: int, size: int) -> Path:
-    np.save(path, np.random.default_rng(0).normal(0, 1, (n, 3, size, size)).astype(np.float32))
-    return path
-
-
-def row(name: str, wall: float, peak: float | None = None) -> None:
-    mem = f"   peak {peak:7.0f} MiB" if peak is not None and peak == peak else ""
-    print(f"  {name:46s} {wall:8.2f} s{mem}", flush=True)
-
-
-def ratio(name: str, a: float, b: float, target: str) -> None:
-    print(f"  {name:46s} {a / b:8.3f}    (target {target})", flush=True)
+    run = tmp / "resnet50"
+    make_run(run, 3)
+    state_dicts(run, resnet50())
+    probe = images(tmp / "resnet.npy", 256, 224)
+    cmds = {}
+    for e in envs:
+        cmds[f"nasprobe@{e.label}"] = lambda r, e=e: e.nasprobe(
+            "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"r{e.label}{r}.zarr"),
+            "--batch-size", "64", "--run", "bench")
+        cmds[f"torch@{e.label}"] = e.baseline("torch", str(tmp / "resnet50-pt"), str(probe),
+                                              "--model", "resnet50")
+        if unsplit:
+            cmds[f"unsplit@{e.label}"] = lambda r, e=e: [{"NASPROBE_TAP_BUDGET": str(2**40)}] + \
+                e.nasprobe("probe", str(run), "--probe", str(probe), "--out",
+                           str(tmp / f"u{e.label}{r}.zarr"), "--batch-size", "64", "--run", "bench")
+    got = side_by_side(cmds, repeats)
+    print(f"ResNet-50 224x224, 256 images x 3 epochs, batch 64 (median of {repeats})")
+    for e in envs:
+        t = {k.split("@")[0]: v for k, v in got.items() if k.endswith(f"@{e.label}")}
+        row(f"[{e.label}] nasprobe probe", t["nasprobe"], cpu=True)
+        row(f"[{e.label}] torch forward hooks + NAS in torch", t["torch"], cpu=True)
+        ratio(f"[{e.label}] nasprobe / torch hooks", t["nasprobe"], t["torch"], "<= 0.6")
+        print(f"  {f'[{e.label}] nasprobe peak RSS':48s} {t['nasprobe'].peak / 1024:8.2f} GiB  "
+              "(target <= 2.5 GB)")
+        if "unsplit" in t:
+            row(f"[{e.label}] nasprobe, a batch's raw taps at once", t["unsplit"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(PARTS), help=f"parts: {','.join(PARTS)}")
+    ap.add_argument("--python", action="append", default=None, metavar="PYTHON",
+                    help="the interpreter of an environment to measure (repeat for more; "
+                         "default: this one)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
     ap.add_argument("--resnet-repeats", type=int, default=1)
     ap.add_argument("--unsplit", action="store_true",
@@ -162,101 +317,47 @@ def main() -> None:
                     help="a store from `nasprobe demo` for the info timing (default: make one)")
     args = ap.parse_args()
     parts = args.only.split(",")
-    import compileall
-
+    envs = environments(args.python or [sys.executable])
     import nasprobe.measures.kernels
 
-    for package in (Path(nasprobe.measures.kernels.__file__).parent, HERE.parent / "adapters"):
-        compileall.compile_dir(str(package), quiet=1)
+    for e in envs:  # each environment's interpreter compiles what it imports of nasprobe
+        for package in (Path(nasprobe.measures.kernels.__file__).parent, HERE.parent / "adapters"):
+            subprocess.run([e.python, "-m", "compileall", "-q", str(package)], check=True,
+                           capture_output=True)
 
     print(f"nasprobe probe speed — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"C kernel built: {nasprobe.measures.kernels.available()}", flush=True)
+    for e in envs:
+        print(f"  [{e.label}] {e.python}: {describe(e)}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "startup" in parts:
             store = args.demo_store
             if store is None:
-                subprocess.run([str(BIN / "nasprobe"), "demo", "--out", str(tmp / "demo")],
+                subprocess.run([*envs[0].script(), "demo", "--out", str(tmp / "demo")],
                                check=True, capture_output=True,
                                env={**os.environ, "KERAS_BACKEND": "torch", "MPLBACKEND": "Agg"})
                 store = tmp / "demo" / "nas.zarr"
-            cmds = {"help": [str(BIN / "nasprobe"), "--help"],
-                    "info": [str(BIN / "nasprobe"), "info", str(store)]}
-            got = side_by_side(cmds, max(args.repeats, 5))
-            cpu = {k: statistics.median(CPU_SECONDS[tuple(v)]) for k, v in cmds.items()}
-            print("start-up (median of whole processes; wall, then CPU seconds)")
-            row("nasprobe --help  (target <= 0.25 s)", got["help"][0])
-            row("  CPU user+sys", cpu["help"])
-            row("nasprobe info demo store  (target <= 0.8 s)", got["info"][0])
-            row("  CPU user+sys", cpu["info"])
-        if {"table", "long", "breakdown"} & set(parts):
-            export_vanilla(tmp / "vanilla1", 1)
-            export_vanilla(tmp / "vanilla4", 4)
-        for part, folder, n in [("table", "vanilla1", 3072), ("long", "vanilla4", 2048)]:
-            if part not in parts:
-                continue
-            probe = images(tmp / f"{part}.npy", n, 32)
-            run, pt = tmp / folder, tmp / f"{folder}-pt"
-            cmds = {
-                "nasprobe": lambda r, p=part, run=run, probe=probe: nasprobe_cmd(
-                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"{p}{r}.zarr"),
-                    "--batch-size", "64", "--keep-images", "0", "--run", "bench"),
-                "plain": baseline("ort", str(run), str(probe)),
-                "taps": baseline("ort", str(run), str(probe), "--taps"),
-            }
-            if part == "table":
-                cmds["torch"] = baseline("torch", str(pt), str(probe))
-            got = side_by_side(cmds, args.repeats)
-            epochs = len(list(run.glob("*.onnx")))
-            print(f"VanillaNet-m 32x32, {n} images x {epochs} epoch(s), batch 64 "
-                  f"(median of {args.repeats})")
-            row("nasprobe probe --keep-images 0", *got["nasprobe"])
-            row("plain onnxruntime script", *got["plain"])
-            row("onnxruntime, taps as outputs (floor)", *got["taps"])
-            if "torch" in got:
-                row("torch forward hooks + NAS in torch", *got["torch"])
-            ratio("nasprobe / plain onnxruntime", got["nasprobe"][0], got["plain"][0],
-                  "<= 1.4, stretch 1.25" if part == "table" else "<= 1.25")
-            ratio("floor: taps / plain onnxruntime", got["taps"][0], got["plain"][0], "-")
-            if "torch" in got:
-                ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.45")
+            startup(envs, store, args.repeats)
+        if "tiny" in parts:
+            tiny(envs, tmp, args.repeats)
+        if "imports" in parts:
+            imports(envs, tmp)
+        for part in ("table", "long"):
+            if part in parts:
+                vanilla(envs, tmp, part, args.repeats)
         if "breakdown" in parts:
             print("where the time goes (one process, VanillaNet-m 32x32, 3072 images)", flush=True)
+            if not (tmp / "vanilla1").exists():
+                export_vanilla(tmp / "vanilla1", 1)
             probe = tmp / "table.npy"
             if not probe.exists():
                 images(probe, 3072, 32)
             subprocess.run([sys.executable, str(HERE / "breakdown.py"), str(tmp / "vanilla1"),
                             str(probe), "--repeats", str(max(args.repeats, 3))], check=True)
         if "resnet" in parts:
-            sys.path.insert(0, str(HERE))
-            from resnet50 import make_run, resnet50
-
-            run = tmp / "resnet50"
-            make_run(run, 3)
-            state_dicts(run, resnet50())
-            probe = images(tmp / "resnet.npy", 256, 224)
-            cmds = {
-                "nasprobe": lambda r: nasprobe_cmd(
-                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"r{r}.zarr"),
-                    "--batch-size", "64", "--run", "bench"),
-                "torch": baseline("torch", str(tmp / "resnet50-pt"), str(probe),
-                                  "--model", "resnet50"),
-            }
-            if args.unsplit:
-                cmds["unsplit"] = lambda r: [{"NASPROBE_TAP_BUDGET": str(2**40)}] + nasprobe_cmd(
-                    "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"u{r}.zarr"),
-                    "--batch-size", "64", "--run", "bench")
-            got = side_by_side(cmds, args.resnet_repeats)
-            print(f"ResNet-50 224x224, 256 images x 3 epochs, batch 64 "
-                  f"(median of {args.resnet_repeats})")
-            row("nasprobe probe", *got["nasprobe"])
-            row("torch forward hooks + NAS in torch", *got["torch"])
-            ratio("nasprobe / torch hooks", got["nasprobe"][0], got["torch"][0], "<= 0.6")
-            print(f"  {'nasprobe peak RSS':46s} {got['nasprobe'][1] / 1024:8.2f} GiB  "
-                  "(target <= 2.5 GB)")
-            if "unsplit" in got:
-                row("nasprobe, a batch's raw taps at once", *got["unsplit"])
+            resnet(envs, tmp, args.resnet_repeats, args.unsplit)
 
 
 if __name__ == "__main__":
