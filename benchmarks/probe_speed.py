@@ -111,7 +111,7 @@ def environments(pythons: list[str]) -> list[Env]:
         label = path.parent.parent.name if path.parent.name == "bin" else py
         while label in {e.label for e in envs}:
             label += "'"
-        envs.append(Env(label, py))
+        envs.append(Env(label, str(path)))
     return envs
 
 
@@ -332,6 +332,9 @@ def main() -> None:
         print(f"  [{e.label}] {e.python}: {describe(e)}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        # `python -c` puts the working directory first on sys.path: run every command from
+        # the empty folder, so that a checkout here never shadows an environment's nasprobe
+        os.chdir(tmp)
         if "startup" in parts:
             store = args.demo_store
             if store is None:
