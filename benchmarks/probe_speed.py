@@ -68,8 +68,7 @@ PARTS = ["startup", "tiny", "imports", "table", "long", "breakdown", "resnet"]
 VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
 NASPROBE = ("import atexit, os, re, sys\n"
-            "try:\n    import nasprobe.job.pipeline as p\n"  # earlier code: nasprobe.pipeline
-            "except ImportError:\n    import nasprobe.pipeline as p\n"
+            "import nasprobe.pipeline as p\n"
             "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
@@ -320,9 +319,13 @@ def main() -> None:
     envs = environments(args.python or [sys.executable])
     import nasprobe.measures.kernels
 
-    for e in envs:  # each environment's interpreter compiles what it imports of nasprobe
-        for package in (Path(nasprobe.measures.kernels.__file__).parent, HERE.parent / "adapters"):
-            subprocess.run([e.python, "-m", "compileall", "-q", str(package)], check=True,
+    for e in envs:  # each environment's interpreter compiles the nasprobe it imports
+        where = subprocess.run(
+            [e.python, "-c", "import nasprobe, nasprobe_torch, os\n"
+             "for m in (nasprobe, nasprobe_torch): print(os.path.dirname(m.__file__))"],
+            capture_output=True, text=True, check=True, cwd=tempfile.gettempdir()).stdout.split()
+        for package in where:
+            subprocess.run([e.python, "-m", "compileall", "-q", package], check=True,
                            capture_output=True)
 
     print(f"nasprobe probe speed — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

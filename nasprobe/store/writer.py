@@ -104,9 +104,11 @@ _TEMPLATES: dict[tuple, tuple] = {}
 
 
 def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
+    # Every group passed here was just opened with mode="w": nothing to overwrite, and asking
+    # zarr to look for an old array costs a round trip through its event loop per array.
     attrs = {"coordinates": coords} if coords else {}
     return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
-                              fill_value=fill, chunks=chunks, attributes=attrs, overwrite=True)
+                              fill_value=fill, chunks=chunks, attributes=attrs)
 
 
 class Store:
