@@ -68,7 +68,8 @@ PARTS = ["startup", "tiny", "imports", "table", "long", "breakdown", "resnet"]
 VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
 NASPROBE = ("import atexit, os, re, sys\n"
-            "import nasprobe.pipeline as p\n"
+            "try:\n    import nasprobe.job.pipeline as p\n"  # before issue 23: nasprobe.pipeline
+            "except ImportError:\n    import nasprobe.pipeline as p\n"
             "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
