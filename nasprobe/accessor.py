@@ -72,6 +72,16 @@ class NasAccessor:
         """Mean receptive-field entropy (nats) per layer over epochs (2020 Fig. 5)."""
         return self._draw("entropy", runs, layers, groups, kwargs)
 
+    def dead(self, runs=None, layers=None, groups=None, **kwargs) -> Figure:
+        """Share of dead units (channels never above zero at the nonlinearity's input) per
+        layer over epochs; one panel per group, or per run without groups."""
+        return self._draw("dead", runs, layers, groups, kwargs)
+
+    def hist(self, runs=None, layers=None, groups=None, epochs=None, **kwargs) -> Figure:
+        """NAS distributions per layer: several runs (groups) overlaid at ``epochs`` (list or
+        "10,20"; default the last), or for one run a ridgeline over epochs."""
+        return self._draw("hist", runs, layers, groups, {"epochs": epochs, **kwargs})
+
     def onsets(self, runs=None, layers=None, sigma: float = 2.0) -> xr.Dataset:
         """Loss onset per run, NAS onset and lead time per (run, layer), in epochs.
 

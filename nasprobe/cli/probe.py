@@ -184,9 +184,17 @@ def info_cmd(store):
             click.echo(f"    non-finite weights in {f} ({', '.join(names[:5])}): NaN statistics")
     click.echo(f"layers ({len(got.layers)}):")
     for name, kind, channels, locations in got.layers:
-        click.echo(f"  {name:24s} {kind:14s} channels={channels} locations={locations}")
+        act = got.nonlinearity.get(name)
+        act = "" if act is None else f" nonlinearity={act or 'none'}"
+        click.echo(f"  {name:24s} {kind:14s} channels={channels} locations={locations}{act}")
     if got.metrics:
         click.echo(f"metrics: {', '.join(got.metrics)}")
+    if got.activity:
+        click.echo("unit activity: dead_fraction (run, epoch, layer), "
+                   "heatmaps/<layer>/unit_activity (run, epoch, channel)")
+    else:
+        click.echo("unit activity: not recorded (written by a nasprobe before dead units "
+                   "were measured)")
 
 
 def _legacy_summary(store):

@@ -18,7 +18,8 @@ __all__ = ["report_command", "tensorboard_command"]
 @click.option("--dpi", default=110, show_default=True, type=click.IntRange(30, 600),
               help="Resolution of the embedded figures, dots per inch.")
 @click.option("--kind", "kinds", multiple=True,
-              type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy"]),
+              type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy", "dead",
+                                 "hist"]),
               help="Only these figure kinds (repeatable; default: all).")
 def report_command(store: str, out: str, title: str | None, dpi: int,
                    kinds: tuple[str, ...]) -> None:

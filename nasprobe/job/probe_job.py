@@ -176,7 +176,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
                 raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
                                       f"{', '.join(skipped)})") from exc
     spec = replace(spec, probe_sha256=ctx.probeset.sha256)
-    infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth)
+    infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth, t.nonlinearity)
              for t in ctx.taps]
     provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,

@@ -30,8 +30,9 @@ from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError
 from nasprobe.frameworks.registry import open_source
 from nasprobe.measures.aggregate import LayerStats
 from nasprobe.measures.correlation import corr_histogram
-from nasprobe.measures.kernels import available as kernels_available, nas_map
-from nasprobe.onnxgraph.nas_graph import build_probe_graph, build_tap_graph
+from nasprobe.measures.activity import batch_maps, extra_outputs
+from nasprobe.measures.kernels import available as kernels_available
+from nasprobe.onnxgraph.nas_graph import ACT_PREFIX, build_probe_graph, build_tap_graph
 from nasprobe.onnxgraph.taps import Tap, find_taps
 from nasprobe.probesets import ProbeSet, load_probe_set
 from nasprobe.store.storage import local_copy
@@ -100,7 +101,8 @@ class RunContext:
     ``base`` holds the architecture's initializers (name → array) for the weight correlations;
     ``kind`` says what the model's first output holds (see :func:`output_kind`); ``fetch``
     names, per tap, the session output to read: the NAS map, or with ``host`` the raw tap
-    tensor whose NAS :func:`nasprobe.measures.kernels.nas_map` computes.
+    tensor whose NAS :func:`nasprobe.measures.kernels.nas_map` computes; ``acts`` says per
+    tap where its unit activity is counted (:func:`nasprobe.measures.activity.extra_outputs`).
     """
 
     source: Any
@@ -112,6 +114,7 @@ class RunContext:
     kind: str
     fetch: list[str]
     host: bool = False
+    acts: list[str | None] | None = None
 
 
 @dataclass
@@ -166,7 +169,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
                 input_name: str = "input", fetch: list[str] | None = None,
                 host: bool = False, fixed_batch: int | None = None,
                 tap_budget: int | None = None, bind: bool = False, streams: int = 1,
-                threads: int | None = None) -> EpochResult:
+                threads: int | None = None, acts: list[str | None] | None = None
+                ) -> EpochResult:
     """Run the probe set through a tapped session and aggregate every layer's NAS maps.
 
     Memory is bounded by ``batch_size``: each batch's maps are folded into running statistics,
@@ -182,6 +186,7 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     folds finished ones (:func:`nasprobe.job.pipeline.prefetched`). A model exported with a fixed
     batch size ``fixed_batch`` gets batches of exactly that size (the last one padded with
     zeros, whose outputs are dropped). ``bind``: see :func:`nasprobe.job.runtime.run_batch`.
+    ``acts``: per tap where its unit activity is counted (:class:`RunContext`; default none).
     """
     streams = max(1, int(streams))
     if fixed_batch:
@@ -193,8 +198,10 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
                                     max(pipeline.IN_FLIGHT, streams))
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
+    acts = list(acts) if acts is not None else [None] * len(taps)
+    extra = extra_outputs(acts, names)
     labelled = probeset.labels is not None
-    out_names = ([session.get_outputs()[0].name] if labelled else []) + names
+    out_names = ([session.get_outputs()[0].name] if labelled else []) + names + extra
     loss_sum, correct, n, fetched = 0.0, 0, 0, 0
 
     def run(batch):
@@ -202,13 +209,13 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         that left onnxruntime."""
         outs = run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
         size = sum(o.nbytes for o in outs)
-        if host:
-            head = outs[:1] if labelled else []
-            outs = head + [nas_map(o, t.channel_axis, threads=threads)
-                           for t, o in zip(taps, outs[len(head):])]
-        return outs, size
+        head = outs[:1] if labelled else []
+        got = dict(zip(names + extra, outs[len(head):]))
+        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads)
+        return head + maps, counts, size
 
-    for (_, xb, yb), (outs, size) in prefetched(probeset.batches(batch_size), run, streams):
+    for (_, xb, yb), (outs, counts, size) in prefetched(probeset.batches(batch_size), run,
+                                                         streams):
         fetched += size
         if labelled:
             lp = _log_probs(outs[0], kind)
@@ -217,8 +224,10 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
             correct += int((lp.argmax(axis=1) == yb).sum())
             outs = outs[1:]
         n += len(xb)
-        for t, o in zip(taps, outs):
+        for t, o, c in zip(taps, outs, counts):
             stats[t.layer].update(o)
+            if c is not None:
+                stats[t.layer].update_activity(c, o.size)
         outs = o = None
     metrics = {}
     if labelled:
@@ -245,11 +254,15 @@ def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
 
 
 def _graph(arch, taps, host: bool, opts: ProbeOptions, label: str):
-    """The tapped graph and the outputs to fetch per tap: raw taps (host) or NAS maps."""
+    """The tapped graph, the outputs to fetch per tap (raw taps on the host, or NAS maps) and
+    where each tap's unit activity is counted (:class:`RunContext`)."""
     if host:
-        return build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
-    graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label)
-    return graph, [t.output for t in taps]
+        return build_tap_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label,
+                               activity=True)
+    graph = build_probe_graph(arch, taps, exclude_bias=opts.exclude_bias, source=label,
+                              activity=True)
+    return graph, [t.output for t in taps], [None if t.act_tensor is None else
+                                             ACT_PREFIX + t.layer for t in taps]
 
 
 def _build(spec: RunSpec) -> RunContext:
@@ -264,12 +277,12 @@ def _build(spec: RunSpec) -> RunContext:
                                             source=label))
     # Where NAS goes depends on the provider that runs: asked-for CUDA may not start.
     host = host_nas(opts.nas_on, select_providers(opts.device)[0])
-    graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+    graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
     tapped = reading(first, lambda: TappedModel(graph, device=opts.device))
     session = reading(first, tapped.session)
     if host_nas(opts.nas_on, tapped.provider) != host:  # CUDA fell back to CPU
         host = True
-        graph, fetch = reading(first, _graph, arch, taps, host, opts, label)
+        graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
         tapped = reading(first, lambda: TappedModel(graph, device="cpu"))
         session = reading(first, tapped.session)
     probeset = _probe_set(spec, tapped.input_shape)
@@ -295,7 +308,7 @@ def _build(spec: RunSpec) -> RunContext:
     base = reading(first, lambda: {t.name: numpy_helper.to_array(t)
                                    for t in arch.graph.initializer})
     return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,
-                      host)
+                      host, acts)
 
 
 def host_nas(nas_on: str, provider: str = CPU) -> bool:
@@ -378,7 +391,8 @@ def run_epoch(task: EpochTask) -> Outcome:
                          keep_images=spec.options.keep_images,
                          kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
                          host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
-                         bind=ctx.tapped.provider == CUDA, streams=streams, threads=threads)
+                         bind=ctx.tapped.provider == CUDA, streams=streams, threads=threads,
+                         acts=ctx.acts)
     provider = session.get_providers()[0]
     del session
     full = {**ctx.base, **weights}

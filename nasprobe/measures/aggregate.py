@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activity import activity_summary
 from .kernels import fold
 
 __all__ = ["QUANTILES", "NAS_BINS", "FINE_BINS", "LayerStats"]
@@ -48,6 +49,16 @@ class LayerStats:
         self.map_sum = np.zeros(self.spatial, np.float64)
         self.images = 0
         self.image_maps: list[np.ndarray] = []
+        self.active: np.ndarray | None = None
+        self.pairs = 0
+
+    def update_activity(self, counts: np.ndarray, pairs: int) -> None:
+        """Add a batch's per-channel counts of values above zero at the nonlinearity's input
+        (``(D,)`` int64) over ``pairs`` (image, location) pairs (docs/measures.md, "Dead units")."""
+        if self.active is None:
+            self.active = np.zeros(self.channels, np.int64)
+        self.active += counts
+        self.pairs += int(pairs)
 
     def update(self, maps: np.ndarray) -> None:
         """Add a batch of NAS maps, shape ``(B, *spatial)``, values in [0, 1]."""
@@ -91,7 +102,8 @@ class LayerStats:
     def summary(self) -> dict[str, np.ndarray | float]:
         """The stored statistics: ``nas_median``, ``nas_mean``, ``nas_min``, ``nas_max``,
         ``entropy_mean`` (nats) as floats, ``nas_quantile`` (5,), ``nas_hist`` (100,) counts,
-        ``nas_map`` (*spatial) mean map and ``nas_image_map`` (K, *spatial)."""
+        ``nas_map`` (*spatial) mean map and ``nas_image_map`` (K, *spatial); with activity
+        counted (:meth:`update_activity`) also ``unit_activity`` (D,) and ``dead_fraction``."""
         bad = self.nonfinite > 0 or self.n == 0
         q = self.quantiles()
         nonzero = np.flatnonzero(self.count)
@@ -107,4 +119,5 @@ class LayerStats:
             "nas_hist": self.hist.copy(),
             "nas_map": self.map_sum / max(self.images, 1),
             "nas_image_map": images,
+            **activity_summary(self.active, self.pairs),
         }

@@ -4,7 +4,11 @@
  * nas_rows: NAS along the channel axis of a float32 tensor viewed as (outer, C, inner), less a
  *   per-channel bias, in one pass over memory: per location the max over channels, then sum(e) and sum(e*z) with
  *   z = a - max, e = exp(z); H = ln S - T/S, NAS = 1 - exp(H)/C, clamped to [0, 1 - 1/C]
- *   against rounding. A NaN or infinite input value makes its location's NAS NaN.
+ *   against rounding. A NaN or infinite input value makes its location's NAS NaN. Given a
+ *   counts buffer, the same first pass also adds, per channel, how many of the row's values are
+ *   > 0 (the unit activity of docs/measures.md; the raw value, before the bias is subtracted).
+ * count_rows: the same counts alone, for a tensor whose NAS is not taken (the input of a
+ *   nonlinearity behind BatchNorm, when NAS is taken before it).
  * fold: adds NAS values (float32, or float64 when is_double) to the running histogram
  *   statistics of nasprobe.aggregate.LayerStats.
  *
@@ -56,15 +60,27 @@
 
 NP_CLONES
 static void nas_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t n,
-                      const float *restrict bias, float *restrict out)
+                      const float *restrict bias, float *restrict out, int64_t *restrict cnt)
 {
-    /* x points at (c=0, j=j0) of one outer row; n <= BLOCK locations j0..j0+n-1. */
+    /* x points at (c=0, j=j0) of one outer row; n <= BLOCK locations j0..j0+n-1; cnt, when
+     * not NULL, gets per channel the number of these values above zero. */
     float m[BLOCK], bad[BLOCK], s[BLOCK], t[BLOCK];
     double S[BLOCK], T[BLOCK];
     for (Py_ssize_t j = 0; j < n; j++) { m[j] = -INFINITY; bad[j] = 0.0f; S[j] = 0.0; T[j] = 0.0; }
     for (Py_ssize_t c = 0; c < C; c++) {
         const float *restrict xc = x + c * inner;
         const float b = bias[c];
+        if (cnt) {
+            int32_t k = 0;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float v = xc[j] - b;
+                bad[j] += v - v;
+                m[j] = v > m[j] ? v : m[j];
+                k += xc[j] > 0.0f;
+            }
+            cnt[c] += k;
+            continue;
+        }
         for (Py_ssize_t j = 0; j < n; j++) {
             float v = xc[j] - b;
             bad[j] += v - v;                              /* NaN for NaN or +-Inf */
@@ -109,11 +125,13 @@ static int get_buf(PyObject *obj, Py_buffer *view, int writable, const char *wha
 
 static PyObject *nas_rows(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *bo, *oo;
+    PyObject *xo, *bo, *oo, *co = Py_None;
     Py_ssize_t outer, C, inner, start, stop;
-    if (!PyArg_ParseTuple(args, "OnnnOOnn", &xo, &outer, &C, &inner, &bo, &oo, &start, &stop))
+    if (!PyArg_ParseTuple(args, "OnnnOOnn|O", &xo, &outer, &C, &inner, &bo, &oo, &start, &stop,
+                          &co))
         return NULL;
-    Py_buffer xv, bv, ov;
+    Py_buffer xv, bv, ov, cv;
+    int have_c = co != Py_None;
     if (get_buf(xo, &xv, 0, "x") < 0) return NULL;
     if (get_buf(bo, &bv, 0, "bias") < 0) { PyBuffer_Release(&xv); return NULL; }
     if (get_buf(oo, &ov, 1, "out") < 0) {
@@ -121,28 +139,82 @@ static PyObject *nas_rows(PyObject *self, PyObject *args)
         PyBuffer_Release(&bv);
         return NULL;
     }
+    if (have_c && get_buf(co, &cv, 1, "counts") < 0) {
+        PyBuffer_Release(&xv);
+        PyBuffer_Release(&bv);
+        PyBuffer_Release(&ov);
+        return NULL;
+    }
     int ok = C > 0 && outer >= 0 && inner > 0 && 0 <= start && start <= stop && stop <= outer
              && outer <= PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / C / inner  /* no overflow */
              && xv.len == (Py_ssize_t)sizeof(float) * outer * C * inner
              && ov.len == (Py_ssize_t)sizeof(float) * outer * inner
-             && bv.len == (Py_ssize_t)sizeof(float) * C;
+             && bv.len == (Py_ssize_t)sizeof(float) * C
+             && (!have_c || cv.len == (Py_ssize_t)sizeof(int64_t) * C);
     if (ok) {
         const float *x = (const float *)xv.buf;
         const float *b = (const float *)bv.buf;
         float *out = (float *)ov.buf;
+        int64_t *cnt = have_c ? (int64_t *)cv.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t o = start; o < stop; o++)
             for (Py_ssize_t j0 = 0; j0 < inner; j0 += BLOCK) {
                 Py_ssize_t n = inner - j0 < BLOCK ? inner - j0 : BLOCK;
-                nas_block(x + o * C * inner + j0, C, inner, n, b, out + o * inner + j0);
+                nas_block(x + o * C * inner + j0, C, inner, n, b, out + o * inner + j0, cnt);
             }
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&xv);
     PyBuffer_Release(&ov);
     PyBuffer_Release(&bv);
+    if (have_c) PyBuffer_Release(&cv);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "nas_rows: buffer sizes do not match (outer, C, inner)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+NP_CLONES
+static void count_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner,
+                        int64_t *restrict cnt)
+{
+    for (Py_ssize_t c = 0; c < C; c++) {
+        const float *restrict xc = x + c * inner;
+        int64_t k = 0;
+        for (Py_ssize_t j0 = 0; j0 < inner; j0 += 1 << 20) {   /* int32 partial sums */
+            Py_ssize_t j1 = inner - j0 < (1 << 20) ? inner : j0 + (1 << 20);
+            int32_t part = 0;
+            for (Py_ssize_t j = j0; j < j1; j++) part += xc[j] > 0.0f;
+            k += part;
+        }
+        cnt[c] += k;
+    }
+}
+
+static PyObject *count_rows(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *co;
+    Py_ssize_t outer, C, inner;
+    if (!PyArg_ParseTuple(args, "OnnnO", &xo, &outer, &C, &inner, &co)) return NULL;
+    Py_buffer xv, cv;
+    if (get_buf(xo, &xv, 0, "x") < 0) return NULL;
+    if (get_buf(co, &cv, 1, "counts") < 0) { PyBuffer_Release(&xv); return NULL; }
+    int ok = C > 0 && outer >= 0 && inner > 0
+             && outer <= PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / C / inner
+             && xv.len == (Py_ssize_t)sizeof(float) * outer * C * inner
+             && cv.len == (Py_ssize_t)sizeof(int64_t) * C;
+    if (ok) {
+        const float *x = (const float *)xv.buf;
+        int64_t *cnt = (int64_t *)cv.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t o = 0; o < outer; o++) count_block(x + o * C * inner, C, inner, cnt);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&xv);
+    PyBuffer_Release(&cv);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "count_rows: buffer sizes do not match (outer, C, inner)");
         return NULL;
     }
     Py_RETURN_NONE;
@@ -253,7 +325,10 @@ static PyObject *simd(PyObject *self, PyObject *noargs)
 static PyMethodDef methods[] = {
     {"simd", simd, METH_NOARGS, "simd() -> the instruction set of the NAS kernel in use."},
     {"nas_rows", nas_rows, METH_VARARGS,
-     "nas_rows(x, outer, C, inner, bias, out, start, stop): NAS of rows start..stop (float32)."},
+     "nas_rows(x, outer, C, inner, bias, out, start, stop[, counts]): NAS of rows start..stop "
+     "(float32); counts (int64, C) gets the values > 0 per channel."},
+    {"count_rows", count_rows, METH_VARARGS,
+     "count_rows(x, outer, C, inner, counts): adds the values > 0 per channel to counts."},
     {"fold", fold, METH_VARARGS,
      "fold(values, count, bin_min, bin_max, hist, edges, channels, is_double) -> "
      "(finite, nonfinite, sum, entropy_sum)."},

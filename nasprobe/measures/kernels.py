@@ -27,7 +27,8 @@ try:  # built by setup.py; optional
 except ImportError:  # pragma: no cover - exercised only where no C compiler was available
     ckernels = None
 
-__all__ = ["available", "extension_file", "simd", "nas_map", "fold", "set_threads"]
+__all__ = ["available", "extension_file", "simd", "nas_map", "count_positive", "fold",
+           "set_threads"]
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -84,7 +85,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
-            use_c: bool | None = None, threads: int | None = None) -> np.ndarray:
+            use_c: bool | None = None, threads: int | None = None,
+            counts: np.ndarray | None = None) -> np.ndarray:
     """NAS along ``axis`` of a tap tensor (docs/measures.md), as float32.
 
     Args:
@@ -95,6 +97,9 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         use_c: force (True) or forbid (False) the compiled kernel; default: use it when built.
         threads: threads for the compiled kernel (default: :func:`set_threads`'s, all CPUs);
             a probe stream passes its own share (:func:`nasprobe.job.pipeline.cpu_streams`).
+        counts: optional ``(D,)`` int64 array to which the same pass adds, per channel, how
+            many values of ``a`` are above zero (before ``bias`` is subtracted; NaN counts as
+            not above): the numerator of the unit activity (docs/measures.md, "Dead units").
 
     Returns:
         ``a.shape`` without ``axis``, float32 in ``[0, 1 - 1/D]``; NaN where any channel value at
@@ -110,7 +115,11 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         use_c = ckernels is not None
     if use_c and ckernels is None:
         raise RuntimeError("nasprobe.measures.ckernels is not built (no C compiler at install time?)")
+    if counts is not None:
+        _check_counts(counts, channels)
     if not use_c:
+        if counts is not None:
+            counts += _positive(a, axis)
         x = a.astype(np.float64)
         if bias is not None:
             shape = [1] * a.ndim
@@ -134,18 +143,66 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         return out.reshape(out_shape)
     threads = min(_threads() if threads is None else max(1, threads), outer)
     if threads <= 1 or x.size < 1 << 16:
-        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer)
+        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer, counts)
     else:
         step = -(-outer // threads)  # the calling thread takes the first rows itself
+        starts = range(0, outer, step)
+        # each thread counts into its own row of `part` (no shared writes), summed after
+        part = None if counts is None else np.zeros((len(starts), channels), np.int64)
         pool = _pool(max(threads - 1, _threads() - 1, 1))
         jobs = [pool.submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
-                            min(outer, s + step)) for s in range(step, outer, step)]
+                            min(outer, s + step), None if part is None else part[i])
+                for i, s in enumerate(starts) if i]
         try:
-            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step))
+            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step),
+                              None if part is None else part[0])
         finally:
             for j in jobs:
                 j.result()
+        if part is not None:
+            counts += part.sum(axis=0)
     return out.reshape(out_shape)
+
+
+def _check_counts(counts: np.ndarray, channels: int) -> None:
+    if not (isinstance(counts, np.ndarray) and counts.dtype == np.int64
+            and counts.shape == (channels,) and counts.flags.c_contiguous
+            and counts.flags.writeable):
+        raise ValueError(f"counts must be a writable contiguous int64 array of shape "
+                         f"({channels},)")
+
+
+def _positive(a: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel along ``axis``: how many values are > 0 (numpy)."""
+    return (np.moveaxis(np.asarray(a), axis, 0).reshape(a.shape[axis], -1) > 0).sum(axis=1)
+
+
+def count_positive(a: np.ndarray, axis: int, counts: np.ndarray, *,
+                   use_c: bool | None = None) -> None:
+    """Add to ``counts`` (``(D,)`` int64, in place), per channel along ``axis`` of ``a``, how
+    many values are above zero (NaN is not): the unit activity's numerator for a tensor whose
+    NAS is not taken (the nonlinearity's input behind BatchNorm when NAS is taken before it).
+    """
+    a = np.asarray(a)
+    axis = axis % a.ndim
+    channels = a.shape[axis]
+    _check_counts(counts, channels)
+    if use_c is None:
+        use_c = ckernels is not None
+    if not use_c or a.size == 0 or a.ndim < 2:
+        counts += _positive(a, axis)
+        return
+    if a.ndim == 2 and axis == 1:  # dense (N, D): rows of one location
+        x = np.ascontiguousarray(a.T, dtype=np.float32)
+        ckernels.count_rows(x, 1, channels, a.shape[0], counts)
+        return
+    if axis != 1:
+        a = np.moveaxis(a, axis, 1) if a.ndim > 2 else a
+    x = np.ascontiguousarray(a, dtype=np.float32)
+    if x.ndim == 2:  # (D, N) with the channels first
+        ckernels.count_rows(x, 1, channels, x.shape[1], counts)
+        return
+    ckernels.count_rows(x, x.shape[0], channels, math.prod(x.shape[2:]), counts)
 
 
 def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np.ndarray,

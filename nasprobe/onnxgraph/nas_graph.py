@@ -14,7 +14,10 @@ from nasprobe.errors import GraphError
 from .index import GraphIndex, opset_of
 from .taps import Tap
 
-__all__ = ["build_probe_graph", "build_tap_graph"]
+__all__ = ["build_probe_graph", "build_tap_graph", "ACT_PREFIX"]
+
+#: Prefix of the unit-activity outputs ``(N, D)`` of :func:`build_probe_graph`.
+ACT_PREFIX = "nasprobe_act::"
 
 
 class _Builder:
@@ -60,6 +63,30 @@ class _Builder:
             x = p + "nobias"
         return x
 
+    def activity(self, t: Tap) -> str:
+        """Per image and channel, how many values of the nonlinearity's input are above zero:
+        ``(N, D)`` float32 (exact below 2^24 locations), named ``ACT_PREFIX + layer``."""
+        p = f"nasprobe/{t.depth}/act/"
+        x = t.act_tensor
+        name = ACT_PREFIX + t.layer
+        rank = self.index.rank(x) or t.rank
+        if t.act_axis == 0 or rank < 2:
+            raise GraphError(self.source, f"layer {t.layer}: the nonlinearity's input has its "
+                             "channels on the batch axis; no unit activity")
+        zero = self.const(p + "zero", np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(
+            self.index.elem_type(x) or onnx.TensorProto.FLOAT)))
+        self.nodes += [helper.make_node("Greater", [x, zero], [p + "gt"]),
+                       helper.make_node("Cast", [p + "gt"], [p + "f"], to=onnx.TensorProto.FLOAT)]
+        axes = [a for a in range(1, rank) if a != t.act_axis]
+        out = p + "f"
+        if axes:
+            self.nodes.append(helper.make_node(
+                "ReduceSum", [out, self.const(p + "axes", np.array(axes, np.int64))], [p + "s"],
+                keepdims=0))
+            out = p + "s"
+        self.nodes.append(helper.make_node("Identity", [out], [name]))
+        return name
+
     def finish(self, outputs: list) -> onnx.ModelProto:
         g = self.model.graph
         g.node.extend(self.nodes)
@@ -70,30 +97,52 @@ class _Builder:
 
 
 def build_tap_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: bool = False,
-                    keep_outputs: bool = True, source: str = "<model>"
-                    ) -> tuple[onnx.ModelProto, list[str]]:
+                    keep_outputs: bool = True, source: str = "<model>", activity: bool = False
+                    ) -> tuple[onnx.ModelProto, list[str]] | tuple[onnx.ModelProto, list[str],
+                                                                    list[str | None]]:
     """A copy of ``model`` whose outputs are the raw tap tensors (float32, bias removed when
     ``exclude_bias``), for NAS computed outside onnxruntime by :func:`nasprobe.measures.kernels.nas_map`.
 
     Returns:
         The graph, and per tap the name of its output (shape of the tap, e.g. ``(N, D, H, W)``),
-        after the model's own outputs when ``keep_outputs``.
+        after the model's own outputs when ``keep_outputs``. With ``activity`` also, per tap,
+        where its unit activity is counted: ``""`` in the tap output itself (the tap is the
+        nonlinearity's input), the name of an extra output holding the nonlinearity's input
+        (float32; behind BatchNorm, or when the bias was removed), or None (no nonlinearity).
     """
     bld = _Builder(model, source)
     outputs = [o for o in bld.model.graph.output] if keep_outputs else []
     have = {o.name for o in outputs}
-    names = []
+    names, acts = [], []
     for t in taps:
         x = bld.tap_input(t, exclude_bias)
         names.append(x)
         if x not in have:
             have.add(x)
             outputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    for t, x in zip(taps, names):
+        if t.act_tensor is None:
+            acts.append(None)
+        elif t.act_tensor == x:
+            acts.append("")
+        else:
+            a = t.act_tensor
+            if bld.index.elem_type(a) != onnx.TensorProto.FLOAT:
+                bld.nodes.append(helper.make_node("Cast", [a], [f"nasprobe/{t.depth}/actf"],
+                                                  to=onnx.TensorProto.FLOAT))
+                a = f"nasprobe/{t.depth}/actf"
+            acts.append(a)
+            if a not in have:
+                have.add(a)
+                outputs.append(helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None))
+    if activity:
+        return bld.finish(outputs), names, acts
     return bld.finish(outputs), names
 
 
 def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: bool = False,
-                      keep_outputs: bool = True, source: str = "<model>") -> onnx.ModelProto:
+                      keep_outputs: bool = True, source: str = "<model>",
+                      activity: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are, per tap, the NAS map ``(N, *locations)`` (float32,
     named ``tap.output``), plus the model's own outputs when ``keep_outputs``.
 
@@ -101,7 +150,9 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
     ``e = exp(z)``, ``S = Σ e``, then ``s = 1 - exp(H) / D`` clipped to ``[0, 1 - 1/D]``
     against rounding — finite for inputs of ±1e4.
     ``exclude_bias`` subtracts the layer's bias first (linear taps, or preact taps whose path
-    from the linear op holds no BatchNorm or scaling).
+    from the linear op holds no BatchNorm or scaling). With ``activity``, each tap that reaches
+    a nonlinearity also gets an output ``ACT_PREFIX + layer``: ``(N, D)`` float32, per image
+    and channel the number of locations where the nonlinearity's input is above zero.
     """
     bld = _Builder(model, source)
     opset, nodes, c = bld.opset, bld.nodes, bld.const
@@ -132,4 +183,7 @@ def build_probe_graph(model: onnx.ModelProto, taps: list[Tap], *, exclude_bias: 
                              [t.output]),
         ]
         outputs.append(helper.make_tensor_value_info(t.output, onnx.TensorProto.FLOAT, None))
+        if activity and t.act_tensor is not None:
+            outputs.append(helper.make_tensor_value_info(bld.activity(t), onnx.TensorProto.FLOAT,
+                                                         None))
     return bld.finish(outputs)

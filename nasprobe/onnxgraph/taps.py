@@ -61,6 +61,12 @@ class Tap:
             zero point (or None) and the quantisation axis of the stored weight.
         bias: name of the bias tensor, or None.
         output: name of the NAS map output appended by :func:`nasprobe.onnxgraph.nas_graph.build_probe_graph`.
+        nonlinearity: the operator that follows the layer through per-channel ops (``Relu``,
+            ``Gelu``, ``Swish`` for ``x * sigmoid(x)``, ...), or ``""`` when it reaches none
+            (e.g. the logits layer): see docs/measures.md, "Dead units".
+        act_tensor, act_axis: the nonlinearity's input (after BatchNorm where there is one)
+            and its channel axis, whose share of values above zero per channel is the layer's
+            unit activity; None without a nonlinearity.
     """
 
     layer: str
@@ -78,6 +84,9 @@ class Tap:
     depth: int = 0
     output: str = field(default="")
     dequant: tuple[str, str | None, int] | None = None
+    nonlinearity: str = ""
+    act_tensor: str | None = None
+    act_axis: int = 1
 
     def filters(self, weights: dict[str, np.ndarray]) -> np.ndarray:
         """The layer's filters as ``(D, fan_in)`` float64, from ``weights`` (initializer → array);
@@ -204,19 +213,26 @@ def _is_gated(g: GraphIndex, name: str) -> bool:
     return len(gate) == 1 and len(mul) == 1 and gate[0].output[0] in mul[0].input
 
 
-def _preact(g: GraphIndex, tap: Tap) -> tuple[str, int] | None:
-    """Follow per-channel ops from the linear output to a nonlinearity's input."""
+def _gate_name(g: GraphIndex, name: str) -> str:
+    """``Swish`` for ``x * sigmoid(x)``, ``HardSwish`` for ``x * hardsigmoid(x)``."""
+    gate = [u for u in g.consumers.get(name, []) if u.op_type in ("Sigmoid", "HardSigmoid")]
+    return "HardSwish" if gate and gate[0].op_type == "HardSigmoid" else "Swish"
+
+
+def _preact(g: GraphIndex, tap: Tap) -> tuple[str, int, str] | None:
+    """Follow per-channel ops from the linear output to a nonlinearity's input: that tensor,
+    its channel axis and the nonlinearity's name (sets ``tap.bias_only_path``)."""
     name, axis, bias_only = tap.tensor, tap.channel_axis, True
     for _ in range(32):
         if _is_gated(g, name):
             tap.bias_only_path = bias_only
-            return name, axis
+            return name, axis, _gate_name(g, name)
         nxt = g.sole_consumer(name)
         if nxt is None:
             return None
         if nxt.op_type in ACTIVATIONS:
             tap.bias_only_path = bias_only
-            return name, axis
+            return name, axis, nxt.op_type
         if nxt.op_type not in _PER_CHANNEL:
             return None
         if nxt.op_type in ("Add", "Sub", "Mul", "Div"):
@@ -293,11 +309,16 @@ def find_taps(model: onnx.ModelProto, tap: str = "linear", layers: str | None = 
     for node, t in linear:
         t.layer = unique_layer_name(layer_name(node, t.weight), used, bases)
         used.add(t.layer)
+        only = t.bias_only_path
+        found = _preact(g, t)
+        if found is not None:
+            t.act_tensor, t.act_axis, t.nonlinearity = found
         if tap == "preact":
-            found = _preact(g, t)
             if found is None:
                 continue
-            t.tensor, t.channel_axis = found
+            t.tensor, t.channel_axis = found[:2]
+        else:
+            t.bias_only_path = only  # the preact walk's verdict is about preact taps
         taps.append(t)
     refused = untappable(model)
     why = "".join(f"; {k}: {v}" for k, v in list(refused.items())[:4])

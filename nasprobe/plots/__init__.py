@@ -4,8 +4,11 @@
 >>> save(fig, "line.pdf")
 
 Kinds (one module each): ``line`` (2021 Fig. 2b/3), ``stripes`` (2021 Fig. 2c/5),
-``heatmaps`` (2021 Fig. 4), ``corr`` (2020 Fig. 7), ``entropy`` (2020 Fig. 5).
-Runs are grouped into configurations as described in :mod:`nasprobe.plots.select`.
+``heatmaps`` (2021 Fig. 4), ``corr`` (2020 Fig. 7), ``entropy`` (2020 Fig. 5), and two of
+nasprobe's own: ``dead`` (share of dead units per layer over epochs) and ``hist`` (NAS
+distributions of several runs overlaid, or a ridgeline over epochs).
+Runs are grouped into configurations as described in :mod:`nasprobe.plots.select`; ``dead``
+and ``hist`` without groups (or a ``config`` coordinate) take each run as its own group.
 Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global state).
 
 Owns every figure kind (one module each), the selection of runs and layers (:mod:`.select`)
@@ -22,8 +25,10 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from .corr import draw_corr
+from .dead import draw_dead
 from .entropy import draw_entropy
 from .heatmaps import draw_heatmaps
+from .hist import draw_hist
 from .line import draw_line
 from .select import select
 from .stripes import draw_stripes
@@ -38,12 +43,17 @@ KINDS = {
     "heatmaps": draw_heatmaps,
     "corr": draw_corr,
     "entropy": draw_entropy,
+    "dead": draw_dead,
+    "hist": draw_hist,
 }
 #: Resolution of saved PNGs (dots per inch); vector formats keep it for rasterised parts.
 SAVE_DPI = 300
 _FORMATS = {".pdf": "pdf", ".svg": "svg", ".png": "png"}
 _NEEDS = {"line": "nas_median", "stripes": "nas_median", "heatmaps": "nas_mean",
-          "corr": "corr_hist", "entropy": "entropy_mean"}
+          "corr": "corr_hist", "entropy": "entropy_mean", "dead": "dead_fraction",
+          "hist": "nas_hist"}
+#: Kinds that, without groups or a ``config`` coordinate, draw each run as its own group.
+_PER_RUN = ("dead", "hist")
 
 
 def draw(tree_or_ds, kind: str, *, width="double", runs=None, layers=None, groups=None,
@@ -57,15 +67,21 @@ def draw(tree_or_ds, kind: str, *, width="double", runs=None, layers=None, group
     groups: ``{name: [runs]}`` drawn as one band each (default: the ``config`` coordinate
     on ``run`` if any, else all selected runs as one group).
     kw: passed to the kind's function (e.g. ``max_cols`` for heatmaps, ``var`` for line and
-    stripes) or to :class:`~matplotlib.figure.Figure` (e.g. ``dpi``).
+    stripes, ``epochs`` and ``mode`` for hist) or to :class:`~matplotlib.figure.Figure`
+    (e.g. ``dpi``).
     Returns the Figure (height grows with the number of layers/groups, at most 9.5 in).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose one of {sorted(KINDS)}")
     sel = select(tree_or_ds, runs=runs, layers=layers, groups=groups)
+    if kind in _PER_RUN and not groups and "config" not in sel.ds.coords:
+        sel = select(tree_or_ds, runs=runs, layers=layers,
+                     groups={str(r): [str(r)] for r in sel.ds["run"].values})
     need = kw.get("var", _NEEDS[kind])
     if need not in sel.ds:
-        raise ValueError(f"the store has no {need!r}, which the {kind} figure needs")
+        why = (" (written by a nasprobe before unit activity was recorded: probe again into "
+               "a new store)" if need == "dead_fraction" else "")
+        raise ValueError(f"the store has no {need!r}, which the {kind} figure needs{why}")
     with matplotlib.rc_context(RC):
         return KINDS[kind](sel, fig_width(width), **kw)
 

@@ -35,7 +35,7 @@ from nasprobe.errors import NasprobeError
 __all__ = ["KINDS", "as_tree", "render_report", "write_report"]
 
 #: Figure kinds drawn into the report, in this order.
-KINDS = ("line", "stripes", "heatmaps", "corr", "entropy")
+KINDS = ("line", "stripes", "heatmaps", "corr", "entropy", "dead", "hist")
 
 _CAPTIONS = {
     "line": "Median NAS per layer against epoch (2021 paper line plots).",
@@ -43,6 +43,10 @@ _CAPTIONS = {
     "heatmaps": "Mean NAS per location (receptive field) per layer.",
     "corr": "Histogram of filter weight correlations per layer and epoch (2020 paper Fig. 7).",
     "entropy": "Mean activation entropy per layer against epoch (2020 paper).",
+    "dead": "Share of dead units per layer against epoch: channels never above zero at the "
+            "nonlinearity's input on the whole probe set.",
+    "hist": "NAS distributions per layer: runs overlaid at the last epoch, or for one run a "
+            "ridgeline over epochs (earliest at the bottom).",
 }
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -116,7 +120,8 @@ def _summary(ds: xr.Dataset) -> str:
                if v in ds and np.isfinite(ds[v].sel(run=run)).any()]
         rows.append([_e(run), _epochs_text(np.asarray(probed)), _e(", ".join(has) or "none")])
     out = _table("summary-runs", ["run", "epochs probed", "metrics"], rows)
-    columns = [c for c in ("layer_kind", "channels", "locations", "depth") if c in ds.coords]
+    columns = [c for c in ("layer_kind", "nonlinearity", "channels", "locations", "depth")
+               if c in ds.coords]
     layers = [[_e(layer)] + [_e(ds[c].values[i]) for c in columns]
               for i, layer in enumerate(ds["layer"].values)] if "layer" in ds.coords else []
     out += _table("summary-layers", ["layer"] + columns, layers)

@@ -27,13 +27,15 @@ RUNS, COMMITS, CLAIMS = "runs", "commits", "claims"
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A layer as stored: name, operator kind, channels D, location shape, depth (graph order)."""
+    """A layer as stored: name, operator kind, channels D, location shape, depth (graph order),
+    and the nonlinearity that follows it (``""`` for none; docs/measures.md, "Dead units")."""
 
     name: str
     kind: str
     channels: int
     spatial: tuple[int, ...]
     depth: int
+    nonlinearity: str = ""
 
     @property
     def locations(self) -> int:
@@ -97,7 +99,8 @@ def read_marker(data: bytes | None) -> dict | None:
 #: Names of the view's own variables, coordinates and groups: never a metric's name.
 OWN_NAMES = frozenset({*SCALARS, "nas_quantile", "nas_hist", "corr_hist", "probed", "run", "epoch",
                        "layer", "layer_kind", "channels", "locations", "depth", "quantile",
-                       "nas_bin", "corr_bin", "image", "heatmaps"})
+                       "nas_bin", "corr_bin", "image", "heatmaps", "dead_fraction",
+                       "nonlinearity", "unit_activity", "channel"})
 
 
 def check_metric_name(path: str, name: str) -> None:

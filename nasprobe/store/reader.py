@@ -27,7 +27,15 @@ from .runs import (
 )
 from .storage import Location, location, quiet_zarr_warnings
 
-__all__ = ["open_store"]
+__all__ = ["open_store", "DEAD_ATTRS", "ACTIVITY_ATTRS"]
+
+#: Attributes of the view's ``dead_fraction`` and ``unit_activity`` (docs/measures.md).
+DEAD_ATTRS = {"long_name": "share of channels never above zero at the nonlinearity's input",
+              "note": "dead units for ReLU-like nonlinearities (coordinate nonlinearity); for "
+                      "GELU, SiLU, sigmoid or tanh, channels never in the positive half; NaN "
+                      "for layers that reach no nonlinearity"}
+ACTIVITY_ATTRS = {"long_name": "share of (probe image, location) pairs where the channel's "
+                               "nonlinearity input is above zero"}
 
 
 def open_store(path: str | os.PathLike) -> xr.DataTree:
@@ -66,6 +74,9 @@ def _combine(loc: Location) -> xr.DataTree:
     for n in ("loss", "accuracy"):
         data[n] = np.full((R, E), np.nan)
     probed = np.zeros((R, E), np.int8)
+    dead = None  # dead_fraction: only where some job wrote it (absent from older stores)
+    if any("dead_fraction" in j for r in runs for j in r["jobs"].values()):
+        dead = np.full((R, E, L), np.nan)
     heat: dict[str, dict] = {}
     for ri, r in enumerate(runs):
         for j in r["jobs"].values():
@@ -76,11 +87,15 @@ def _combine(loc: Location) -> xr.DataTree:
                 data[n][np.ix_([ri], ei, li)] = j[n][None]
             for n in ("loss", "accuracy"):
                 data[n][ri, ei] = j[n]
+            if dead is not None and "dead_fraction" in j:
+                dead[np.ix_([ri], ei, li)] = j["dead_fraction"][None]
             k = int(j["attrs"].get("keep_images", 0))
             for name in j["layer"]:
-                h = heat.setdefault(name, {"parts": [], "k": 0})
+                h = heat.setdefault(name, {"parts": [], "k": 0, "act": []})
                 h["parts"].append((ri, ei, j[(name, "nas_map")], j[(name, "nas_image_map")]))
                 h["k"] = max(h["k"], k)
+                if (name, "unit_activity") in j:
+                    h["act"].append((ri, ei, j[(name, "unit_activity")]))
     dims3 = ("run", "epoch", "layer")
     ds = xr.Dataset(
         {n: (dims3, data[n]) for n in SCALARS},
@@ -95,6 +110,11 @@ def _combine(loc: Location) -> xr.DataTree:
         ds[n] = (dims3 + (c,), data[n])
     for n in ("loss", "accuracy"):
         ds[n] = (("run", "epoch"), data[n])
+    if any("nonlinearity" in info[n] for n in layers):
+        ds = ds.assign_coords(nonlinearity=("layer", np.array(
+            [info[n].get("nonlinearity", "") for n in layers], dtype=str)))
+    if dead is not None:
+        ds["dead_fraction"] = (dims3, dead, DEAD_ATTRS)
     # Imported metrics (training logs): new variables, or over the probe's loss/accuracy.
     for m in sorted({m for r in runs for m in r["extra"]}):
         col = ds[m].values.copy() if m in ds else np.full((R, E), np.nan)
@@ -123,9 +143,16 @@ def _heatmap(name: str, h: dict, R: int, E: int) -> xr.Dataset:  # noqa: N803 (R
             maps[(ri, e, *(slice(0, s) for s in m.shape[1:]))] = m[row]
             imgs[(ri, e, slice(0, im.shape[1]), *(slice(0, s) for s in im.shape[2:]))] = im[row]
     sd = spatial_dims(nd)
-    return xr.Dataset({"nas_map": (("run", "epoch", *sd), maps),
-                       "nas_image_map": (("run", "epoch", "image", *sd), imgs)},
-                      attrs={"layer": name})
+    ds = xr.Dataset({"nas_map": (("run", "epoch", *sd), maps),
+                     "nas_image_map": (("run", "epoch", "image", *sd), imgs)},
+                    attrs={"layer": name})
+    if h["act"]:  # unit_activity: only where some job wrote it (absent from older stores)
+        d = max(a.shape[1] for _, _, a in h["act"])
+        act = np.full((R, E, d), np.nan)
+        for ri, ei, a in h["act"]:
+            act[ri, ei, : a.shape[1]] = a
+        ds["unit_activity"] = (("run", "epoch", "channel"), act, ACTIVITY_ATTRS)
+    return ds
 
 
 # -- nasprobe 0.1 stores ---------------------------------------------------------------------

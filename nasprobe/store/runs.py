@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
@@ -40,6 +40,9 @@ __all__ = ["LEGACY", "HISTS", "store_layout", "known_layout", "committed_epochs"
 #: What :func:`store_layout` answers for a store of nasprobe 0.1.
 LEGACY = "0.1"
 _COORDS = ("epoch", "layer", "layer_kind", "channels", "locations", "depth")
+#: Written since unit activity was added (docs/measures.md, "Dead units"): read where present,
+#: absent from older job groups (and then absent from the view, not zero).
+OPTIONAL = ("nonlinearity", "dead_fraction")
 #: Histogram-like variables and their last dimension.
 HISTS = (("nas_quantile", "quantile"), ("nas_hist", "nas_bin"), ("corr_hist", "corr_bin"))
 
@@ -104,7 +107,7 @@ def _chunk_keys(name: str, meta: dict, slots: list[int]) -> list[str]:
     sep = enc.get("configuration", {}).get("separator", "/")
     prefix = "c" + sep if enc.get("name", "default") == "default" else ""
     grid = [range(-(-s // c)) if s else range(0) for s, c in zip(shape, chunks)]
-    if name not in _COORDS:  # per-epoch variables: only the chunks of these slots
+    if name not in _COORDS + ("nonlinearity",):  # per-epoch variables: only the chunks of these slots
         grid[0] = sorted({i // chunks[0] for i in slots})
     return [f"{name}/{prefix}{sep.join(map(str, idx))}" if idx else f"{name}/{prefix}0"
             for idx in itertools.product(*grid)]
@@ -118,15 +121,25 @@ def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict,
     base = f"{RUNS}/{key}/{job}"
     layers = json.loads(attrs.get("layers", "[]"))
     names = _array_names(layers) if values else list(_COORDS)
+    optional = ["nonlinearity", "dead_fraction"]
+    if values:
+        optional += [f"heatmaps/{group_name(x)}/unit_activity" for x in layers]
     groups = [""]
     if values:
         groups += ["heatmaps"] + [f"heatmaps/{group_name(x)}" for x in layers]
     meta_keys = [f"{g}/zarr.json".lstrip("/") for g in groups] + [f"{n}/zarr.json" for n in names]
-    got = loc.read_many([f"{base}/{k}" for k in meta_keys])
+    opt_keys = [f"{n}/zarr.json" for n in optional]
+    got = loc.read_many([f"{base}/{k}" for k in meta_keys + opt_keys])
     docs = {k: got[f"{base}/{k}"] for k in meta_keys}
     missing = [k for k, v in docs.items() if v is None]
     if missing:
         raise StoreError(loc.url, f"job group {base} lacks {missing[0]}")
+    present = [n for n in optional if got[f"{base}/{n}/zarr.json"] is not None]
+    has_activity = "dead_fraction" in present
+    if not values:  # the activity's presence is known from its metadata alone
+        present = [n for n in present if n != "dead_fraction"]
+    docs.update({f"{n}/zarr.json": got[f"{base}/{n}/zarr.json"] for n in present})
+    names += present
     chunk_keys = [c for n in names for c in _chunk_keys(n, json.loads(docs[f"{n}/zarr.json"]), slots)]
     got = loc.read_many([f"{base}/{k}" for k in chunk_keys])
     mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
@@ -135,19 +148,22 @@ def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict,
     grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
                           use_consolidated=False)
     sl = np.asarray(slots, dtype=np.int64)
-    out = {"attrs": attrs, "epoch": grp["epoch"][:][sl]}
-    for name in ("layer", "layer_kind"):
+    out = {"attrs": attrs, "epoch": grp["epoch"][:][sl],
+           "has_activity": has_activity}
+    for name in ("layer", "layer_kind", *(["nonlinearity"] if "nonlinearity" in present else [])):
         out[name] = [str(v) for v in grp[name][:]]
     for name in ("channels", "locations", "depth"):
         out[name] = grp[name][:]
     if not values:
         return out
-    for name in list(SCALARS) + [n for n, _ in HISTS] + ["loss", "accuracy"]:
+    for name in list(SCALARS) + [n for n, _ in HISTS] + ["loss", "accuracy"] + \
+            [n for n in present if n == "dead_fraction"]:
         out[name] = grp[name].get_orthogonal_selection((sl,))
     for layer in layers:
         sub = grp[f"heatmaps/{group_name(layer)}"]
-        out[(layer, "nas_map")] = sub["nas_map"].get_orthogonal_selection((sl,))
-        out[(layer, "nas_image_map")] = sub["nas_image_map"].get_orthogonal_selection((sl,))
+        for name in ("nas_map", "nas_image_map", "unit_activity"):
+            if name != "unit_activity" or f"heatmaps/{group_name(layer)}/{name}" in present:
+                out[(layer, name)] = sub[name].get_orthogonal_selection((sl,))
     return out
 
 
@@ -227,13 +243,16 @@ def read_runs(loc: Location, values: bool = True) -> list[dict]:
 def layer_table(runs: list[dict]) -> dict[str, dict]:
     """The layers of ``runs`` (from :func:`read_runs`) in the view's order
     (:func:`merge_layers`): name → ``layer_kind``, ``channels``, ``locations``, ``depth`` as
-    the first job that has the layer stored them."""
+    the first job that has the layer stored them, and ``nonlinearity`` where a job that has
+    the layer recorded it (jobs of nasprobe before unit activity did not)."""
     jobs = [j for r in runs for j in r["jobs"].values()]
     info: dict[str, dict] = {}
     for j in jobs:
         for i, name in enumerate(j["layer"]):
             info.setdefault(name, {"layer_kind": j["layer_kind"][i],
                                    **{c: int(j[c][i]) for c in ("channels", "locations", "depth")}})
+            if "nonlinearity" in j and "nonlinearity" not in info[name]:
+                info[name]["nonlinearity"] = j["nonlinearity"][i]
     return {n: info[n] for n in merge_layers([j["layer"] for j in jobs])}
 
 
@@ -285,12 +304,16 @@ class RunSummary:
 class StoreSummary:
     """What ``nasprobe info`` prints: the store's ``attrs`` (as in the xarray view, without
     ``runs`` and ``sources``), its ``runs``, its ``layers`` as ``(name, kind, channels,
-    locations)`` in the view's order, and the names of its per-epoch ``metrics``."""
+    locations)`` in the view's order, the names of its per-epoch ``metrics``, each layer's
+    recorded ``nonlinearity`` (name → operator; absent for stores that predate it) and
+    whether any job recorded unit ``activity`` (``dead_fraction``, ``unit_activity``)."""
 
     attrs: dict
     runs: list[RunSummary]
     layers: list[tuple[str, str, int, int]]
     metrics: list[str]
+    nonlinearity: dict[str, str] = field(default_factory=dict)
+    activity: bool = False
 
 
 def summary(path) -> StoreSummary | None:
@@ -315,7 +338,9 @@ def summary(path) -> StoreSummary | None:
         [RunSummary(r["name"], sorted({int(e) for j in r["jobs"].values() for e in j["epoch"]}),
                     prov.get(r["name"], {})) for r in runs],
         [(n, t["layer_kind"], t["channels"], t["locations"]) for n, t in table.items()],
-        metric_order({"loss", "accuracy", *(m for r in runs for m in r["extra"])}))
+        metric_order({"loss", "accuracy", *(m for r in runs for m in r["extra"])}),
+        {n: t["nonlinearity"] for n, t in table.items() if "nonlinearity" in t},
+        any(j["has_activity"] for r in runs for j in r["jobs"].values()))
 
 
 def metric_order(names) -> list[str]:

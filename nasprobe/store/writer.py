@@ -55,7 +55,7 @@ from .storage import Location, location, quiet_zarr_warnings
 
 __all__ = ["Store", "RunWriter", "new_job_id"]
 
-_LAYER_COORDS = "layer_kind channels locations depth"
+_LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
 
 
 def new_job_id() -> str:
@@ -74,13 +74,14 @@ def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images:
         np.asarray(epochs, np.int64)
     _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
         np.array([x.name for x in layers], dtype=object)
-    _make(grp, "layer_kind", (len(layers),), str, ("layer",), "", (lc,))[:] = \
-        np.array([x.kind for x in layers], dtype=object)
+    for name in ("layer_kind", "nonlinearity"):
+        _make(grp, name, (len(layers),), str, ("layer",), "", (lc,))[:] = \
+            np.array([getattr(x, name.replace("layer_", "")) for x in layers], dtype=object)
     for name in ("channels", "locations", "depth"):
         _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
             np.array([getattr(x, name) for x in layers], np.int64)
     lay = ("epoch", "layer")
-    for name in SCALARS:
+    for name in (*SCALARS, "dead_fraction"):
         _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), _LAYER_COORDS)
     for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
                                       ("nas_hist", ("nas_bin", 100), "int64", 0),
@@ -96,6 +97,9 @@ def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images:
         _make(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
         _make(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
               (1, max(k, 1), *sp))
+        if layer.nonlinearity:  # a layer that reaches no nonlinearity has no unit activity
+            _make(g, "unit_activity", (n, layer.channels), "float64", ("epoch", "channel"),
+                  np.nan, (1, max(layer.channels, 1)))
     return grp
 
 
@@ -315,6 +319,8 @@ class RunWriter:
 
         for name in SCALARS:
             put(name, np.array([summaries[layer][name] for layer in summaries], np.float64))
+        put("dead_fraction", np.array([summaries[layer].get("dead_fraction", np.nan)
+                                       for layer in summaries], np.float64))
         put("nas_quantile", np.stack([s["nas_quantile"] for s in summaries.values()]))
         put("nas_hist", np.stack([s["nas_hist"] for s in summaries.values()]))
         if corr:
@@ -327,6 +333,8 @@ class RunWriter:
             img = s["nas_image_map"][: img_arr.shape[1]]
             if len(img):
                 img_arr[i, : len(img)] = img
+            if "unit_activity" in s:
+                heat["unit_activity"][i] = s["unit_activity"]
         for name in ("loss", "accuracy"):
             if metrics and name in metrics:
                 grp[name][i] = metrics[name]
@@ -353,14 +361,17 @@ class RunWriter:
         """The job group's metadata documents, read from the store (writers made before the
         metadata travelled with them)."""
         names = ["zarr.json"] + [f"{a}/zarr.json" for a in ("epoch", "layer", "layer_kind",
-                                 "channels", "locations", "depth", "loss", "accuracy",
-                                 "nas_quantile", "nas_hist", "corr_hist", *SCALARS)]
+                                 "nonlinearity", "channels", "locations", "depth", "loss",
+                                 "accuracy", "nas_quantile", "nas_hist", "corr_hist",
+                                 "dead_fraction", *SCALARS)]
         names += ["heatmaps/zarr.json"]
         for layer in self.layers:
             g = f"heatmaps/{group_name(layer)}"
-            names += [f"{g}/zarr.json", f"{g}/nas_map/zarr.json", f"{g}/nas_image_map/zarr.json"]
+            names += [f"{g}/zarr.json"] + [f"{g}/{a}/zarr.json" for a in
+                                           ("nas_map", "nas_image_map", "unit_activity")]
         got = self.loc.read_many([f"{RUNS}/{self.key}/{self.job}/{n}" for n in names])
-        return {n: got[f"{RUNS}/{self.key}/{self.job}/{n}"] for n in names}
+        return {n: got[f"{RUNS}/{self.key}/{self.job}/{n}"] for n in names
+                if got[f"{RUNS}/{self.key}/{self.job}/{n}"] is not None}
 
     def commit(self, epoch: int) -> bool:
         """Create the epoch's commit marker (atomic, exclusive); True when it names this job

@@ -77,6 +77,12 @@ def make_tree(n_runs: int = 1, n_layers: int = 2, loss: bool = True, n_epochs: i
         "corr_hist": (("run", "epoch", "layer", "corr_bin"), corr),
         "probed": (("run", "epoch"), np.ones((nr, ne), dtype=bool)),
     }
+    # dead units: a share that grows over training, deeper layers more; the last (logits)
+    # layer reaches no nonlinearity
+    dead = np.clip(0.05 * np.arange(nl)[None, None, :] * ramp.T[None] + 0.02 * np.arange(nr)
+                   [:, None, None], 0.0, 1.0)
+    dead[:, :, -1] = np.nan if nl > 1 else dead[:, :, -1]
+    data["dead_fraction"] = (("run", "epoch", "layer"), dead)
     if loss:
         data["loss"] = (("run", "epoch"), lossv)
         data["accuracy"] = (("run", "epoch"), 0.5 - 0.1 * np.abs(t) / ne + 0 * lossv)
@@ -86,6 +92,7 @@ def make_tree(n_runs: int = 1, n_layers: int = 2, loss: bool = True, n_epochs: i
         "channels": ("layer", channels),
         "locations": ("layer", [int(np.prod(s[3])) if s[3] else 1 for s in specs]),
         "depth": ("layer", np.arange(nl)),
+        "nonlinearity": ("layer", ["Relu"] * (nl - 1) + ["" if nl > 1 else "Relu"]),
         "nas_onset_true": ("layer", nas_onset),
         "quantile": QUANTILES, "nas_bin": NAS_BINS, "corr_bin": CORR_BINS,
     }

@@ -10,7 +10,7 @@ import nasprobe.accessor  # noqa: F401  (registers the accessor)
 from nasprobe.measures import onsets as onsets_mod
 from tests.core.figures_data import make_dataset, make_tree
 
-METHODS = ["lineplot", "stripes", "heatmaps", "corr_hist", "entropy"]
+METHODS = ["lineplot", "stripes", "heatmaps", "corr_hist", "entropy", "dead", "hist"]
 
 
 def _axes(fig, label):
@@ -105,6 +105,18 @@ def test_plot_command_writes_figures(tmp_path):
                                      "single", "--runs", "run-s0", "--layers", "conv"])
         assert again.exit_code == 0
         assert out.read_bytes() == out.with_name("again." + suffix).read_bytes()
+    for kind, extra in [("dead", []), ("hist", ["--epochs", "0,3"]), ("hist", [])]:
+        out = tmp_path / "figs" / f"{kind}{len(extra)}.png"
+        res = runner.invoke(main, ["plot", str(store), "--kind", kind, "--out", str(out),
+                                   *extra])
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(main, ["plot", str(store), "--kind", "hist", "--epochs", "99",
+                               "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "epochs [99] are not in the store" in res.output
+    res = runner.invoke(main, ["plot", str(store), "--kind", "line", "--epochs", "3",
+                               "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "only --kind hist" in res.output
     res = runner.invoke(main, ["plot", str(store), "--kind", "line", "--out",
                                str(tmp_path / "x.png"), "--layers", "^nope$"])
     assert res.exit_code == 2 and "no layer matches" in res.output

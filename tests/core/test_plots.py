@@ -228,3 +228,93 @@ def test_every_kind_renders(kind, n_runs, n_layers, loss):
     loss_lines = [ln for ax in _axes(fig, "loss") for ln in ax.lines]
     if kind in ("line", "stripes", "heatmaps"):
         assert bool(loss_lines) == loss
+
+
+def _near(img, x, y, color, r=3):
+    """Smallest RGB distance (0-255) to ``color`` in a (2r+1)² window around pixel (x, y)."""
+    win = img[int(img.shape[0] - y) - r: int(img.shape[0] - y) + r + 1, int(x) - r: int(x) + r + 1]
+    return np.abs(win - np.round(np.asarray(color) * 255)).max(axis=-1).min()
+
+
+def test_dead_lines_are_depth_coloured_per_layer_with_a_band_over_seeds():
+    """Flat dead fractions at known heights: each layer's line sits at its height in its depth
+    colour; three seeds in one group give the median line and a min-max band; the logits
+    layer (no nonlinearity, NaN) is not drawn; the label says dead ReLU units."""
+    from nasprobe.plots.style import depth_colors
+
+    tree = make_tree(n_runs=3, n_layers=5, n_epochs=10, loss=False)
+    levels = np.array([0.1, 0.3, 0.5, 0.7, np.nan])
+    spread = np.array([-0.05, 0.0, 0.05])[:, None, None]  # seeds: min, median, max
+    tree["dead_fraction"] = tree["dead_fraction"] * 0 + levels + spread
+    fig = draw(tree, "dead", width="double", dpi=200, groups={"cfg": list(tree["run"].values)})
+    (ax,) = _axes(fig, "dead")
+    assert [ln.get_label() for ln in ax.lines] == ["conv0", "conv1", "conv2", "conv3"]
+    assert len(ax.collections) == 4  # one band per drawn layer
+    assert "dead units (Relu)" in fig._supylabel.get_text()
+    img = _pixels(fig)
+    colors = depth_colors(5)
+    epochs = tree["epoch"].values
+    for i, level in enumerate(levels[:4]):
+        hits = [_near(img, *ax.transData.transform((e, level)), colors[i]) for e in epochs[1:-1]]
+        assert min(hits) <= 3, (i, hits)  # the line's colour at its height (dashes: somewhere)
+        x, y = ax.transData.transform((epochs[4], level + 0.03))  # inside the band, off the line
+        band = img[int(img.shape[0] - y), int(x)]
+        want = 0.25 * np.round(colors[i] * 255) + 0.75 * 255  # alpha 0.25 over white
+        assert np.abs(band - want).max() <= 3, (i, band, want)
+
+
+def test_dead_panels_per_run_and_label_for_other_nonlinearities():
+    tree = make_tree(n_runs=3, n_layers=3, n_epochs=6)
+    fig = draw(tree, "dead", width="double", dpi=30)
+    assert [ax.get_title(loc="left") for ax in _axes(fig, "dead")] == ["run-s0", "run-s1", "run-s2"]
+    ds = tree.to_dataset().assign_coords(nonlinearity=("layer", ["Gelu", "Relu", ""]))
+    fig = draw(ds, "dead", dpi=30)
+    assert fig._supylabel.get_text() == "share of units never > 0 (Gelu, Relu)"
+    with pytest.raises(ValueError, match="no 'dead_fraction'"):
+        draw(ds.drop_vars("dead_fraction"), "dead")
+
+
+def test_hist_overlay_draws_each_run_in_its_own_colour_and_dash():
+    """Run s0's values all in bin 30, s1's in bin 70 at the last epoch: each run's step curve
+    peaks at its bin in its Okabe-Ito colour, at height 1 (a fraction)."""
+    from nasprobe.plots.hist import OKABE_ITO
+
+    tree = make_tree(n_runs=2, n_layers=2, n_epochs=5, loss=False)
+    hist = np.zeros(tree["nas_hist"].shape)
+    hist[0, :, :, 30] = 50
+    hist[1, :, :, 70] = 20
+    tree["nas_hist"] = tree["nas_hist"] * 0 + hist
+    fig = draw(tree, "hist", width="single", dpi=240)
+    axes = _axes(fig, "hist")
+    assert len(axes) == 2
+    ax = axes[0]
+    curves = {fig.hist_curves[ln]: ln for ln in ax.lines}
+    assert set(curves) == {("run-s0", 3), ("run-s1", 3)}
+    assert curves["run-s0", 3].get_linestyle() != curves["run-s1", 3].get_linestyle()
+    img = _pixels(fig)
+    for run, b in (("run-s0", 30), ("run-s1", 70)):
+        color = to_rgb(OKABE_ITO[0 if run == "run-s0" else 1])
+        assert to_rgb(curves[run, 3].get_color()) == color
+        x, y = ax.transData.transform((b * 0.01 + 0.005, 1.0))
+        assert _near(img, x, y, color, r=3) <= 3, run
+    fig = draw(tree, "hist", dpi=30, epochs=[0, 3])
+    assert set(fig.hist_curves.values()) == {(r, e) for r in ("run-s0", "run-s1") for e in (0, 3)}
+
+
+def test_hist_ridgeline_fills_each_epoch_in_viridis_by_time():
+    """One run: epoch k's values all in bin 10 + 15 k, so no two fills overlap; each fill is
+    viridis of its rank in time (alpha 0.85 over white), stacked upwards."""
+    tree = make_tree(n_runs=1, n_layers=1, n_epochs=6, loss=False)
+    hist = np.zeros(tree["nas_hist"].shape)
+    for k in range(6):
+        hist[0, k, :, 10 + 15 * k] = 7
+    tree["nas_hist"] = tree["nas_hist"] * 0 + hist
+    fig = draw(tree, "hist", width="single", dpi=120)
+    (ax,) = _axes(fig, "hist")
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(e) for e in tree["epoch"].values]
+    img = _pixels(fig)
+    for k in range(6):
+        x, y = ax.transData.transform(((10 + 15 * k) * 0.01 + 0.005, k * 0.6 + 0.5))
+        got = img[int(img.shape[0] - y), int(x)]
+        want = 0.85 * np.round(np.array(VIRIDIS(k / 5)[:3]) * 255) + 0.15 * 255
+        assert np.abs(got - want).max() <= 3, (k, got, want)

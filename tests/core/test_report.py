@@ -165,9 +165,10 @@ def test_provenance_and_summary(report):
     assert page.tables["summary-runs"][1:] == [[r, "16 (-1 to 14)", "loss, accuracy"]
                                                for r in ("run-s0", "run-s1")]
     layers = page.tables["summary-layers"]
-    assert layers[0] == ["layer", "layer_kind", "channels", "locations", "depth"]
+    assert layers[0] == ["layer", "layer_kind", "nonlinearity", "channels", "locations", "depth"]
     assert [row[0] for row in layers[1:]] == [str(x) for x in tree["layer"].values]
-    assert [row[2] for row in layers[1:]] == [str(c) for c in tree["channels"].values]
+    assert [row[2] for row in layers[1:]] == [str(c) for c in tree["nonlinearity"].values]
+    assert [row[3] for row in layers[1:]] == [str(c) for c in tree["channels"].values]
 
 
 def _chromium() -> str:

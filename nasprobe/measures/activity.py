@@ -1,0 +1,70 @@
+"""Unit activity per channel, counted in the probe pass (docs/measures.md, "Dead units").
+
+A channel's *activity* on the probe set is the share of (image, location) pairs where the input
+of the layer's nonlinearity (after BatchNorm where there is one) is above zero; a channel with
+activity 0 never fires on the probe set, and ``dead_fraction`` is the share of such channels.
+Where that input is the tap itself, the host kernel counts it in the pass that computes NAS
+(:func:`nasprobe.measures.kernels.nas_map`); where it is another tensor (a linear tap before BatchNorm),
+that tensor is an extra output counted by :func:`nasprobe.measures.kernels.count_positive`; with NAS in
+the graph, the graph counts it (:func:`nasprobe.onnxgraph.nas_graph.build_probe_graph`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import count_positive, nas_map
+
+__all__ = ["extra_outputs", "batch_maps", "activity_summary"]
+
+
+def extra_outputs(acts: list[str | None], fetch: list[str]) -> list[str]:
+    """The session outputs to fetch besides ``fetch`` for the taps' activity ``acts`` (per tap:
+    None without a nonlinearity, ``""`` counted in the tap's own output, else an output name),
+    each once."""
+    out: list[str] = []
+    for a in acts:
+        if a and a not in fetch and a not in out:
+            out.append(a)
+    return out
+
+
+def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
+               acts: list[str | None], host: bool, threads: int | None = None
+               ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """One batch's NAS maps and per-channel counts of values above zero.
+
+    Args:
+        taps: the :class:`~nasprobe.onnxgraph.taps.Tap` of each output.
+        tap_outs: per tap the session output: the raw tap (``host``) or its NAS map.
+        extra: the outputs named in ``acts`` (name → array): the nonlinearity's input
+            (``host``), or the graph's ``(N, D)`` counts.
+        acts: per tap where its activity is counted (see :func:`extra_outputs`).
+        host: NAS maps are computed here by :func:`nasprobe.measures.kernels.nas_map` (``threads``).
+
+    Returns:
+        Per tap the NAS map ``(N, *locations)`` and the ``(D,)`` int64 counts (None for a
+        layer that reaches no nonlinearity).
+    """
+    maps, counts = [], []
+    for t, o, a in zip(taps, tap_outs, acts):
+        c = None if a is None else np.zeros(t.channels, np.int64)
+        if host:
+            o = nas_map(o, t.channel_axis, threads=threads, counts=c if a == "" else None)
+            if a:
+                count_positive(extra[a], t.act_axis, c)
+        elif a:
+            c += np.rint(np.asarray(extra[a], np.float64).sum(axis=0)).astype(np.int64)
+        maps.append(o)
+        counts.append(c)
+    return maps, counts
+
+
+def activity_summary(active: np.ndarray | None, pairs: int) -> dict:
+    """``unit_activity`` (``(D,)`` float64, ``active / pairs``) and ``dead_fraction`` (the share
+    of channels with activity 0) from ``active`` counts over ``pairs`` (image, location) pairs;
+    ``{}`` without counts (no nonlinearity) or pairs."""
+    if active is None or pairs <= 0:
+        return {}
+    activity = active / float(pairs)
+    return {"unit_activity": activity, "dead_fraction": float(np.mean(active == 0))}
