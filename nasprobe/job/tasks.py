@@ -28,9 +28,9 @@ from onnx import numpy_helper
 from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError
 from nasprobe.frameworks.registry import open_source
+from nasprobe.measures.activity import batch_maps, extra_outputs
 from nasprobe.measures.aggregate import LayerStats
 from nasprobe.measures.correlation import corr_histogram
-from nasprobe.measures.activity import batch_maps, extra_outputs
 from nasprobe.measures.kernels import available as kernels_available
 from nasprobe.onnxgraph.nas_graph import ACT_PREFIX, build_probe_graph, build_tap_graph
 from nasprobe.onnxgraph.taps import Tap, find_taps

@@ -143,19 +143,23 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         return out.reshape(out_shape)
     threads = min(_threads() if threads is None else max(1, threads), outer)
     if threads <= 1 or x.size < 1 << 16:
-        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer, counts)
+        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer,
+                          *(() if counts is None else (counts,)))
     else:
         step = -(-outer // threads)  # the calling thread takes the first rows itself
         starts = range(0, outer, step)
         # each thread counts into its own row of `part` (no shared writes), summed after
         part = None if counts is None else np.zeros((len(starts), channels), np.int64)
+
+        def own(i):
+            return () if part is None else (part[i],)
+
         pool = _pool(max(threads - 1, _threads() - 1, 1))
         jobs = [pool.submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
-                            min(outer, s + step), None if part is None else part[i])
+                            min(outer, s + step), *own(i))
                 for i, s in enumerate(starts) if i]
         try:
-            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step),
-                              None if part is None else part[0])
+            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step), *own(0))
         finally:
             for j in jobs:
                 j.result()

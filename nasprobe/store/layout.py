@@ -28,14 +28,15 @@ RUNS, COMMITS, CLAIMS = "runs", "commits", "claims"
 @dataclass(frozen=True)
 class LayerInfo:
     """A layer as stored: name, operator kind, channels D, location shape, depth (graph order),
-    and the nonlinearity that follows it (``""`` for none; docs/measures.md, "Dead units")."""
+    and the nonlinearity that follows it (``""`` for none, None when unknown: a store copied
+    from one written before unit activity was measured; docs/measures.md, "Dead units")."""
 
     name: str
     kind: str
     channels: int
     spatial: tuple[int, ...]
     depth: int
-    nonlinearity: str = ""
+    nonlinearity: str | None = None
 
     @property
     def locations(self) -> int:

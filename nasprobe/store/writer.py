@@ -74,20 +74,24 @@ def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images:
         np.asarray(epochs, np.int64)
     _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
         np.array([x.name for x in layers], dtype=object)
-    for name in ("layer_kind", "nonlinearity"):
+    # unit activity is recorded when the layers' nonlinearities are known (not for copies of
+    # stores written before it was measured: there it stays absent, see nasprobe.migrate)
+    activity = any(x.nonlinearity is not None for x in layers)
+    for name in ("layer_kind", "nonlinearity")[: 1 + activity]:
         _make(grp, name, (len(layers),), str, ("layer",), "", (lc,))[:] = \
-            np.array([getattr(x, name.replace("layer_", "")) for x in layers], dtype=object)
+            np.array([getattr(x, name.replace("layer_", "")) or "" for x in layers], dtype=object)
     for name in ("channels", "locations", "depth"):
         _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
             np.array([getattr(x, name) for x in layers], np.int64)
     lay = ("epoch", "layer")
-    for name in (*SCALARS, "dead_fraction"):
-        _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), _LAYER_COORDS)
+    coords = _LAYER_COORDS if activity else _LAYER_COORDS.replace(" nonlinearity", "")
+    for name in (*SCALARS, "dead_fraction")[: len(SCALARS) + activity]:
+        _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), coords)
     for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
                                       ("nas_hist", ("nas_bin", 100), "int64", 0),
                                       ("corr_hist", ("corr_bin", 200), "int64", 0)):
         _make(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
-              (1, lc, extra[1]), _LAYER_COORDS)
+              (1, lc, extra[1]), coords)
     for name in ("loss", "accuracy"):
         _make(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
     heat = grp.create_group("heatmaps")
@@ -319,8 +323,9 @@ class RunWriter:
 
         for name in SCALARS:
             put(name, np.array([summaries[layer][name] for layer in summaries], np.float64))
-        put("dead_fraction", np.array([summaries[layer].get("dead_fraction", np.nan)
-                                       for layer in summaries], np.float64))
+        if "dead_fraction" in grp:
+            put("dead_fraction", np.array([summaries[layer].get("dead_fraction", np.nan)
+                                           for layer in summaries], np.float64))
         put("nas_quantile", np.stack([s["nas_quantile"] for s in summaries.values()]))
         put("nas_hist", np.stack([s["nas_hist"] for s in summaries.values()]))
         if corr:

@@ -13,6 +13,7 @@ from nasprobe.cli import main
 from nasprobe.errors import NasprobeError
 from nasprobe.job import tasks
 from nasprobe.job.tasks import host_nas
+from nasprobe.measures import activity
 from nasprobe.measures.aggregate import NAS_BINS
 from nasprobe.store.layout import group_name
 from tests.core import onnx_models as om
@@ -111,13 +112,13 @@ def test_every_graph_kind_graph_equals_host(name, exclude_bias, tmp_path):
 def test_host_and_graph_really_take_their_own_paths(conv_run, labelled_probe, tmp_path, monkeypatch):
     folder, _, _ = conv_run
     calls = []
-    real = tasks.nas_map
+    real = activity.nas_map  # the host kernel is called from the batch step
 
     def spy(a, axis, *args, **kw):
         calls.append((a.shape, axis))
         return real(a, axis, *args, **kw)
 
-    monkeypatch.setattr(tasks, "nas_map", spy)
+    monkeypatch.setattr(activity, "nas_map", spy)
     nasprobe.probe([folder], probe=labelled_probe, out=tmp_path / "g.zarr", nas_on="graph",
                    batch_size=8, progress=False)
     assert calls == []

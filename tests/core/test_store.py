@@ -247,4 +247,5 @@ def test_info_reads_a_legacy_store_and_its_migrated_copy_alike(tmp_path):
     assert got == body(new_out.output)
     assert got[0] == f"runs ({len(want['run'])}):"
     assert f"layers ({len(want['layer'])}):" in got
-    assert got[-1].startswith("metrics: loss, accuracy")
+    assert got[-2].startswith("metrics: loss, accuracy")
+    assert got[-1].startswith("unit activity: not recorded")  # neither store has it
