@@ -17,7 +17,7 @@ from nasprobe.errors import NasprobeError
 
 __all__ = ["run_demo"]
 
-FIGURES = ("line", "heatmaps", "stripes", "entropy", "corr")
+FIGURES = ("line", "heatmaps", "stripes", "entropy", "corr", "dead", "hist")
 
 
 def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
