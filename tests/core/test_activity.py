@@ -15,7 +15,7 @@ import nasprobe
 from nasprobe import kernels
 from nasprobe.cli import main
 from nasprobe.onnxgraph.taps import find_taps
-from nasprobe.store.writer import group_name
+from nasprobe.store.layout import group_name
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
