@@ -28,7 +28,7 @@ from nasprobe.errors import CheckpointError, NasprobeError
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
            "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session",
-           "short_reason", "captured_stderr", "share_cpu_arena", "shared_cpu_arena", "run_batch"]
+           "short_reason", "captured_stderr", "forget_notices", "share_cpu_arena", "shared_cpu_arena", "run_batch"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -57,6 +57,12 @@ def intra_op_threads() -> int:
     """The cores one probe job's sessions may use: :func:`set_intra_op_threads`'s number, else
     the CPUs this process may run on (its affinity mask, e.g. a cluster job's share)."""
     return _INTRA_OP_THREADS if _INTRA_OP_THREADS is not None else usable_cpus()
+
+
+def forget_notices() -> None:
+    """Forget which one-time notices were printed, so that each is printed once more (a
+    long-lived process that starts a new job, or a test)."""
+    _NOTICED.clear()
 
 
 def provider_notice(message: str) -> None:

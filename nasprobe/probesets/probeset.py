@@ -248,6 +248,12 @@ class ProbeSet:
     _mean: np.ndarray | None = field(default=None, repr=False)  # broadcastable to a batch
     _std: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the images are read from the file batch by batch (an ``.npy`` file or an
+        uncompressed ``.npz`` member, memory-mapped) rather than held in memory whole."""
+        return isinstance(getattr(self._source, "array", None), np.memmap)
+
     def batches(self, batch_size: int, limit: int | None = None
                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Yield ``(start, x, y)`` over the first ``limit`` images (all when None), in order.

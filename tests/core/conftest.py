@@ -85,7 +85,7 @@ def broken_cuda(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: [runtime.CUDA, runtime.CPU])
     monkeypatch.setattr(ort, "InferenceSession", session)
-    monkeypatch.setattr(runtime, "_NOTICED", set())
+    runtime.forget_notices()
     return calls
 
 

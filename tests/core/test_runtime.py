@@ -14,7 +14,7 @@ from tests.core.conftest import ORT_LOG
 
 def test_cuda_request_falls_back_to_cpu_with_a_notice(monkeypatch, capsys):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    runtime._NOTICED.clear()
+    runtime.forget_notices()
     assert runtime.select_providers("cuda") == ["CPUExecutionProvider"]
     err = capsys.readouterr().err
     assert "CUDA was requested" in err and "running on CPU" in err and "nasprobe[gpu]" in err
@@ -121,7 +121,7 @@ def test_a_cuda_start_that_raises_falls_back_to_cpu(monkeypatch, capfd):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
     monkeypatch.setattr(ort, "InferenceSession", session)
-    monkeypatch.setattr(runtime, "_NOTICED", set())
+    runtime.forget_notices()
     model, _ = om.conv1d_net(np.random.default_rng(0))
     tapped = runtime.TappedModel(build_probe_graph(model, find_taps(model)), device="auto")
     assert tapped.session().get_providers()[0] == runtime.CPU
