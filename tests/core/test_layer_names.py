@@ -56,5 +56,10 @@ def test_colliding_and_path_like_layer_names(tmp_path):
     assert sorted(str(g.attrs["layer"]) for g in groups.values()) == sorted(layers)
     assert set(groups) == {group_name(name) for name in layers}
     assert all(not g.startswith((".", "__")) and "/" not in g for g in groups)
-    fig = dt.nas.heatmaps()  # the figures find every layer's group
-    assert fig is not None
+    fig = dt.nas.heatmaps()  # the figures find every layer's group: one row of cells each
+    (cells,) = [a for a in fig.axes if a.get_label() == "nas"]
+    assert [t.get_text() for t in cells.get_yticklabels()] == layers
+    (image,) = cells.get_images()
+    pixels = np.ma.filled(image.get_array(), np.nan)  # a band of pixel rows per layer
+    bands = pixels.reshape(len(layers), -1)
+    assert np.isfinite(bands).any(axis=1).all()  # every layer's band shows its map

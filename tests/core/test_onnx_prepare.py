@@ -265,10 +265,14 @@ def test_multi_input_models_are_refused_clearly():
 
 
 def test_provenance_is_json(tmp_path):
+    """The run's provenance survives a JSON round trip unchanged and says what was probed."""
     rng = np.random.default_rng(7)
     model, _ = _mlp(rng, 11)
     _, info = _probe(tmp_path, model, rng.normal(0, 1, (4, 5)).astype(np.float32))
-    json.dumps(info)
+    assert json.loads(json.dumps(info)) == info
+    assert info["framework"] == "onnx" and info["checkpoints"] == 1
+    assert info["source"] == str(tmp_path / "run") and info["skipped"] == {}
+    assert info["provider"] == "CPUExecutionProvider"
 
 
 def test_scalar_initializers_survive_the_weight_swap(tmp_path):
