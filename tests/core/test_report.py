@@ -8,6 +8,7 @@ tests of this module; drawing the figures is the slow part.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -230,3 +231,22 @@ def test_figure_without_its_data_is_listed_not_drawn():
     assert 'data-expected="1"' in text
     assert page.tables["summary-runs"][1:] == [["run-s0", "16 (-1 to 14)", "loss, accuracy"],
                                                ["run-s1", "13 (-1 to 11)", "loss, accuracy"]]
+
+
+def test_report_of_a_store_written_by_a_probe_job(conv_run, labelled_probe, tmp_path):
+    """The current layout (one group per run and job, combined on read): every figure is
+    embedded and the provenance names the run's checkpoint folder."""
+    import nasprobe
+
+    folder, _, _ = conv_run
+    store = tmp_path / "nas.zarr"
+    nasprobe.probe([folder], probe=labelled_probe, out=store, progress=False)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", str(store), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    page = _Page(text)
+    assert [a["id"] for t, a in page.tags if t == "img"] == [f"fig-{k}" for k in KINDS]
+    assert html.escape(str(folder)) in text
+    for layer in nasprobe.open_store(store).to_dataset().layer.values:
+        assert html.escape(str(layer)) in text

@@ -235,3 +235,29 @@ def test_overwrite_keeps_training_logs_and_3d_maps_are_drawn(tmp_path):
     assert image.shape == (3 * k, 8 * k, 4)
     expected = heatmap_rgba(np.concatenate([maps[0, 0, 0], maps[0, 0, 1]], axis=1))
     np.testing.assert_array_equal(image, expected)
+
+
+def test_tensorboard_of_a_store_written_by_a_probe_job(conv_run, labelled_probe, tmp_path):
+    """The current layout (one group per run and job, combined on read), not only a 0.1 view:
+    every layer's median NAS and the probe loss reach TensorBoard at their epochs."""
+    from click.testing import CliRunner
+
+    import nasprobe
+    import nasprobe.cli.report  # noqa: F401  (registers the command)
+    from nasprobe.cli import main
+
+    folder, _, _ = conv_run
+    store = tmp_path / "nas.zarr"
+    nasprobe.probe([folder], probe=labelled_probe, out=store, progress=False)
+    result = CliRunner().invoke(main, ["tensorboard", str(store), str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    ds = nasprobe.open_store(store).to_dataset()
+    acc = _read(tmp_path / "tb" / "vanilla")
+    for layer in ds.layer.values:
+        got = acc.Scalars(f"nas_median/{layer}")
+        truth = ds["nas_median"].sel(run="vanilla", layer=layer)
+        assert [e.step for e in got] == [-1, 1, 2] == ds.epoch.values.tolist()
+        np.testing.assert_allclose([e.value for e in got], truth.values, rtol=1e-6)
+    np.testing.assert_allclose([e.value for e in acc.Scalars("loss")],
+                               ds["loss"].sel(run="vanilla").values, rtol=1e-6)
+    assert set(acc.Tags()["images"]) == {f"nas_heatmap/{layer}" for layer in ds.layer.values}
