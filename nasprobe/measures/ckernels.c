@@ -58,6 +58,44 @@
 
 #define CHUNK 32  /* channels summed in float before adding to the double totals */
 
+/* The first pass over a tile: per location the max over channels of x - bias, and bad[j] NaN
+ * where a value is NaN or infinite. Its counting twin below also adds, per channel, how many
+ * raw values are above zero; two functions, so that the pass without counts is the code it
+ * always was. */
+NP_CLONES
+static void block_max(const float *restrict x, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t n,
+                      const float *restrict bias, float *restrict m, float *restrict bad)
+{
+    for (Py_ssize_t c = 0; c < C; c++) {
+        const float *restrict xc = x + c * inner;
+        const float b = bias[c];
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float v = xc[j] - b;
+            bad[j] += v - v;                              /* NaN for NaN or +-Inf */
+            m[j] = v > m[j] ? v : m[j];
+        }
+    }
+}
+
+NP_CLONES
+static void block_max_count(const float *restrict x, Py_ssize_t C, Py_ssize_t inner,
+                            Py_ssize_t n, const float *restrict bias, float *restrict m,
+                            float *restrict bad, int64_t *restrict cnt)
+{
+    for (Py_ssize_t c = 0; c < C; c++) {
+        const float *restrict xc = x + c * inner;
+        const float b = bias[c];
+        int32_t k = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float v = xc[j] - b;
+            bad[j] += v - v;
+            m[j] = v > m[j] ? v : m[j];
+            k += xc[j] > 0.0f;
+        }
+        cnt[c] += k;
+    }
+}
+
 NP_CLONES
 static void nas_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t n,
                       const float *restrict bias, float *restrict out, int64_t *restrict cnt)
@@ -67,26 +105,10 @@ static void nas_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner, P
     float m[BLOCK], bad[BLOCK], s[BLOCK], t[BLOCK];
     double S[BLOCK], T[BLOCK];
     for (Py_ssize_t j = 0; j < n; j++) { m[j] = -INFINITY; bad[j] = 0.0f; S[j] = 0.0; T[j] = 0.0; }
-    for (Py_ssize_t c = 0; c < C; c++) {
-        const float *restrict xc = x + c * inner;
-        const float b = bias[c];
-        if (cnt) {
-            int32_t k = 0;
-            for (Py_ssize_t j = 0; j < n; j++) {
-                float v = xc[j] - b;
-                bad[j] += v - v;
-                m[j] = v > m[j] ? v : m[j];
-                k += xc[j] > 0.0f;
-            }
-            cnt[c] += k;
-            continue;
-        }
-        for (Py_ssize_t j = 0; j < n; j++) {
-            float v = xc[j] - b;
-            bad[j] += v - v;                              /* NaN for NaN or +-Inf */
-            m[j] = v > m[j] ? v : m[j];
-        }
-    }
+    if (cnt)
+        block_max_count(x, C, inner, n, bias, m, bad, cnt);
+    else
+        block_max(x, C, inner, n, bias, m, bad);
     for (Py_ssize_t c0 = 0; c0 < C; c0 += CHUNK) {
         Py_ssize_t c1 = C - c0 < CHUNK ? C : c0 + CHUNK;
         for (Py_ssize_t j = 0; j < n; j++) { s[j] = 0.0f; t[j] = 0.0f; }
