@@ -8,7 +8,7 @@ with nasprobe into ONE store (runs ``vanilla-s0`` … ``nasreg-s2``); draws the 
 ``RESULTS.md``: per configuration, mean ± std over seeds of the best test accuracy, the loss
 onset (nasprobe's moment of overfitting: the epoch after which the test loss rises), and the
 median NAS of conv4 and fc1 at the last epoch, next to the 2021 paper's cifar-100 peak
-accuracies.
+accuracies; and the share of dead units of conv4 and fc1 beside their NAS over training.
 
 Usage::
 
@@ -16,7 +16,8 @@ Usage::
 
 Writes ``OUT/probe.npz`` (the 500 held-out digits with labels, shared by all runs),
 ``OUT/runs/<config>-s<seed>/{init.pt, epoch_NNN.pt, metrics.csv}``, ``OUT/nas.zarr``,
-``OUT/digits_line.png``, ``OUT/digits_heatmaps.png`` and ``OUT/RESULTS.md``. Run it again after
+``OUT/digits_line.png``, ``OUT/digits_heatmaps.png``, ``OUT/digits_dead.png`` (the share of
+dead units per layer) and ``OUT/RESULTS.md``. Run it again after
 an interruption: finished trainings and probed epochs are kept.
 
 Setup (all configurations, all seeds):
@@ -66,6 +67,8 @@ LABELS = {"vanilla": "VanillaNet", "drop": "DropNet", "norm": "NormNet", "nasreg
 #: 30 epochs, NASReg 300 epochs; VanillaNet size xxl, SGD lr 0.01).
 PAPER_CIFAR100_PEAK = {"vanilla": 0.3851, "drop": 0.4034, "norm": 0.4947, "nasreg": 0.5119}
 NASREG_LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1"]
+#: Epochs of the dead-units table (and the last epoch).
+DEAD_EPOCHS = (-1, 2, 5, 10, 20)
 WIDTHS = [16, 16, 32, 32, 64]
 TRAIN, PROBE, SPLIT_SEED = 150, 500, 0
 LR, BATCH = 0.002, 32
@@ -182,7 +185,42 @@ def summarise(ds, seeds: int) -> dict:
             "nas_conv4": med.sel(layer="conv4").values,
             "nas_fc1": med.sel(layer="fc1").values,
         }
+        if "dead_fraction" in ds:  # per DEAD_EPOCHS: dead units and median NAS of conv4, fc1
+            at = [e for e in DEAD_EPOCHS if e < last] + [last]
+            for layer in ("conv4", "fc1"):
+                sel = dict(run=runs, epoch=at, layer=layer)
+                rows[config][f"dead_{layer}"] = ds["dead_fraction"].sel(**sel).values.T
+                rows[config][f"nas_{layer}_at"] = ds["nas_median"].sel(**sel).values.T
+            rows[config]["dead_epochs"] = at
     return rows
+
+
+def _dead_table(rows: dict) -> list[str]:
+    """The dead-units table: per configuration and epoch, the share of conv4's and fc1's
+    channels that never fire on the probe set, next to their median NAS (mean over seeds)."""
+    first = rows[CONFIGS[0]]
+    if "dead_epochs" not in first:
+        return []
+    at = first["dead_epochs"]
+    head = " | ".join(f"epoch {e}" for e in at)
+    lines = [
+        "### Dead units",
+        "",
+        "Share of the layer's channels whose ReLU input is never above zero on the 500 probe "
+        "digits (`dead_fraction`), and the layer's median NAS, at a few epochs; mean over the "
+        "seeds (each cell: dead / NAS).",
+        "",
+        f"| configuration | layer | {head} |",
+        "|---|---|" + "---|" * len(at),
+    ]
+    for config in CONFIGS:
+        r = rows[config]
+        for layer in ("conv4", "fc1"):
+            cells = " | ".join(f"{d:.2f} / {n:.2f}" for d, n in
+                               zip(r[f"dead_{layer}"].mean(axis=1), r[f"nas_{layer}_at"].mean(axis=1)))
+            lines.append(f"| {LABELS[config]} | {layer} | {cells} |")
+    lines += ["", "![dead units per layer, seeds as min/median/max bands](digits_dead.png)", ""]
+    return lines
 
 
 def write_results(path: Path, rows: dict, *, epochs: int, seeds: int, beta: float,
@@ -247,6 +285,7 @@ def write_results(path: Path, rows: dict, *, epochs: int, seeds: int, beta: floa
         "heatmaps (mean over probe images per location, averaged over seeds) at evenly "
         "spaced epochs, per configuration.",
         "",
+        *_dead_table(rows),
     ]
     path.write_text("\n".join(lines))
 
@@ -315,6 +354,7 @@ def main(argv=None) -> int:
     groups = {LABELS[c]: [run_name(c, s) for s in range(args.seeds)] for c in CONFIGS}
     save(draw(tree, "line", groups=groups), out / "digits_line.png")
     save(draw(tree, "heatmaps", groups=groups), out / "digits_heatmaps.png")
+    save(draw(tree, "dead", groups=groups), out / "digits_dead.png")
     t_fig = time.perf_counter() - t0
 
     rows = summarise(ds, args.seeds)
@@ -322,7 +362,8 @@ def main(argv=None) -> int:
                   command=command, timings={"train": t_train, "probe": t_probe, "figures": t_fig,
                            "reused": reused})
     print((out / "RESULTS.md").read_text())
-    for name in ("nas.zarr", "digits_line.png", "digits_heatmaps.png", "RESULTS.md"):
+    for name in ("nas.zarr", "digits_line.png", "digits_heatmaps.png", "digits_dead.png",
+                 "RESULTS.md"):
         print(f"{name}: {out / name}", file=sys.stderr)
     return 0
 
