@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import struct
 import zipfile
@@ -45,6 +46,10 @@ __all__ = ["ProbeSet", "load_probe_set"]
 
 _HASH_TAG = b"nasprobe-probeset-v1\n"
 _CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much at once
+#: The largest compressed ``.npz`` member (its size once inflated, in bytes) that is read: a
+#: compressed member is inflated whole into memory, so a small file could otherwise claim
+#: gigabytes (a "zip bomb"). Uncompressed members (``np.savez``) are memory-mapped, unbounded.
+MAX_INFLATED_BYTES = 1 << 30
 
 
 _OPS = {"expand": np.expand_dims, "squeeze": np.squeeze, "transpose": np.transpose,
@@ -183,8 +188,34 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.nd
             start = info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30]))
             return np.memmap(path, dtype=dtype, mode="r", offset=start + header, shape=shape,
                              order="F" if fortran else "C")
+    _check_inflated(path, zf, info)
     with zf.open(info) as f:
         return fmt.read_array(f, allow_pickle=False)
+
+
+def _check_inflated(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse a compressed member before inflating it: its size from the zip directory must not
+    exceed :data:`MAX_INFLATED_BYTES`, and its ``.npy`` header (the first bytes, inflated alone)
+    must announce exactly that many bytes (zipfile stops at the directory's size, numpy would
+    allocate what the header announces)."""
+    if info.file_size > MAX_INFLATED_BYTES:
+        raise ProbeSetError(path, f"member {info.filename} is compressed and would inflate to "
+                            f"{info.file_size} bytes ({info.compress_size} stored), more than "
+                            f"the {MAX_INFLATED_BYTES} read into memory; save the probe set "
+                            "uncompressed (np.savez, memory-mapped) or as .npy")
+    fmt = np.lib.format
+    with zf.open(info) as m:
+        version = fmt.read_magic(m)
+        if version not in ((1, 0), (2, 0)):
+            return  # numpy refuses it with its own message
+        shape, _, dtype = getattr(fmt, f"read_array_header_{version[0]}_0")(m)
+        header = m.tell()
+    if dtype.hasobject:
+        return  # refused by read_array (allow_pickle=False)
+    need = header + math.prod(shape) * dtype.itemsize
+    if need != info.file_size:
+        raise ProbeSetError(path, f"member {info.filename} is truncated or damaged: its header "
+                            f"announces {need} bytes, the member holds {info.file_size}")
 
 
 def _load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
