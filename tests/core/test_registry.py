@@ -71,9 +71,9 @@ def plugins(monkeypatch):
         return list(real(group=group)) + (eps if group == adapters.GROUP else [])
 
     monkeypatch.setattr(adapters, "entry_points", fake)
-    adapters._registry.cache_clear()
+    adapters.reset()
     yield
-    adapters._registry.cache_clear()
+    adapters.reset()
 
 
 def test_builtin_and_installed_adapters():
