@@ -207,7 +207,14 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     ``compute_dtype`` (when half types were widened), ``input_dtype`` (when a Cast was put
     in front), ``not_probed`` (layers inside control flow or integer-quantised, with the
     reason)."""
+    from .onnx_guard import check_inlining, rehearse
+
     notes: dict = {}
+    if len(model.functions):
+        check_inlining(model, source)
+    before = opset_of(model)
+    rehearse(model, source, inline=bool(len(model.functions)),
+             upgrade_to=MIN_OPSET if before is not None and 7 <= before < MIN_OPSET else None)
     if len(model.functions):
         from onnx import inliner
 

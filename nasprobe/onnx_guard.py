@@ -1,0 +1,203 @@
+"""Third-party ONNX graphs are prepared at arm's length (docs/onnx.md, *Hostile graphs*).
+
+Two defences, both before :func:`nasprobe.onnx_prepare.prepare_model` rewrites a graph:
+
+* **Inlining is counted first.** Local functions that call each other twice per level double
+  the graph at every level: a 1.5 kB file becomes a million nodes (26 s, 2 GB). The nodes
+  inlining would produce are counted from the function table (linear in the file's size) and
+  a graph of more than :data:`MAX_INLINED_NODES` is refused, as is one that would grow by
+  more than :data:`MAX_INLINED_GROWTH` bytes (a constant in a function body is copied into
+  every call) or a function that calls itself.
+* **Native steps are rehearsed in a child process.** Inlining, opset conversion and shape
+  inference are C++ code in onnx: a hostile graph can crash it (a segmentation fault, an
+  abort on ``std::bad_alloc``) or exhaust memory, which no ``try`` catches and which would
+  end the whole job, or a Dask worker, with the work of its other runs. The steps are run
+  first on the graph without its large weights (as :func:`nasprobe.graph_index.shape_view`
+  makes it), in a fresh Python process with at most :data:`GUARD_MEMORY` bytes of address
+  space and :data:`GUARD_SECONDS` seconds; only when that child finishes are they run on the
+  model itself. A child that dies becomes a :class:`~nasprobe.errors.GraphError` naming the
+  file and the step. A Python exception in a step (the converter's usual "cannot upgrade")
+  is left to the real run, which reports it as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import onnx
+
+from .errors import GraphError
+
+__all__ = ["MAX_INLINED_NODES", "MAX_INLINED_GROWTH", "GUARD_MEMORY", "GUARD_SECONDS",
+           "inlined_size",
+           "check_inlining", "rehearse"]
+
+#: The most nodes a graph may have once its local functions are inlined: several times the
+#: largest graphs exported in practice (a 7B-parameter transformer has some 10,000), while a
+#: 65,000-node graph already took 35 s and 0.5 GB to probe.
+MAX_INLINED_NODES = 100_000
+#: The most bytes inlining may add to the graph's nodes (a function holding a large constant
+#: copies it into every call).
+MAX_INLINED_GROWTH = 512 << 20
+#: Address space (bytes) the rehearsing child may use, and the seconds it may take.
+GUARD_MEMORY = 4 << 30
+GUARD_SECONDS = 300
+_MEMORY_EXIT = 3
+#: Digests of the views (and steps) rehearsed without harm in this process: the same graph is
+#: not rehearsed twice (each rehearsal starts a Python process, 0.15-0.5 s measured).
+_PASSED: set[bytes] = set()
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def inlined_size(model: onnx.ModelProto, source: str = "model") -> tuple[int, int]:
+    """The number of nodes ``model``'s graph (subgraphs included) has once every call of a
+    local function is replaced by the function's body, and those nodes' serialised bytes
+    (constants in a function body are copied into every call), counted without inlining.
+
+    Raises:
+        GraphError: a local function that calls itself, directly or through others.
+    """
+    funcs = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
+    sizes: dict[tuple, tuple[int, int]] = {}
+    active: set[tuple] = set()
+
+    def nodes(seq) -> tuple[int, int]:
+        count = size = 0
+        for n in seq:
+            key = (n.domain, n.op_type, getattr(n, "overload", ""))
+            if key in funcs:
+                c, b = function(key)
+            else:
+                c, b = 1, n.ByteSize()
+            for g in _subgraphs(n):
+                sub = nodes(g.node)
+                c, b = c + sub[0], b + sub[1]
+            count, size = count + c, size + b
+        return count, size
+
+    def function(key: tuple) -> tuple[int, int]:
+        if key not in sizes:
+            if key in active:
+                raise GraphError(source, f"local function {key[0]}:{key[1]} calls itself; "
+                                 "it cannot be inlined")
+            active.add(key)
+            sizes[key] = nodes(funcs[key].node)
+            active.discard(key)
+        return sizes[key]
+
+    return nodes(model.graph.node)
+
+
+def check_inlining(model: onnx.ModelProto, source: str) -> int:
+    """The inlined node count of ``model`` (:func:`inlined_size`), refused above
+    :data:`MAX_INLINED_NODES` nodes or when inlining would add more than
+    :data:`MAX_INLINED_GROWTH` bytes to the graph's nodes.
+
+    Raises:
+        GraphError: naming ``source``, the count or size and the bound.
+    """
+    count, size = inlined_size(model, source)
+    why = "functions calling others several times per level grow exponentially"
+    if count > MAX_INLINED_NODES:
+        raise GraphError(source, f"its {len(model.functions)} local functions would inline to "
+                         f"{count} nodes (more than {MAX_INLINED_NODES}; {why}); refused")
+    growth = size - sum(n.ByteSize() for n in model.graph.node)
+    if growth > MAX_INLINED_GROWTH:
+        raise GraphError(source, f"its {len(model.functions)} local functions would inline to "
+                         f"{size} bytes of nodes ({growth >> 20} MiB more than the file's "
+                         f"graph, over {MAX_INLINED_GROWTH >> 20} MiB; {why}); refused")
+    return count
+
+
+def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: int | None
+             ) -> None:
+    """Run onnx's native preparation steps on ``model``'s weightless view in a child process.
+
+    Args:
+        model: the graph as read from ``source``.
+        source: the file, named in errors.
+        inline: rehearse ``onnx.inliner.inline_local_functions``.
+        upgrade_to: rehearse ``onnx.version_converter.convert_version`` to this opset (None:
+            no conversion). Shape inference is always rehearsed, after the other steps.
+
+    Raises:
+        GraphError: the child died (signal, abort), ran out of its memory or time.
+    """
+    from .graph_index import shape_view
+
+    args = [sys.executable, "-m", __name__, str(GUARD_MEMORY), "inline" if inline else "-",
+            str(upgrade_to or 0)]
+    view = shape_view(model).SerializeToString()
+    key = hashlib.sha256(view + " ".join(args[3:]).encode()).digest()
+    if key in _PASSED:
+        return
+    try:
+        proc = subprocess.run(args, input=view,
+                              capture_output=True, timeout=GUARD_SECONDS,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise GraphError(source, f"preparing the graph took more than {GUARD_SECONDS} s "
+                         "(inlining, opset conversion, shape inference); refused") from None
+    if proc.returncode == 0:
+        if len(_PASSED) >= 64:
+            _PASSED.clear()
+        _PASSED.add(key)
+        return
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    steps = [s.removeprefix("step: ") for s in lines if s.startswith("step: ")]
+    step = steps[-1] if steps else "starting"
+    if proc.returncode == _MEMORY_EXIT:
+        why = f"ran out of memory (over {GUARD_MEMORY >> 20} MiB)"
+    elif proc.returncode < 0:
+        try:
+            why = f"crashed onnx ({signal.Signals(-proc.returncode).name})"
+        except ValueError:
+            why = f"crashed onnx (signal {-proc.returncode})"
+    else:
+        why = f"crashed onnx (exit {proc.returncode}: {(lines or [''])[-1][:200]})"
+    raise GraphError(source, f"{step} {why}; the graph is malformed or hostile")
+
+
+def _child() -> None:  # pragma: no cover - runs in the rehearsing process
+    memory, inline, target = int(sys.argv[1]), sys.argv[2] == "inline", int(sys.argv[3])
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    except (ImportError, ValueError, OSError):
+        pass  # no address-space limit on this platform
+    from onnx import inliner, shape_inference, version_converter
+
+    def step(name: str, func, m):
+        print(f"step: {name}", file=sys.stderr, flush=True)
+        try:
+            return func(m)
+        except MemoryError:
+            os._exit(_MEMORY_EXIT)
+        except Exception:  # reported by the real run, in the parent
+            return m
+
+    model = onnx.ModelProto.FromString(sys.stdin.buffer.read())
+    if inline:
+        model = step("inlining local functions", inliner.inline_local_functions, model)
+    if target:
+        model = step(f"converting to opset {target}",
+                     lambda m: version_converter.convert_version(m, target), model)
+    step("inferring shapes", lambda m: shape_inference.infer_shapes(m, strict_mode=False), model)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _child()
