@@ -16,6 +16,7 @@ found by matching the module's own paths as a suffix.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -103,23 +104,105 @@ def _read_msgpack(path: Path) -> Any:
     return tree
 
 
-def _read_orbax(path: Path) -> Any:
+def _check_links(folder: Path) -> None:
+    """Refuse a symbolic link inside ``folder`` (an array folder, a chunk, an item folder)
+    whose target lies outside it: the checkpoint's data must come from the checkpoint."""
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):  # does not descend into links
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if target != root and root not in target.parents:
+                    raise CheckpointError(folder, f"{entry.relative_to(folder)} is a symbolic "
+                                          f"link to {target}, outside the checkpoint folder; "
+                                          "refused")
+
+
+def _declared(tree: Any, prefix: ParamPath = ()) -> dict[ParamPath, tuple[ParamPath, Any]]:
+    """``{path: (full path, array metadata)}`` of the metadata tree's array leaves (``path``
+    without Orbax's trailing ``"value"``, as :func:`flatten_tree` gives it)."""
+    out: dict[ParamPath, tuple[ParamPath, Any]] = {}
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            out.update(_declared(value, prefix + (str(key),)))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            out.update(_declared(value, prefix + (str(i),)))
+    elif getattr(tree, "shape", None) is not None:
+        key = prefix[:-1] if prefix and prefix[-1] == "value" else prefix
+        out[key] = (prefix, tree)
+    return out
+
+
+def _wanted(path: Path, declared: Mapping[ParamPath, tuple[ParamPath, Any]],
+            expected: Mapping[ParamPath, tuple[int, ...]]) -> set[ParamPath]:
+    """The full metadata paths of the arrays ``expected`` names, each checked for its declared
+    shape before anything is restored (a few bytes of metadata can declare gigabytes)."""
+    shapes = {k: tuple(v[1].shape) for k, v in declared.items()}
+    fit_state(_Shaped.of(shapes), expected, path, declared=True)
+    prefix = _prefix(shapes, expected, path)
+    return {declared[prefix + key][0] for key in expected}
+
+
+class _Shaped:
+    """A stand-in array holding only a shape (the declared one), for :func:`fit_state`."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+    @staticmethod
+    def of(shapes: Mapping[ParamPath, tuple[int, ...]]) -> dict[ParamPath, Any]:
+        return {k: _Shaped(v) for k, v in shapes.items()}
+
+
+def _subset(tree: Any, wanted: set[ParamPath], prefix: ParamPath = ()) -> Any:
+    """The metadata tree with only the leaves at ``wanted`` paths (mappings kept as dicts)."""
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            sub = _subset(value, wanted, prefix + (str(key),))
+            if sub is not None:
+                out[key] = sub
+        return out or None
+    if isinstance(tree, (list, tuple)):
+        if any(w[: len(prefix)] == prefix for w in wanted):
+            return tree  # kept whole: partial restore works on mappings
+        return None
+    return tree if prefix in wanted else None
+
+
+def _read_orbax(path: Path, expected: Mapping[ParamPath, tuple[int, ...]] | None = None) -> Any:
     import orbax.checkpoint as ocp
 
     item = orbax_item(path)
     if item is None:
         raise CheckpointError(path, "not an Orbax checkpoint folder (no _METADATA, "
                               "_CHECKPOINT_METADATA or manifest.ocdbt)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sharding info not provided"
+    _check_links(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sharding info not provided"
+        try:
             meta = ocp.PyTreeCheckpointer().metadata(item.resolve())
-            tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+        except Exception as exc:  # orbax/tensorstore raise many kinds on damaged folders
+            raise CheckpointError(path, "cannot read the Orbax checkpoint's metadata "
+                                  f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        tree = getattr(tree, "tree", tree)
+        if not _declared(tree):
+            raise CheckpointError(path, "cannot restore the Orbax checkpoint: its metadata "
+                                  "declares no array (damaged _METADATA or array metadata)")
+        if expected is not None:
+            tree = _subset(tree, _wanted(path, _declared(tree), expected)) or {}
+        try:
             args = _numpy_restore_args(tree)
-            return ocp.PyTreeCheckpointer().restore(item.resolve(), restore_args=args)
-    except Exception as exc:  # orbax/tensorstore raise many kinds on damaged folders
-        raise CheckpointError(path, "cannot restore the Orbax checkpoint "
-                              f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
+            if expected is None:
+                return ocp.PyTreeCheckpointer().restore(item.resolve(), restore_args=args)
+            return ocp.PyTreeCheckpointer().restore(item.resolve(), args=ocp.args.PyTreeRestore(
+                item=tree, restore_args=args, partial_restore=True))
+        except Exception as exc:  # orbax/tensorstore raise many kinds on damaged folders
+            raise CheckpointError(path, "cannot restore the Orbax checkpoint "
+                                  f"({exc.__class__.__name__}: {str(exc)[:300]})") from exc
 
 
 def _numpy_restore_args(tree: Any) -> Any:
@@ -130,18 +213,25 @@ def _numpy_restore_args(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
 
 
-def read_checkpoint(path: str | Path) -> dict[ParamPath, np.ndarray]:
+def read_checkpoint(path: str | Path, expected: Mapping[ParamPath, tuple[int, ...]] | None = None
+                    ) -> dict[ParamPath, np.ndarray]:
     """One checkpoint's arrays by path (see the module docstring).
 
     Args:
         path: a ``.msgpack`` file or an Orbax checkpoint folder.
+        expected: the model's arrays (path → shape), as :func:`fit_state` takes them. For an
+            Orbax folder the shapes its metadata declares are checked against them first, and
+            only those arrays are restored: the metadata is a few editable bytes that can
+            declare any size, and Orbax allocates what it declares. None restores every array.
 
     Raises:
-        CheckpointError: the file or folder is unreadable, damaged, or holds no array.
+        CheckpointError: the file or folder is unreadable, damaged, holds no array, declares
+            an expected array missing or of another shape, or holds a symbolic link leaving
+            the folder.
     """
     path = Path(path)
     if path.is_dir():
-        tree = _read_orbax(path)
+        tree = _read_orbax(path, expected)
     elif path.is_file():
         tree = _read_msgpack(path)
     else:
@@ -152,12 +242,25 @@ def read_checkpoint(path: str | Path) -> dict[ParamPath, np.ndarray]:
     return flat
 
 
+def _prefix(flat: Mapping[ParamPath, Any], expected: Mapping[ParamPath, Any], path) -> ParamPath:
+    """The common prefix of ``flat``'s paths before the model's (``("model",)`` for a wrapped
+    state), found from the first expected path."""
+    first = next(iter(expected))
+    prefixes = [k[: len(k) - len(first)] for k in flat
+                if len(k) >= len(first) and k[len(k) - len(first):] == first]
+    if not prefixes:
+        raise CheckpointError(path, f"tensor {'.'.join(first)!r} is missing (the checkpoint "
+                              f"holds {', '.join('.'.join(k) for k in list(flat)[:8])}...)")
+    return min(prefixes, key=len)
+
+
 def fit_state(flat: Mapping[ParamPath, np.ndarray], expected: Mapping[ParamPath, tuple[int, ...]],
-              path: str | Path) -> dict[ParamPath, np.ndarray]:
+              path: str | Path, declared: bool = False) -> dict[ParamPath, np.ndarray]:
     """The arrays of ``flat`` for each path of ``expected``, checked for shape.
 
     ``flat``'s paths may carry a common prefix (``("model",) + path``); it is found from the
-    first expected path.
+    first expected path. ``declared``: ``flat`` holds the shapes a checkpoint's metadata
+    declares, not arrays (said so in the message).
 
     Returns:
         ``{expected path: array}``.
@@ -167,13 +270,7 @@ def fit_state(flat: Mapping[ParamPath, np.ndarray], expected: Mapping[ParamPath,
     """
     if not expected:
         return {}
-    first = next(iter(expected))
-    prefixes = [k[: len(k) - len(first)] for k in flat
-                if len(k) >= len(first) and k[len(k) - len(first):] == first]
-    if not prefixes:
-        raise CheckpointError(path, f"tensor {'.'.join(first)!r} is missing (the checkpoint "
-                              f"holds {', '.join('.'.join(k) for k in list(flat)[:8])}...)")
-    prefix = min(prefixes, key=len)
+    prefix = _prefix(flat, expected, path)
     out = {}
     for key, shape in expected.items():
         array = flat.get(prefix + key)
@@ -181,7 +278,10 @@ def fit_state(flat: Mapping[ParamPath, np.ndarray], expected: Mapping[ParamPath,
             raise CheckpointError(path, f"tensor {'.'.join(key)!r} is missing (another "
                                   "architecture than --model?)")
         if tuple(array.shape) != tuple(shape):
-            raise CheckpointError(path, f"tensor {'.'.join(key)!r} has shape "
-                                  f"{tuple(array.shape)}; the model expects {tuple(shape)}")
+            has = "is declared with shape" if declared else "has shape"
+            where = " in the Orbax metadata (nothing was restored)" if declared else ""
+            raise CheckpointError(path, f"tensor {'.'.join(key)!r} {has} "
+                                  f"{tuple(array.shape)}{where}; the model expects "
+                                  f"{tuple(shape)}")
         out[key] = array
     return out

@@ -66,12 +66,12 @@ class JaxSource:
         """
         if self._exported is None:
             first = Path(self.checkpoints[0].path)
-            flat = read_checkpoint(first)
             if self.model_spec is None:
                 raise CheckpointError(first, "JAX checkpoints hold only arrays: pass --model "
                                       "MODULE:CALLABLE building the Flax NNX module")
             module = build_module(self.model_spec)
-            fit_state(flat, {k: v.shape for k, v in module_arrays(module).items()}, first)
+            shapes = {k: v.shape for k, v in module_arrays(module).items()}
+            fit_state(read_checkpoint(first, shapes), shapes, first)
             origin = str(self.model_spec)
             shape = _shape(self.input_shape, origin) or _shape(
                 getattr(module, "input_shape", None), origin)
@@ -107,7 +107,7 @@ class JaxSource:
         """
         exported = self.exported()
         path = Path(checkpoint.path)
-        params = fit_state(read_checkpoint(path), exported.shapes, path)
+        params = fit_state(read_checkpoint(path, exported.shapes), exported.shapes, path)
         return exported.initializers(params)
 
 
