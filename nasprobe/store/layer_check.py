@@ -8,6 +8,10 @@ NaN (docs/store.md, *Heatmaps*). Within *one run* it may not: a run is one archi
 input size, so that its epochs stay comparable; adding epochs of another map size to a stored
 run is refused. Both checks read only the stored job groups' coordinates and metadata, never
 the values.
+
+Jobs on one run at the same time both pass these checks before either has stored an epoch, so
+the first job to open a run also records its layers in the run's ``shapes`` group, created
+exclusively (:func:`fix_run_shapes`); every later job, concurrent or not, must agree with it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from dataclasses import dataclass
 
 from nasprobe.errors import StoreError
 
-from .layout import LAYOUT, RUNS, LayerInfo, group_name, run_key
+from .layout import LAYOUT, RUNS, SHAPES, LayerInfo, group_json, group_name, run_key
 from .runs import committed_epochs, read_runs, store_layout
 from .storage import Location
 
-__all__ = ["PlannedRun", "StoredLayer", "stored_layers", "check_layers"]
+__all__ = ["PlannedRun", "StoredLayer", "stored_layers", "check_layers", "fix_run_shapes"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +109,35 @@ def check_layers(loc: Location, runs: list[PlannedRun]) -> None:
                          f"{', '.join(map(str, s.epochs))}: one run is one architecture at one "
                          "input size; probe these checkpoints as another run (--run NAME) or "
                          "into another --out")
+
+
+def _layer_text(channels: int, spatial) -> str:
+    return f"{channels} channels, maps of {_shape(tuple(spatial))} locations"
+
+
+def fix_run_shapes(loc: Location, run: str, layers: list[LayerInfo], job: str) -> None:
+    """Record ``layers`` (channels, map shape) as the run's shapes if this job is the first
+    to open ``run`` (an exclusive create of ``runs/<run>/shapes``), else check them against
+    that record: two jobs on one run at two input sizes would otherwise mix their maps.
+
+    Raises:
+        StoreError: naming the store, the run, the layer, the job that fixed the run, and
+            both shapes; or an unreadable record.
+    """
+    key = run_key(run)
+    mine = {x.name: [int(x.channels), [int(s) for s in x.spatial]] for x in layers}
+    if loc.create(group_json({"job": job, "layers": mine}), RUNS, key, SHAPES, "zarr.json"):
+        return
+    try:
+        fixed = json.loads(loc.read(RUNS, key, SHAPES, "zarr.json"))["attributes"]
+        first, known = str(fixed["job"]), dict(fixed["layers"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise StoreError(loc.url, f"run {run!r} has an unreadable {SHAPES} record "
+                         f"({exc.__class__.__name__})") from exc
+    for name, (channels, spatial) in mine.items():
+        if name in known and [channels, spatial] != [int(known[name][0]), list(known[name][1])]:
+            raise StoreError(loc.url, f"layer {name!r} of run {run!r} has "
+                             f"{_layer_text(channels, spatial)}, but job {first} opened the "
+                             f"run with {_layer_text(*known[name])}: one run is one "
+                             "architecture at one input size; probe these checkpoints as "
+                             "another run (--run NAME) or into another --out")

@@ -14,7 +14,7 @@ import numpy as np
 
 from nasprobe.errors import StoreError
 
-__all__ = ["LAYOUT", "SCALARS", "LayerInfo", "group_name", "spatial_dims", "run_key",
+__all__ = ["LAYOUT", "SCALARS", "SHAPES", "LayerInfo", "group_name", "spatial_dims", "run_key",
            "run_name", "marker", "read_marker", "group_json", "OWN_NAMES", "check_metric_name"]
 
 #: Value of the root attribute ``nasprobe_layout`` of stores with one group per run and job.
@@ -23,6 +23,9 @@ LAYOUT = "runs/1"
 SCALARS = ("nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean")
 #: Folder of the runs' groups, and the marker folders inside each run's group.
 RUNS, COMMITS, CLAIMS = "runs", "commits", "claims"
+#: The group inside a run's group whose attributes record, once, the layers (channels, map
+#: shape) of the first job that opened the run: the run's shapes from then on.
+SHAPES = "shapes"
 
 
 @dataclass(frozen=True)

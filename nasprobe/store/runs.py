@@ -26,6 +26,7 @@ from .layout import (
     LAYOUT,
     RUNS,
     SCALARS,
+    SHAPES,
     group_name,
     read_marker,
     run_name,
@@ -205,7 +206,7 @@ def _run(loc: Location, key: str, values: bool = True) -> dict | None:
     """One run's committed epochs, read whole (None when it has none yet); without
     ``values``, only their coordinates and attributes."""
     entries = [n for n in loc.listdir(RUNS, key)
-               if n not in (COMMITS, CLAIMS, "zarr.json") and not n.startswith(".")]
+               if n not in (COMMITS, CLAIMS, SHAPES, "zarr.json") and not n.startswith(".")]
     commits = committed_epochs(loc, key)
     if not commits:
         return None

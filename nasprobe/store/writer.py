@@ -35,6 +35,7 @@ from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import CORR_BINS
 
+from .layer_check import fix_run_shapes
 from .layout import (
     CLAIMS,
     COMMITS,
@@ -207,6 +208,7 @@ class Store:
             # Nothing to do (a finished run probed again): the store is left untouched.
             return RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
                              [x.name for x in layers], todo=[], done=set(map(int, epochs)))
+        fix_run_shapes(self.loc, run, layers, job)
         self.loc.create(group_json({"run": run}), RUNS, key, "zarr.json")
         for sub in (COMMITS, CLAIMS):
             self.loc.create(group_json({}), RUNS, key, sub, "zarr.json")

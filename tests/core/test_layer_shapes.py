@@ -115,3 +115,50 @@ def test_a_stored_run_keeps_its_map_size(tmp_path):
     # The same checkpoint as a run of its own is fine.
     res = probe(later, "--run", "a-10px", "--probe", p10, "--out", store, "--force")
     assert res.exit_code == 0, (res.output, res.exception)
+
+
+def test_two_jobs_opening_one_run_at_two_sizes_at_once(tmp_path):
+    """Both jobs pass the checks on stored epochs (there are none yet); the second to open the
+    run is refused by the run's shape record, whichever order their epochs would commit in."""
+    from nasprobe.errors import StoreError
+    from nasprobe.store import LayerInfo, Store
+
+    store = Store(tmp_path / "s.zarr")
+    store.create_or_check({"tap": "linear", "exclude_bias": False, "probe_sha256": "0" * 64,
+                           "probe_size": 6})
+    small = [LayerInfo("conv1", "Conv", 6, (8, 8), 0), LayerInfo("fc", "Gemm", 4, (), 1)]
+    large = [LayerInfo("conv1", "Conv", 6, (10, 10), 0), LayerInfo("fc", "Gemm", 4, (), 1)]
+    first = store.open_run("a", [1, 2], small, 2, {}, job="job-8px")
+    with pytest.raises(StoreError, match=r"layer 'conv1' of run 'a' has 6 channels, maps of "
+                       r"10×10 locations, but job job-8px opened the run with 6 channels, maps "
+                       r"of 8×8 locations: .* \(--run NAME\)"):
+        store.open_run("a", [3, 4], large, 2, {}, job="job-10px")
+    assert first.todo == [1, 2]
+    # the same shapes (another job on the run, another epoch) and another run are fine
+    assert store.open_run("a", [3], small, 2, {}, job="job-8px-b").todo == [3]
+    assert store.open_run("b", [1], large, 2, {}, job="job-10px").todo == [1]
+
+
+def test_a_run_opened_by_a_stopped_job_keeps_its_map_size(tmp_path, monkeypatch):
+    """Job one opens run 'a' at 8×8 and stops before committing an epoch (as a job still
+    running would look); a job at 10×10 into the same run is refused, nothing written."""
+    import importlib
+
+    job = importlib.import_module("nasprobe.probe")
+    first = _save(tmp_path / "a")
+    later = _save(tmp_path / "new", epoch=2, size=10)
+    store = tmp_path / "s.zarr"
+
+    def stopped(task):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "run_epoch", stopped)
+    res = probe(first, "--run", "a", "--probe", write_probe(tmp_path / "p8.npz"), "--out", store)
+    assert res.exit_code == 130, (res.output, res.exception)
+    monkeypatch.undo()
+    before = tree_digest(store)
+    p10 = write_probe(tmp_path / "p10.npz", shape=(3, 10, 10))
+    res = probe(later, "--run", "a", "--probe", p10, "--out", store, "--force")
+    assert_refused(res, store, "layer 'conv1' of run 'a' has 6 channels, maps of 10×10 "
+                   "locations, but job", "opened the run with 6 channels, maps of 8×8 locations")
+    assert tree_digest(store) == before
