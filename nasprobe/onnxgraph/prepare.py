@@ -207,7 +207,7 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     ``compute_dtype`` (when half types were widened), ``input_dtype`` (when a Cast was put
     in front), ``not_probed`` (layers inside control flow or integer-quantised, with the
     reason)."""
-    from .onnx_guard import check_inlining, rehearse
+    from .guard import check_inlining, rehearse
 
     notes: dict = {}
     if len(model.functions):

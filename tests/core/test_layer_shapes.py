@@ -121,7 +121,7 @@ def test_two_jobs_opening_one_run_at_two_sizes_at_once(tmp_path):
     """Both jobs pass the checks on stored epochs (there are none yet); the second to open the
     run is refused by the run's shape record, whichever order their epochs would commit in."""
     from nasprobe.errors import StoreError
-    from nasprobe.store import LayerInfo, Store
+    from nasprobe.store.writer import LayerInfo, Store
 
     store = Store(tmp_path / "s.zarr")
     store.create_or_check({"tap": "linear", "exclude_bias": False, "probe_sha256": "0" * 64,
@@ -144,7 +144,7 @@ def test_a_run_opened_by_a_stopped_job_keeps_its_map_size(tmp_path, monkeypatch)
     running would look); a job at 10×10 into the same run is refused, nothing written."""
     import importlib
 
-    job = importlib.import_module("nasprobe.probe")
+    job = importlib.import_module("nasprobe.job.probe_job")
     first = _save(tmp_path / "a")
     later = _save(tmp_path / "new", epoch=2, size=10)
     store = tmp_path / "s.zarr"

@@ -18,8 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, inliner, numpy_helper
 
-from nasprobe import onnx_guard
 from nasprobe.errors import GraphError
+from nasprobe.onnxgraph import guard as onnx_guard
 from tests.hostile import assert_refused, probe, write_probe
 
 D = "local"

@@ -61,7 +61,7 @@ def _nasprobe(site: Path, *args, disable: str | None = None):
 
 
 def test_the_plugins_are_found(site):
-    code = ("from nasprobe import adapters; print(adapters.names())")
+    code = "from nasprobe.frameworks import registry; print(registry.names())"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.getcwd()]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "'crashy'" in out.stdout and "'exits'" in out.stdout, out
@@ -105,8 +105,8 @@ def test_plugins_can_be_turned_off(site, tmp_path):
 
 
 def test_a_disabled_plugin_is_named_as_such(monkeypatch):
-    from nasprobe import adapters
     from nasprobe.errors import NasprobeError
+    from nasprobe.frameworks import registry as adapters
 
     monkeypatch.setenv("NASPROBE_DISABLE_PLUGINS", "keras")
     adapters.reset()

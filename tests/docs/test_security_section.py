@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nasprobe.model_spec import call_model_spec
+from nasprobe.frameworks.model_spec import call_model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """Third-party ONNX graphs are prepared at arm's length (docs/onnx.md, *Hostile graphs*).
 
-Two defences, both before :func:`nasprobe.onnx_prepare.prepare_model` rewrites a graph:
+Two defences, both before :func:`nasprobe.onnxgraph.prepare.prepare_model` rewrites a graph:
 
 * **Inlining is counted first.** Local functions that call each other twice per level double
   the graph at every level: a 1.5 kB file becomes a million nodes (26 s, 2 GB). The nodes
@@ -12,7 +12,7 @@ Two defences, both before :func:`nasprobe.onnx_prepare.prepare_model` rewrites a
   inference are C++ code in onnx: a hostile graph can crash it (a segmentation fault, an
   abort on ``std::bad_alloc``) or exhaust memory, which no ``try`` catches and which would
   end the whole job, or a Dask worker, with the work of its other runs. The steps are run
-  first on the graph without its large weights (as :func:`nasprobe.graph_index.shape_view`
+  first on the graph without its large weights (as :func:`nasprobe.onnxgraph.index.shape_view`
   makes it), in a fresh Python process with at most :data:`GUARD_MEMORY` bytes of address
   space and :data:`GUARD_SECONDS` seconds; only when that child finishes are they run on the
   model itself. A child that dies becomes a :class:`~nasprobe.errors.GraphError` naming the
@@ -30,7 +30,7 @@ import sys
 
 import onnx
 
-from .errors import GraphError
+from nasprobe.errors import GraphError
 
 __all__ = ["MAX_INLINED_NODES", "MAX_INLINED_GROWTH", "GUARD_MEMORY", "GUARD_SECONDS",
            "inlined_size",
@@ -134,7 +134,7 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
     Raises:
         GraphError: the child died (signal, abort), ran out of its memory or time.
     """
-    from .graph_index import shape_view
+    from .index import shape_view
 
     args = [sys.executable, "-m", __name__, str(GUARD_MEMORY), "inline" if inline else "-",
             str(upgrade_to or 0)]
