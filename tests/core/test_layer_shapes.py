@@ -142,9 +142,8 @@ def test_two_jobs_opening_one_run_at_two_sizes_at_once(tmp_path):
 def test_a_run_opened_by_a_stopped_job_keeps_its_map_size(tmp_path, monkeypatch):
     """Job one opens run 'a' at 8×8 and stops before committing an epoch (as a job still
     running would look); a job at 10×10 into the same run is refused, nothing written."""
-    import importlib
+    from nasprobe.job import probe_job as job
 
-    job = importlib.import_module("nasprobe.job.probe_job")
     first = _save(tmp_path / "a")
     later = _save(tmp_path / "new", epoch=2, size=10)
     store = tmp_path / "s.zarr"
