@@ -34,7 +34,8 @@ from torch import nn
 from nasprobe.contract import LAYER_KEY, set_node_metadata, unique_layer_name
 from nasprobe.errors import GraphError, NasprobeError
 
-__all__ = ["Exported", "export_onnx", "export_model", "LINEAR_OPS", "ACTIVATION_OPS"]
+__all__ = ["Exported", "export_onnx", "export_model", "example_input", "LINEAR_OPS",
+           "ACTIVATION_OPS"]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ACTIVATION_OPS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
@@ -62,10 +63,11 @@ class Exported:
     layers: list[str] = field(default_factory=list)
 
 
-def _run_exporter(target: Any, example: torch.Tensor, dynamic: bool) -> onnx.ModelProto:
+def _run_exporter(target: Any, example: torch.Tensor, dynamic: bool,
+                  extra_dims: dict[int, Any] | None = None) -> onnx.ModelProto:
     kwargs: dict[str, Any] = dict(dynamo=True, optimize=False, verbose=False, report=False)
     if dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch"), **(extra_dims or {})},)
     registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registry_log.level
     registry_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices
@@ -78,12 +80,15 @@ def _run_exporter(target: Any, example: torch.Tensor, dynamic: bool) -> onnx.Mod
     return program.model_proto
 
 
-def _export_any(target: Any, example: torch.Tensor) -> onnx.ModelProto:
-    """Export with a dynamic batch axis, else (a model that fixes its batch) with a batch of 1."""
+def _export_any(target: Any, example: torch.Tensor,
+                extra_dims: dict[int, Any] | None = None) -> onnx.ModelProto:
+    """Export with a dynamic batch axis (and ``extra_dims``, axis → ``torch.export.Dim``),
+    else (a model that fixes its batch) with a batch of 1."""
     errors = []
     for dynamic in (True, False):
         try:
-            return _run_exporter(target, example if dynamic else example[:1], dynamic)
+            return _run_exporter(target, example if dynamic else example[:1], dynamic,
+                                 extra_dims)
         except Exception as exc:  # the exporter raises many kinds
             errors.append(f"{exc.__class__.__name__}: {str(exc).strip()[:600]}")
     raise NasprobeError("torch.onnx.export failed: " + " | ".join(errors))
@@ -291,15 +296,51 @@ def _aliases(state: dict[str, torch.Tensor]) -> dict[str, set[str]]:
     return {k: g for g in groups.values() for k in g}
 
 
+def example_input(model: Any, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
+    """The dummy input an export is traced with: ``(batch, *input_shape)``.
+
+    Token ids (int64, values below the smallest embedding table's size) when ``model`` is an
+    ``nn.Module`` whose input goes straight into an ``nn.Embedding`` (a language model), else
+    standard normal float32. An embedding lookup refuses a float input, so this is decided by
+    calling the model once on ids and watching which embedding receives the input itself.
+    """
+    shape = (batch, *[int(s) for s in input_shape])
+    embeddings = ([m for m in model.modules() if isinstance(m, nn.Embedding)]
+                  if isinstance(model, nn.Module) else [])
+    if embeddings:
+        ids = torch.randint(0, min(m.num_embeddings for m in embeddings), shape)
+        direct: list[bool] = []
+        handles = [m.register_forward_pre_hook(
+            lambda mod, args: direct.append(bool(args) and args[0] is ids)) for m in embeddings]
+        try:
+            with torch.no_grad():
+                model.eval()(ids)
+        except Exception:  # noqa: BLE001 - not a token model: it takes floats
+            direct = []
+        finally:
+            for h in handles:
+                h.remove()
+        if any(direct):
+            return ids
+    return torch.randn(*shape)
+
+
 def export_model(model: nn.Module | torch.export.ExportedProgram | torch.jit.ScriptModule,
-                 input_shape: Sequence[int], origin: str = "model") -> Exported:
+                 input_shape: Sequence[int], origin: str = "model", *,
+                 example: torch.Tensor | None = None,
+                 extra_dims: dict[int, Any] | None = None) -> Exported:
     """Export a model once, verified and tagged (see the module docstring).
 
     Args:
         model: an ``nn.Module`` (put in eval mode and float32 here), a ``torch.export``
             program, or a TorchScript module (converted with ``TS2EPConverter``).
-        input_shape: one sample's shape without the batch axis, e.g. ``(C, H, W)``.
+        input_shape: one sample's shape without the batch axis, e.g. ``(C, H, W)``, or
+            ``(T,)`` token ids for a language model.
         origin: the file or model this came from, for error messages.
+        example: the traced input (batch of 2); default :func:`example_input` (integer token
+            ids for a model that embeds its input, float32 otherwise).
+        extra_dims: axes of the input besides the batch that stay dynamic, axis →
+            ``torch.export.Dim`` (e.g. the sequence axis of a token model).
 
     Returns:
         :class:`Exported` with the ONNX model (opset of the exporter, input named as the
@@ -308,7 +349,8 @@ def export_model(model: nn.Module | torch.export.ExportedProgram | torch.jit.Scr
     Raises:
         NasprobeError: the exporter failed; GraphError: the export cannot be labelled honestly.
     """
-    example = torch.randn(2, *[int(s) for s in input_shape])
+    if example is None:
+        example = example_input(model, input_shape)
     calls = None
     if isinstance(model, torch.jit.ScriptModule):
         from torch._export.converter import TS2EPConverter
@@ -328,7 +370,7 @@ def export_model(model: nn.Module | torch.export.ExportedProgram | torch.jit.Scr
         calls = _called_modules(model, example)
         state = dict(model.state_dict())
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    proto = _export_any(model, example)
+    proto = _export_any(model, example, extra_dims)
     layout = {t.name: (t.name, None) for t in proto.graph.initializer if t.name in state}
     exported = Exported(proto, layout)
     _fold_weight_transposes(proto.graph, layout)

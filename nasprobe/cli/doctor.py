@@ -3,8 +3,8 @@
 nasprobe and Python; the onnxruntime package (``onnxruntime`` or ``onnxruntime-gpu``) and its
 version; each execution provider it lists and whether a session on it really starts (the
 reason in one line when not); the compiled NAS kernel and the checkout it was built in; the
-frameworks (torch, keras, jax) and Dask that are installed. Versions come from package
-metadata, so no framework is imported.
+frameworks (torch, keras, jax, transformers for Hugging Face folders) and Dask that are
+installed. Versions come from package metadata, so no framework is imported.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["doctor", "report", "provider_status"]
 #: packages whose versions are shown, by line
 _STACK = [("numpy", ["numpy"]), ("onnx", ["onnx"]), ("xarray / zarr", ["xarray", "zarr"]),
           ("torch", ["torch"]), ("keras", ["keras"]), ("jax", ["jax", "jaxlib"]),
-          ("dask", ["dask", "distributed"])]
+          ("hf", ["transformers", "safetensors"]), ("dask", ["dask", "distributed"])]
 
 
 def _version(dist: str) -> str | None:

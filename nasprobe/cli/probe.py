@@ -167,7 +167,8 @@ def info_cmd(store):
     for r in got.runs:
         eps, p = r.epochs, r.provenance
         span = f"{min(eps)}..{max(eps)}" if eps else "none"
-        click.echo(f"  {r.name}: {len(eps)} epochs ({span}), {p.get('framework', '?')} from "
+        unit = p.get("epoch_unit", "epoch")
+        click.echo(f"  {r.name}: {len(eps)} {unit}s ({span}), {p.get('framework', '?')} from "
                    f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
                    f"NAS computed in {p.get('nas_on', 'graph')}")
         if "opset_original" in p:
@@ -178,6 +179,8 @@ def info_cmd(store):
         mixed = mixed_probe_sets(r.name, p.get("probe_sets", []))
         if mixed:
             click.echo(f"    {mixed}")
+        if p.get("no_preact"):
+            click.echo(f"    no preact tap (no nonlinearity follows): {', '.join(p['no_preact'])}")
         for f, why in p.get("skipped", {}).items():
             click.echo(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():

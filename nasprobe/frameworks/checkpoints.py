@@ -44,20 +44,32 @@ def checkpoint_stem(name: str) -> str:
     return Path(name).stem
 
 
-def parse_epoch(path: str | os.PathLike, epoch_regex: str | None = None) -> int | None:
-    """Epoch number of a checkpoint file name, or ``None`` when no pattern matches.
+def parse_epoch(path: str | os.PathLike, epoch_regex: str | None = None,
+                relative: str | None = None) -> int | None:
+    r"""Epoch number of a checkpoint file name, or ``None`` when no pattern matches.
 
     ``epoch_regex`` (a Python regex with a group named ``epoch``, or one unnamed group) replaces
-    :data:`DEFAULT_EPOCH_PATTERNS`. Examples with the defaults: ``epoch_012.onnx`` → 12,
-    ``epoch=12.onnx`` → 12, ``model-012.onnx`` → 12, ``weights.12-0.85.onnx`` → 12,
+    :data:`DEFAULT_EPOCH_PATTERNS`; it is searched in the file name, and where that does not
+    match, in ``relative``: the checkpoint's path relative to its run folder, or the path as
+    given for checkpoints named one by one (default), with ``/`` between folders — so that
+    ``run/step-100/model/`` can be named by ``--epoch-regex 'step-(\d+)/'``. Examples with the
+    defaults: ``epoch_012.onnx`` → 12, ``epoch=12.onnx`` → 12, ``model-012.onnx`` → 12,
+    ``weights.12-0.85.onnx`` → 12, ``checkpoint-500`` (a Hugging Face Trainer folder) → 500,
     ``init.onnx`` → -1.
     """
     name = Path(path).name
     stem = checkpoint_stem(name)
     patterns = (epoch_regex,) if epoch_regex else DEFAULT_EPOCH_PATTERNS
+    texts = [name]
+    if epoch_regex:
+        texts.append(Path(relative if relative is not None else path).as_posix())
     for pattern in patterns:
         try:
-            m = re.search(pattern, name if epoch_regex else stem, flags=0 if epoch_regex else re.I)
+            m = None
+            for text in texts if epoch_regex else [stem]:
+                m = re.search(pattern, text, flags=0 if epoch_regex else re.I)
+                if m:
+                    break
         except re.error as exc:
             raise EpochError(path, f"--epoch-regex {pattern!r}: not a valid regular expression "
                                    f"({exc})") from None
@@ -96,6 +108,7 @@ def find_checkpoints(inputs: Iterable[str | os.PathLike], epoch_regex: str | Non
         CheckpointError: a path that does not exist.
     """
     files: list[Path] = []
+    relative: dict[Path, str] = {}  # a run folder's checkpoint → its path in the folder
     for item in inputs:
         p = Path(item)
         if not p.exists():
@@ -104,14 +117,16 @@ def find_checkpoints(inputs: Iterable[str | os.PathLike], epoch_regex: str | Non
             found = checkpoints_in(p)
             if not found:
                 raise NoCheckpointError(p, "folder holds no checkpoint file "
-                                        f"({', '.join(adapters.extensions())})")
+                                        f"({', '.join(adapters.extensions()) or 'none'}) "
+                                        "and no checkpoint folder")
             files.extend(found)
+            relative.update((f, f.relative_to(p).as_posix()) for f in found)
         else:
             files.append(p)
     by_epoch: dict[int, Path] = {}
     extra = adapters.companions(files)
     for f in files:
-        epoch = parse_epoch(f, epoch_regex)
+        epoch = parse_epoch(f, epoch_regex, relative.get(f))
         if epoch is None and f in extra:
             continue  # e.g. the architecture file beside weight-only checkpoints
         if epoch is None:

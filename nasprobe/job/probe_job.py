@@ -176,6 +176,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
                 raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
                                       f"{', '.join(skipped)})") from exc
     spec = replace(spec, probe_sha256=ctx.probeset.sha256)
+    no_preact = _without_preact(ctx, options, name) if options.tap == "preact" else []
     infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth, t.nonlinearity)
              for t in ctx.taps]
     provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
@@ -183,11 +184,30 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
                   "nas_on": "host" if ctx.host else "graph",
                   "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256,
                   **getattr(ctx.source, "provenance", {})}
+    if no_preact:
+        provenance["no_preact"] = no_preact
     attrs = {"nasprobe_version": __version__, "tap": options.tap,
              "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
              "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
              "framework": ctx.source.framework}
     return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs, skipped)
+
+
+def _without_preact(ctx, options: ProbeOptions, run: str) -> list[str]:
+    """The layers that ``--tap preact`` leaves out (no nonlinearity follows them through
+    per-channel operators: attention projections, SwiGLU's up projection, logits), said once
+    on stderr."""
+    from .graph import find_taps
+
+    kept = {t.layer for t in ctx.taps}
+    linear = find_taps(ctx.source.architecture(), tap="linear", layers=options.layers)
+    missing = [t.layer for t in linear if t.layer not in kept]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6
+                                          else "")
+        print(f"nasprobe: run {run}: --tap preact: {len(missing)} of {len(linear)} layers "
+              f"have no nonlinearity after them and are left out: {shown}", file=sys.stderr)
+    return missing
 
 
 def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,

@@ -219,6 +219,9 @@ class TappedModel:
         self.input_name = inputs[0].name
         self.input_shape = tuple(
             d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim)
+        #: numpy dtype of the input (an integer one for token ids)
+        self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+            inputs[0].type.tensor_type.elem_type or onnx.TensorProto.FLOAT))
         self.output_names = [o.name for o in model.graph.output]
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None

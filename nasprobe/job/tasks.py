@@ -240,15 +240,16 @@ _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
 _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
 
 
-def _probe_set(spec: RunSpec, input_shape: tuple) -> ProbeSet:
-    """The probe set fitted to ``input_shape``, shared by runs of one architecture."""
+def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32) -> ProbeSet:
+    """The probe set fitted to ``input_shape`` (and integer token ids to an integer
+    ``input_dtype``), shared by runs of one architecture."""
     opts = spec.options
-    k = (opts.probe, tuple(input_shape), opts.mean, opts.std)
+    k = (opts.probe, tuple(input_shape), opts.mean, opts.std, np.dtype(input_dtype).str)
     if k not in _PROBESETS:
         while len(_PROBESETS) >= CACHE_SIZE:
             _PROBESETS.popitem(last=False)
         _PROBESETS[k] = load_probe_set(local_copy(opts.probe), input_shape, mean=opts.mean,
-                                       std=opts.std)
+                                       std=opts.std, input_dtype=input_dtype)
     _PROBESETS.move_to_end(k)
     return _PROBESETS[k]
 
@@ -285,7 +286,7 @@ def _build(spec: RunSpec) -> RunContext:
         graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
         tapped = reading(first, lambda: TappedModel(graph, device="cpu"))
         session = reading(first, tapped.session)
-    probeset = _probe_set(spec, tapped.input_shape)
+    probeset = _probe_set(spec, tapped.input_shape, tapped.input_dtype)
     # One image through the architecture gives every map's location shape.
     first_out = [session.get_outputs()[0].name] if probeset.labels is not None else []
     outs = reading(first, run_batch, session, first_out + fetch, tapped.input_name,
@@ -293,6 +294,10 @@ def _build(spec: RunSpec) -> RunContext:
     del session
     if first_out:  # labels index the model's first output: check them once, here
         classes = int(np.prod(outs[0].shape[1:]))
+        if probeset.layout == "tokens" and outs[0].ndim != 2:
+            raise ProbeSetError(spec.options.probe, f"labels y need a model output of shape "
+                                f"(N, classes); {first_out[0]!r} has shape "
+                                f"{tuple(outs[0].shape)} (one prediction per token): drop y")
         outs = outs[1:]
         top = int(probeset.labels.max()) if len(probeset.labels) else -1
         if top >= classes:

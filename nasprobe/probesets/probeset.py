@@ -14,7 +14,11 @@ ONNX convention); ``channels_last`` overrides. Other ranks ("flat", no channel a
 must have the model's sample shape, except that grayscale ``(N, H, W)`` or single-channel 4-D
 probes are flattened for ``(N, H*W)`` and single-channel 4-D ones squeezed for ``(N, H, W)``.
 
-Preprocessing, in order: layout (transpose NCHW <-> NHWC; add the channel axis of a grayscale
+Token models (an integer ONNX input, e.g. transformers' ``input_ids``): the probe is an integer
+``.npy`` array or ``.npz`` ``x`` of shape ``(N, T)``, fed unchanged in the model's integer type
+(never scaled like uint8 images, never normalised).
+
+Preprocessing of images, in order: layout (transpose NCHW <-> NHWC; add the channel axis of a grayscale
 ``(N, H, W)`` probe for a 1-channel model); integers to [0, 1] (uint8 / 255, uint16 / 65535,
 bool 0/1; other integer types refused); ``(x - mean) / std`` per channel. Arrays are never
 resized; folder images are converted to L/RGB/RGBA to match the channels and resized (Pillow,
@@ -70,6 +74,7 @@ class _ArraySource:
     steps: tuple  # ((op, arg), ...) from _OPS: the probe's layout -> the model's
     divisor: float | None  # integer images are divided by it (255 for uint8)
     shape: tuple  # per-sample shape after adaptation
+    dtype: np.dtype = np.dtype(np.float32)  # what read() returns (token ids: the model's ints)
 
     @property
     def count(self) -> int:
@@ -77,12 +82,13 @@ class _ArraySource:
         return len(self.array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised.
+        """Images ``start:stop`` as a new float32 array ``(n, *shape)``, scaled, not normalised
+        (token ids: unchanged, in the model's integer type).
 
         A memory-mapped array's pages are released after the copy, so that the resident
         memory of a probe job does not grow with the probe file (the OS page cache keeps them).
         """
-        a = np.array(_adapt(self.array[start:stop], self.steps), dtype=np.float32, order="C")
+        a = np.array(_adapt(self.array[start:stop], self.steps), dtype=self.dtype, order="C")
         _release(self.array)
         if self.divisor is not None:
             a /= np.float32(self.divisor)
@@ -152,6 +158,26 @@ def _array_source(path: Path, x: np.ndarray, layout: Layout) -> _ArraySource:
                                           "non-finite values (NaN or inf)")
     divisor = float(np.iinfo(x.dtype).max) if kind == "u" else None
     return _ArraySource(x, steps, divisor, tuple(int(s) for s in shape))
+
+
+def _token_source(path: Path, x: np.ndarray, layout: Layout, dtype: np.dtype) -> _ArraySource:
+    """Token ids ``(N, T)`` for a model whose input is integer: fed unchanged, never scaled."""
+    if x.dtype.kind not in "iu":
+        raise ProbeSetError(path, f"the model takes integer token ids, but the probe array has "
+                                  f"dtype {x.dtype}: expected an integer array (N, T)")
+    if x.ndim >= 1 and len(x) == 0:
+        raise ProbeSetError(path, f"probe set is empty (shape {x.shape})")
+    if not fits(x.shape[1:], layout.dims):
+        raise ProbeSetError(path, f"probe shape {tuple(x.shape)} does not fit the model input "
+                                  f"{format_dims(layout.dims)} (token ids, one row per example)")
+    step = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
+    info = np.iinfo(dtype)
+    for start in range(0, len(x), step):
+        chunk = np.asarray(x[start:start + step])
+        if chunk.size and (chunk.min() < 0 or chunk.max() > info.max):
+            raise ProbeSetError(path, "token ids must be non-negative (and fit the model's "
+                                      f"{dtype}); found {int(chunk.min())}..{int(chunk.max())}")
+    return _ArraySource(x, (), None, tuple(int(s) for s in x.shape[1:]), np.dtype(dtype))
 
 
 def _hash_stream(h, name: str, size: int, stream) -> None:
@@ -263,8 +289,9 @@ class ProbeSet:
     """A loaded probe set of ``size`` images from ``path``, read lazily, batch by batch.
 
     ``labels``: ``(N,)`` int64 class indices or None. ``shape``: per-sample shape in the model's
-    ``layout`` ("NCHW", "NHWC" or "flat"), e.g. ``(3, 32, 32)``. ``sha256``: hex digest of the
-    data (the .npy bytes of ``x`` and ``y``, so ``.npy`` and ``.npz`` hash alike; for a folder the
+    ``layout`` ("NCHW", "NHWC", "flat", or "tokens": integer ids ``(T,)``), e.g.
+    ``(3, 32, 32)``. ``sha256``: hex digest of the data (the .npy bytes of ``x`` and ``y``, so
+    ``.npy`` and ``.npz`` hash alike; for a folder the
     sorted relative names, image bytes and labels.csv) and of the preprocessing (layout, shape,
     mean, std); settings that give the same arrays (mean None or 0) give the same hash.
     """
@@ -315,7 +342,7 @@ class ProbeSet:
 
 
 def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: bool = True,
-                   channels_last: bool | None = None) -> ProbeSet:
+                   channels_last: bool | None = None, input_dtype=None) -> ProbeSet:
     """Open a probe set (.npy, .npz or image folder) and fit it to a model input.
 
     Args:
@@ -326,13 +353,24 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
             integers to [0, 1]. None means 0 and 1. Models without a channel axis take one float.
         resize: resize folder images to the model's H x W (arrays are never resized).
         channels_last: force NHWC (True) or NCHW (False) for a 4-D input.
+        input_dtype: the model input's numpy dtype (default float32); an integer dtype means
+            token ids: an integer ``.npy``/``.npz`` array ``(N, T)`` fed unchanged, no
+            ``mean``/``std``.
 
     Raises:
         ProbeSetError: naming the file and the fault (expected and given shape for misfits).
     """
     path = Path(path)
-    layout = model_layout(path, input_shape, channels_last)
+    tokens = input_dtype is not None and np.dtype(input_dtype).kind in "iu"
+    layout = (Layout("flat", tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+                                   for d in input_shape[1:]))
+              if tokens else model_layout(path, input_shape, channels_last))
     h = hashlib.sha256(_HASH_TAG)
+    if tokens and (mean is not None or std is not None):
+        raise ProbeSetError(path, "--mean/--std do not apply to token ids")
+    if tokens and (path.is_dir() or path.suffix.lower() not in (".npy", ".npz")):
+        raise ProbeSetError(path, "the model takes token ids: give them as an integer .npy "
+                                  "array (N, T) or as x in an .npz")
     if path.is_dir():
         from .folders import folder_source  # Pillow is imported only for image folders
 
@@ -341,17 +379,21 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
         raise ProbeSetError(path, "no such probe file or folder")
     elif path.suffix.lower() in (".npy", ".npz"):
         x, y = _load_arrays(path, h)
-        source = _array_source(path, x, layout)
+        source = (_token_source(path, x, layout, np.dtype(input_dtype)) if tokens
+                  else _array_source(path, x, layout))
         labels = None if y is None else check_labels(path, y, len(x))
     else:
         raise ProbeSetError(path, "unsupported probe set: expected .npy, .npz or a folder of images")
     n = source.count
     channels = {"NCHW": source.shape[0], "NHWC": source.shape[-1]}.get(layout.kind, 1)
     mean_v, std_v = (_vector(path, k, v, channels) for k, v in (("mean", mean), ("std", std)))
-    h.update(json.dumps({"layout": layout.kind, "shape": list(source.shape),
-                         "mean": mean_v.tolist(), "std": std_v.tolist()}).encode())
+    settings = {"layout": layout.kind, "shape": list(source.shape), "mean": mean_v.tolist(),
+                "std": std_v.tolist()}
+    if tokens:
+        settings["tokens"] = str(np.dtype(input_dtype))
+    h.update(json.dumps(settings).encode())
     plain = not mean_v.any() and (std_v == 1).all()
     bshape = {"NCHW": (1, channels, 1, 1), "NHWC": (1, 1, 1, channels)}.get(layout.kind, (1,))
     m32, s32 = (None if plain else v.astype(np.float32).reshape(bshape) for v in (mean_v, std_v))
     return ProbeSet(path=path, size=n, sha256=h.hexdigest(), labels=labels, shape=source.shape,
-                    layout=layout.kind, _source=source, _mean=m32, _std=s32)
+                    layout="tokens" if tokens else layout.kind, _source=source, _mean=m32, _std=s32)

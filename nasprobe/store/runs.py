@@ -260,7 +260,8 @@ def layer_table(runs: list[dict]) -> dict[str, dict]:
 def view_attrs(root: dict, runs: list[dict]) -> dict:
     """The view's root attributes: the store's ``root`` attributes, and provenance merged over
     each run's jobs (``runs`` from :func:`read_runs`): ``runs`` (JSON, run → provenance),
-    ``sources``, ``framework``, ``keep_images``, ``nasprobe_version``, ``probe_source``."""
+    ``sources``, ``framework``, ``keep_images``, ``nasprobe_version``, ``probe_source``,
+    ``epoch_unit`` (what the ``epoch`` axis counts: ``epoch``, ``step`` or ``epoch/step``)."""
     out = {k: v for k, v in root.items()}
     prov, version, source, k = {}, None, None, 0
     for r in runs:
@@ -285,6 +286,10 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
     if source is not None:
         out["probe_source"] = source
     out["framework"] = ",".join(sorted({p.get("framework", "") for p in prov.values()} - {""}))
+    # What the epoch axis counts: "step" when every run's checkpoints are training steps
+    # (Hugging Face Trainer folders), "epoch" when none are, "epoch/step" when mixed.
+    units = {p.get("epoch_unit", "epoch") for p in prov.values()} or {"epoch"}
+    out["epoch_unit"] = units.pop() if len(units) == 1 else "epoch/step"
     out["runs"] = json.dumps(prov)
     out["sources"] = json.dumps({r: p.get("source") for r, p in prov.items()})
     out["keep_images"] = k

@@ -36,6 +36,9 @@ def test_doctor_on_this_machine_with_the_real_packages():
     assert got["numpy"] == f"numpy {numpy.__version__}"
     assert got["torch"].startswith("torch 2.") and got["keras"].startswith("keras 3.")
     assert got["dask"].startswith("dask ") and "distributed" in got["dask"]
+    import transformers
+
+    assert got["hf"].startswith(f"transformers {transformers.__version__}, safetensors ")
 
 
 def test_doctor_shows_listed_but_broken_cuda_with_its_reason_in_one_line(broken_cuda,

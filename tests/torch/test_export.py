@@ -171,3 +171,23 @@ def test_export_onnx_writes_a_runnable_file(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(next(iter(out.values())), net(torch.from_numpy(x)).numpy(),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_embeds_its_input_is_exported_with_integer_ids():
+    """A language model's input is token ids: the export traces it with an int64 dummy (a float
+    one fails in the embedding lookup) and the graph takes int64."""
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    from nasprobe_torch import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 50))
+    proto = export_onnx(model, (6,))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    ids = np.random.default_rng(0).integers(0, 50, (3, 6))
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, {proto.graph.input[0].name: ids})
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
