@@ -73,7 +73,7 @@ def _grid(sel, width_in, panels, fracs, onsets, xe, style, kw):
         ax.set_ylim(-1.0, 1.0)
         onset_line(ax, onsets[group])
     finish_grid(fig, axes, len(panels), ncols, (xe[0], xe[-1]), "correlation",
-                right_in=0.75, shared_y=True)
+                right_in=0.75, shared_y=True, xlabel=sel.epoch_label)
     for ax in axes[: len(panels): ncols]:
         ax.set_yticks([-1.0, 0.0, 1.0])
     return fig, axes, mesh
@@ -101,7 +101,7 @@ def _stacked(sel, width_in, fracs, onsets, xe, style, kw):
         ax.set_ylabel("layer (band: correlation -1 to +1 upwards)")
         ax.set_title(group, loc="left")
         onset_line(ax, onsets[group])
-    axes[-1].set_xlabel("epoch")
+    axes[-1].set_xlabel(sel.epoch_label)
     w, h = fig.get_size_inches()
     fig.subplots_adjust(left=0.9 / w, right=1.0 - 0.8 / w, bottom=0.4 / h, top=1 - 0.25 / h,
                         hspace=0.3)

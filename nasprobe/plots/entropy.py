@@ -60,7 +60,7 @@ def draw_entropy(sel: Selection, width_in: float, *, var: str = "entropy_mean",
             onset_line(ax, onsets[group], linestyle=style, color=color)
         panel_label(ax, layer)
     xlim = (float(epochs.min()), float(epochs.max())) if epochs.size > 1 else (-1.0, 1.0)
-    finish_grid(fig, axes, len(layers), ncols, xlim, "entropy (nats)")
+    finish_grid(fig, axes, len(layers), ncols, xlim, "entropy (nats)", xlabel=sel.epoch_label)
     if len(sel.groups) > 1:
         axes[0].legend(frameon=False, loc="upper left")
     return fig
@@ -84,6 +84,6 @@ def _by_group(sel: Selection, width_in: float, var: str, kw) -> Figure:
         ax.set_title(group, loc="left")
         ax.set_ylabel("entropy (nats)")
         ax.margins(x=0)
-    axes[-1].set_xlabel("epoch")
+    axes[-1].set_xlabel(sel.epoch_label)
     fig.set_layout_engine("constrained")
     return fig

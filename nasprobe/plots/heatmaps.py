@@ -2,7 +2,11 @@
 
 Each cell is the layer's mean NAS map at that epoch (``heatmaps/<layer>/nas_map``, averaged
 over the group's runs) in viridis on the fixed range [0, 1], drawn with nearest-neighbour
-pixels. 1-D layers are a one-row strip, dense layers a single 1x1 cell.
+pixels, every cell square (``aspect="equal"``: a wide figure never stretches a map) and one
+colour bar for the scale. 1-D layers (a text model's tokens) are a strip with one column per
+token position, a vision transformer's token layers are drawn on their patch grid with the
+class token apart (:func:`nasprobe.plots.select.on_patch_grid`), dense layers a single 1x1
+cell.
 
 All cells of a group are composed into one image in one axes whose data coordinates are
 (column, row), rows top-down: the cell of layer ``i`` and column ``j`` spans
@@ -98,7 +102,7 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
                              hspace=0.45 if len(groups) > 1 else 0.0)
     fig.nas_columns = {}
     px = fig.nas_cell_pixels = _cell_pixels(sel)
-    cells = []
+    cells, panels = [], []
     for gi, group in enumerate(groups):
         runs = sel.groups[group]
         shown = cols[group]
@@ -108,8 +112,9 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
         lax = fig.add_subplot(inner[0], label="loss")
         ax = fig.add_subplot(inner[1], sharex=lax, label="nas")
         cells.append(ax)
+        panels.append((lax, ax))
         image = ax.imshow(np.ma.masked_invalid(compose(sel, runs, shown, px)), cmap=NAS_CMAP,
-                  vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto", origin="upper",
+                  vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal", origin="upper",
                   extent=(0, max(len(shown), 1), len(layers), 0))
         ax.set_xlim(0, max(len(shown), 1))
         ax.set_ylim(len(layers), 0)
@@ -120,11 +125,15 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
         for side in ax.spines.values():
             side.set_visible(False)
         if gi == len(groups) - 1:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(sel.epoch_label)
         _draw_loss(lax, sel, group, shown)
         lax.set_title(group, loc="left")
     right = 1 - 0.62 / width_in  # room for the colour bar
     fig.subplots_adjust(left=0.8 / width_in + 0.02, right=right, top=0.95, bottom=0.06)
+    for lax, ax in panels:  # square cells: the box shrinks to the map; its loss panel follows
+        ax.apply_aspect()
+        box, lbox = ax.get_position(), lax.get_position()
+        lax.set_position((box.x0, lbox.y0, box.width, lbox.height))
     if cells:
         lo = min(a.get_position().y0 for a in cells)
         hi = max(a.get_position().y1 for a in cells)

@@ -61,6 +61,6 @@ def draw_line(sel: Selection, width_in: float, *, var: str = "nas_median",
         if lax is not None:
             ax.set_zorder(lax.get_zorder() + 1)  # NAS lines above, loss axis visible
             ax.patch.set_visible(False)
-    axes[-1].set_xlabel("epoch")
+    axes[-1].set_xlabel(sel.epoch_label)
     fig.set_layout_engine("constrained")
     return fig

@@ -8,6 +8,7 @@ one configuration). Groups come from, in this order: the ``groups`` argument
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from nasprobe.errors import NasprobeError
 from nasprobe.measures.onsets import loss_onset
 from nasprobe.store.layout import group_name
 
-__all__ = ["Selection", "select", "heatmap_maps"]
+__all__ = ["Selection", "select", "heatmap_maps", "on_patch_grid"]
 
 
 @dataclass
@@ -39,6 +40,23 @@ class Selection:
     def epochs(self) -> np.ndarray:
         """Epochs, int array (n_epochs,), ascending (-1 = untrained)."""
         return np.asarray(self.ds["epoch"].values)
+
+    @property
+    def epoch_label(self) -> str:
+        """What the epoch axis counts, for axis labels: ``"epoch"``, or ``"step"`` for runs of
+        training steps (Hugging Face Trainer folders; the store's ``epoch_unit``)."""
+        return str(self.ds.attrs.get("epoch_unit", "epoch"))
+
+    def patch_grid(self, runs) -> tuple[int, int] | None:
+        """The ``(rows, columns)`` of patches of a vision transformer, when every one of
+        ``runs`` records the same one (the ``patch_grid`` of their provenance), else None."""
+        try:
+            prov = json.loads(self.ds.attrs.get("runs", "{}"))
+        except ValueError:
+            return None
+        grids = {tuple(prov.get(r, {}).get("patch_grid") or ()) for r in runs}
+        grid = grids.pop() if len(grids) == 1 else ()
+        return (int(grid[0]), int(grid[1])) if len(grid) == 2 else None
 
     @property
     def layers(self) -> list[str]:
@@ -163,12 +181,28 @@ def _heatmap_node(tree: xr.DataTree, layer: str):
     return None
 
 
+def on_patch_grid(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """One map of ``p + r*c`` tokens ``(T,)`` as an ``(r + 1, c + 1)`` image: patch ``(i, j)``
+    at ``[1 + i, 1 + j]``, the ``p`` leading (class) tokens at ``[0, 0]`` and ``[0, 1]`` ...
+    apart from the grid; NaN elsewhere."""
+    r, c = grid
+    p = tokens.size - r * c
+    img = np.full((r + 1, c + 1), np.nan)
+    img[1:, 1:] = tokens[p:].reshape(r, c)
+    img[0, :p] = tokens[:p]
+    return img
+
+
 def heatmap_maps(sel: Selection, layer: str, runs: list[str], epochs) -> list[np.ndarray]:
     """Mean NAS maps of ``layer`` at each of ``epochs``, averaged over ``runs`` (NaN-aware).
 
     Returns one 2-D float array per epoch: (y, x) for 2-D layers, (1, t) for 1-D layers and (1, 1) for
-    dense ones (3-D maps are flattened to (z*y, x)). Read from ``heatmaps/<group>/nas_map``
-    where the group is the layer name, :func:`nasprobe.store.layout.group_name` of it, or has a
+    dense ones (3-D maps are flattened to (z*y, x)). A vision transformer's token layer (runs
+    with a ``patch_grid`` of r x c, maps of p + r*c tokens, p <= 2 class/distillation tokens
+    first) is laid out on its patch grid: ``(r + 1, c + 1)``, the patches at the lower right,
+    the p leading tokens apart in the top row (left corner on), NaN between. Read from
+    ``heatmaps/<group>/nas_map`` where the group is the layer name,
+    :func:`nasprobe.store.layout.group_name` of it, or has a
     ``layer`` attribute equal to it; without one (a plain Dataset, or a store without maps) the
     layer's ``nas_mean`` is shown as a 1x1 cell. All-NaN where the epoch was not probed.
     """
@@ -184,9 +218,12 @@ def heatmap_maps(sel: Selection, layer: str, runs: list[str], epochs) -> list[np
     with np.errstate(invalid="ignore"):
         mean = np.where(n > 0, np.nansum(v, axis=0) / np.maximum(n, 1), np.nan)
     out = []
+    grid = sel.patch_grid(runs)
     for m in mean:  # (*spatial) per epoch
         if m.ndim == 0:
             out.append(m.reshape(1, 1))
+        elif m.ndim == 1 and grid and 0 < m.size - grid[0] * grid[1] <= 2:
+            out.append(on_patch_grid(m, grid))
         elif m.ndim == 1:
             out.append(m[None, :])
         else:

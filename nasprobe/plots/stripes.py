@@ -58,7 +58,7 @@ def draw_stripes(sel: Selection, width_in: float, *, var: str = "nas_median", **
         ax.set_title(group, loc="left")
         add_loss(ax, sel.epochs, sel.loss(group))
         onset_line(ax, sel.loss_onset(group))
-    axes[-1].set_xlabel("epoch")
+    axes[-1].set_xlabel(sel.epoch_label)
     fig.set_layout_engine("constrained")
     fig.colorbar(mesh, ax=list(axes), label=var.replace("_", " "), shrink=0.9, aspect=30,
                  pad=0.08)

@@ -118,10 +118,10 @@ def layer_grid(n_panels: int, width_in: float, panel_h: float = 1.25):
 
 
 def finish_grid(fig, axes, n_used: int, ncols: int, xlim, ylabel: str,
-                right_in: float = 0.1, shared_y: bool = False) -> None:
+                right_in: float = 0.1, shared_y: bool = False, xlabel: str = "epoch") -> None:
     """Lay out a :func:`layer_grid` of ``axes`` (flat, row-major) without a layout engine
     (fast for 60 panels): hide unused panels, set ``xlim`` (epochs) everywhere, x tick labels
-    and "epoch" only on the lowest panel of each column, ``ylabel`` on the first column
+    and ``xlabel`` ("epoch" or "step") only on the lowest panel of each column, ``ylabel`` on the first column
     (with ``shared_y`` the y ticks too); fixed margins in inches (``right_in`` on the right,
     e.g. room for a colour bar)."""
     for k, ax in enumerate(axes):
@@ -134,7 +134,7 @@ def finish_grid(fig, axes, n_used: int, ncols: int, xlim, ylabel: str,
         if k + ncols < n_used:
             ax.set_xticks([])
         else:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(xlabel)
         if k % ncols == 0:
             ax.set_ylabel(ylabel)
         elif shared_y:

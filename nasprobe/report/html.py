@@ -119,14 +119,15 @@ def _summary(ds: xr.Dataset) -> str:
         has = [v for v in ("loss", "accuracy", "train_loss", "train_accuracy")
                if v in ds and np.isfinite(ds[v].sel(run=run)).any()]
         rows.append([_e(run), _epochs_text(np.asarray(probed)), _e(", ".join(has) or "none")])
-    out = _table("summary-runs", ["run", "epochs probed", "metrics"], rows)
+    unit = str(ds.attrs.get("epoch_unit", "epoch"))  # "step" for Trainer checkpoints
+    out = _table("summary-runs", ["run", f"{unit}s probed", "metrics"], rows)
     columns = [c for c in ("layer_kind", "nonlinearity", "channels", "locations", "depth")
                if c in ds.coords]
     layers = [[_e(layer)] + [_e(ds[c].values[i]) for c in columns]
               for i, layer in enumerate(ds["layer"].values)] if "layer" in ds.coords else []
     out += _table("summary-layers", ["layer"] + columns, layers)
     epochs = ds["epoch"].values
-    return (f"<p>{len(runs)} run(s), {epochs.size} epoch(s) "
+    return (f"<p>{len(runs)} run(s), {epochs.size} {unit}(s) "
             f"({_e(', '.join(str(int(e)) for e in epochs))}; -1 = untrained), "
             f"{len(layers)} layer(s).</p>" + out)
 
@@ -163,7 +164,7 @@ def _onset_tables(ds: xr.Dataset) -> str:
 
     table = onsets(ds)
     runs = [str(r) for r in table["run"].values]
-    out = _table("loss-onsets", ["run", "loss onset (epoch)"],
+    out = _table("loss-onsets", ["run", f"loss onset ({ds.attrs.get('epoch_unit', 'epoch')})"],
                  [[_e(r), _onset_cell(table["loss_onset"].sel(run=r))] for r in runs])
     header = ["layer"] + [f"{r}: {what}" for r in runs for what in ("NAS onset", "lead time")]
     rows = []

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import nasprobe
 from nasprobe.cli import main
+from nasprobe.plots.select import heatmap_maps, select
 from tests.hf.conftest import STEPS, hooked_nas
 
 
@@ -45,6 +46,9 @@ def test_token_models_match_hooks(hf_runs, tmp_path, kind):
     tree = nasprobe.open_store(out)
     layer = str(ds.layer.values[0])
     assert tree[f"heatmaps/{layer}"].to_dataset()["nas_map"].shape[-1] == arrays["ids"].shape[1]
+    sel = select(tree)  # a text model's heatmap: one column per token position
+    (m,) = heatmap_maps(sel, layer, [str(ds.run.values[0])], [STEPS[0]])
+    assert m.shape == (1, arrays["ids"].shape[1])
     if kind == "gpt2":  # Conv1D layers, weight (in, out); the head tied to the embedding
         assert "transformer.h.0.mlp.c_fc" in ds.layer.values and "lm_head" in ds.layer.values
         assert int(ds.channels.sel(layer="transformer.h.0.attn.c_attn")) == 96
