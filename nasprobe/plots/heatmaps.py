@@ -90,10 +90,12 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
         max_cols = 12 if width_in >= 5 else 7
     cols = {g: shown_epochs(sel.epochs, _probed(sel, sel.groups[g]), max_cols) for g in groups}
     ncol = max(max(len(c) for c in cols.values()), 1)
-    cell = (width_in - 0.9) / ncol
+    # room for the layer names (module paths of transformers run long), at most 40 %
+    left_in = min(max(0.8, 0.062 * max((len(n) for n in layers), default=0)), 0.4 * width_in)
+    cell = (0.98 * width_in - left_in - 0.62) / ncol  # the cells' box, see subplots_adjust
     grid_h = [max(0.8, cell * len(layers)) for _ in groups]
     loss_h = 0.7 if width_in >= 5 else 0.55
-    total = sum(grid_h) + len(groups) * (loss_h + 0.35) + 0.3
+    total = sum(grid_h) + len(groups) * (loss_h + 0.35) + 0.8
     scale = min(1.0, 9.5 / total)
     fig = Figure(figsize=(width_in, min(total, 9.5)), **kw)
     # One block per group (loss above its cells), with room between blocks for the epoch
@@ -129,7 +131,9 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
         _draw_loss(lax, sel, group, shown)
         lax.set_title(group, loc="left")
     right = 1 - 0.62 / width_in  # room for the colour bar
-    fig.subplots_adjust(left=0.8 / width_in + 0.02, right=right, top=0.95, bottom=0.06)
+    height = fig.get_size_inches()[1]  # margins in inches: the title and the axis label fit
+    fig.subplots_adjust(left=left_in / width_in + 0.02, right=right, top=1 - 0.3 / height,
+                        bottom=0.5 / height)
     for lax, ax in panels:  # square cells: the box shrinks to the map; its loss panel follows
         ax.apply_aspect()
         box, lbox = ax.get_position(), lax.get_position()
