@@ -197,7 +197,7 @@ def _without_preact(ctx, options: ProbeOptions, run: str) -> list[str]:
     """The layers that ``--tap preact`` leaves out (no nonlinearity follows them through
     per-channel operators: attention projections, SwiGLU's up projection, logits), said once
     on stderr."""
-    from .graph import find_taps
+    from nasprobe.onnxgraph.taps import find_taps
 
     kept = {t.layer for t in ctx.taps}
     linear = find_taps(ctx.source.architecture(), tap="linear", layers=options.layers)

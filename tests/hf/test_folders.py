@@ -8,9 +8,9 @@ import shutil
 import torch
 from click.testing import CliRunner
 
-from nasprobe import adapters
-from nasprobe.checkpoints import find_checkpoints
 from nasprobe.cli import main
+from nasprobe.frameworks import registry as adapters
+from nasprobe.frameworks.checkpoints import find_checkpoints
 from tests.hf.conftest import STEPS
 
 
