@@ -23,10 +23,12 @@ Two defences, both before :func:`nasprobe.onnxgraph.prepare.prepare_model` rewri
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import onnx
 
@@ -48,7 +50,7 @@ GUARD_MEMORY = 4 << 30
 GUARD_SECONDS = 300
 _MEMORY_EXIT = 3
 #: Digests of the views (and steps) rehearsed without harm in this process: the same graph is
-#: not rehearsed twice (each rehearsal starts a Python process, 0.15-0.5 s measured).
+#: not rehearsed twice (each rehearsal starts a Python process: about 0.2 s of CPU).
 _PASSED: set[bytes] = set()
 
 
@@ -124,6 +126,11 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
              ) -> None:
     """Run onnx's native preparation steps on ``model``'s weightless view in a child process.
 
+    The child is a fresh interpreter in isolated mode (``-I``: the current folder and
+    ``PYTHON*`` variables cannot put another onnx in its way) that imports exactly the
+    modules this process would (its ``sys.path`` is passed on, without the current folder). A child that cannot start or
+    import onnx is not the file's fault: a warning says the steps ran unguarded.
+
     Args:
         model: the graph as read from ``source``.
         source: the file, named in errors.
@@ -136,27 +143,29 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
     """
     from .index import shape_view
 
-    args = [sys.executable, "-m", __name__, str(GUARD_MEMORY), "inline" if inline else "-",
+    args = [sys.executable, "-I", "-c", _CHILD, str(GUARD_MEMORY), "inline" if inline else "-",
             str(upgrade_to or 0)]
     view = shape_view(model).SerializeToString()
-    key = hashlib.sha256(view + " ".join(args[3:]).encode()).digest()
+    key = hashlib.sha256(view + " ".join(args[4:]).encode()).digest()
     if key in _PASSED:
         return
+    path = [p for p in sys.path if isinstance(p, str) and os.path.isabs(p)]  # never the cwd
+    env = {**os.environ, _PATH_ENV: json.dumps(path)}
     try:
-        proc = subprocess.run(args, input=view,
-                              capture_output=True, timeout=GUARD_SECONDS,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(args, input=view, capture_output=True, timeout=GUARD_SECONDS,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise GraphError(source, f"preparing the graph took more than {GUARD_SECONDS} s "
                          "(inlining, opset conversion, shape inference); refused") from None
+    except OSError as exc:
+        return _unguarded(source, f"cannot start a process ({exc})")
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    steps = [s.removeprefix("step: ") for s in lines if s.startswith("step: ")]
     if proc.returncode == 0:
         if len(_PASSED) >= 64:
             _PASSED.clear()
         _PASSED.add(key)
         return
-    lines = proc.stderr.decode(errors="replace").strip().splitlines()
-    steps = [s.removeprefix("step: ") for s in lines if s.startswith("step: ")]
-    step = steps[-1] if steps else "starting"
     if proc.returncode == _MEMORY_EXIT:
         why = f"ran out of memory (over {GUARD_MEMORY >> 20} MiB)"
     elif proc.returncode < 0:
@@ -164,40 +173,51 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
             why = f"crashed onnx ({signal.Signals(-proc.returncode).name})"
         except ValueError:
             why = f"crashed onnx (signal {-proc.returncode})"
+    elif not steps:  # failed before the first step: the environment, not the file
+        return _unguarded(source, (lines or [f"exit {proc.returncode}"])[-1][:200])
     else:
         why = f"crashed onnx (exit {proc.returncode}: {(lines or [''])[-1][:200]})"
+    step = steps[-1] if steps else "starting"
     raise GraphError(source, f"{step} {why}; the graph is malformed or hostile")
 
 
-def _child() -> None:  # pragma: no cover - runs in the rehearsing process
-    memory, inline, target = int(sys.argv[1]), sys.argv[2] == "inline", int(sys.argv[3])
+def _unguarded(source: str, why: str) -> None:
+    warnings.warn(f"{source}: onnx's preparation steps could not be rehearsed in a separate "
+                  f"process ({why}); they run unguarded", RuntimeWarning, stacklevel=3)
+
+
+#: The environment variable that passes this process's ``sys.path`` to the child.
+_PATH_ENV = "NASPROBE_GUARD_SYS_PATH"
+#: The child's program: onnx only, so that it starts as fast as Python and onnx allow.
+_CHILD = f"""
+import json, os, sys
+memory, inline, target = int(sys.argv[1]), sys.argv[2] == "inline", int(sys.argv[3])
+sys.path[:] = json.loads(os.environ["{_PATH_ENV}"])
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+except (ImportError, ValueError, OSError):
+    pass  # no address-space limit on this platform
+import warnings
+warnings.simplefilter("ignore")
+import onnx
+from onnx import inliner, shape_inference, version_converter
+
+def step(name, func, m):
+    print("step: " + name, file=sys.stderr, flush=True)
     try:
-        import resource
+        return func(m)
+    except MemoryError:
+        os._exit({_MEMORY_EXIT})
+    except Exception:  # reported by the real run, in the parent
+        return m
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    except (ImportError, ValueError, OSError):
-        pass  # no address-space limit on this platform
-    from onnx import inliner, shape_inference, version_converter
-
-    def step(name: str, func, m):
-        print(f"step: {name}", file=sys.stderr, flush=True)
-        try:
-            return func(m)
-        except MemoryError:
-            os._exit(_MEMORY_EXIT)
-        except Exception:  # reported by the real run, in the parent
-            return m
-
-    model = onnx.ModelProto.FromString(sys.stdin.buffer.read())
-    if inline:
-        model = step("inlining local functions", inliner.inline_local_functions, model)
-    if target:
-        model = step(f"converting to opset {target}",
-                     lambda m: version_converter.convert_version(m, target), model)
-    step("inferring shapes", lambda m: shape_inference.infer_shapes(m, strict_mode=False), model)
-    sys.stdout.flush()
-    os._exit(0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _child()
+model = onnx.ModelProto.FromString(sys.stdin.buffer.read())
+if inline:
+    model = step("inlining local functions", inliner.inline_local_functions, model)
+if target:
+    model = step("converting to opset %d" % target,
+                 lambda m: version_converter.convert_version(m, target), model)
+step("inferring shapes", lambda m: shape_inference.infer_shapes(m, strict_mode=False), model)
+os._exit(0)
+"""

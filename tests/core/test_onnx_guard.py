@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 
 import numpy as np
 import onnx
@@ -112,3 +114,23 @@ def test_a_rehearsal_out_of_time_is_exit_2(tmp_path, monkeypatch):
 def test_ordinary_functions_are_inlined_and_probed(tmp_path):
     path, res = _run(tmp_path, doubling(3))
     assert res.exit_code == 0, (res.output, res.stderr)
+
+
+def test_a_module_in_the_current_folder_cannot_stand_in_for_onnx(tmp_path, monkeypatch):
+    """The child runs isolated: an ``onnx`` package in the folder nasprobe runs from is never
+    what it imports (it would otherwise fail, or run that code)."""
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    model = doubling(2, const_floats=11)  # a graph no other test rehearsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnx_guard.rehearse(model, "m.onnx", inline=True, upgrade_to=None)
+
+
+def test_a_child_that_cannot_start_is_a_warning_not_the_files_fault(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.warns(RuntimeWarning, match="m.onnx: onnx's preparation steps could not be "
+                      "rehearsed in a separate process .*; they run unguarded"):
+        onnx_guard.rehearse(doubling(2, const_floats=13), "m.onnx", inline=True, upgrade_to=None)
