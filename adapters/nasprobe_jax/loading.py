@@ -138,10 +138,21 @@ def _declared(tree: Any, prefix: ParamPath = ()) -> dict[ParamPath, tuple[ParamP
 def _wanted(path: Path, declared: Mapping[ParamPath, tuple[ParamPath, Any]],
             expected: Mapping[ParamPath, tuple[int, ...]]) -> set[ParamPath]:
     """The full metadata paths of the arrays ``expected`` names, each checked for its declared
-    shape before anything is restored (a few bytes of metadata can declare gigabytes)."""
+    shape and chunk shape before anything is restored (a few bytes of metadata can declare
+    gigabytes; tensorstore allocates a whole chunk, so a chunk larger than its array is
+    refused too)."""
     shapes = {k: tuple(v[1].shape) for k, v in declared.items()}
     fit_state(_Shaped.of(shapes), expected, path, declared=True)
     prefix = _prefix(shapes, expected, path)
+    for key, shape in expected.items():
+        storage = getattr(declared[prefix + key][1], "storage", None)
+        chunks = getattr(storage, "chunk_shape", None)
+        if chunks is not None and (len(chunks) != len(shape) or any(
+                int(c) > max(int(s), 1) for c, s in zip(chunks, shape))):
+            raise CheckpointError(path, f"tensor {'.'.join(key)!r} is declared with chunks of "
+                                  f"{tuple(int(c) for c in chunks)} for its shape "
+                                  f"{tuple(shape)} in the Orbax metadata (nothing was "
+                                  "restored); refused")
     return {declared[prefix + key][0] for key in expected}
 
 
