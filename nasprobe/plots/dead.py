@@ -39,14 +39,15 @@ def draw_dead(sel: Selection, width_in: float, *, var: str = "dead_fraction",
               legend: bool | None = None, **kw) -> Figure:
     """Draw ``var`` (run, epoch, layer; default ``dead_fraction``) for a :class:`Selection`.
 
-    width_in: figure width in inches; panels side by side, 2 per row at single width and 3
-    at double. legend: label the layers (default: at most 8 layers).
+    width_in: figure width in inches; panels side by side, at most 2 per row at single width
+    and 3 at double, rows filled evenly. legend: label the layers (default: at most 8 layers).
     Returns the Figure: one axes per group (``get_label()`` "dead"); layers without values
     (no nonlinearity) are left out.
     """
     groups = list(sel.groups)
-    ncols = min(len(groups), 2 if width_in < 5 else 3)
-    nrows = -(-len(groups) // ncols)
+    most = 2 if width_in < 5 else 3
+    nrows = -(-len(groups) // most)
+    ncols = -(-len(groups) // nrows)  # rows as full as they can be: 4 panels are 2 x 2
     fig = Figure(figsize=(width_in, min(9.5, 1.9 * nrows + 0.5)), **kw)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     epochs = sel.epochs
@@ -73,8 +74,10 @@ def draw_dead(sel: Selection, width_in: float, *, var: str = "dead_fraction",
         ax.margins(x=0)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
-    for ax in axes[: len(groups)][-ncols:]:
-        ax.set_xlabel("epoch")
+    for k, ax in enumerate(axes[: len(groups)]):
+        if k + ncols >= len(groups):  # nothing drawn below: the epochs are labelled here
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_tick_params(labelbottom=True)
     fig.supylabel(dead_label(sel), fontsize=7.0)
     if show_legend and shown:
         axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.08), borderaxespad=0.2,
