@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean lock gpu-smoke dist corpus lint
+.PHONY: demo test test-fast install clean lock gpu-smoke dist corpus lint
 
 $(STAMP): pyproject.toml setup.py nasprobe/measures/ckernels.c requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ lint: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --durations=15 tests
+
+# The core's quick tests (under a minute on 2 cores): no framework end to end, no S3 server,
+# no Dask cluster, no packaging. For the edit-test loop; `make test` is what CI runs.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 \
+		-m "not slow and not s3 and not dask and not packaging" tests
 
 # The gpu extra in a fresh venv (downloads onnxruntime-gpu and NVIDIA's CUDA/cuDNN wheels, a few
 # GB: not part of `make test`). Without a usable GPU it checks the fallback: one notice, CPU
