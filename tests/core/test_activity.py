@@ -114,6 +114,25 @@ def test_stored_activity_is_that_of_the_nonlinearity_input(builder, tap, tmp_pat
                 assert ds["dead_fraction"].values[0, k, i] == np.mean(want == 0)
 
 
+@pytest.mark.parametrize("builder", ["sequence_dense", "nhwc", "conv1d"])
+def test_exclude_bias_still_counts_the_nonlinearity_input_with_its_bias(builder, tmp_path):
+    """--exclude-bias changes the tensor NAS is taken of, not the one whose sign is counted:
+    the host fetches the nonlinearity's input as an extra output, the graph counts it."""
+    paths, _ = write_run(tmp_path / builder, om.ALL[builder], ["e_001.onnx"])
+    model = onnx.load(str(paths[0]))
+    probe = tmp_path / "probe.npy"
+    np.save(probe, np.random.default_rng(4).normal(0, 1, (7, *om.input_shape(model)))
+            .astype(np.float32))
+    taps = find_taps(model)
+    want = _expected(paths[0], probe, taps)
+    for on in ("host", "graph"):
+        dt = _probe(tmp_path / builder, probe, tmp_path / f"{on}.zarr", nas_on=on,
+                    exclude_bias=True)
+        for t in taps:
+            got = dt[f"heatmaps/{group_name(t.layer)}"]["unit_activity"].values[0, 0]
+            np.testing.assert_allclose(got, want[t.layer], rtol=0, atol=1e-12, err_msg=on)
+
+
 def _set_bias(path, name, index, value):
     m = onnx.load(str(path))
     for i, t in enumerate(m.graph.initializer):
