@@ -9,25 +9,32 @@ Two defences, both before :func:`nasprobe.onnxgraph.prepare.prepare_model` rewri
   more than :data:`MAX_INLINED_GROWTH` bytes (a constant in a function body is copied into
   every call) or a function that calls itself.
 * **Native steps are rehearsed in a child process.** Inlining, opset conversion and shape
-  inference are C++ code in onnx: a hostile graph can crash it (a segmentation fault, an
-  abort on ``std::bad_alloc``) or exhaust memory, which no ``try`` catches and which would
-  end the whole job, or a Dask worker, with the work of its other runs. The steps are run
-  first on the graph without its large weights (as :func:`nasprobe.onnxgraph.index.shape_view`
-  makes it), in a fresh Python process with at most :data:`GUARD_MEMORY` bytes of address
-  space and :data:`GUARD_SECONDS` seconds; only when that child finishes are they run on the
-  model itself. A child that dies becomes a :class:`~nasprobe.errors.GraphError` naming the
-  file and the step. A Python exception in a step (the converter's usual "cannot upgrade")
-  is left to the real run, which reports it as before.
+  inference are C++ code in onnx: a hostile graph can crash it (a segmentation fault, an abort
+  on ``std::bad_alloc``) or exhaust memory, which no ``try`` catches and which would end the
+  whole job, or a Dask worker, with the work of its other runs. The steps are run first on the
+  graph without its large weights (as :func:`nasprobe.onnxgraph.index.shape_view` makes it), in
+  a child process with at most :data:`GUARD_MEMORY` more bytes of address space and
+  :data:`GUARD_SECONDS` seconds; only when that child finishes are they run on the model itself.
+  The child is a fork of this process while it runs no other thread (onnx is already imported:
+  milliseconds), else a fresh interpreter (about 0.2 s of CPU). A child that dies becomes a
+  :class:`~nasprobe.errors.GraphError` naming the file and the step. A Python exception in a
+  step (the converter's usual "cannot upgrade") is left to the real run, which reports it as
+  before.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
+import resource
+import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
 import onnx
@@ -35,8 +42,7 @@ import onnx
 from nasprobe.errors import GraphError
 
 __all__ = ["MAX_INLINED_NODES", "MAX_INLINED_GROWTH", "GUARD_MEMORY", "GUARD_SECONDS",
-           "inlined_size",
-           "check_inlining", "rehearse"]
+           "inlined_size", "check_inlining", "rehearse", "forking_is_safe"]
 
 #: The most nodes a graph may have once its local functions are inlined: several times the
 #: largest graphs exported in practice (a 7B-parameter transformer has some 10,000), while a
@@ -126,10 +132,11 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
              ) -> None:
     """Run onnx's native preparation steps on ``model``'s weightless view in a child process.
 
-    The child is a fresh interpreter in isolated mode (``-I``: the current folder and
-    ``PYTHON*`` variables cannot put another onnx in its way) that imports exactly the
-    modules this process would (its ``sys.path`` is passed on, without the current folder). A child that cannot start or
-    import onnx is not the file's fault: a warning says the steps ran unguarded.
+    The child is a fork of this process when :func:`forking_is_safe`, else a fresh
+    interpreter in isolated mode (``-I``: the current folder and ``PYTHON*`` variables cannot
+    put another onnx in its way) that imports exactly the modules this process would (its
+    ``sys.path`` is passed on, without the current folder). A child that cannot start or import
+    onnx is not the file's fault: a warning says the steps ran unguarded.
 
     Args:
         model: the graph as read from ``source``.
@@ -152,33 +159,135 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
     path = [p for p in sys.path if isinstance(p, str) and os.path.isabs(p)]  # never the cwd
     env = {**os.environ, _PATH_ENV: json.dumps(path)}
     try:
-        proc = subprocess.run(args, input=view, capture_output=True, timeout=GUARD_SECONDS,
-                              env=env)
+        if forking_is_safe():
+            returncode, err = _forked(view, inline, upgrade_to or 0)
+        else:
+            proc = subprocess.run(args, input=view, capture_output=True, timeout=GUARD_SECONDS,
+                                  env=env)
+            returncode, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired:
         raise GraphError(source, f"preparing the graph took more than {GUARD_SECONDS} s "
                          "(inlining, opset conversion, shape inference); refused") from None
     except OSError as exc:
         return _unguarded(source, f"cannot start a process ({exc})")
-    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    lines = err.decode(errors="replace").strip().splitlines()
     steps = [s.removeprefix("step: ") for s in lines if s.startswith("step: ")]
-    if proc.returncode == 0:
+    if returncode == 0:
         if len(_PASSED) >= 64:
             _PASSED.clear()
         _PASSED.add(key)
         return
-    if proc.returncode == _MEMORY_EXIT:
+    if returncode == _MEMORY_EXIT:
         why = f"ran out of memory (over {GUARD_MEMORY >> 20} MiB)"
-    elif proc.returncode < 0:
+    elif returncode < 0:
         try:
-            why = f"crashed onnx ({signal.Signals(-proc.returncode).name})"
+            why = f"crashed onnx ({signal.Signals(-returncode).name})"
         except ValueError:
-            why = f"crashed onnx (signal {-proc.returncode})"
+            why = f"crashed onnx (signal {-returncode})"
     elif not steps:  # failed before the first step: the environment, not the file
-        return _unguarded(source, (lines or [f"exit {proc.returncode}"])[-1][:200])
+        return _unguarded(source, (lines or [f"exit {returncode}"])[-1][:200])
     else:
-        why = f"crashed onnx (exit {proc.returncode}: {(lines or [''])[-1][:200]})"
+        why = f"crashed onnx (exit {returncode}: {(lines or [''])[-1][:200]})"
     step = steps[-1] if steps else "starting"
     raise GraphError(source, f"{step} {why}; the graph is malformed or hostile")
+
+
+def forking_is_safe() -> bool:
+    """Whether the rehearsal may fork this process instead of starting a new interpreter: on
+    POSIX, while this process runs no other Python thread (a lock another thread holds at the
+    fork would stay held in the child). A fork costs milliseconds; a new interpreter that
+    imports onnx costs about 0.2 s of CPU per architecture."""
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def _address_space() -> int:
+    """Bytes of address space this process has mapped (``VmSize``), 0 where unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _forked(view: bytes, inline: bool, target: int) -> tuple[int, bytes]:
+    """The rehearsal in a forked child (onnx is already imported here): ``(exit status as
+    :mod:`subprocess` reports it, the child's step lines)``. The child may map
+    :data:`GUARD_MEMORY` bytes beyond what this process has mapped, for :data:`GUARD_SECONDS`.
+
+    Raises:
+        subprocess.TimeoutExpired: the child took longer (it has been killed).
+        OSError: the fork failed.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        status = 70
+        try:
+            os.close(read)
+            faulthandler.disable()  # a crash is reported by the parent, not dumped here
+            try:
+                limit = _address_space() + GUARD_MEMORY
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            except (ValueError, OSError):
+                pass  # no address-space limit on this platform
+            status = _rehearse_here(view, inline, target, write)
+        finally:
+            os._exit(status)
+    os.close(write)
+    out = b""
+    deadline = time.monotonic() + GUARD_SECONDS
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired("rehearsal", GUARD_SECONDS)
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(read)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
+class _OutOfMemoryError(Exception):
+    """A step of the forked rehearsal ran out of its address space."""
+
+
+def _rehearse_here(view: bytes, inline: bool, target: int, fd: int) -> int:
+    """The steps themselves, in the forked child; each step's name is written to ``fd`` before
+    it starts. Returns the child's exit status: 0, or :data:`_MEMORY_EXIT`."""
+    from onnx import inliner, shape_inference, version_converter
+
+    warnings.simplefilter("ignore")
+
+    def step(name, func, m):
+        os.write(fd, f"step: {name}\n".encode())
+        try:
+            return func(m)
+        except MemoryError:
+            raise _OutOfMemoryError from None
+        except Exception:  # noqa: BLE001 - reported by the real run, in the parent
+            return m
+
+    try:
+        model = onnx.ModelProto.FromString(view)
+        if inline:
+            model = step("inlining local functions", inliner.inline_local_functions, model)
+        if target:
+            model = step(f"converting to opset {target}",
+                         lambda m: version_converter.convert_version(m, target), model)
+        step("inferring shapes", lambda m: shape_inference.infer_shapes(m, strict_mode=False),
+             model)
+    except _OutOfMemoryError:
+        return _MEMORY_EXIT
+    return 0
 
 
 def _unguarded(source: str, why: str) -> None:

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -97,17 +100,22 @@ def test_a_function_calling_itself_is_refused():
         onnx_guard.inlined_size(model, "m.onnx")
 
 
-def test_a_blowup_in_a_native_step_is_exit_2_naming_the_step(tmp_path, monkeypatch):
-    """3 MiB copied 128 times: under the growth bound, over the child's (lowered) memory."""
-    monkeypatch.setattr(onnx_guard, "GUARD_MEMORY", 400 << 20)
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_blowup_in_a_native_step_is_exit_2_naming_the_step(tmp_path, monkeypatch, fork):
+    """3 MiB copied 128 times: under the growth bound, over the child's (lowered) memory, in a
+    forked child and in a fresh interpreter alike."""
+    monkeypatch.setattr(onnx_guard, "GUARD_MEMORY", 200 << 20)
+    monkeypatch.setattr(onnx_guard, "forking_is_safe", lambda: fork)
     path, res = _run(tmp_path, doubling(7, const_floats=3 << 18))
     assert_refused(res, path, "inlining local functions", "the graph is malformed or hostile")
-    assert "ran out of memory (over 400 MiB)" in res.stderr or "crashed onnx" in res.stderr
+    assert "ran out of memory (over 200 MiB)" in res.stderr or "crashed onnx" in res.stderr
 
 
-def test_a_rehearsal_out_of_time_is_exit_2(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_rehearsal_out_of_time_is_exit_2(tmp_path, monkeypatch, fork):
     monkeypatch.setattr(onnx_guard, "GUARD_SECONDS", 0.001)
-    path, res = _run(tmp_path, doubling(1, const_floats=7))  # a graph no earlier test rehearsed
+    monkeypatch.setattr(onnx_guard, "forking_is_safe", lambda: fork)
+    path, res = _run(tmp_path, doubling(1, const_floats=7 + fork))  # no earlier test rehearsed it
     assert_refused(res, path, "preparing the graph took more than 0.001 s")
 
 
@@ -121,6 +129,7 @@ def test_a_module_in_the_current_folder_cannot_stand_in_for_onnx(tmp_path, monke
     what it imports (it would otherwise fail, or run that code)."""
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.setattr(onnx_guard, "forking_is_safe", lambda: False)  # a fresh interpreter
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     model = doubling(2, const_floats=11)  # a graph no other test rehearsed
@@ -130,7 +139,33 @@ def test_a_module_in_the_current_folder_cannot_stand_in_for_onnx(tmp_path, monke
 
 
 def test_a_child_that_cannot_start_is_a_warning_not_the_files_fault(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_guard, "forking_is_safe", lambda: False)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     with pytest.warns(RuntimeWarning, match="m.onnx: onnx's preparation steps could not be "
                       "rehearsed in a separate process .*; they run unguarded"):
         onnx_guard.rehearse(doubling(2, const_floats=13), "m.onnx", inline=True, upgrade_to=None)
+
+
+def test_a_fork_is_used_only_while_no_other_thread_runs():
+    assert onnx_guard.forking_is_safe() == (threading.active_count() == 1)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not onnx_guard.forking_is_safe()
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_a_crash_in_the_forked_child_is_exit_2_naming_the_step(tmp_path, monkeypatch):
+    """A native crash (here a SIGSEGV sent to the child mid-step) ends the child, not the job."""
+    import onnx.shape_inference
+
+    def crash(*a, **k):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", crash)  # the child's copy too
+    monkeypatch.setattr(onnx_guard, "forking_is_safe", lambda: True)
+    with pytest.raises(GraphError, match=r"m\.onnx: inferring shapes crashed onnx \(SIGSEGV\)"):
+        onnx_guard.rehearse(doubling(2, const_floats=17), "m.onnx", inline=True, upgrade_to=None)
