@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: the command line starts without numpy and onnx
     import numpy as np
     import onnx
 
 __all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter",
-           "unique_layer_name", "LAYER_KEY", "set_node_metadata"]
+           "parse_shape", "per_layer", "unique_layer_name", "LAYER_KEY", "set_node_metadata"]
 
 #: The metadata key of an ONNX node whose value names its layer: an adapter that writes it
 #: decides the layer names (nasprobe.onnxgraph.layer_names reads it before any other rule).
@@ -40,17 +40,27 @@ class Checkpoint:
 class CheckpointSource(Protocol):
     """What the probe needs from a run's checkpoints, whatever the framework.
 
+    Attributes:
+        framework: the adapter's name, recorded in the store.
+        provenance: what a reader of the store should know about how the checkpoints were
+            read, as JSON-able ``{key: value}`` (may be empty). The ONNX adapter records what
+            :func:`nasprobe.onnxgraph.prepare.prepare_model` changed (``opset_upgraded``...). The
+            core merges it into the run's provenance record: keys the core writes itself
+            (``source``, ``framework``, ``checkpoints``, ``skipped``...) keep the core's value.
+
     ``architecture()`` returns one ONNX model (with the weights of the first checkpoint) whose
     graph keeps every linear operator and BatchNorm as in the framework model, and whose layer
-    names are the framework's own. ``weights(ckpt)`` returns the values of that model's
-    initializers for one checkpoint, keyed by initializer name (only those that differ per
-    epoch need to be given). ``framework`` names the framework for provenance.
+    names are the framework's own. Every call returns a new ``ModelProto`` that the caller
+    owns and may change; the source's own copy never changes. ``weights(ckpt)`` returns the
+    values of that model's initializers for one checkpoint, keyed by initializer name (only
+    those that differ per epoch need to be given).
     """
 
     framework: str
+    provenance: dict[str, Any]
 
     def architecture(self) -> onnx.ModelProto:
-        """The ONNX model, with the first checkpoint's weights."""
+        """A new ONNX model with the first checkpoint's weights, owned by the caller."""
         ...
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
@@ -67,8 +77,13 @@ class SourceOptions:
             the architecture of weight-only checkpoints; from Python also a callable or a
             framework model object.
         input_shape: ``--input-shape``: one sample's shape without the batch axis, in the
-            framework's own axis order (e.g. ``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras).
+            framework's own axis order (the adapter's :attr:`Adapter.input_layout`: ``C,H,W``
+            for PyTorch, ``H,W,C`` for Keras and JAX); given as integers or as text
+            (``"3,32,32"``), kept as a tuple of integers (see :func:`parse_shape`).
         trust_pickle: ``--trust-pickle``: allow loaders that can run code stored in a file.
+
+    Raises:
+        NasprobeError: an input shape that is not positive whole numbers.
     """
 
     model: Any = None
@@ -76,9 +91,54 @@ class SourceOptions:
     trust_pickle: bool = False
 
     def __post_init__(self):
-        if self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
         object.__setattr__(self, "trust_pickle", bool(self.trust_pickle))
+
+
+def parse_shape(value: str | Sequence[int] | None, layout: str = "",
+                what: str = "--input-shape") -> tuple[int, ...] | None:
+    """One sample's input shape (without the batch axis) as a tuple of positive integers.
+
+    The one parser of input shapes, for the command line and every adapter. The shape is in
+    the framework's own axis order (``layout``, e.g. ``"C,H,W"`` for PyTorch, ``"H,W,C"`` for
+    Keras and JAX: :attr:`Adapter.input_layout`), which is not checked here (a dense model
+    takes ``(D,)``) but named in the message when the value is wrong.
+
+    Args:
+        value: ``None``; text such as ``"3,32,32"`` or ``"3x32x32"``; or a sequence of
+            integers (a model's ``input_shape`` attribute).
+        layout: the axis order expected, for the message.
+        what: what the value is, for the message (the option, or the model it came from).
+
+    Returns:
+        ``None`` for ``None``, else the shape.
+
+    Raises:
+        NasprobeError: an empty shape, or one that is not positive whole numbers.
+    """
+    from .errors import NasprobeError
+
+    if value is None:
+        return None
+    parts = value.replace("x", ",").split(",") if isinstance(value, str) else value
+    try:
+        shape = tuple(_whole(p) for p in parts)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1:
+        order = f" in the order {layout}" if layout else ""
+        raise NasprobeError(f"{what} {value!r}: expected positive whole numbers{order}, "
+                            "one sample's shape without the batch axis (e.g. 3,32,32)")
+    return shape
+
+
+def _whole(part) -> int:
+    """An integer from ``part`` (text, or a number without a fractional part)."""
+    if isinstance(part, str):
+        return int(part.strip())
+    if isinstance(part, bool) or int(part) != part:
+        raise ValueError(part)
+    return int(part)
 
 
 @runtime_checkable
@@ -89,15 +149,20 @@ class Adapter(Protocol):
         name: the ``--framework`` value (``"torch"``, ``"keras"``, ...).
         extensions: file suffixes of its checkpoints, lower case, with the dot (``".pt"``); used
             in messages and to strip suffixes before parsing epochs from file names.
-        extra: the pip extra that installs its dependencies (``pip install 'nasprobe[extra]'``).
+        extra: the pip extra that installs its dependencies (``pip install 'nasprobe[extra]'``);
+            :data:`nasprobe.errors.EXTRAS` names it for each module of ``requires``.
         requires: modules that must be importable for :meth:`make_source` to work; the
             registry checks them first and names ``extra`` when one is missing.
+        input_layout: the axis order of ``--input-shape`` for this framework (``"C,H,W"``,
+            ``"H,W,C"``), shown in the command line's help and messages; ``""`` when the
+            option does not apply (ONNX files know their input).
     """
 
     name: str
     extensions: tuple[str, ...]
     extra: str
     requires: tuple[str, ...]
+    input_layout: str
 
     def claims(self, path: Path) -> bool:
         """Whether ``path`` (a file, or a folder such as an orbax checkpoint) is one of this
@@ -113,7 +178,8 @@ class Adapter(Protocol):
     def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
                     ) -> CheckpointSource:
         """The source of one run's checkpoints (sorted by epoch, not empty). The framework is
-        imported here, never when the adapter object itself is imported."""
+        imported here, never when the adapter object itself is imported. Every adapter
+        package also exports a function of this signature (``nasprobe_torch.make_source``)."""
         ...
 
     def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
@@ -135,6 +201,7 @@ class BaseAdapter:
     extensions: tuple[str, ...] = ()
     extra: str = ""
     requires: tuple[str, ...] = ()
+    input_layout: str = ""
 
     def claims(self, path: Path) -> bool:
         """A path that is not a folder and ends with one of :attr:`extensions`."""
@@ -156,6 +223,29 @@ class BaseAdapter:
 
     def __repr__(self) -> str:
         return f"<nasprobe adapter {self.name!r}>"
+
+
+def per_layer(value: Any, layers: Sequence[str], what: str) -> dict[str, Any]:
+    """A regulariser's per-layer coefficient (``lam``, ``kappa``) for each of ``layers``.
+
+    Args:
+        value: one value for every layer (a float, or ``"auto"``), or ``{layer: value}``
+            naming every layer (extra keys are ignored).
+        layers: the layer names, in order.
+        what: the argument's name, for the message.
+
+    Returns:
+        ``{layer: value}`` in the order of ``layers``.
+
+    Raises:
+        ValueError: a dict that has no value for some layer (names them).
+    """
+    if isinstance(value, Mapping):
+        missing = [name for name in layers if name not in value]
+        if missing:
+            raise ValueError(f"{what} has no value for layers {sorted(missing)}")
+        return {name: value[name] for name in layers}
+    return {name: value for name in layers}
 
 
 def unique_layer_name(base: str, used: set[str], reserved: set[str] = frozenset()) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["JobFailedError", "NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
-           "ProbeSetError", "GraphError", "StoreError", "MissingExtraError"]
+           "ProbeSetError", "GraphError", "StoreError", "MissingExtraError", "EXTRAS",
+           "install_hint"]
 
 
 class NasprobeError(Exception):
@@ -47,39 +48,66 @@ class StoreError(_FileError):
     """A store that cannot be written, or that would mix incompatible probes."""
 
 
-#: Optional modules (top-level import names) and the extras of nasprobe that install them.
-EXTRAS = {
+#: Optional modules (top-level import names) and the extras of nasprobe that install them: the
+#: one list behind every "pip install 'nasprobe[...]'" message. tests/core/test_names.py checks
+#: it against pyproject.toml's extras and each adapter's ``extra``; a new optional dependency
+#: gets its line here.
+EXTRAS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("cpu", "gpu"),
     "torch": ("torch",), "onnxscript": ("torch",), "safetensors": ("torch",),
     "sklearn": ("torch",),
     "keras": ("keras",), "h5py": ("keras",),
+    "jax": ("jax",), "flax": ("jax",), "orbax": ("jax",), "jax2onnx": ("jax",),
+    "msgpack": ("jax",),
     "tensorboard": ("tensorboard",),
     "dask": ("dask",), "distributed": ("dask",),
     "lightning": ("lightning",),
+    "s3fs": ("s3",), "gcsfs": ("gcs",), "adlfs": ("azure",),
 }
 
 
-class MissingExtraError(NasprobeError):
-    """An optional dependency is not installed; the message names the extras that bring it."""
+def install_hint(module: str) -> str:
+    """How to install the optional ``module`` (a top-level import name of :data:`EXTRAS`):
+    ``"pip install 'nasprobe[dask]'"``, or the choice of extras where there are several."""
+    return _how(EXTRAS[module])
 
-    def __init__(self, module: str, extras: tuple[str, ...]):
-        self.module, self.extras = module, extras
-        if extras == ("cpu", "gpu"):
-            how = ("install nasprobe with one of the extras cpu or gpu: "
-                   "pip install 'nasprobe[cpu]' (onnxruntime, CPU) or "
-                   "pip install 'nasprobe[gpu]' (onnxruntime-gpu, CUDA)")
-        else:
-            how = " or ".join(f"pip install 'nasprobe[{e}]'" for e in extras)
-        super().__init__(f"{module} is not installed; {how}")
+
+def _how(extras: tuple[str, ...]) -> str:
+    if extras == ("cpu", "gpu"):
+        return ("install nasprobe with one of the extras cpu or gpu: "
+                "pip install 'nasprobe[cpu]' (onnxruntime, CPU) or "
+                "pip install 'nasprobe[gpu]' (onnxruntime-gpu, CUDA)")
+    return " or ".join(f"pip install 'nasprobe[{e}]'" for e in extras)
+
+
+class MissingExtraError(NasprobeError):
+    """An optional dependency is not installed; the message names the extras that bring it.
+
+    Args:
+        module: the top-level import name that is missing.
+        extras: the extras that install it (default: :data:`EXTRAS`'s).
+        needed_for: what needs it, to start the message (``"--workers"``); optional.
+    """
+
+    def __init__(self, module: str, extras: tuple[str, ...] | None = None,
+                 needed_for: str = ""):
+        self.module = module
+        self.extras = tuple(EXTRAS.get(module, ()) if extras is None else extras)
+        what = f"{needed_for} needs {module}, which" if needed_for else module
+        super().__init__(f"{what} is not installed; {_how(self.extras)}")
 
     @classmethod
     def from_import(cls, exc: ImportError) -> MissingExtraError | None:
         """The error for a failed import of an optional module, or ``None`` where ``exc`` is
         about some other module (a genuine bug, which should keep its traceback)."""
-        if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        while exc is not None and not isinstance(exc, ModuleNotFoundError):
+            # fsspec says "Install s3fs to access S3" in an ImportError raised from the
+            # ModuleNotFoundError of s3fs: the cause names the module
+            exc = exc.__cause__ if isinstance(exc.__cause__, ImportError) else None
+        if exc is None or not exc.name:
             return None
         top = exc.name.partition(".")[0]
-        return cls(top, EXTRAS[top]) if top in EXTRAS else None
+        return cls(top) if top in EXTRAS else None
 
 
 class JobFailedError(Exception):

@@ -14,6 +14,7 @@ from .formats import is_orbax_checkpoint, orbax_item
 
 __all__ = ["JaxAdapter", "adapter", "is_orbax_checkpoint", "orbax_item"]
 
+
 class JaxAdapter(BaseAdapter):
     """JAX/Flax checkpoints: ``.msgpack`` files (``flax.serialization``) and Orbax folders."""
 
@@ -21,6 +22,7 @@ class JaxAdapter(BaseAdapter):
     extensions = (".msgpack",)
     extra = "jax"
     requires = ("jax", "flax", "orbax.checkpoint", "jax2onnx")
+    input_layout = "H,W,C"
 
     def claims(self, path: Path) -> bool:
         """A ``.msgpack`` file, or a folder Orbax wrote (``_CHECKPOINT_METADATA``...)."""
@@ -32,9 +34,9 @@ class JaxAdapter(BaseAdapter):
     def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
                     ) -> CheckpointSource:
         """A :class:`~nasprobe_jax.source.JaxSource` (``options.input_shape`` is H,W,C)."""
-        from .source import JaxSource
+        from .source import make_source
 
-        return JaxSource(checkpoints, options)
+        return make_source(checkpoints, options)
 
 
 #: The object the entry point names.

@@ -36,26 +36,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nasprobe.contract import per_layer
+
 from .taps import entropy, linear_modules
 
 __all__ = ["NASReg", "SparsityReg", "DecorrReg", "nas_penalty", "sparsity_penalty",
            "decorr_penalty", "filter_correlations", "filters", "kernels_of"]
 
 
-def _lam(lam: Any, name: str, locations: int) -> float:
-    value = lam[name] if isinstance(lam, Mapping) else lam
-    if isinstance(lam, Mapping) and name not in lam:
-        raise ValueError(f"lam has no value for layer {name!r}")
-    return 1.0 / locations if value == "auto" else float(value)
-
-
 def _activation_penalty(taps: Mapping[str, jax.Array], lam: Any, perplexity: bool) -> jax.Array:
     total = jnp.zeros((), jnp.float32)
+    lams = per_layer(lam, list(taps), "lam")
     for name, a in taps.items():
         h = entropy(a, axis=-1)  # (N, *locations)
         locations = math.prod(h.shape[1:])
         term = jnp.exp(h) if perplexity else h
-        total = total - _lam(lam, name, locations) * term.reshape(h.shape[0], -1).sum(1).mean()
+        weight = 1.0 / locations if lams[name] == "auto" else float(lams[name])
+        total = total - weight * term.reshape(h.shape[0], -1).sum(1).mean()
     return total
 
 
@@ -121,13 +118,13 @@ def decorr_penalty(kernels: Mapping[str, jax.Array], kappa: Any = 1.0, centring:
     if reduction not in ("signed", "abs", "square"):
         raise ValueError(f"reduction must be 'signed', 'abs' or 'square', not {reduction!r}")
     total = jnp.zeros((), jnp.float32)
+    kappas = per_layer(kappa, list(kernels), "kappa")
     for name, kernel in kernels.items():
         c = filter_correlations(filters(kernel), centring)
         i, j = jnp.tril_indices(c.shape[0], k=-1)
         v = c[i, j]
         v = jnp.abs(v) if reduction == "abs" else v * v if reduction == "square" else v
-        k = kappa[name] if isinstance(kappa, Mapping) else kappa
-        total = total + float(k) * v.sum()
+        total = total + float(kappas[name]) * v.sum()
     return total
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from nasprobe.contract import Checkpoint, SourceOptions
+from nasprobe.contract import Checkpoint, SourceOptions, parse_shape
 from nasprobe.errors import CheckpointError, NasprobeError
 
 from .export import Exported, export_module, module_arrays
@@ -17,26 +17,18 @@ from .loading import build_module, fit_state, read_checkpoint
 
 __all__ = ["JaxSource", "make_source"]
 
-
-def _shape(value: Any, origin: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [s for s in value.replace("x", ",").split(",") if s.strip()]
-    try:
-        return tuple(int(s) for s in value)
-    except (TypeError, ValueError):
-        raise NasprobeError(f"{origin}: input shape {value!r} is not a list of integers "
-                            "(H,W,C for a Flax Conv)") from None
+#: The axis order of ``--input-shape`` (Flax's channels-last convolutions).
+LAYOUT = "H,W,C"
 
 
 class JaxSource:
     """The checkpoints of one JAX run as a ``CheckpointSource`` (docs/adapters.md).
 
     ``architecture()`` builds the NNX module from ``--model``, exports it once through
-    jax2onnx (:mod:`nasprobe_jax.export`) and puts the first checkpoint's weights in it;
-    ``weights(ckpt)`` only reads a checkpoint and lays its arrays out as the graph's
-    initializers.
+    jax2onnx (:mod:`nasprobe_jax.export`) and returns a copy holding the first checkpoint's
+    weights, which the caller owns (the export itself is not changed); ``weights(ckpt)`` only
+    reads a checkpoint and lays its arrays out as the graph's initializers. ``provenance`` is
+    empty.
 
     Args:
         checkpoints: the run's ``.msgpack`` files or Orbax folders, sorted by epoch.
@@ -56,6 +48,7 @@ class JaxSource:
         self.checkpoints = list(checkpoints)
         self.model_spec = options.model
         self.input_shape = options.input_shape
+        self.provenance: dict[str, Any] = {}
         self._exported: Exported | None = None
 
     def exported(self) -> Exported:
@@ -73,22 +66,24 @@ class JaxSource:
             shapes = {k: v.shape for k, v in module_arrays(module).items()}
             fit_state(read_checkpoint(first, shapes), shapes, first)
             origin = str(self.model_spec)
-            shape = _shape(self.input_shape, origin) or _shape(
-                getattr(module, "input_shape", None), origin)
+            shape = self.input_shape or parse_shape(getattr(module, "input_shape", None),
+                                                    LAYOUT, f"the input_shape of {origin}")
             if shape is None:
-                raise NasprobeError(f"{origin}: pass --input-shape H,W,C (one sample's shape "
+                raise NasprobeError(f"{origin}: pass --input-shape {LAYOUT} (one sample's shape "
                                     "as the module takes it, without the batch axis)")
             self._exported = export_module(module, shape, origin=origin)
         return self._exported
 
     def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once, then cached)."""
-        exported = self.exported()
+        """The ONNX model with the first checkpoint's weights: a new copy each call, which the
+        caller owns (the export, made once, keeps the module's initial weights)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.exported().model)
         values = self.weights(self.checkpoints[0])
-        for init in exported.model.graph.initializer:
+        for init in model.graph.initializer:
             if init.name in values:
                 init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
-        return exported.model
+        return model
 
     def layers(self) -> list[str]:
         """The Conv/Linear module paths of the graph's linear operators, in graph order."""

@@ -37,7 +37,9 @@ def entropy(a: jax.Array, axis: int = -1) -> jax.Array:
     """Softmax entropy ``H`` (nats) of ``a`` along ``axis``; differentiable and stable.
 
     ``H = logsumexp(z) - Σ softmax(z)·z`` with ``z = a - max(a)`` (the shift is constant for
-    the gradient). Computed in float32 at least (float64 stays float64).
+    the gradient). Computed in float32 at least (float64 stays float64). ``axis``: the channel
+    axis, default -1 where Flax keeps channels; the same argument as ``nasprobe.entropy`` and
+    the PyTorch and Keras adapters' ``entropy``.
 
     Returns:
         ``a``'s shape without ``axis``, values in ``[0, ln D]``.

@@ -121,7 +121,7 @@ class LiveNASCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         """Probe, then write the medians and heatmaps at step ``epoch``."""
         monitor = NASMonitor(_target(self.model), self.layers, self.tap, self.exclude_bias)
-        maps = monitor.nas(self.probe_x, self.batch_size)
+        maps = monitor.measure(self.probe_x, self.batch_size)
         medians = {name: float(np.median(m)) for name, m in maps.items()}
         self._writer.write(epoch, {f"nas_median/{name}": v for name, v in medians.items()},
                            {f"nas_heatmap/{name}": heatmap_rgba(m.mean(axis=0))

@@ -1,7 +1,7 @@
 """Label-free early stopping for Keras ``model.fit``: stop when a NAS rule fires on unlabelled
 probe images.
 
-:class:`NASEarlyStopping` measures the untrained model at train begin (epoch -1) and, at
+:class:`NASEarlyStoppingCallback` measures the untrained model at train begin (epoch -1) and, at
 every epoch end, the NAS maps of every Conv/Dense layer (the prediction layer included) on
 ``probe_x``; they are summarised as a store keeps them (median, quantiles) and a rule of
 :mod:`nasprobe.measures.stopping` is applied to the series so far. When it fires,
@@ -12,17 +12,22 @@ docs/label-free-stopping.md.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from nasprobe.measures.online_stopper import Stopper, StopperResults
 from nasprobe.measures.stopping import RECOMMENDED
 from nasprobe_keras.regularizers import NASMonitor, Regularized
 
-__all__ = ["NASEarlyStopping"]
+__all__ = ["NASEarlyStoppingCallback", "NASEarlyStopping"]
 
 
-class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
+class NASEarlyStoppingCallback(StopperResults, keras.callbacks.Callback):
     """Keras callback: stop training when a label-free NAS rule fires.
+
+    The arguments of the PyTorch adapter's ``NASEarlyStopping`` (and its Lightning
+    ``NASEarlyStoppingCallback``).
 
     Args:
         probe_x: unlabelled probe inputs ``(P, ...)`` in the model's input layout.
@@ -31,6 +36,8 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
             :data:`nasprobe.measures.stopping.DEFAULTS` (chosen by the study).
         patience: the rule's condition must hold this many consecutive epochs.
         min_epochs: never stop before this (0-based) epoch.
+        model: the model to measure (default: the model being trained, or the inner model of
+            a ``Regularized`` wrapper).
         layers: which layers to tap (default ``"."``: every Conv/Dense, the prediction layer
             last; the rules' default deep layers are the two before it).
         tap, exclude_bias: as :class:`nasprobe_keras.regularizers.NASReg`.
@@ -43,9 +50,10 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
     """
 
     def __init__(self, probe_x, rule: str | None = None, *, patience: int | None = None,
-                 min_epochs: int | None = None, layers=".", tap: str = "linear",
+                 min_epochs: int | None = None, model=None, layers=".", tap: str = "linear",
                  exclude_bias: bool = False, batch_size: int | None = None, **params):
         super().__init__()
+        self.measured_model = model
         if patience is not None:
             params["patience"] = patience
         if min_epochs is not None:
@@ -56,9 +64,11 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
         self.rule, self.params = self.stopper.rule, self.stopper.params
 
     def _measure(self) -> dict:
-        target = self.model.inner if isinstance(self.model, Regularized) else self.model
+        target = self.measured_model or self.model
+        if isinstance(target, Regularized):
+            target = target.inner
         monitor = NASMonitor(target, self.layers, self.tap, self.exclude_bias)
-        return monitor.nas(self.probe_x, self.batch_size)
+        return monitor.measure(self.probe_x, self.batch_size)
 
     def on_train_begin(self, logs=None):
         """Measure the untrained model (epoch -1) unless a restarted training already did."""
@@ -69,3 +79,14 @@ class NASEarlyStopping(StopperResults, keras.callbacks.Callback):
         """Measure the epoch; stop training when the rule fires."""
         if self.stopper.update(epoch, self._measure()):
             self.model.stop_training = True
+
+
+class NASEarlyStopping(NASEarlyStoppingCallback):
+    """Deprecated name of :class:`NASEarlyStoppingCallback` (Keras callbacks end in
+    ``Callback`` here, as :class:`~nasprobe_keras.callbacks.CheckpointCallback` does)."""
+
+    def __init__(self, probe_x, rule: str | None = None, **kwargs):
+        warnings.warn("nasprobe_keras NASEarlyStopping is deprecated: use "
+                      "NASEarlyStoppingCallback (same arguments)", DeprecationWarning,
+                      stacklevel=2)
+        super().__init__(probe_x, rule, **kwargs)

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from nasprobe.contract import parse_shape
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe.frameworks.model_spec import call_model_spec
 
@@ -177,7 +178,5 @@ def model_from_spec(spec, input_shape=None):
         if input_shape is None:
             raise NasprobeError(f"--model {spec!r} returned an unbuilt model; give "
                                 "--input-shape H,W,C")
-        shape = tuple(int(s) for s in (input_shape.split(",") if isinstance(input_shape, str)
-                                       else input_shape))
-        model(keras.Input(shape))
+        model(keras.Input(parse_shape(input_shape, "H,W,C")))
     return model

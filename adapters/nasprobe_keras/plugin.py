@@ -22,6 +22,7 @@ class KerasAdapter(BaseAdapter):
     extensions = EXTENSIONS
     extra = "keras"
     requires = ("keras", "h5py")
+    input_layout = "H,W,C"
 
     def companions(self, files: Sequence[Path]) -> set[Path]:
         """Beside weight-only checkpoints, the ``.keras`` files: the architecture, not an epoch."""
@@ -34,8 +35,7 @@ class KerasAdapter(BaseAdapter):
         """A :class:`~nasprobe_keras.source.KerasSource` (``options.input_shape`` is H,W,C)."""
         from .source import make_source
 
-        return make_source(checkpoints, model=options.model, input_shape=options.input_shape,
-                           trust_pickle=options.trust_pickle)
+        return make_source(checkpoints, options)
 
 
 #: The instance the entry point names.

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
+
+from nasprobe.contract import per_layer
 
 from .taps import TRANSPOSE_TYPES, TapCapture, entropy, float32_or_64, select_layers
 
@@ -41,30 +44,46 @@ def _mean(x, axis=None, keepdims=False):
 class NASMonitor:
     """NAS maps of a model's taps, without a penalty.
 
+    The same methods as the PyTorch adapter's ``NASMonitor``: :meth:`measure` runs probe
+    inputs and returns their maps; :meth:`last_nas` reads the maps of the last forward pass
+    the monitor saw (Keras layers are tapped only inside :meth:`measure`).
+
     Args:
         model, layers, tap, exclude_bias: as :class:`NASReg`.
 
-    ``nas(x, batch_size=None)`` runs ``x`` (inference mode) and returns
-    ``{layer name: NAS maps (N, *locations)}`` as float32 numpy arrays in ``[0, 1 - 1/D]``.
+    Attributes:
+        layers: the tapped layers' names (str).
     """
 
     def __init__(self, model, layers=None, tap="linear", exclude_bias=False):
         self.model = model
         self._taps = TapCapture(model, layers, tap, exclude_bias)
-        self.layers = self._taps.names
+        self.layers = self._taps.layers
 
-    def nas(self, x, batch_size=None) -> dict:
-        """``{layer name: NAS maps (N, *locations)}`` of ``x`` (float32 numpy), ``batch_size``
-        images per forward pass (default all)."""
+    def measure(self, x, batch_size=None) -> dict:
+        """``{layer name: NAS maps (N, *locations)}`` of ``x`` (float32 numpy, values in
+        ``[0, 1 - 1/D]``), ``batch_size`` images per forward pass (default all), in inference
+        mode."""
         n = len(x)
-        batch_size = batch_size or n
+        batch_size = batch_size or max(n, 1)
         out = {name: [] for name in self.layers}
         for i in range(0, n, batch_size):
             with self._taps.capturing():
                 self.model(x[i:i + batch_size], training=False)
-            for name, m in self._taps.nas_maps().items():
+            for name, m in self._taps.last_nas().items():
                 out[name].append(m)
         return {name: np.concatenate(v).astype(np.float32) for name, v in out.items()}
+
+    def last_nas(self) -> dict:
+        """``{layer name: NAS map (N, *locations)}`` (numpy, float32) of the last forward pass
+        (the last batch of :meth:`measure`)."""
+        return self._taps.last_nas()
+
+    def nas(self, x, batch_size=None) -> dict:
+        """Deprecated name of :meth:`measure`."""
+        warnings.warn("NASMonitor.nas(x) is deprecated: use NASMonitor.measure(x)",
+                      DeprecationWarning, stacklevel=2)
+        return self.measure(x, batch_size)
 
 
 class _Reg:
@@ -84,21 +103,12 @@ class _Reg:
         return self._penalty()
 
 
-def _per_layer(value, names, what):
-    if isinstance(value, dict):
-        missing = set(names) - set(value)
-        if missing:
-            raise ValueError(f"{what} has no value for layers {sorted(missing)}")
-        return {n: value[n] for n in names}
-    return {n: value for n in names}
-
-
 class _ActivationReg(_Reg):
     def __init__(self, model, layers, lam, tap, exclude_bias):
         self.model = model
         self._taps = TapCapture(model, layers, tap, exclude_bias)
-        self.layers = self._taps.names
-        self.lam = _per_layer(lam, self.layers, "lam")
+        self.layers = self._taps.layers
+        self.lam = per_layer(lam, self.layers, "lam")
 
     def _penalty(self):
         total = 0.0
@@ -112,7 +122,7 @@ class _ActivationReg(_Reg):
 
     def last_nas(self) -> dict:
         """``{layer name: NAS map (N, *locations)}`` (numpy, float32) of the last forward pass."""
-        return self._taps.nas_maps()
+        return self._taps.last_nas()
 
 
 class NASReg(_ActivationReg):
@@ -190,7 +200,7 @@ class DecorrReg(_Reg):
         self.model = model
         self._layers = select_layers(model, layers)
         self.layers = [l.name for l in self._layers]
-        self.kappa = _per_layer(kappa, self.layers, "kappa")
+        self.kappa = per_layer(kappa, self.layers, "kappa")
         self.centring, self.reduction = centring, reduction
 
     def correlations(self) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from nasprobe.contract import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
 
 from .builder import UnsupportedLayerError, WeightRef
@@ -37,6 +37,7 @@ class KerasSource:
         model: the Keras model that gave the architecture.
         architecture_file: the file (or ``--model`` spec) it came from.
         refs: ``{initializer name: WeightRef}`` for every Keras-variable initializer.
+        provenance: empty (the contract's record of how the checkpoints were read).
     """
 
     framework = "keras"
@@ -47,6 +48,7 @@ class KerasSource:
         self.checkpoints = list(checkpoints)
         self.model = model
         self.architecture_file = architecture_file
+        self.provenance: dict = {}
         try:
             converted = convert(model)
         except UnsupportedLayerError as exc:
@@ -101,21 +103,22 @@ class KerasSource:
         return model
 
 
-def make_source(checkpoints: list[Checkpoint], *, model=None, input_shape=None,
-                trust_pickle: bool = False) -> KerasSource:
-    """The :class:`KerasSource` of a run (called by the adapter, :mod:`nasprobe_keras.plugin`).
+def make_source(checkpoints: list[Checkpoint], options: SourceOptions = SourceOptions()
+                ) -> KerasSource:
+    """The :class:`KerasSource` of a run (the adapter contract's ``make_source``).
 
-    The architecture comes from, in order: ``model`` (``MODULE:CALLABLE[(k=v, ...)]``, a
-    callable or a ``keras.Model``); the first whole-model checkpoint (``.keras`` or full
+    The architecture comes from, in order: ``options.model`` (``MODULE:CALLABLE[(k=v, ...)]``,
+    a callable or a ``keras.Model``); the first whole-model checkpoint (``.keras`` or full
     ``.h5``); for ``.weights.h5`` runs, the single ``.json``/``.keras`` file in the first
     checkpoint's folder that is not a checkpoint.
 
     Args:
         checkpoints: the run's checkpoints (not empty).
-        model: ``--model``.
-        input_shape: ``--input-shape`` in Keras order without batch (H,W,C), for unbuilt models.
-        trust_pickle: load with ``safe_mode=False`` (allows Lambda layers' Python code).
+        options: ``model`` (``--model``); ``input_shape`` (``--input-shape`` in Keras order
+            without batch, H,W,C, for unbuilt models); ``trust_pickle`` (load with
+            ``safe_mode=False``, which allows Lambda layers' Python code).
     """
+    model, input_shape, trust_pickle = options.model, options.input_shape, options.trust_pickle
     if not checkpoints:
         raise NasprobeError("no Keras checkpoint given")
     if model is not None:

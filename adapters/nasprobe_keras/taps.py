@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 
 import keras
 from keras import ops
@@ -41,7 +42,9 @@ ACTIVATION_LAYER_TYPES = (keras.layers.Activation, keras.layers.ReLU, keras.laye
 def entropy(a, axis: int = -1):
     """Softmax entropy (nats) along ``axis``, ``H = logsumexp(z) - Σ softmax(z)·z``, ``z = a - max a``.
 
-    ``a``: any shape, float32 (float64 stays float64; other dtypes become float32). Returns
+    ``a``: any shape, float32 (float64 stays float64; other dtypes become float32). ``axis``:
+    the channel axis, default -1 where Keras keeps channels (``channels_last``); the same
+    argument as ``nasprobe.entropy`` and the PyTorch and JAX adapters' ``entropy``. Returns
     ``a``'s shape without ``axis``, values in ``[0, ln D]``; differentiable, finite for |a| ~ 1e4.
     """
     a = float32_or_64(a)
@@ -104,17 +107,30 @@ def is_linear_activation(fn) -> bool:
 
 
 class TapCapture:
-    """Records, per layer, the entropy map ``(N, *locations)`` of its tap during a forward pass."""
+    """Records, per layer, the entropy map ``(N, *locations)`` of its tap during a forward pass
+    run inside :meth:`capturing`.
 
-    def __init__(self, model, layers, tap, exclude_bias):
+    Args:
+        model: a built Keras model.
+        layers: see :func:`select_layers`.
+        tap: ``"linear"`` or ``"preact"`` (module docstring).
+        exclude_bias: subtract the layer's bias from the tap.
+
+    Attributes:
+        layers: the tapped layers' names (str), in layer order (as the PyTorch adapter's
+            ``TapCapture.layers``).
+        keras_layers: the tapped Keras layer objects, in the same order.
+    """
+
+    def __init__(self, model, layers=None, tap="linear", exclude_bias=False):
         if tap not in ("linear", "preact"):
             raise ValueError(f"tap must be 'linear' or 'preact', not {tap!r}")
         self.model, self.exclude_bias = model, exclude_bias
-        self.layers = select_layers(model, layers)
-        self.names = [l.name for l in self.layers]
+        self.keras_layers = select_layers(model, layers)
+        self.layers = [l.name for l in self.keras_layers]
         self.plan = []  # (layer, where: the activation layer for "preact" on linear layers, or None)
         every = all_layers(model)
-        for layer in self.layers:
+        for layer in self.keras_layers:
             where = None
             if tap == "preact" and is_linear_activation(layer.activation):
                 for nxt in every[every.index(layer) + 1:]:
@@ -164,10 +180,23 @@ class TapCapture:
             for undo in reversed(restore):
                 undo()
 
+    @property
+    def names(self) -> list[str]:
+        """Deprecated: the layer names are :attr:`layers`."""
+        warnings.warn("TapCapture.names is deprecated: use TapCapture.layers (layer names)",
+                      DeprecationWarning, stacklevel=2)
+        return self.layers
+
     def nas_maps(self) -> dict:
+        """Deprecated name of :meth:`last_nas`."""
+        warnings.warn("TapCapture.nas_maps() is deprecated: use last_nas()", DeprecationWarning,
+                      stacklevel=2)
+        return self.last_nas()
+
+    def last_nas(self) -> dict:
         """``{layer name: NAS map (N, *locations)}`` of the last capture, numpy float32."""
         out = {}
-        for name in self.names:
+        for name in self.layers:
             h, d = self.record(name)
             out[name] = (1.0 - ops.convert_to_numpy(ops.exp(ops.stop_gradient(h))) / d).astype("float32")
         return out

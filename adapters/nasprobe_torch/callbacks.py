@@ -5,8 +5,13 @@
   test_accuracy``), the layout ``nasprobe probe FOLDER`` and
   ``nasprobe.store.training_logs.read_training_log`` understand. Epochs are 0-based: epoch ``e`` is
   the model after ``e + 1`` passes over the training data.
-* ``NASCheckpointCallback`` (attribute resolved lazily; needs the ``lightning`` package) does
-  the same from a Lightning ``Trainer``.
+* ``CheckpointCallback`` (attribute resolved lazily; needs the ``lightning`` package) does
+  the same from a Lightning ``Trainer``, with the arguments of the Keras adapter's
+  ``CheckpointCallback``.
+
+Names: a class the framework calls (a Lightning or Keras callback) ends in ``Callback``; one
+that your own training loop calls (plain PyTorch has no callbacks) does not:
+:class:`CheckpointWriter`, :class:`LiveNAS`.
 * :class:`LiveNAS` writes median NAS per layer (scalars ``nas_median/<layer>``, the tag
   ``nasprobe tensorboard`` uses) and the mean NAS heatmap per layer (images
   ``nas_heatmap/<layer>``, viridis on ``[0, 1]``) to TensorBoard with
@@ -17,18 +22,20 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from nasprobe.errors import install_hint
 from nasprobe.report.event_writer import EventWriter, heatmap_rgba
 
 from .regularizers import NASMonitor
 from .taps import unwrap
 
-__all__ = ["CheckpointWriter", "LiveNAS", "NASCheckpointCallback",  # noqa: F822 (module __getattr__)
+__all__ = ["CheckpointWriter", "LiveNAS", "CheckpointCallback",  # noqa: F822 (module __getattr__)
            "METRIC_COLUMNS"]
 
 #: Columns of ``metrics.csv`` after ``epoch``.
@@ -140,23 +147,13 @@ class LiveNAS:
         self.writer = writer if writer is not None else EventWriter(logdir)
 
     def compute(self) -> dict[str, np.ndarray]:
-        """``{layer: NAS maps (P, *locations)}`` of the probe set, float32 numpy."""
+        """``{layer: NAS maps (P, *locations)}`` of the probe set, float32 numpy
+        (:meth:`NASMonitor.measure <nasprobe_torch.regularizers.NASMonitor.measure>`)."""
         monitor = NASMonitor(self.model, self.layers, self.tap, self.exclude_bias)
-        was_training = self.model.training
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        maps: dict[str, list] = {name: [] for name in monitor.layers}
         try:
-            self.model.eval()
-            with torch.no_grad():
-                for i in range(0, len(self.probe_x), self.batch_size):
-                    self.model(self.probe_x[i:i + self.batch_size].to(device))
-                    for name, m in monitor.last_nas().items():
-                        maps[name].append(m.cpu().numpy())
+            return monitor.measure(self.probe_x, self.batch_size)
         finally:
             monitor.remove()
-            self.model.train(was_training)
-        return {name: np.concatenate(v) for name, v in maps.items()}
 
     def log(self, epoch: int) -> dict[str, float]:
         """Write this epoch's scalars and heatmaps (step = ``epoch``); returns the medians."""
@@ -177,7 +174,8 @@ def _lightning_callback_class():
     try:
         from lightning.pytorch.callbacks import Callback
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("NASCheckpointCallback needs the 'lightning' package") from e
+        raise ImportError("CheckpointCallback needs the 'lightning' package: "
+                          f"{install_hint('lightning')}") from e
 
     # Lightning metric names → nasprobe's; first match wins.
     names = {
@@ -187,7 +185,7 @@ def _lightning_callback_class():
         "test_accuracy": ("test_accuracy", "val_accuracy", "val_acc_epoch", "val_acc"),
     }
 
-    class NASCheckpointCallback(Callback):
+    class CheckpointCallback(Callback):
         """Lightning callback: ``init.pt`` at fit start, ``epoch_NNN.pt`` and ``metrics.csv``
         at each training epoch end (after validation), from ``trainer.callback_metrics``
         (``train_loss``/``train_acc[uracy]``, ``val_loss``/``val_acc[uracy]``, ``_epoch``
@@ -195,12 +193,12 @@ def _lightning_callback_class():
 
         Args:
             folder: checkpoint folder.
-            every: as :class:`CheckpointWriter`.
             model: the ``nn.Module`` to save (e.g. ``pl_module.net`` so that keys have no
                 prefix); default the ``LightningModule`` itself.
+            every: as :class:`CheckpointWriter`.
         """
 
-        def __init__(self, folder, every: int = 1, model=None):
+        def __init__(self, folder, model=None, every: int = 1):
             self.folder, self.every, self.model = folder, every, model
             self.writer = None
 
@@ -223,12 +221,21 @@ def _lightning_callback_class():
             if trainer.is_global_zero and not trainer.sanity_checking:
                 self.writer.save(trainer.current_epoch, self._metrics(trainer))
 
-    return NASCheckpointCallback
+    class NASCheckpointCallback(CheckpointCallback):
+        """Deprecated name of :class:`CheckpointCallback` (arguments ``folder, every,
+        model``, in that order)."""
+
+        def __init__(self, folder, every: int = 1, model=None):
+            warnings.warn("NASCheckpointCallback is deprecated: use CheckpointCallback(folder, "
+                          "model=None, every=1)", DeprecationWarning, stacklevel=2)
+            super().__init__(folder, model=model, every=every)
+
+    return {"CheckpointCallback": CheckpointCallback,
+            "NASCheckpointCallback": NASCheckpointCallback}
 
 
 def __getattr__(name):
-    if name == "NASCheckpointCallback":
-        cls = _lightning_callback_class()
-        globals()[name] = cls
-        return cls
+    if name in ("CheckpointCallback", "NASCheckpointCallback"):
+        globals().update(_lightning_callback_class())
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,9 @@
 
 * :class:`NASEarlyStopping` for a plain training loop: :meth:`~NASEarlyStopping.start` before
   the first epoch (measures the untrained model as epoch -1), then
-  ``if stopper.step(epoch): break`` after every epoch.
+  ``if stopper.step(epoch): break`` after every epoch. Its arguments are those of the Keras
+  adapter's ``NASEarlyStoppingCallback``, ``model`` given by keyword (Keras and Lightning
+  know the model being trained; a plain loop must name it).
 * ``NASEarlyStoppingCallback`` (attribute resolved lazily; needs the ``lightning`` package)
   does the same from a Lightning ``Trainer`` (``trainer.should_stop``).
 
@@ -15,9 +17,12 @@ What the study measured about the rules (and their limits) is in docs/label-free
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from torch import nn
 
+from nasprobe.errors import install_hint
 from nasprobe.measures.online_stopper import Stopper, StopperResults
 from nasprobe.measures.stopping import RECOMMENDED
 
@@ -37,13 +42,15 @@ class NASEarlyStopping(StopperResults):
     """Decide after each epoch whether to stop, from NAS of unlabelled probe images.
 
     Args:
-        model: the network (DDP unwrapped); its Conv/Linear layers are tapped.
         probe_x: unlabelled probe inputs ``(P, ...)`` (tensor or array).
         rule: a rule of :data:`nasprobe.measures.stopping.RULES` (default: the study's recommendation,
             :data:`nasprobe.measures.stopping.RECOMMENDED`); its parameters default to
             :data:`nasprobe.measures.stopping.DEFAULTS` (chosen by the study).
         patience: the rule's condition must hold this many consecutive epochs.
         min_epochs: never stop before this (0-based) epoch.
+        model: the network (DDP unwrapped), keyword only; its Conv/Linear layers are tapped.
+            (``NASEarlyStopping(model, probe_x, ...)``, the old order, still works with a
+            ``DeprecationWarning``.)
         layers: which layers to tap (default ``"."``: every Conv/Linear, the prediction layer
             last; the rules' default deep layers are the two before it).
         tap, exclude_bias, batch_size: as :class:`nasprobe_torch.LiveNAS`.
@@ -54,12 +61,26 @@ class NASEarlyStopping(StopperResults):
     ``nasprobe.measures.stopping`` logger (INFO).
     """
 
-    def __init__(self, model: nn.Module, probe_x, rule: str | None = None, *,
-                 patience: int | None = None, min_epochs: int | None = None, layers=".",
+    def __init__(self, probe_x, rule=None, *args, patience: int | None = None,
+                 min_epochs: int | None = None, model: nn.Module | None = None, layers=".",
                  tap: str = "linear", exclude_bias: bool = False,
                  batch_size: int | None = None, **params):
         from nasprobe_torch import LiveNAS
 
+        if isinstance(probe_x, nn.Module):  # the old order: (model, probe_x, rule)
+            warnings.warn("NASEarlyStopping(model, probe_x, ...) is deprecated: use "
+                          "NASEarlyStopping(probe_x, rule, model=model, ...)",
+                          DeprecationWarning, stacklevel=2)
+            if model is not None:
+                raise TypeError("NASEarlyStopping: model given twice")
+            model, probe_x, rule = probe_x, rule, (args[0] if args else None)
+            args = args[1:]
+        if args:
+            raise TypeError(f"NASEarlyStopping takes 2 positional arguments (probe_x, rule), "
+                            f"{2 + len(args)} were given")
+        if model is None:
+            raise TypeError("NASEarlyStopping needs the network: NASEarlyStopping(probe_x, "
+                            "model=net)")
         rule = RECOMMENDED if rule is None else rule
         if patience is not None:
             params["patience"] = patience
@@ -87,7 +108,8 @@ def _lightning_callback_class():
     try:
         from lightning.pytorch.callbacks import Callback
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("NASEarlyStoppingCallback needs the 'lightning' package") from e
+        raise ImportError("NASEarlyStoppingCallback needs the 'lightning' package: "
+                          f"{install_hint('lightning')}") from e
 
     class NASEarlyStoppingCallback(Callback):
         """Lightning callback: measure the untrained model at fit start, then after every
@@ -96,9 +118,10 @@ def _lightning_callback_class():
 
         Args:
             probe_x: unlabelled probe inputs.
+            rule: as :class:`NASEarlyStopping`.
             model: the ``nn.Module`` to tap (e.g. ``pl_module.net``); default the
                 ``LightningModule``.
-            rule, **kwargs: as :class:`NASEarlyStopping`.
+            **kwargs: as :class:`NASEarlyStopping`.
 
         ``stopping`` is the :class:`NASEarlyStopping` once fitting started.
         """
@@ -109,8 +132,8 @@ def _lightning_callback_class():
 
         def on_fit_start(self, trainer, pl_module):
             if self.stopping is None:
-                self.stopping = NASEarlyStopping(self.model or pl_module, self.probe_x,
-                                                 self.rule, **self.kwargs)
+                self.stopping = NASEarlyStopping(self.probe_x, self.rule,
+                                                 model=self.model or pl_module, **self.kwargs)
                 self.stopping.start()
 
         def on_train_epoch_end(self, trainer, pl_module):

@@ -19,14 +19,14 @@ class TorchAdapter(BaseAdapter):
     extensions = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".tar")
     extra = "torch"
     requires = ("torch", "onnxscript")
+    input_layout = "C,H,W"
 
     def make_source(self, checkpoints: list[Checkpoint], options: SourceOptions
                     ) -> CheckpointSource:
         """A :class:`~nasprobe_torch.source.TorchSource` (``options.input_shape`` is C,H,W)."""
         from .source import make_source
 
-        return make_source(checkpoints, model=options.model, input_shape=options.input_shape,
-                           trust_pickle=options.trust_pickle)
+        return make_source(checkpoints, options)
 
     def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
         """VanillaNet-s trained on 150 of scikit-learn's digits (16x16) with Adam until it

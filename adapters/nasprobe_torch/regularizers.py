@@ -24,9 +24,11 @@ the tap rules, in-place activations, autocast and DDP); call :meth:`remove` to u
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from nasprobe.contract import per_layer
 from nasprobe_torch.taps import TapCapture, select_layers, unwrap
 
 __all__ = ["NASReg", "SparsityReg", "DecorrReg", "NASMonitor", "RegSum", "filter_correlations"]
@@ -66,33 +68,58 @@ class RegSum(_Reg):
             r.remove()
 
 
-def _per_layer(value, layers: list[str], what: str) -> dict[str, object]:
-    """Broadcast a scalar/"auto" or check a ``{layer: value}`` dict over ``layers``."""
-    if isinstance(value, dict):
-        missing = set(layers) - set(value)
-        if missing:
-            raise ValueError(f"{what} has no value for layers {sorted(missing)}")
-        return {name: value[name] for name in layers}
-    return {name: value for name in layers}
-
-
 class NASMonitor:
-    """NAS maps of the last forward pass, without a penalty (detached; cheap).
+    """NAS maps of a model's taps, without a penalty (detached; cheap).
+
+    The same methods as the Keras adapter's ``NASMonitor``: :meth:`last_nas` reads the maps of
+    the last forward pass (here: any forward pass of the model, the hooks stay until
+    :meth:`remove`); :meth:`measure` runs probe inputs and returns their maps.
 
     Args:
         model: the model (DDP unwrapped).
         layers: module paths, a regex, or ``None`` (every Conv/Linear but the last).
         tap: ``"linear"`` or ``"preact"``.
         exclude_bias: subtract the bias from the tap.
+
+    Attributes:
+        layers: the tapped module paths (str).
     """
 
     def __init__(self, model: nn.Module, layers=None, tap: str = "linear", exclude_bias: bool = False):
+        self.model = unwrap(model)
         self._capture = TapCapture(model, layers, tap, exclude_bias, differentiable=False)
         self.layers = self._capture.layers
 
     def last_nas(self) -> dict[str, torch.Tensor]:
         """``{layer: NAS map}``, each ``(N, *locations)`` float32 in ``[0, 1 - 1/D]``, detached."""
         return self._capture.last_nas()
+
+    def measure(self, x, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """NAS maps of probe inputs ``x`` ``(P, ...)`` (tensor or array, moved to the model's
+        device and dtype), ``batch_size`` per forward pass (default all), in eval mode under
+        ``no_grad`` (the model's train mode is restored).
+
+        Returns:
+            ``{layer: NAS maps (P, *locations)}``, float32 numpy.
+        """
+        x = torch.as_tensor(x)
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if param is not None and x.is_floating_point():
+            x = x.to(param.dtype)
+        batch_size = batch_size or max(len(x), 1)
+        maps: dict[str, list] = {name: [] for name in self.layers}
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    self.model(x[i:i + batch_size].to(device))
+                    for name, m in self.last_nas().items():
+                        maps[name].append(m.cpu().numpy())
+        finally:
+            self.model.train(was_training)
+        return {name: np.concatenate(v).astype(np.float32) for name, v in maps.items()}
 
     def remove(self) -> None:
         """Remove the hooks."""
@@ -105,7 +132,7 @@ class _ActivationReg(_Reg):
     def __init__(self, model, layers, lam, tap, exclude_bias):
         self._capture = TapCapture(model, layers, tap, exclude_bias, differentiable=True)
         self.layers = self._capture.layers
-        self.lam = _per_layer(lam, self.layers, "lam")
+        self.lam = per_layer(lam, self.layers, "lam")
 
     def _term(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -222,7 +249,7 @@ class DecorrReg(_Reg):
             raise ValueError(f"centring must be 'paper' or 'pearson', not {centring!r}")
         self.model = unwrap(model)
         self.layers = select_layers(self.model, layers)
-        self.kappa = _per_layer(kappa, self.layers, "kappa")
+        self.kappa = per_layer(kappa, self.layers, "kappa")
         self.centring = centring
         self.reduction = reduction
         self._modules = {name: self.model.get_submodule(name) for name in self.layers}

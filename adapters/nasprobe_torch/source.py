@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from nasprobe.contract import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions, parse_shape
 from nasprobe.errors import CheckpointError, NasprobeError
 
 from .export import Exported, export_model
@@ -20,38 +20,30 @@ __all__ = ["make_source", "TorchSource"]
 
 SELF_CONTAINED = (nn.Module, torch.export.ExportedProgram)
 
-
-def _parse_shape(shape: Any) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    if isinstance(shape, str):
-        shape = [s for s in shape.replace("x", ",").split(",") if s.strip()]
-    try:
-        return tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise NasprobeError(f"--input-shape {shape!r}: expected C,H,W (integers)") from None
+#: The axis order of ``--input-shape`` (PyTorch's own).
+LAYOUT = "C,H,W"
 
 
 class TorchSource:
-    """The checkpoints of one PyTorch run as a ``nasprobe.contract.CheckpointSource``.
+    """The checkpoints of one PyTorch run as a :class:`nasprobe.contract.CheckpointSource`.
 
-    ``architecture()`` exports once (the model from ``model`` with the first checkpoint's
-    weights, or the first checkpoint itself when it is a self-contained program);
-    ``weights(ckpt)`` then only reads a state dict and returns the graph's initializers.
+    ``architecture()`` exports once (the model from ``options.model`` with the first
+    checkpoint's weights, or the first checkpoint itself when it is a self-contained program)
+    and gives a copy each call; ``weights(ckpt)`` then only reads a state dict and returns the
+    graph's initializers. ``provenance`` is empty. Arguments: see :func:`make_source`.
     """
 
     framework = "torch"
 
     def __init__(self, checkpoints: Sequence[Checkpoint],
-                 model: str | nn.Module | Callable[[], nn.Module] | None = None,
-                 input_shape: Sequence[int] | str | None = None, trust_pickle: bool = False):
-        """See :func:`make_source`."""
+                 options: SourceOptions = SourceOptions()):
         if not checkpoints:
             raise NasprobeError("no checkpoints given")
         self.checkpoints = list(checkpoints)
-        self.model_spec = model
-        self.input_shape = _parse_shape(input_shape)
-        self.trust_pickle = bool(trust_pickle)
+        self.model_spec = options.model
+        self.input_shape = options.input_shape
+        self.trust_pickle = options.trust_pickle
+        self.provenance: dict[str, Any] = {}
         self._exported: Exported | None = None
         self._expected: dict[str, torch.Size] = {}
 
@@ -69,7 +61,8 @@ class TorchSource:
             self._expected = {k: v.shape for k, v in target.state_dict().items()}
             state = self._load_state(first, obj)
             target.load_state_dict(state, strict=False)
-            shape = shape or _parse_shape(getattr(target, "input_shape", None))
+            shape = shape or parse_shape(getattr(target, "input_shape", None), LAYOUT,
+                                         f"the input_shape of {self.model_spec}")
         elif isinstance(obj, SELF_CONTAINED):
             target = obj
             self._expected = {k: v.shape for k, v in state_dict_of(obj, first).items()}
@@ -81,7 +74,7 @@ class TorchSource:
             raise CheckpointError(first, "holds only weights (a state dict): pass --model "
                                   "MODULE:CALLABLE to build the architecture")
         if shape is None:
-            raise NasprobeError(f"{first}: pass --input-shape C,H,W (one sample's shape, "
+            raise NasprobeError(f"{first}: pass --input-shape {LAYOUT} (one sample's shape, "
                                 "without the batch axis)")
         return export_model(target, shape, origin=str(first))
 
@@ -92,8 +85,11 @@ class TorchSource:
         return self._exported
 
     def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once, then cached)."""
-        return self.exported().model
+        """The ONNX model with the first checkpoint's weights (exported once): a new copy each
+        call, which the caller owns."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.exported().model)
+        return model
 
     def layers(self) -> list[str]:
         """The Conv/Linear module paths of the graph's linear operators, in graph order."""
@@ -125,21 +121,20 @@ class TorchSource:
         return out
 
 
-def make_source(checkpoints: Sequence[Checkpoint], *,
-                model: str | nn.Module | Callable[[], nn.Module] | None = None,
-                input_shape: Sequence[int] | str | None = None,
-                trust_pickle: bool = False) -> TorchSource:
-    """The :class:`TorchSource` for one run's PyTorch checkpoints.
+def make_source(checkpoints: Sequence[Checkpoint], options: SourceOptions = SourceOptions()
+                ) -> TorchSource:
+    """The :class:`TorchSource` for one run's PyTorch checkpoints (the adapter contract's
+    ``make_source``).
 
     Args:
         checkpoints: the run's checkpoints (``.pt .pth .bin .ckpt .safetensors .pt2``,
             TorchScript archives), sorted by epoch.
-        model: ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(key=value, ...)`` (literal arguments;
-            ``MODULE`` may be a ``.py`` path), a callable, or an ``nn.Module``; needed unless
-            the checkpoints are self-contained (TorchScript, ``.pt2``, a pickled module).
-        input_shape: one sample's shape without the batch axis, ``(C, H, W)`` or ``"C,H,W"``;
-            defaults to the model's ``input_shape`` attribute or a ``.pt2``'s example input.
-        trust_pickle: allow pickles holding Python objects (can run code).
+        options: ``model``: ``MODULE:CALLABLE`` or ``MODULE:CALLABLE(key=value, ...)``
+            (literal arguments; ``MODULE`` may be a ``.py`` path), a callable, or an
+            ``nn.Module``; needed unless the checkpoints are self-contained (TorchScript,
+            ``.pt2``, a pickled module). ``input_shape``: one sample's shape without the batch
+            axis, ``(C, H, W)``; defaults to the model's ``input_shape`` attribute or a
+            ``.pt2``'s example input. ``trust_pickle``: allow pickles holding Python objects
+            (can run code).
     """
-    return TorchSource(checkpoints, model=model, input_shape=input_shape,
-                       trust_pickle=trust_pickle)
+    return TorchSource(checkpoints, options)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -45,19 +46,27 @@ _ACTIVATION_TYPES = tuple(
 )
 
 
-def entropy(a: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax entropy ``H`` (nats) of ``a`` along ``dim``; differentiable, stable for |a| ~ 1e4.
+def entropy(a: torch.Tensor, axis: int = 1, *, dim: int | None = None) -> torch.Tensor:
+    """Softmax entropy ``H`` (nats) of ``a`` along ``axis``; differentiable, stable for |a| ~ 1e4.
 
     ``H = logsumexp(z) - Σ softmax(z)·z`` with ``z = a - max(a)`` (the shift changes nothing
     mathematically and keeps float32 accurate for large inputs).
 
     Args:
-        a: any float tensor with the channel axis ``dim`` of size ``D``.
-        dim: the channel axis.
+        a: any float tensor with the channel axis ``axis`` of size ``D``.
+        axis: the channel axis; default 1, where PyTorch keeps channels (``(N, C, H, W)``, and
+            ``(N, D)`` for ``nn.Linear``). The same argument as ``nasprobe.entropy`` and the
+            Keras and JAX adapters' ``entropy``.
+        dim: the old name of ``axis`` (deprecated).
 
     Returns:
-        ``a``'s shape without ``dim``, values in ``[0, ln D]``, same dtype as ``a``.
+        ``a``'s shape without ``axis``, values in ``[0, ln D]``, same dtype as ``a``.
     """
+    if dim is not None:
+        warnings.warn("entropy(a, dim=...) is deprecated: use axis=", DeprecationWarning,
+                      stacklevel=2)
+        axis = dim
+    dim = axis
     z = a - a.detach().amax(dim=dim, keepdim=True)
     lse = torch.logsumexp(z, dim=dim, keepdim=True)
     p = torch.exp(z - lse)
@@ -144,8 +153,12 @@ class TapCapture:
         exclude_bias: subtract the layer's bias from the tap (only meaningful for ``"linear"``).
         differentiable: keep the autograd graph (regularisers) or detach (monitoring).
 
-    After a forward pass, ``records[layer]`` is a :class:`_Record`. Layers called several
-    times per forward pass keep the last call. Use :meth:`remove` to detach the hooks.
+    Attributes:
+        layers: the tapped layers' module paths (str), in ``named_modules()`` order.
+
+    After a forward pass, ``records[layer]`` is a :class:`_Record` and :meth:`last_nas` gives
+    the NAS maps. Layers called several times per forward pass keep the last call. Use
+    :meth:`remove` to detach the hooks.
     """
 
     def __init__(self, model: nn.Module, layers=None, tap: str = "linear",
@@ -190,7 +203,7 @@ class TapCapture:
                 shape[dim] = -1
                 a = a - b.to(dtype).reshape(shape)
             dim_ = dim % a.dim()
-            h = entropy(a, dim_)
+            h = entropy(a, axis=dim_)
         self.records[name] = _Record(h, a.shape[dim_])
 
     def _output_hook(self, name, layer, dim):

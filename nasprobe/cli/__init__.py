@@ -34,7 +34,7 @@ class _Group(click.Group):
         except JobFailedError as exc:
             click.echo(f"nasprobe: failed (not a problem with the input): {exc}", err=True)
             sys.exit(1)
-        except ModuleNotFoundError as exc:  # an optional dependency (an extra) not installed
+        except ImportError as exc:  # an optional dependency (an extra) not installed
             missing = MissingExtraError.from_import(exc)
             if missing is None:
                 raise

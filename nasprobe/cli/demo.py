@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, install_hint
 
 __all__ = ["run_demo"]
 
@@ -31,8 +31,8 @@ def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
 
     adapter = registry.registered().get("torch")
     if adapter is None or any(importlib.util.find_spec(m) is None for m in adapter.requires):
-        raise NasprobeError("the demo trains a network with PyTorch: pip install "
-                            "'nasprobe[torch]'")
+        raise NasprobeError("the demo trains a network with PyTorch: "
+                            f"{install_hint('torch')}")
     from nasprobe.job.probe_job import probe
     from nasprobe.plots import draw, save
     from nasprobe.report.html import write_report

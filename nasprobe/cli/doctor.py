@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from nasprobe._version import __version__
+from nasprobe.errors import install_hint
 
 __all__ = ["doctor", "report", "provider_status"]
 
@@ -95,7 +96,7 @@ def report() -> list[tuple[str, str]]:
     try:
         import onnxruntime as ort
     except ImportError:
-        lines.append(("onnxruntime", "not installed: pip install 'nasprobe[cpu]' (or [gpu])"))
+        lines.append(("onnxruntime", f"not installed: {install_hint('onnxruntime')}"))
     else:
         lines.append(("onnxruntime", f"{', '.join(ort_dists) or 'unknown package'} "
                                      f"(imports as {ort.__version__})"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from nasprobe.contract import parse_shape
 from nasprobe.frameworks import registry as adapters
 
 from .paths import PathOrUrl
@@ -24,16 +25,17 @@ def _floats(text: str | None, option: str = "--mean/--std") -> list[float] | Non
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
-    from nasprobe.errors import NasprobeError
+    return parse_shape(text or None)
 
-    try:
-        shape = tuple(int(v) for v in text.split(",")) if text else None
-    except ValueError:
-        shape = ()
-    if shape is not None and (not shape or min(shape) < 1):
-        raise NasprobeError(f"--input-shape {text!r}: expected positive whole numbers, e.g. "
-                            "3,32,32 (one sample's shape, without the batch axis)")
-    return shape
+
+def _input_shape_help() -> str:
+    """The help of ``--input-shape``: each installed framework's axis order, from its adapter."""
+    orders: dict[str, list[str]] = {}
+    for name, layout in adapters.input_layouts().items():
+        orders.setdefault(layout, []).append(name)
+    said = "; ".join(f"{layout} for {' and '.join(names)}" for layout, names in orders.items())
+    return ("One sample's input shape without the batch axis, in the framework's axis order"
+            + (f" ({said})" if said else "") + "; for checkpoints that do not record it.")
 
 
 def framework_options(f):
@@ -46,8 +48,7 @@ def framework_options(f):
         click.option("--model", "model", default=None, metavar="MODULE:CALLABLE",
                      help="Factory of the architecture for weight-only checkpoints; "
                           "MODULE:CALLABLE(key=value, ...) passes keyword arguments."),
-        click.option("--input-shape", default=None, metavar="C,H,W",
-                     help="Input shape without the batch axis (framework checkpoints)."),
+        click.option("--input-shape", default=None, metavar="SHAPE", help=_input_shape_help()),
         click.option("--tap", type=click.Choice(["linear", "preact"]), default="linear",
                      show_default=True, help="linear: output of Conv/Gemm/MatMul+bias before "
                      "BatchNorm; preact: input of the nonlinearity."),

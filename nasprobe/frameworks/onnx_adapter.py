@@ -33,7 +33,8 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 class OnnxSource:
     """Checkpoints that are already ONNX files: the first one gives the architecture, made
     probe-ready by :func:`nasprobe.onnxgraph.prepare.prepare_model` (old opsets upgraded, half
-    precision widened...; ``provenance`` says what was done, see docs/onnx.md)."""
+    precision widened...; ``provenance`` says what was done, see docs/onnx.md).
+    ``architecture()`` gives a copy of it each call."""
 
     framework = "onnx"
 
@@ -50,8 +51,12 @@ class OnnxSource:
         self._shapes = {t.name: tuple(t.dims) for t in self._first.graph.initializer}
 
     def architecture(self) -> onnx.ModelProto:
-        """The first checkpoint's model, prepared."""
-        return self._first
+        """The first checkpoint's model, prepared: a new copy each call, owned by the caller."""
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self._first)
+        return model
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """The initializers of ``checkpoint``'s file, by name (arrays in the file's dtype), as

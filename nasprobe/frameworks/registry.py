@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from nasprobe.contract import Adapter, BaseAdapter, Checkpoint, CheckpointSource, SourceOptions  # noqa: F401
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import MissingExtraError, NasprobeError
 
 from .onnx_adapter import adapter as onnx_adapter
 
 __all__ = ["GROUP", "DISABLE_ENV", "registered", "names", "get", "extensions", "claimant",
-           "is_checkpoint", "companions", "detect_framework", "open_source", "disabled", "reset"]
+           "is_checkpoint", "companions", "detect_framework", "open_source", "input_layouts",
+           "disabled", "reset"]
 
 #: The entry-point group adapters register under.
 GROUP = "nasprobe.adapters"
@@ -233,8 +234,29 @@ def open_source(checkpoints: list[Checkpoint], framework: str = "auto",
     if framework == "auto":
         framework = detect_framework(c.path for c in checkpoints)
     adapter = get(framework)
-    missing = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
+    missing = [m for m in adapter.requires if not _importable(m)]
     if missing:
-        raise NasprobeError(f"{framework} checkpoints need {', '.join(missing)}: "
-                            f"pip install 'nasprobe[{adapter.extra or framework}]'")
-    return adapter.make_source(list(checkpoints), options)
+        raise MissingExtraError(missing[0], (adapter.extra or framework,),
+                                needed_for=f"reading {framework} checkpoints")
+    source = adapter.make_source(list(checkpoints), options)
+    if not isinstance(source, CheckpointSource):
+        lacks = [a for a in ("framework", "provenance", "architecture", "weights")
+                 if not hasattr(source, a)]
+        raise NasprobeError(f"the {framework} adapter gave a source without {', '.join(lacks)}"
+                            " (see nasprobe.contract.CheckpointSource)")
+    return source
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` (dotted: its packages too) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package of a dotted name is missing
+        return False
+
+
+def input_layouts() -> dict[str, str]:
+    """``{adapter name: axis order of --input-shape}`` for the adapters that take one
+    (:attr:`~nasprobe.contract.Adapter.input_layout`), e.g. ``{"torch": "C,H,W"}``."""
+    return {name: a.input_layout for name, a in _registry().items()
+            if getattr(a, "input_layout", "")}

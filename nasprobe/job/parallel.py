@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Callable, Iterator, Sequence
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, install_hint
 
 from .tasks import EpochTask, Outcome, run_epoch
 
@@ -33,7 +33,7 @@ def _distributed():
         import distributed
     except ImportError as exc:
         raise NasprobeError("--workers and --scheduler need dask and distributed: "
-                            f"pip install 'nasprobe[dask]' ({exc})") from exc
+                            f"{install_hint('distributed')} ({exc})") from exc
     return distributed
 
 

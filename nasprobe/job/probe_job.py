@@ -182,8 +182,10 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
-                  "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256,
-                  **getattr(ctx.source, "provenance", {})}
+                  "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256}
+    # what the adapter says about reading the files (nasprobe.contract.CheckpointSource);
+    # the core's own keys keep their values
+    provenance.update((k, v) for k, v in ctx.source.provenance.items() if k not in provenance)
     if no_preact:
         provenance["no_preact"] = no_preact
     attrs = {"nasprobe_version": __version__, "tap": options.tap,

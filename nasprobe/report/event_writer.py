@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, install_hint
 
 __all__ = ["EventWriter", "LogdirError", "heatmap_rgba", "heatmap_scale", "png_bytes",
            "tensorboard_protos", "EVENT_FILE_PREFIX"]
@@ -85,7 +85,7 @@ def tensorboard_protos():
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
     except ImportError:
         raise LogdirError("writing TensorBoard event files needs the 'tensorboard' package: "
-                          "pip install 'nasprobe[tensorboard]'") from None
+                          f"{install_hint('tensorboard')}") from None
     return event_pb2, summary_pb2, EventFileWriter
 
 

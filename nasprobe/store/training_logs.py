@@ -63,7 +63,7 @@ import os
 import re
 from pathlib import Path
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, install_hint
 
 __all__ = ["TrainingLogError", "read_training_log", "canonical_metric_name", "merge_columns",
            "store_metric_names", "STORE_NAMES", "METRIC_NAMES"]
@@ -232,7 +232,7 @@ def _read_tensorboard(path: Path) -> dict[str, dict[int, float]]:
         from tensorboard.util import tensor_util
     except ImportError:
         raise TrainingLogError(path, "reading TensorBoard event files needs the 'tensorboard' "
-                                     "extra: pip install 'nasprobe[tensorboard]'") from None
+                                     f"package: {install_hint('tensorboard')}") from None
     root = path if path.is_dir() else path.parent
     if path.is_dir():
         folders = sorted({f.parent for f in path.rglob(f"{TB_PREFIX}*") if f.is_file()})

@@ -37,6 +37,7 @@ class FolderSource:
 
     def __init__(self, checkpoints):
         self.onnx = OnnxSource([self.inner(c) for c in checkpoints])
+        self.provenance = {"inner": "model.onnx"}
 
     @staticmethod
     def inner(c):
@@ -161,3 +162,21 @@ def test_probe_options_are_validated_and_hashed_once():
         ProbeOptions("p.npy", tap="post")
     with pytest.raises(NasprobeError, match="batch_size"):
         ProbeOptions("p.npy", batch_size=0)
+
+
+class NoProvenance(contract.BaseAdapter):
+    """A plug-in whose source lacks ``provenance``, which the contract asks for."""
+
+    name = "noprovfw"
+    extensions = (".noprov",)
+    extra = "noprovfw"
+
+    def make_source(self, checkpoints, options):
+        source = FolderSource.__new__(FolderSource)
+        return source
+
+
+def test_a_source_that_breaks_the_contract_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(adapters, "_registry", lambda: {"noprovfw": NoProvenance()})
+    with pytest.raises(NasprobeError, match="noprovfw adapter gave a source without provenance"):
+        adapters.open_source([contract.Checkpoint(tmp_path / "a.noprov", 0)])

@@ -10,7 +10,7 @@ import nasprobe
 from nasprobe import stopping
 from nasprobe.cli import main
 from nasprobe_keras.callbacks import CheckpointCallback
-from nasprobe_keras.early_stopping import NASEarlyStopping
+from nasprobe_keras.early_stopping import NASEarlyStoppingCallback
 
 #: deep NAS of this run saturates within ~20 epochs: a window of 3 epochs with a rise < 0.02
 RULE = dict(rule="plateau", window=3, tol=0.02, sigma=0, patience=1)
@@ -40,7 +40,7 @@ def test_fit_stops_when_the_rule_fires_and_post_hoc_agrees(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     params = {k: v for k, v in RULE.items() if k != "rule"}
-    cb = NASEarlyStopping(x_pr, RULE["rule"], **params)
+    cb = NASEarlyStoppingCallback(x_pr, RULE["rule"], **params)
     hist = model.fit(x_tr, y_tr, epochs=40, batch_size=20, shuffle=False, verbose=0,
                      callbacks=[CheckpointCallback(tmp_path / "run"), cb])
     fired = cb.stop_epoch

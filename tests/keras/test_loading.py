@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from nasprobe.contract import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe_keras import UnsupportedLayerError, export_onnx, make_source
 from tests.keras.conftest import cnn, randomize
@@ -35,7 +35,7 @@ def test_safe_mode_refuses_lambda(lambda_files, index):
 
 def test_trusted_lambda_is_unsupported_by_name(lambda_files):
     with pytest.raises(CheckpointError, match="'double'.*Lambda"):
-        make_source([Checkpoint(lambda_files[0], 1)], trust_pickle=True)
+        make_source([Checkpoint(lambda_files[0], 1)], SourceOptions(trust_pickle=True))
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +93,14 @@ def test_model_factory_with_kwargs(tmp_path, monkeypatch):
     randomize(trained, 3)
     ckpt = Checkpoint(tmp_path / "epoch_3.weights.h5", 3)
     trained.save_weights(ckpt.path)
-    source = make_source([ckpt], model="nk_factory:build(filters=5)")
+    source = make_source([ckpt], SourceOptions(model="nk_factory:build(filters=5)"))
     w = source.weights(ckpt)
     np.testing.assert_array_equal(w["c/kernel"],
                                   np.transpose(trained.get_layer("c").kernel.numpy(), (3, 2, 0, 1)))
     with pytest.raises(CheckpointError, match="c/kernel"):
-        make_source([ckpt], model="nk_factory:build(filters=4)").weights(ckpt)
+        make_source([ckpt], SourceOptions(model="nk_factory:build(filters=4)")).weights(ckpt)
     with pytest.raises(NasprobeError, match="literals"):
-        make_source([ckpt], model="nk_factory:build(filters=os.sep)")
+        make_source([ckpt], SourceOptions(model="nk_factory:build(filters=os.sep)"))
 
 
 def test_unsupported_layer_is_named():

@@ -75,7 +75,7 @@ def test_values_and_last_nas(x, tap):
     assert float(sreg.penalty(x)) == pytest.approx(
         numpy_penalty({k: ref[k] for k in ("c1", "c2")}, "entropy", lam=0.01), rel=1e-5)
     mon = NASMonitor(model, layers=["c2"], tap=tap)
-    np.testing.assert_allclose(mon.nas(x, batch_size=4)["c2"], nas(ref["c2"], -1), atol=1e-5)
+    np.testing.assert_allclose(mon.measure(x, batch_size=4)["c2"], nas(ref["c2"], -1), atol=1e-5)
     # the model is left untouched: activations restored, outputs as before
     assert model.get_layer("c1").activation is keras.activations.relu
     assert "call" not in model.get_layer("r2").__dict__
@@ -180,9 +180,9 @@ def test_fit_reports_loss_with_penalty(x):
     # and with a learning rate, NASReg lowers the NAS of its layers
     wrapped.compile(optimizer=keras.optimizers.Adam(learning_rate=0.05),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    before = {k: np.median(v) for k, v in NASMonitor(model).nas(x).items()}
+    before = {k: np.median(v) for k, v in NASMonitor(model).measure(x).items()}
     wrapped.fit(x, y, batch_size=3, epochs=3, verbose=0)
-    after = {k: np.median(v) for k, v in NASMonitor(model).nas(x).items()}
+    after = {k: np.median(v) for k, v in NASMonitor(model).measure(x).items()}
     assert all(after[k] < before[k] for k in before), (before, after)
 
 

@@ -56,7 +56,7 @@ def test_checkpoint_writer(tmp_path):
 def test_lightning_callback(tmp_path):
     import lightning.pytorch as pl
 
-    from nasprobe_torch.callbacks import NASCheckpointCallback
+    from nasprobe_torch.callbacks import CheckpointCallback
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -86,7 +86,7 @@ def test_lightning_callback(tmp_path):
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1,
-                         callbacks=[NASCheckpointCallback(cb_dir, model=module.net)])
+                         callbacks=[CheckpointCallback(cb_dir, model=module.net)])
     trainer.fit(module, loader, loader)
     assert sorted(p.name for p in cb_dir.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "init.pt",
                                                         "metrics.csv"]

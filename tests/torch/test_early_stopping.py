@@ -41,7 +41,7 @@ def test_plain_loop_stops_when_the_rule_fires_and_post_hoc_agrees(digits, tmp_pa
     net = vanilla_net(**KW)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     params = {k: v for k, v in RULE.items() if k != "rule"}
-    stopper = NASEarlyStopping(net, probe_x, RULE["rule"], **params)
+    stopper = NASEarlyStopping(probe_x, RULE["rule"], model=net, **params)
     writer = CheckpointWriter(tmp_path / "run", net)
     writer.save_init()
     stopper.start()
@@ -125,7 +125,7 @@ def test_lightning_callback_stops_the_trainer(digits):
 
 def test_default_rule_is_the_recommended_one(digits):
     _, _, probe_x = digits
-    stopper = NASEarlyStopping(vanilla_net(**KW), probe_x)
+    stopper = NASEarlyStopping(probe_x, model=vanilla_net(**KW))
     assert stopper.rule == stopping.RECOMMENDED
     assert stopper.params == stopping.DEFAULTS[stopping.RECOMMENDED]
-    assert NASEarlyStopping(vanilla_net(**KW), probe_x, patience=4).params["patience"] == 4
+    assert NASEarlyStopping(probe_x, model=vanilla_net(**KW), patience=4).params["patience"] == 4

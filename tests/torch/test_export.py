@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from nasprobe.contract import SourceOptions
 from nasprobe.frameworks.checkpoints import find_checkpoints
 from nasprobe_torch import make_source
 
@@ -18,7 +19,7 @@ KINDS = list(FACTORIES)
 def _export(kind, folder):
     """(kind, source, torch models of epochs 1 and 2) with the source exported once."""
     torch_models = save_pair(kind, folder)
-    source = make_source(find_checkpoints([folder]), model=FACTORIES[kind])
+    source = make_source(find_checkpoints([folder]), SourceOptions(model=FACTORIES[kind]))
     source.architecture()
     return kind, source, torch_models
 

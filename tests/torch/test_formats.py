@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nasprobe.contract import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe_torch import make_source, models
 
@@ -69,7 +69,8 @@ def test_every_format_yields_the_same_weights_and_misfits_are_named(saved, tmp_p
     """One export (from the plain state dict); every format's weights equal it; checkpoints
     of another architecture are refused naming the file and the tensor."""
     model, files = saved
-    source = make_source([Checkpoint(files["plain"], 0)], model=FACTORY, trust_pickle=True)
+    source = make_source([Checkpoint(files["plain"], 0)],
+                         SourceOptions(model=FACTORY, trust_pickle=True))
     source.architecture()
     reference = source.weights(Checkpoint(files["plain"], 0))
     np.testing.assert_array_equal(reference["conv1.weight"], model.conv1.weight.detach().numpy())
@@ -85,7 +86,8 @@ def test_every_format_yields_the_same_weights_and_misfits_are_named(saved, tmp_p
 def test_self_contained_programs_need_no_model(saved, fmt):
     model, files = saved
     src = make_source([Checkpoint(files[fmt], 0), Checkpoint(files["plain"], 1)],
-                      input_shape=(3, 8, 8) if fmt == "torchscript" else None, trust_pickle=True)
+                      SourceOptions(input_shape=(3, 8, 8) if fmt == "torchscript" else None,
+                                    trust_pickle=True))
     arch = src.architecture()
     assert sum(n.op_type == "BatchNormalization" for n in arch.graph.node) == 4
     taps = linear_outputs(arch)
@@ -120,7 +122,7 @@ def check_other_architecture_names_file_and_tensor(source, tmp_path):
 
 def test_wrong_first_checkpoint_is_refused_before_export(tmp_path):
     torch.save(models.vanilla_net(**TINY).state_dict(), tmp_path / "vanilla.pt")
-    src = make_source([Checkpoint(tmp_path / "vanilla.pt", 0)], model=FACTORY)
+    src = make_source([Checkpoint(tmp_path / "vanilla.pt", 0)], SourceOptions(model=FACTORY))
     with pytest.raises(CheckpointError, match=r"vanilla\.pt.*'bn1\.weight'"):
         src.architecture()
 
@@ -133,6 +135,6 @@ def test_state_dict_without_model_asks_for_model(saved):
 
 def test_missing_input_shape_is_asked_for(saved):
     _, files = saved
-    src = make_source([Checkpoint(files["torchscript"], 0)], trust_pickle=True)
+    src = make_source([Checkpoint(files["torchscript"], 0)], SourceOptions(trust_pickle=True))
     with pytest.raises(NasprobeError, match="--input-shape"):
         src.architecture()

@@ -7,7 +7,7 @@ import builtins
 import pytest
 import torch
 
-from nasprobe.contract import Checkpoint
+from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe_torch import make_source, models
 from nasprobe_torch.loading import (
@@ -39,7 +39,7 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_file(path)
     assert "--trust-pickle" in str(info.value) and "epoch_1.pt" in str(info.value)
-    src = make_source([Checkpoint(path, 1)], model=SequenceNet)
+    src = make_source([Checkpoint(path, 1)], SourceOptions(model=SequenceNet))
     with pytest.raises(CheckpointError, match="--trust-pickle"):
         src.architecture()
     assert not marker.exists()
