@@ -149,7 +149,7 @@ class Adapter(Protocol):
         name: the ``--framework`` value (``"torch"``, ``"keras"``, ...).
         extensions: file suffixes of its checkpoints, lower case, with the dot (``".pt"``); used
             in messages and to strip suffixes before parsing epochs from file names.
-        extra: the pip extra that installs its dependencies (``pip install 'nasprobe[extra]'``);
+        extra: the pip extra that installs its dependencies (``pip install 'nasprobe[<extra>]'``);
             :data:`nasprobe.errors.EXTRAS` names it for each module of ``requires``.
         requires: modules that must be importable for :meth:`make_source` to work; the
             registry checks them first and names ``extra`` when one is missing.

@@ -17,9 +17,6 @@ from nasprobe.errors import NasprobeError, install_hint
 
 __all__ = ["run_demo"]
 
-FIGURES = ("line", "heatmaps", "stripes", "entropy", "corr", "dead", "hist")
-
-
 def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
     """Train, probe and plot into ``out``; returns the paths written.
 
@@ -34,7 +31,7 @@ def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
         raise NasprobeError("the demo trains a network with PyTorch: "
                             f"{install_hint('torch')}")
     from nasprobe.job.probe_job import probe
-    from nasprobe.plots import draw, save
+    from nasprobe.plots import KINDS, draw, save
     from nasprobe.report.html import write_report
     from nasprobe.store.reader import open_store
     from nasprobe.store.training_logs import read_training_log
@@ -55,7 +52,7 @@ def run_demo(out: Path, epochs: int = 30, seed: int = 0) -> dict[str, Path]:
     tree = open_store(store_path)
     written = {"store": store_path}
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for kind in FIGURES:
+    for kind in KINDS:
         path = out / "figures" / f"{kind}.png"
         save(draw(tree, kind), path)
         written[kind] = path

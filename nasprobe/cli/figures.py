@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from nasprobe.errors import NasprobeError
+from nasprobe.plots.kinds import KINDS
 
 from .paths import PathOrUrl
 
@@ -15,12 +16,8 @@ __all__ = ["plot"]
 
 @click.command("plot")
 @click.argument("store", type=PathOrUrl(exists=True))
-@click.option("--kind", required=True,
-              type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy", "dead",
-                                 "hist"]),
-              help="line/stripes/heatmaps: 2021 paper Fig. 2-5; corr: 2020 Fig. 7; "
-                   "entropy: 2020 Fig. 5; dead: share of dead units per layer over epochs; "
-                   "hist: NAS distributions, runs overlaid (one run: ridgeline over epochs).")
+@click.option("--kind", required=True, type=click.Choice(list(KINDS)),
+              help="; ".join(f"{k.name}: {k.about}" for k in KINDS.values()) + ".")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file; the format comes from the suffix: .pdf, .svg or .png.")
 @click.option("--width", type=click.Choice(["single", "double"]), default="double",

@@ -13,7 +13,26 @@ from nasprobe.errors import NasprobeError
 
 from .paths import PathOrUrl
 
-__all__ = ["onsets_command", "parse_params"]
+__all__ = ["onsets_command", "parse_params", "RuleChoice"]
+
+
+class RuleChoice(click.Choice):
+    """The names of :data:`nasprobe.measures.stopping.RULES`, read from there when the option
+    is shown or parsed (so that importing the command line does not import numpy and xarray)."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The rule names, in :data:`~nasprobe.measures.stopping.RULES` order."""
+        from nasprobe.measures.stopping import RULES
+
+        return tuple(RULES)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        """Ignored: the rules come from :mod:`nasprobe.measures.stopping`."""
 
 
 def parse_params(items: tuple[str, ...]) -> dict:
@@ -33,8 +52,7 @@ def parse_params(items: tuple[str, ...]) -> dict:
 
 @click.command("onsets")
 @click.argument("store", type=PathOrUrl(exists=True))
-@click.option("--rule", default=None,
-              type=click.Choice(["rise", "plateau", "creep", "gap", "quantile"]),
+@click.option("--rule", default=None, type=RuleChoice(),
               help="A label-free stopping rule: print the epoch it stops each run at "
                    "(docs/label-free-stopping.md). Without it: loss and NAS onsets.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from nasprobe.plots.kinds import KINDS
+
 from .paths import PathOrUrl
 
 __all__ = ["report_command", "tensorboard_command"]
@@ -17,17 +19,15 @@ __all__ = ["report_command", "tensorboard_command"]
 @click.option("--title", default=None, help="Page title (default: the store's folder name).")
 @click.option("--dpi", default=110, show_default=True, type=click.IntRange(30, 600),
               help="Resolution of the embedded figures, dots per inch.")
-@click.option("--kind", "kinds", multiple=True,
-              type=click.Choice(["line", "stripes", "heatmaps", "corr", "entropy", "dead",
-                                 "hist"]),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(list(KINDS)),
               help="Only these figure kinds (repeatable; default: all).")
 def report_command(store: str, out: str, title: str | None, dpi: int,
                    kinds: tuple[str, ...]) -> None:
     """Write one self-contained HTML report of STORE: every figure, the onset table,
     provenance and a summary of runs, epochs and layers."""
-    from nasprobe.report.html import KINDS, write_report
+    from nasprobe.report.html import write_report
 
-    path = write_report(store, out, title=title, dpi=dpi, kinds=kinds or KINDS)
+    path = write_report(store, out, title=title, dpi=dpi, kinds=kinds or None)
     click.echo(f"report: {path}")
 
 

@@ -6,7 +6,7 @@ images; a Content-Security-Policy forbids fetching any):
 * a summary: runs (epochs probed, loss/accuracy present), layers (kind, channels, locations,
   depth), and a plain warning ``<p class="warning mixed-probe-sets">`` for each run whose
   epochs were measured on different probe sets, naming which epochs used which;
-* every figure kind of :mod:`nasprobe.plots` (:data:`KINDS`) as an ``<img id="fig-<kind>"
+* every figure kind of :data:`nasprobe.plots.KINDS` as an ``<img id="fig-<kind>"
   class="nasprobe-figure">`` with a base64 PNG ``data:`` URI; a kind the store has no data for
   is listed with the reason instead;
 * the onset table of :func:`nasprobe.measures.onsets.onsets`: per run the loss onset, per (run, layer)
@@ -26,28 +26,15 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import xarray as xr
 
 from nasprobe.errors import NasprobeError
+from nasprobe.plots import KINDS
 
-__all__ = ["KINDS", "as_tree", "render_report", "write_report"]
-
-#: Figure kinds drawn into the report, in this order.
-KINDS = ("line", "stripes", "heatmaps", "corr", "entropy", "dead", "hist")
-
-_CAPTIONS = {
-    "line": "Median NAS per layer against epoch (2021 paper line plots).",
-    "stripes": "NAS per layer and epoch as colour stripes.",
-    "heatmaps": "Mean NAS per location (receptive field) per layer.",
-    "corr": "Histogram of filter weight correlations per layer and epoch (2020 paper Fig. 7).",
-    "entropy": "Mean activation entropy per layer against epoch (2020 paper).",
-    "dead": "Share of dead units per layer against epoch: channels never above zero at the "
-            "nonlinearity's input on the whole probe set.",
-    "hist": "NAS distributions per layer: runs overlaid at the last epoch, or for one run a "
-            "ridgeline over epochs (earliest at the bottom).",
-}
+__all__ = ["as_tree", "render_report", "write_report"]
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
@@ -151,7 +138,7 @@ def _figure(tree: xr.DataTree, kind: str, dpi: int) -> tuple[str, bool]:
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<figure><img id="fig-{_e(kind)}" class="nasprobe-figure" alt="{_e(kind)} figure" '
             f'src="data:image/png;base64,{data}"><figcaption><b>{_e(kind)}</b>: '
-            f"{_e(_CAPTIONS.get(kind, ''))}</figcaption></figure>", True)
+            f"{_e(KINDS[kind].caption)}</figcaption></figure>", True)
 
 
 def _onset_cell(value) -> str:
@@ -212,20 +199,21 @@ def _provenance(attrs: dict) -> str:
 
 
 def render_report(store, *, title: str | None = None, dpi: int = 110,
-                  kinds: tuple[str, ...] = KINDS) -> str:
+                  kinds: Sequence[str] | None = None) -> str:
     """The report's HTML text (see the module docstring).
 
     Args:
         store: a store path, its ``xarray.DataTree`` or root ``xarray.Dataset``.
         title: page title (default: the store's folder name).
         dpi: resolution of the embedded PNG figures, dots per inch.
-        kinds: the figure kinds to draw (default: all of :data:`KINDS`).
+        kinds: the figure kinds to draw, names of :data:`nasprobe.plots.KINDS` (default: all,
+            in its order).
     """
     tree = as_tree(store)
     ds = tree.to_dataset(inherit=True)
     if title is None:
         title = Path(store).name if isinstance(store, (str, os.PathLike)) else "nasprobe store"
-    figures = [_figure(tree, kind, dpi) for kind in kinds]
+    figures = [_figure(tree, kind, dpi) for kind in (KINDS if kinds is None else kinds)]
     drawn = sum(ok for _, ok in figures)
     from nasprobe._version import __version__
 

@@ -27,7 +27,8 @@ from PIL import Image
 import nasprobe.cli.report  # noqa: F401  (registers `report` on the command group)
 from nasprobe.cli import main
 from nasprobe.measures.onsets import onsets
-from nasprobe.report.html import KINDS, render_report
+from nasprobe.plots import KINDS
+from nasprobe.report.html import render_report
 from nasprobe.store.reader import open_store
 
 from .figures_data import make_tree
