@@ -121,13 +121,19 @@ def _lightning_callback_class():
             rule: as :class:`NASEarlyStopping`.
             model: the ``nn.Module`` to tap (e.g. ``pl_module.net``); default the
                 ``LightningModule``.
-            **kwargs: as :class:`NASEarlyStopping`.
+            patience, min_epochs, layers, tap, exclude_bias, batch_size, **params: as
+                :class:`NASEarlyStopping`.
 
         ``stopping`` is the :class:`NASEarlyStopping` once fitting started.
         """
 
-        def __init__(self, probe_x, rule: str | None = None, model=None, **kwargs):
-            self.probe_x, self.rule, self.model, self.kwargs = probe_x, rule, model, kwargs
+        def __init__(self, probe_x, rule: str | None = None, model=None, *,
+                     patience: int | None = None, min_epochs: int | None = None, layers=".",
+                     tap: str = "linear", exclude_bias: bool = False,
+                     batch_size: int | None = None, **params):
+            self.probe_x, self.rule, self.model = probe_x, rule, model
+            self.kwargs = dict(patience=patience, min_epochs=min_epochs, layers=layers, tap=tap,
+                               exclude_bias=exclude_bias, batch_size=batch_size, **params)
             self.stopping: NASEarlyStopping | None = None
 
         def on_fit_start(self, trainer, pl_module):

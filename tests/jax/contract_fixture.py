@@ -19,3 +19,21 @@ def tiny_run(folder: Path) -> SourceOptions:
         (folder / f"epoch_{epoch:03d}.msgpack").write_bytes(
             serialization.to_bytes(nnx.to_pure_dict(state)))
     return SourceOptions(model="tests.jax.models:small_cnn")
+
+
+#: Where ``nasprobe_jax.entropy`` keeps channels by default (Flax: channels last).
+CHANNEL_AXIS = -1
+
+
+def tensor(a):
+    """A numpy array as the framework's tensor."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(a)
+
+
+def array(t):
+    """A framework tensor as a numpy array."""
+    import numpy as np
+
+    return np.asarray(t)

@@ -24,3 +24,39 @@ def tiny_run(folder: Path) -> SourceOptions:
         ], name="tiny")
         model.save(folder / f"epoch_{epoch:03d}.keras")
     return SourceOptions()
+
+
+#: Where ``nasprobe_keras.entropy`` and the taps keep channels by default (channels last).
+CHANNEL_AXIS = -1
+
+
+def tensor(a):
+    """A numpy array as the framework's tensor."""
+    from keras import ops
+
+    return ops.convert_to_tensor(a)
+
+
+def array(t):
+    """A framework tensor as a numpy array."""
+    from keras import ops
+
+    return ops.convert_to_numpy(t)
+
+
+def tiny_model():
+    """``(model, probe inputs)`` for the training helpers (``NASMonitor``, ``TapCapture``...)."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        layers.Conv2D(3, 3, activation="relu", name="conv"),
+        layers.Flatten(name="flat"),
+        layers.Dense(4, activation="relu", name="fc"),
+        layers.Dense(2, name="head"),
+    ], name="tiny")
+    x = np.random.default_rng(0).standard_normal((5, 6, 6, 2)).astype(np.float32)
+    return model, x

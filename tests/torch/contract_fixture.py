@@ -22,3 +22,32 @@ def tiny_run(folder: Path) -> SourceOptions:
         net = vanilla_net(widths=(3, 3, 4, 4, 5), in_channels=1, classes=3, input_size=8)
         torch.save(net.state_dict(), folder / f"epoch_{epoch:03d}.pt")
     return SourceOptions(model=MODEL, input_shape=(1, 8, 8))
+
+
+#: Where ``nasprobe_torch.entropy`` and the taps keep channels by default (NCHW).
+CHANNEL_AXIS = 1
+
+
+def tensor(a):
+    """A numpy array as the framework's tensor."""
+    import torch
+
+    return torch.as_tensor(a)
+
+
+def array(t):
+    """A framework tensor as a numpy array."""
+    return t.detach().cpu().numpy()
+
+
+def tiny_model():
+    """``(model, probe inputs)`` for the training helpers (``NASMonitor``, ``TapCapture``...)."""
+    import numpy as np
+    import torch
+
+    from nasprobe_torch.models import vanilla_net
+
+    torch.manual_seed(0)
+    net = vanilla_net(widths=(3, 3, 4, 4, 5), in_channels=1, classes=3, input_size=8)
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    return net, x
