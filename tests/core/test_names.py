@@ -83,27 +83,40 @@ def test_an_unknown_rule_is_refused_naming_every_rule():
 
 # -- extras -----------------------------------------------------------------------------------
 
+def _distributions(module: str) -> set[str]:
+    """The distributions that provide the top-level ``module`` (by the installed metadata
+    where it is installed, else the module's own name)."""
+    found = {d.lower() for d in importlib.metadata.packages_distributions().get(module, [])}
+    found |= {module, module.replace("_", "-")}
+    if module == "onnxruntime":  # onnxruntime-gpu installs the same module
+        found.add("onnxruntime-gpu")
+    return found
+
+
 @pytest.mark.parametrize("module", sorted(EXTRAS))
 def test_each_extra_named_for_a_module_installs_it(module):
     """Every extra EXTRAS names exists in pyproject.toml and requires a distribution that
-    provides the module (found by the installed metadata where the module is installed)."""
-    provided = {d.lower() for d in importlib.metadata.packages_distributions().get(module, [])}
-    provided |= {module, module.replace("_", "-")}
-    if module == "onnxruntime":  # onnxruntime-gpu installs the same module
-        provided |= {"onnxruntime", "onnxruntime-gpu"}
+    provides the module."""
     for extra in EXTRAS[module]:
         assert extra in OPTIONAL, (module, extra)
-        assert provided & {_name(r) for r in OPTIONAL[extra]}, (module, extra, OPTIONAL[extra])
+        assert _distributions(module) & {_name(r) for r in OPTIONAL[extra]}, (module, extra)
 
 
 @pytest.mark.parametrize("name", adapters.names())
 def test_each_adapter_extra_installs_what_it_requires(name):
+    """An adapter's ``extra`` is an extra of pyproject.toml that installs each module of its
+    ``requires`` (or the module comes with nasprobe itself), and EXTRAS knows every such
+    optional module, so that a failed import of it names an extra."""
     adapter = adapters.get(name)
     core = {_name(r) for r in PYPROJECT["dependencies"]}
     assert adapter.extra in OPTIONAL, (name, adapter.extra)
+    extra = {_name(r) for r in OPTIONAL[adapter.extra]}
     for module in adapter.requires:
         top = module.partition(".")[0]
-        assert top in core or adapter.extra in EXTRAS.get(top, ()), (name, module)
+        if _distributions(top) & core:
+            continue
+        assert _distributions(top) & extra, (name, module, adapter.extra)
+        assert top in EXTRAS, (name, module)
 
 
 @pytest.mark.parametrize("module", sorted(EXTRAS))
