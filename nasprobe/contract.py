@@ -179,7 +179,7 @@ class Adapter(Protocol):
                     ) -> CheckpointSource:
         """The source of one run's checkpoints (sorted by epoch, not empty). The framework is
         imported here, never when the adapter object itself is imported. Every adapter
-        package also exports a function of this signature (``nasprobe_torch.make_source``)."""
+        package also exports a function of this signature (``make_source`` in the package)."""
         ...
 
     def train_demo(self, folder: Path, *, epochs: int, seed: int) -> dict:
