@@ -68,6 +68,13 @@ def test_the_cli_help_of_plot_names_the_paper_figure_of_each_kind():
         assert f"{k.name}: {k.about}" in " ".join(out.split())
 
 
+def test_the_docs_list_every_kind():
+    table = re.findall(r"^\| `([a-z]+)` \| ", (ROOT / "docs" / "cli.md").read_text(), re.M)
+    synopsis = re.search(r"nasprobe plot STORE --kind ([a-z|]+)", (ROOT / "README.md").read_text())
+    assert [k for k in table if k in plots.KINDS] == list(plots.KINDS)
+    assert synopsis.group(1).split("|") == list(plots.KINDS)
+
+
 # -- stopping rules ---------------------------------------------------------------------------
 
 def test_onsets_offers_the_rules_of_nasprobe_stopping():
