@@ -62,6 +62,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tensorboard": ("tensorboard",),
     "dask": ("dask",), "distributed": ("dask",),
     "lightning": ("lightning",),
+    "transformers": ("hf",),
     "s3fs": ("s3",), "gcsfs": ("gcs",), "adlfs": ("azure",),
 }
 

@@ -63,8 +63,11 @@ class HFSource:
         return self._exported
 
     def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once, then cached)."""
-        return self.exported().model
+        """The ONNX model with the first checkpoint's weights (exported once): a new copy each
+        call, which the caller owns."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.exported().model)
+        return model
 
     def layers(self) -> list[str]:
         """The module paths of the graph's linear operators, in graph order."""

@@ -17,7 +17,8 @@ from .loading import build_module, fit_state, read_checkpoint
 
 __all__ = ["JaxSource", "make_source"]
 
-#: The axis order of ``--input-shape`` (Flax's channels-last convolutions).
+#: The axis order of ``--input-shape`` (Flax's channels-last convolutions; the plug-in's
+#: ``input_layout``).
 LAYOUT = "H,W,C"
 
 

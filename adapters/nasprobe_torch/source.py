@@ -20,7 +20,7 @@ __all__ = ["make_source", "TorchSource"]
 
 SELF_CONTAINED = (nn.Module, torch.export.ExportedProgram)
 
-#: The axis order of ``--input-shape`` (PyTorch's own).
+#: The axis order of ``--input-shape`` (PyTorch's own; the plug-in's ``input_layout``).
 LAYOUT = "C,H,W"
 
 

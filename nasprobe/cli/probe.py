@@ -28,14 +28,12 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return parse_shape(text or None)
 
 
-def _input_shape_help() -> str:
-    """The help of ``--input-shape``: each installed framework's axis order, from its adapter."""
-    orders: dict[str, list[str]] = {}
-    for name, layout in adapters.input_layouts().items():
-        orders.setdefault(layout, []).append(name)
-    said = "; ".join(f"{layout} for {' and '.join(names)}" for layout, names in orders.items())
-    return ("One sample's input shape without the batch axis, in the framework's axis order"
-            + (f" ({said})" if said else "") + "; for checkpoints that do not record it.")
+#: The help of ``--input-shape``. Each adapter declares its axis order (``input_layout``);
+#: they are written out here because ``--help`` imports no plug-in (tests/core/test_names.py
+#: checks that every installed adapter's order is named).
+INPUT_SHAPE_HELP = ("One sample's input shape without the batch axis, in the framework's axis "
+                    "order: C,H,W for torch, H,W,C for keras and jax; for checkpoints that do "
+                    "not record it.")
 
 
 def framework_options(f):
@@ -48,7 +46,7 @@ def framework_options(f):
         click.option("--model", "model", default=None, metavar="MODULE:CALLABLE",
                      help="Factory of the architecture for weight-only checkpoints; "
                           "MODULE:CALLABLE(key=value, ...) passes keyword arguments."),
-        click.option("--input-shape", default=None, metavar="SHAPE", help=_input_shape_help()),
+        click.option("--input-shape", default=None, metavar="SHAPE", help=INPUT_SHAPE_HELP),
         click.option("--tap", type=click.Choice(["linear", "preact"]), default="linear",
                      show_default=True, help="linear: output of Conv/Gemm/MatMul+bias before "
                      "BatchNorm; preact: input of the nonlinearity."),

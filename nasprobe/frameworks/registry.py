@@ -38,8 +38,7 @@ from nasprobe.errors import MissingExtraError, NasprobeError
 from .onnx_adapter import adapter as onnx_adapter
 
 __all__ = ["GROUP", "DISABLE_ENV", "registered", "names", "get", "extensions", "claimant",
-           "is_checkpoint", "companions", "detect_framework", "open_source", "input_layouts",
-           "disabled", "reset"]
+           "is_checkpoint", "companions", "detect_framework", "open_source", "disabled", "reset"]
 
 #: The entry-point group adapters register under.
 GROUP = "nasprobe.adapters"
@@ -254,9 +253,3 @@ def _importable(module: str) -> bool:
     except ModuleNotFoundError:  # a parent package of a dotted name is missing
         return False
 
-
-def input_layouts() -> dict[str, str]:
-    """``{adapter name: axis order of --input-shape}`` for the adapters that take one
-    (:attr:`~nasprobe.contract.Adapter.input_layout`), e.g. ``{"torch": "C,H,W"}``."""
-    return {name: a.input_layout for name, a in _registry().items()
-            if getattr(a, "input_layout", "")}

@@ -88,6 +88,19 @@ def test_an_unknown_rule_is_refused_naming_every_rule():
     assert all(r in str(info.value) for r in stopping.RULES)
 
 
+# -- input shapes -----------------------------------------------------------------------------
+
+def test_the_input_shape_help_names_each_adapters_axis_order():
+    from nasprobe.cli.probe import INPUT_SHAPE_HELP
+
+    said = {}
+    for layout, names in re.findall(r"([A-Z](?:,[A-Z])+) for ([a-z]+(?: and [a-z]+)*)",
+                                    INPUT_SHAPE_HELP):
+        said.update((n, layout) for n in names.split(" and "))
+    layouts = {n: a.input_layout for n, a in adapters.registered().items() if a.input_layout}
+    assert layouts and {n: said.get(n) for n in layouts} == layouts
+
+
 # -- extras -----------------------------------------------------------------------------------
 
 def _distributions(module: str) -> set[str]:

@@ -177,6 +177,6 @@ class NoProvenance(contract.BaseAdapter):
 
 
 def test_a_source_that_breaks_the_contract_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(adapters, "_registry", lambda: {"noprovfw": NoProvenance()})
+    monkeypatch.setattr(adapters, "get", lambda name: NoProvenance())
     with pytest.raises(NasprobeError, match="noprovfw adapter gave a source without provenance"):
-        adapters.open_source([contract.Checkpoint(tmp_path / "a.noprov", 0)])
+        adapters.open_source([contract.Checkpoint(tmp_path / "a.noprov", 0)], "noprovfw")
