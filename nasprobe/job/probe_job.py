@@ -38,9 +38,10 @@ from nasprobe.frameworks.checkpoints import (
     parse_epoch,
 )
 from nasprobe.frameworks.registry import is_checkpoint
+from nasprobe.store.download_cache import local_copy
 from nasprobe.store.layer_check import PlannedRun, check_layers
 from nasprobe.store.layout import LayerInfo
-from nasprobe.store.storage import checked_path, is_url, local_copy, location
+from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import RunWriter, Store, new_job_id
 
 from .options import ProbeOptions
@@ -49,6 +50,7 @@ from .tasks import (
     Outcome,
     RunSpec,
     context,
+    forget_remote,
     run_epoch,
 )
 
@@ -260,6 +262,8 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
     if workers is not None and scheduler is not None:
         raise NasprobeError("give --workers or --scheduler, not both")
     _check_out(out)
+    if is_url(str(options.probe)) or any(is_url(checked_path(c)) for c in checkpoints):
+        forget_remote()  # objects may have been rewritten since this process last read them
     origin: dict[str, str] = {}  # local copy → URL, for checkpoints on object storage
     local = []
     for c in checkpoints:
@@ -308,7 +312,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
 
 def _origin(path: Path, origin: dict[str, str] | None) -> str:
     """The URL a downloaded file or folder came from (tasks fetch it again where they run, see
-    :func:`nasprobe.store.storage.local_copy`), else the local path."""
+    :func:`nasprobe.store.download_cache.local_copy`), else the local path."""
     text = str(Path(path).resolve())
     for local, url in (origin or {}).items():
         if text == local or text.startswith(local + os.sep):

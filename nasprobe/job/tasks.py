@@ -35,7 +35,8 @@ from nasprobe.measures.kernels import available as kernels_available
 from nasprobe.onnxgraph.nas_graph import ACT_PREFIX, build_probe_graph, build_tap_graph
 from nasprobe.onnxgraph.taps import Tap, find_taps
 from nasprobe.probesets import ProbeSet, load_probe_set
-from nasprobe.store.storage import local_copy
+from nasprobe.store.download_cache import local_copy
+from nasprobe.store.storage import is_url
 
 from . import pipeline
 from .options import ProbeOptions
@@ -43,7 +44,7 @@ from .pipeline import cpu_streams, prefetched, sub_batch_size, tap_bytes_per_ima
 from .runtime import CPU, CUDA, TappedModel, intra_op_threads, run_batch, select_providers
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "EpochResult", "context", "run_epoch",
-           "probe_epoch", "output_kind", "host_nas", "reading", "CACHE_SIZE"]
+           "probe_epoch", "output_kind", "host_nas", "reading", "CACHE_SIZE", "forget_remote"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -238,6 +239,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
 
 _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
 _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
+#: Keys of the contexts built from a URL (see :func:`forget_remote`).
+_REMOTE: set[str] = set()
 
 
 def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32) -> ProbeSet:
@@ -331,15 +334,33 @@ def host_nas(nas_on: str, provider: str = CPU) -> bool:
     return nas_on == "host"
 
 
+def forget_remote() -> None:
+    """Drop this process's cached contexts and probe sets that came from URLs: a new probe job
+    reads remote objects again (they may have been rewritten since the last job)."""
+    for k in [k for k in _CONTEXTS if k in _REMOTE]:
+        del _CONTEXTS[k]
+    for k in [k for k in _PROBESETS if is_url(str(k[0]))]:
+        del _PROBESETS[k]
+    _REMOTE.clear()
+
+
 def context(spec: RunSpec) -> RunContext:
-    """The run's :class:`RunContext`, from this process's cache or built (and cached)."""
+    """The run's :class:`RunContext`, from this process's cache or built (and cached). A
+    cached context whose remote probe set has another hash than the job's is built again (a
+    long-lived Dask worker after the object was rewritten)."""
     key = spec.key
     ctx = _CONTEXTS.get(key)
+    if ctx is not None and spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256 \
+            and is_url(spec.options.probe):
+        forget_remote()
+        ctx = None
     if ctx is None:
         while len(_CONTEXTS) >= CACHE_SIZE:  # evict first: never CACHE_SIZE + 1 alive at once
             _CONTEXTS.popitem(last=False)
         ctx = _build(spec)
         _CONTEXTS[key] = ctx
+        if is_url(str(spec.options.probe)) or any(is_url(str(p)) for p, _ in spec.checkpoints):
+            _REMOTE.add(key)
     _CONTEXTS.move_to_end(key)
     if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
         raise ProbeSetError(spec.options.probe, "changed while it was being probed (sha256 "

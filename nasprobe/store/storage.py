@@ -16,10 +16,8 @@ own configuration (environment, config files), never from nasprobe.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -27,8 +25,7 @@ from pathlib import Path
 
 from nasprobe.errors import NasprobeError
 
-__all__ = ["Location", "location", "is_url", "checked_path", "local_copy", "cache_dir",
-           "quiet_zarr_warnings"]
+__all__ = ["Location", "location", "is_url", "checked_path", "quiet_zarr_warnings"]
 
 
 def quiet_zarr_warnings() -> None:
@@ -208,58 +205,3 @@ def location(path: str | os.PathLike) -> Location:
     if is_url(text):
         return Location(text.rstrip("/") or text)
     return Location(str(Path(text).expanduser().absolute()))
-
-
-def cache_dir() -> Path:
-    """Where downloaded checkpoints and probe sets are kept: ``$NASPROBE_CACHE``, else a
-    ``nasprobe-cache`` folder in the system's temporary directory."""
-    return Path(os.environ.get("NASPROBE_CACHE") or Path(tempfile.gettempdir()) / "nasprobe-cache")
-
-
-def local_copy(path: str | os.PathLike) -> Path:
-    """A local path for ``path``: itself when local; for a URL, a copy of the file or folder
-    downloaded through fsspec into :func:`cache_dir` (files whose size changed, or that are
-    missing, are fetched again; each appears whole, written to a temporary name first).
-
-    Raises:
-        NasprobeError: the URL does not exist or cannot be read (the backend's message).
-    """
-    text = checked_path(path)
-    if not is_url(text):
-        return Path(text)
-    text = text.rstrip("/")
-    if text in _COPIES and _COPIES[text].exists():
-        return _COPIES[text]
-    loc = location(text)
-    fs, root = loc.fs, loc.root
-    name = root.rstrip("/").rsplit("/", 1)[-1] or "root"
-    dest = cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / name
-    try:
-        if fs.isdir(root):
-            for info in fs.find(root, detail=True).values():
-                rel = info["name"][len(root.rstrip("/")) + 1:]
-                _fetch(fs, info, dest / rel)
-                _COPIES[f"{text}/{rel}"] = dest / rel
-            dest.mkdir(parents=True, exist_ok=True)
-        else:
-            _fetch(fs, fs.info(root), dest)
-        _COPIES[text] = dest
-    except (OSError, ValueError) as exc:
-        raise NasprobeError(f"{text}: cannot be read ({exc})") from exc
-    return dest
-
-
-#: URL → local copy made by this process (a file of a folder downloaded whole is found here).
-_COPIES: dict[str, Path] = {}
-
-
-def _fetch(fs, info: dict, dest: Path) -> None:
-    if dest.exists() and dest.stat().st_size == info.get("size"):
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
-    try:
-        fs.get_file(info["name"], str(tmp))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
