@@ -4,9 +4,10 @@ A :class:`Location` names a folder on a local disk or on an object store and doe
 operations the store needs: read, write (whole objects, atomically), list, and *create
 exclusively* — the one atomic step the lock-free store relies on (see docs/store-design.md).
 Local paths go through the operating system (``os.link`` of a fully written temporary file,
-which fails when the target exists), URLs through fsspec's ``pipe_file(mode="create")``
-(``If-None-Match: *`` on S3). zarr reads and writes arrays through its own ``LocalStore`` or
-``FsspecStore`` (:meth:`Location.zarr_store`).
+which fails when the target exists; ``O_CREAT|O_EXCL`` where hard links are not supported),
+URLs through fsspec's ``pipe_file(mode="create")`` (``If-None-Match: *`` on S3).
+:meth:`Location.exclusive_creates` tests once whether a backend honours it. zarr reads and
+writes arrays through its own ``LocalStore`` or ``FsspecStore`` (:meth:`Location.zarr_store`).
 
 A string with ``://`` is always a URL, never a local path; a path that looks like a URL that
 lost a slash (``s3:/bucket``, what ``pathlib`` makes of ``s3://bucket``) is refused, so a
@@ -16,14 +17,17 @@ own configuration (environment, config files), never from nasprobe.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, StoreError
 
 __all__ = ["Location", "location", "is_url", "checked_path", "quiet_zarr_warnings"]
 
@@ -170,33 +174,121 @@ class Location:
             self.fs.pipe({self.key(k): v for k, v in items.items()})
 
     def create(self, data: bytes, *parts: str) -> bool:
-        """Create object ``parts`` only if it does not exist yet, atomically: of several
-        processes racing, exactly one gets True. The object appears with all its bytes."""
+        """Create object ``parts`` only if it does not exist yet: of several processes racing,
+        exactly one gets True (where the backend makes creates exclusive; see
+        :meth:`exclusive_creates`). A local object appears with all its bytes.
+
+        Raises:
+            StoreError: the object cannot be written (permissions, a full disk, an object
+                store that stays busy), naming it.
+        """
+        return self._create(data, *parts)[0]
+
+    def _create(self, data: bytes, *parts: str) -> tuple[bool, bool]:
+        """(created, exclusively): ``exclusively`` is False where the backend has no
+        create-only write and an exists-then-write stood in for it."""
+        if self.local:
+            return _create_local(self.path().joinpath(*parts), data), True
+        key = self.key(*parts)
+        for attempt in range(_BUSY_RETRIES):
+            try:
+                self.fs.pipe_file(key, data, mode="create")
+                return True, True
+            except FileExistsError:
+                return False, True
+            except (TypeError, NotImplementedError):
+                break  # a backend without create-only writes (no ``mode`` argument)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:  # S3 409: another conditional write in flight
+                    time.sleep(0.02 * 2 ** attempt)
+                    continue
+                if exc.errno == errno.ENOSYS:  # S3 501: the server has no If-None-Match
+                    break
+                raise StoreError(key, f"cannot be written: {exc}") from exc
+        else:
+            if self.exists(*parts):
+                return False, True
+            raise StoreError(key, f"the object store answered 'busy' (409) {_BUSY_RETRIES} "
+                             "times to a create-only write; try again")
+        # Check, then write: not atomic; see exclusive_creates and docs/store-design.md.
+        if self.exists(*parts):
+            return False, False
+        try:
+            self.fs.pipe_file(key, data)
+        except OSError as exc:
+            raise StoreError(key, f"cannot be written: {exc}") from exc
+        return True, False
+
+    def exclusive_creates(self) -> str | None:
+        """Test, once, that this folder's backend makes :meth:`create` exclusive: one probe
+        object is created twice, and the second create must fail. None when it holds, else
+        why not (the probe object is removed either way).
+
+        Raises:
+            StoreError: the probe object cannot be written.
+        """
+        name = f".nasprobe-exclusive-{uuid.uuid4().hex}"
+        try:
+            first, atomic = self._create(b"1", name)
+            second, _ = self._create(b"2", name)
+        finally:
+            self.remove(name)
+        if not atomic:
+            return "the backend has no create-only write (checked, then written)"
+        if not first or second:
+            return "a second create-only write of one object succeeded"
+        return None
+
+    def remove(self, *parts: str) -> None:
+        """Delete object or folder ``parts`` (recursively; a link is removed, never followed);
+        nothing happens when it does not exist."""
         if self.local:
             target = self.path().joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            tmp.write_bytes(data)
-            try:
-                os.link(tmp, target)  # atomic and exclusive, also on NFS
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
-        key = self.key(*parts)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+            return
         try:
-            self.fs.pipe_file(key, data, mode="create")
-            return True
-        except FileExistsError:
-            return False
-        except (TypeError, NotImplementedError):
-            # A backend without exclusive creates: check, then write. Not atomic, but a marker
-            # always names a job whose data is whole, so racing jobs still never mix values.
-            if self.exists(*parts):
-                return False
-            self.fs.pipe_file(key, data)
-            return True
+            self.fs.rm(self.key(*parts), recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+#: Create-only writes answered 'busy' (S3's 409 for a conditional write in flight) are tried
+#: this many times, with a growing pause (about 5 s in all).
+_BUSY_RETRIES = 8
+
+
+def _create_local(target: Path, data: bytes) -> bool:
+    """Exclusive create of a local file: a fully written temporary file hard-linked to the
+    target (``os.link`` fails when the target exists, also on NFS; the file appears whole);
+    where the file system has no hard links (vfat, many FUSE mounts), ``O_CREAT|O_EXCL``."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        tmp.write_bytes(data)
+    except OSError as exc:
+        raise StoreError(target, f"cannot be written: {exc}") from exc
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass  # no hard links here: fall back to an exclusive open
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o666)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreError(target, f"cannot be written: {exc}") from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def location(path: str | os.PathLike) -> Location:

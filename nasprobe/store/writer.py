@@ -108,6 +108,8 @@ def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images:
     return grp
 
 
+#: Per process: store URL → why its create-only writes are not exclusive (None: they are).
+_EXCLUSIVE: dict[str, str | None] = {}
 #: Per process: (store, run, job) → (in-memory copy of the job group's metadata, its dict).
 _TEMPLATES: dict[tuple, tuple] = {}
 
@@ -148,9 +150,22 @@ class Store:
         """True when a store (any layout) is at the path."""
         return self.loc.exists("zarr.json")
 
+    def check_exclusive(self) -> str | None:
+        """Test once per process whether this store's backend makes create-only writes
+        exclusive (:meth:`nasprobe.storage.Location.exclusive_creates`); where it does not,
+        warn that only one job at a time may write the store. Returns why not, or None."""
+        if self.loc.url not in _EXCLUSIVE:
+            why = _EXCLUSIVE[self.loc.url] = self.loc.exclusive_creates()
+            if why:
+                warnings.warn(f"{self.path}: create-only writes are not exclusive on this "
+                              f"storage ({why}); jobs writing this store at the same time could "
+                              "mix runs, so run one job at a time on it", stacklevel=3)
+        return _EXCLUSIVE[self.loc.url]
+
     def create_or_check(self, attrs: dict, force: bool = False) -> None:
         """Create the store, or check that an existing one was written with the same probe set,
         tap mode and bias setting (``force`` allows another probe set)."""
+        self.check_exclusive()
         if self.exists():
             layout = store_layout(self.loc)
             if layout != LAYOUT:
