@@ -7,10 +7,25 @@ The command line prints them to stderr without a traceback and exits with status
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = ["JobFailedError", "NasprobeError", "CheckpointError", "NoCheckpointError", "EpochError",
            "ProbeSetError", "GraphError", "StoreError", "MissingExtraError", "EXTRAS",
-           "install_hint"]
+           "install_hint", "printable"]
+
+
+#: Characters that a terminal may act on: C0 controls but tab and newline, DEL, C1 controls,
+#: and the bidirectional overrides and isolates that reorder what is shown.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text) -> str:
+    r"""``text`` made safe to print on a terminal: each control character (an escape sequence's
+    ``ESC``, a carriage return, a bidirectional override...) written as ``\xNN`` or
+    ``\uNNNN``, so that names read from a file someone else wrote cannot move the cursor,
+    retitle the window or hide text. Tabs and newlines are kept."""
+    return _UNSAFE.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                  else f"\\u{ord(m.group()):04x}"), str(text))
 
 
 class NasprobeError(Exception):

@@ -15,7 +15,7 @@ import sys
 import click
 
 from nasprobe._version import __version__
-from nasprobe.errors import JobFailedError, MissingExtraError, NasprobeError
+from nasprobe.errors import JobFailedError, MissingExtraError, NasprobeError, printable
 
 from .doctor import doctor
 from .figures import plot
@@ -29,10 +29,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except NasprobeError as exc:
-            click.echo(f"nasprobe: error: {exc}", err=True)
+            click.echo(f"nasprobe: error: {printable(exc)}", err=True)
             sys.exit(2)
         except JobFailedError as exc:
-            click.echo(f"nasprobe: failed (not a problem with the input): {exc}", err=True)
+            click.echo(f"nasprobe: failed (not a problem with the input): {printable(exc)}",
+                       err=True)
             sys.exit(1)
         except ImportError as exc:  # an optional dependency (an extra) not installed
             missing = MissingExtraError.from_import(exc)

@@ -31,6 +31,7 @@ from nasprobe.errors import (
     NasprobeError,
     NoCheckpointError,
     StoreError,
+    printable,
 )
 from nasprobe.frameworks.checkpoints import (
     checkpoints_in,
@@ -149,9 +150,20 @@ class _Plan:
     epochs: list[int]
     provenance: dict
     attrs: dict
+    source: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
     nonfinite: dict[str, list[str]] = field(default_factory=dict)
     writer: RunWriter | None = None
+
+
+def _run_source(inputs: list[Path], origin: dict[str, str] | None) -> str:
+    """What identifies a run's checkpoints in the store: the run folder (resolved path, or
+    the URL it was downloaded from), or the folder of its first checkpoint."""
+    first = inputs[0]
+    if first.is_dir() and not is_checkpoint(first):
+        return _origin(first.resolve(), origin)
+    where = _origin(first.resolve(), origin)
+    return where.rsplit("/", 1)[0] if is_url(where) else str(Path(where).parent)
 
 
 def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error,
@@ -194,7 +206,8 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
              "exclude_bias": bool(options.exclude_bias), "probe_sha256": ctx.probeset.sha256,
              "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
              "framework": ctx.source.framework}
-    return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs, skipped)
+    return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs,
+                 _run_source(inputs, origin), skipped)
 
 
 def _without_preact(ctx, options: ProbeOptions, run: str) -> list[str]:
@@ -235,7 +248,10 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         epoch_regex: overrides the epoch patterns of file names.
         on_error: ``fail`` stops at the first bad checkpoint; ``skip`` records it under the
             run's ``skipped`` provenance and goes on with the other epochs.
-        force: allow a store written with another probe set.
+        force: allow a store written with another probe set, and replace (delete) a run of
+            the default name (the folder's) whose epochs came from another checkpoint folder;
+            without it such a run is refused. A run named with ``run`` takes checkpoints of
+            any folder (the folders are joined on purpose).
         progress: a progress bar over finished (run, epoch) tasks on stderr.
         workers: run the tasks on a new local Dask cluster of this many processes.
         scheduler: run them on an existing Dask scheduler (``tcp://HOST:PORT`` or a Client).
@@ -285,6 +301,17 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
     if not plans:
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
+    named = bool(run)  # --run NAME: folders join that run on purpose
+    for plan in plans:  # two experiments under one default run name: refused (--force: replaced)
+        old, gone = store.check_run_source(plan.spec.run, plan.source, force=force, named=named)
+        if gone:
+            print(f"nasprobe: run {printable(plan.spec.run)}: deleted its {gone} stored epochs "
+                  f"of {printable(old)} (--force) to replace them with {printable(plan.source)}",
+                  file=sys.stderr)
+        elif old is not None:
+            print(f"nasprobe: run {printable(plan.spec.run)}: adding checkpoints of "
+                  f"{printable(plan.source)} to the run started from {printable(old)} (--run "
+                  "names it)", file=sys.stderr)
     check_layers(store.loc, [PlannedRun(p.spec.run, str(p.spec.checkpoints[0][0]), p.infos,
                                         p.epochs) for p in plans])
     for plan in plans:
@@ -296,7 +323,10 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         plan.writer = store.open_run(
             plan.spec.run, plan.epochs, plan.infos, kept, plan.provenance, job=job,
             attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source",
-                                              "probe_sha256")})
+                                              "probe_sha256")}, source=plan.source, named=named)
+        done = len(plan.writer.done or ())
+        print(f"nasprobe: run {printable(plan.spec.run)}: {len(plan.writer.todo)} epochs to "
+              f"probe, {done} skipped as already in {printable(store.path)}", file=sys.stderr)
         paths = {epoch: path for path, epoch in plan.spec.checkpoints}
         tasks += [EpochTask(plan.spec, paths[epoch], epoch, plan.writer)
                   for epoch in plan.writer.todo]

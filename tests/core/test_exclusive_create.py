@@ -17,8 +17,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import nasprobe
 from nasprobe.cli import main
-from nasprobe.store.storage import location
 from nasprobe.store.runs import committed_epochs
+from nasprobe.store.storage import location
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
