@@ -154,38 +154,49 @@ def _number(text: str, path: Path, where: str) -> float:
         raise TrainingLogError(path, f"{where}: {text!r} is not a number") from None
 
 
+#: Epochs (and steps) are stored as 64-bit integers; a log's must be whole numbers below this
+#: in magnitude (2**53: every such number is exact as a float too).
+MAX_EPOCH = 2 ** 53
+
+
 def _epoch(value, path: Path, where: str) -> int:
-    """A whole, finite epoch number from a log cell (text or JSON value)."""
+    """A whole, finite epoch number of bounded size from a log cell (text or JSON value)."""
     try:
         number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
     if number is None or not math.isfinite(number) or number != int(number):
         raise TrainingLogError(path, f"{where}: epoch {value!r} is not a whole number")
+    if abs(number) >= MAX_EPOCH:
+        raise TrainingLogError(path, f"{where}: epoch {value!r} is out of range (an epoch or "
+                                     "step must be below 2**53 in magnitude)")
     return int(number)
 
 
 def _read_csv(path: Path) -> dict[str, dict[int, float]]:
+    """Columns of a CSV log. Each row costs the cells it has (a row shorter than a wide
+    header is not padded to it), so the time grows with the file's size, not header × rows."""
     text = path.read_text(encoding="utf-8-sig")
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else "", delimiters=",;\t")
+    lines = text.splitlines()
+    try:  # the first line's first 4 kB tell the separator
+        dialect = csv.Sniffer().sniff(lines[0][:4096] if lines else "", delimiters=",;\t")
         delimiter = dialect.delimiter
     except csv.Error:
         delimiter = ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    fields = [f.strip() for f in (reader.fieldnames or [])]
+    reader = csv.reader(lines, delimiter=delimiter)
+    fields = [f.strip() for f in next(reader, [])]
     if "epoch" not in fields:
         raise TrainingLogError(path, f"no 'epoch' column (columns: {', '.join(fields) or 'none'})")
+    at = fields.index("epoch")
     columns: dict[str, dict[int, float]] = {f: {} for f in fields if f not in _INDEX_COLUMNS}
     for line, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not row.get("epoch"):
-            continue  # Lightning rows logged outside an epoch
-        epoch_value = _epoch(row["epoch"], path, f"line {line}")
-        for name in columns:
-            cell = row.get(name, "")
-            if cell != "":
-                columns[name][int(epoch_value)] = _number(cell, path, f"line {line}, column {name}")
+        if len(row) <= at or not row[at].strip():
+            continue  # Lightning rows logged outside an epoch, blank lines
+        epoch = _epoch(row[at].strip(), path, f"line {line}")
+        for name, cell in zip(fields, row):  # the cells the row has; later duplicates win
+            cell = cell.strip()
+            if cell != "" and name in columns:
+                columns[name][epoch] = _number(cell, path, f"line {line}, column {name}")
     return columns
 
 
@@ -252,7 +263,7 @@ def _read_tensorboard(path: Path) -> dict[str, dict[int, float]]:
                 continue
             events[tag] = [(e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto)))
                            for e in acc.Tensors(tag)]
-        to_epoch = _step_to_epoch(events.pop("epoch", None))
+        to_epoch = _step_to_epoch(events.pop("epoch", None), folder)
         for tag, rows in events.items():
             name = f"{rel}/{tag}" if rel else tag
             columns[name] = {to_epoch(step): value for step, _, value in sorted(rows)
@@ -262,7 +273,7 @@ def _read_tensorboard(path: Path) -> dict[str, dict[int, float]]:
     return columns
 
 
-def _step_to_epoch(epoch_rows):
+def _step_to_epoch(epoch_rows, path: Path):
     """Step → epoch. Without an ``epoch`` tag the step is the epoch (Keras); with one
     (Lightning logs ``epoch`` at each global step) a step belongs to the epoch last logged at
     or before it (steps before the first ``epoch`` entry: ``None``, dropped)."""
@@ -270,7 +281,8 @@ def _step_to_epoch(epoch_rows):
         return lambda step: step
     rows = sorted(epoch_rows)
     steps = [step for step, _, _ in rows]
-    epochs = [int(round(value)) for _, _, value in rows]
+    epochs = [_epoch(round(value) if math.isfinite(value) else value, path, f"step {step}")
+              for step, _, value in rows]
 
     def to_epoch(step):
         i = bisect.bisect_right(steps, step) - 1
