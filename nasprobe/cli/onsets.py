@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from nasprobe.errors import NasprobeError
+from nasprobe.errors import NasprobeError, printable
 
 from .paths import PathOrUrl
 
@@ -82,11 +82,11 @@ def onsets_command(store: Path, rule: str | None, params: tuple[str, ...],
             raise NasprobeError("--param needs --rule")
         table = onsets.onsets(ds, sigma=sigma)
         layers = [str(v) for v in table["layer"].values]
-        click.echo("run\tloss_onset\t" + "\t".join(f"nas_onset:{name}" for name in layers))
+        click.echo(printable("run\tloss_onset\t" + "\t".join(f"nas_onset:{name}" for name in layers)))
         for r in table["run"].values:
             row = [_epoch(table["loss_onset"].sel(run=r).item())]
             row += [_epoch(v) for v in table["nas_onset"].sel(run=r).values]
-            click.echo(f"{r}\t" + "\t".join(row))
+            click.echo(printable(f"{r}\t" + "\t".join(row)))
         return
     kwargs = parse_params(params)
     stopping.check_params(rule, kwargs)
@@ -95,7 +95,7 @@ def onsets_command(store: Path, rule: str | None, params: tuple[str, ...],
     click.echo("run\tstop_epoch")
     for r in ds["run"].values:
         e = stopping.stop_epoch(ds.sel(run=[r]), rule, **kwargs)
-        click.echo(f"{r}\t{'never' if e is None else e}")
+        click.echo(printable(f"{r}\t{'never' if e is None else e}"))
 
 
 def _epoch(value: float) -> str:

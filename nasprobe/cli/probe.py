@@ -153,50 +153,56 @@ def export_cmd(checkpoints, out, framework, model, input_shape, tap, exclude_bia
 @click.argument("store", type=PathOrUrl(exists=True))
 def info_cmd(store):
     """Print a store's runs, epochs, layers and provenance."""
+    from nasprobe.errors import printable
     from nasprobe.store.provenance import mixed_probe_sets
     from nasprobe.store.runs import summary
+
+    def say(text: str) -> None:  # every name comes from the store: escaped for the terminal
+        click.echo(printable(text))
 
     got = summary(store)
     if got is None:  # a store of nasprobe 0.1: read through the xarray view
         got = _legacy_summary(store)
-    click.echo(f"store: {store}")
+    say(f"store: {store}")
     for key in sorted(got.attrs):
-        click.echo(f"  {key}: {got.attrs[key]}")
-    click.echo(f"runs ({len(got.runs)}):")
+        say(f"  {key}: {got.attrs[key]}")
+    say(f"runs ({len(got.runs)}):")
     for r in got.runs:
         eps, p = r.epochs, r.provenance
         span = f"{min(eps)}..{max(eps)}" if eps else "none"
         unit = p.get("epoch_unit", "epoch")
-        click.echo(f"  {r.name}: {len(eps)} {unit}s ({span}), {p.get('framework', '?')} from "
-                   f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
-                   f"NAS computed in {p.get('nas_on', 'graph')}")
+        say(f"  {r.name}: {len(eps)} {unit}s ({span}), {p.get('framework', '?')} from "
+            f"{p.get('source', '?')}, provider {p.get('provider', '?')}, "
+            f"NAS computed in {p.get('nas_on', 'graph')}")
         if "opset_original" in p:
-            click.echo(f"    ONNX opset {p['opset_original']} upgraded to {p.get('opset', '?')}")
+            say(f"    ONNX opset {p['opset_original']} upgraded to {p.get('opset', '?')}")
         if "weights_dtype" in p:
-            click.echo(f"    weights stored in {p['weights_dtype']}, run in "
-                       f"{p.get('compute_dtype', 'float32')}")
+            say(f"    weights stored in {p['weights_dtype']}, run in "
+                f"{p.get('compute_dtype', 'float32')}")
         mixed = mixed_probe_sets(r.name, p.get("probe_sets", []))
         if mixed:
-            click.echo(f"    {mixed}")
+            say(f"    {mixed}")
         if p.get("no_preact"):
-            click.echo(f"    no preact tap (no nonlinearity follows): {', '.join(p['no_preact'])}")
+            say(f"    no preact tap (no nonlinearity follows): {', '.join(p['no_preact'])}")
         for f, why in p.get("skipped", {}).items():
-            click.echo(f"    skipped {f}: {why}")
+            say(f"    skipped {f}: {why}")
         for f, names in p.get("nonfinite", {}).items():
-            click.echo(f"    non-finite weights in {f} ({', '.join(names[:5])}): NaN statistics")
-    click.echo(f"layers ({len(got.layers)}):")
+            names = names if isinstance(names, list) else [names]
+            say(f"    non-finite weights in {f} ({', '.join(map(str, names[:5]))}): NaN "
+                "statistics")
+    say(f"layers ({len(got.layers)}):")
     for name, kind, channels, locations in got.layers:
         act = got.nonlinearity.get(name)
         act = "" if act is None else f" nonlinearity={act or 'none'}"
-        click.echo(f"  {name:24s} {kind:14s} channels={channels} locations={locations}{act}")
+        say(f"  {name:24s} {kind:14s} channels={channels} locations={locations}{act}")
     if got.metrics:
-        click.echo(f"metrics: {', '.join(got.metrics)}")
+        say(f"metrics: {', '.join(got.metrics)}")
     if got.activity:
-        click.echo("unit activity: dead_fraction (run, epoch, layer), "
-                   "heatmaps/<layer>/unit_activity (run, epoch, channel)")
+        say("unit activity: dead_fraction (run, epoch, layer), "
+            "heatmaps/<layer>/unit_activity (run, epoch, channel)")
     else:
-        click.echo("unit activity: not recorded (written by a nasprobe before dead units "
-                   "were measured)")
+        say("unit activity: not recorded (written by a nasprobe before dead units "
+            "were measured)")
 
 
 def _legacy_summary(store):
@@ -225,10 +231,11 @@ def _legacy_summary(store):
 def migrate_cmd(store, out):
     """Copy a store written by nasprobe 0.1 into the current layout, so that new runs can be
     added to it (values are copied, not recomputed; the old store is left as it is)."""
+    from nasprobe.errors import printable
     from nasprobe.store.migrate import migrate
 
     runs = migrate(store, out)
-    click.echo(f"migrated {len(runs)} runs ({', '.join(runs)}) into {out}", err=True)
+    click.echo(printable(f"migrated {len(runs)} runs ({', '.join(runs)}) into {out}"), err=True)
 
 
 @click.command("demo")

@@ -42,8 +42,9 @@ def tensorboard_command(store: str, logdir: str, overwrite: bool, runs: tuple[st
     """Write STORE as TensorBoard event files: LOGDIR/<run> per run, scalars
     nas_median/<layer>, nas_mean/<layer>, loss, accuracy and images nas_heatmap/<layer>,
     step = epoch. View with `tensorboard --logdir LOGDIR`. Needs the `tensorboard` extra."""
+    from nasprobe.errors import printable
     from nasprobe.report.tensorboard import write_tensorboard
 
     folders = write_tensorboard(store, logdir, overwrite=overwrite, runs=list(runs) or None)
     for run, folder in folders.items():
-        click.echo(f"tensorboard: {run} -> {folder}")
+        click.echo(printable(f"tensorboard: {run} -> {folder}"))

@@ -8,6 +8,7 @@ nasprobe 0.1 (one shared dataset with a ``probed`` flag) are read as they are.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -16,7 +17,10 @@ import xarray as xr
 import zarr
 import zarr.storage
 
+from nasprobe.errors import StoreError
+
 from .layout import SCALARS, group_name, spatial_dims
+from .limits import MAX_SLOT_ELEMENTS, check_array, json_object, safe_int
 from .runs import (
     HISTS,
     LEGACY,
@@ -54,13 +58,29 @@ def open_store(path: str | os.PathLike) -> xr.DataTree:
 
 
 # -- the current layout -------------------------------------------------------------------------
+def _root(loc: Location) -> tuple[dict, dict[str, np.ndarray]]:
+    """The root's attributes and its constant coordinates (``quantile``, ``nas_bin``,
+    ``corr_bin``), their metadata checked first (:mod:`nasprobe.store.limits`)."""
+    names = ("quantile", "nas_bin", "corr_bin")
+    for n in names:
+        check_array(loc.url, n, json_object(loc.read(n, "zarr.json")), coordinate=True)
+    try:
+        with warnings.catch_warnings():
+            quiet_zarr_warnings()
+            root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
+                                   use_consolidated=False)
+            return dict(root.attrs), {n: np.asarray(root[n][:], np.float64) for n in names}
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
+        raise StoreError(loc.url, f"its root group cannot be read ({type(exc).__name__}: "
+                         f"{exc}); the store was edited or damaged") from exc
+
+
 def _combine(loc: Location) -> xr.DataTree:
+    attrs, fixed = _root(loc)
     with warnings.catch_warnings():
         quiet_zarr_warnings()
-        root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
-                               use_consolidated=False)
-        attrs = dict(root.attrs)
-        fixed = {n: root[n][:] for n in ("quantile", "nas_bin", "corr_bin")}
         runs = read_runs(loc)
     epochs = sorted({int(e) for r in runs for j in r["jobs"].values() for e in j["epoch"]})
     info = layer_table(runs)
@@ -83,17 +103,23 @@ def _combine(loc: Location) -> xr.DataTree:
             ei = [e_at[int(e)] for e in j["epoch"]]
             li = [l_at[n] for n in j["layer"]]
             probed[ri, ei] = 1
+            for n, c in HISTS:
+                if j[n].shape[2] != len(fixed[c]):
+                    raise StoreError(loc.url, f"run {r['name']!r}: {n} has {j[n].shape[2]} "
+                                     f"bins, the store's {c} {len(fixed[c])}; the store was "
+                                     "edited or damaged")
             for n in list(SCALARS) + [n for n, _ in HISTS]:
                 data[n][np.ix_([ri], ei, li)] = j[n][None]
             for n in ("loss", "accuracy"):
                 data[n][ri, ei] = j[n]
             if dead is not None and "dead_fraction" in j:
                 dead[np.ix_([ri], ei, li)] = j["dead_fraction"][None]
-            k = int(j["attrs"].get("keep_images", 0))
+            k = safe_int(j["attrs"].get("keep_images", 0))
             for name in j["layer"]:
                 h = heat.setdefault(name, {"parts": [], "k": 0, "act": []})
-                h["parts"].append((ri, ei, j[(name, "nas_map")], j[(name, "nas_image_map")]))
-                h["k"] = max(h["k"], k)
+                im = j[(name, "nas_image_map")]
+                h["parts"].append((ri, ei, j[(name, "nas_map")], im))
+                h["k"] = max(h["k"], min(k, im.shape[1]))  # never more images than stored
                 if (name, "unit_activity") in j:
                     h["act"].append((ri, ei, j[(name, "unit_activity")]))
     dims3 = ("run", "epoch", "layer")
@@ -127,21 +153,32 @@ def _combine(loc: Location) -> xr.DataTree:
     ds.attrs = view_attrs(attrs, runs)
     tree = {"/": ds, "/heatmaps": xr.Dataset()}
     for name, h in heat.items():
-        tree[f"/heatmaps/{group_name(name)}"] = _heatmap(name, h, R, E)
+        tree[f"/heatmaps/{group_name(name)}"] = _heatmap(name, h, R, E, loc.url)
     return xr.DataTree.from_dict(tree)
 
 
-def _heatmap(name: str, h: dict, R: int, E: int) -> xr.Dataset:  # noqa: N803 (R runs, E epochs)
-    """One layer's maps on the full (run, epoch) grid; NaN-padded where runs' shapes differ."""
+def _heatmap(name: str, h: dict, R: int, E: int, url: str) -> xr.Dataset:  # noqa: N803 (R runs, E epochs)
+    """One layer's maps on the full (run, epoch) grid; NaN-padded where runs' shapes differ.
+
+    Raises:
+        StoreError: the padded maps of one (run, epoch) would exceed
+            :data:`~nasprobe.store.limits.MAX_SLOT_ELEMENTS` (maps of one layer name whose
+            shapes differ wildly, as an edited store can declare).
+    """
     nd = h["parts"][0][2].ndim - 1
     parts = [p for p in h["parts"] if p[2].ndim - 1 == nd]
-    sp = tuple(max(p[2].shape[1 + d] for p in parts) for d in range(nd))
+    sp = tuple(max(max(p[2].shape[1 + d], p[3].shape[2 + d]) for p in parts) for d in range(nd))
+    if math.prod(sp) * max(h["k"], 1) > MAX_SLOT_ELEMENTS:
+        raise StoreError(url, f"the maps of layer {name!r} have shapes "
+                         f"{sorted({p[2].shape[1:] for p in parts})} whose padded union "
+                         f"{sp} × {h['k']} images is over {MAX_SLOT_ELEMENTS} values per epoch")
     maps = np.full((R, E, *sp), np.nan, np.float32)
     imgs = np.full((R, E, h["k"], *sp), np.nan, np.float32)
     for ri, ei, m, im in parts:
         for row, e in enumerate(ei):
             maps[(ri, e, *(slice(0, s) for s in m.shape[1:]))] = m[row]
-            imgs[(ri, e, slice(0, im.shape[1]), *(slice(0, s) for s in im.shape[2:]))] = im[row]
+            k = min(im.shape[1], h["k"])  # images kept: at most as many as stored
+            imgs[(ri, e, slice(0, k), *(slice(0, s) for s in im.shape[2:]))] = im[row, :k]
     sd = spatial_dims(nd)
     ds = xr.Dataset({"nas_map": (("run", "epoch", *sd), maps),
                      "nas_image_map": (("run", "epoch", "image", *sd), imgs)},

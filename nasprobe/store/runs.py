@@ -31,6 +31,16 @@ from .layout import (
     read_marker,
     run_name,
 )
+from .limits import (
+    MAX_CHUNKS,
+    MAX_COORD,
+    check_array,
+    check_layers_attr,
+    check_marker,
+    check_slots,
+    json_object,
+    safe_int,
+)
 from .provenance import run_probe_sets
 from .storage import Location, location
 
@@ -54,10 +64,13 @@ def store_layout(loc: Location) -> str | None:
     if meta is None:
         return None
     try:
-        attrs = json.loads(meta).get("attributes", {})
-    except ValueError as exc:
+        doc = json.loads(meta)
+    except (ValueError, RecursionError) as exc:
         raise StoreError(loc.url, f"has an unreadable zarr.json ({exc})") from exc
-    if attrs.get("nasprobe_layout"):
+    attrs = doc.get("attributes", {}) if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict):
+        raise StoreError(loc.url, "has a zarr.json that is not a zarr group's metadata")
+    if isinstance(attrs.get("nasprobe_layout"), str) and attrs["nasprobe_layout"]:
         return attrs["nasprobe_layout"]
     return LEGACY if loc.exists("probed", "zarr.json") else None
 
@@ -79,8 +92,10 @@ def known_layout(loc: Location) -> str:
 
 
 def committed_epochs(loc: Location, key: str) -> dict[int, dict]:
-    """The run ``key``'s commit markers: epoch → ``{"job", "index", "epoch"}``."""
-    names = [n for n in loc.listdir(RUNS, key, COMMITS) if n.lstrip("-").isdigit()]
+    """The run ``key``'s commit markers: epoch → ``{"job", "index", "epoch"}`` (as written:
+    readers check them, see :func:`nasprobe.store.limits.check_marker`)."""
+    names = [n for n in loc.listdir(RUNS, key, COMMITS)
+             if n.lstrip("-").isdigit() and len(n) <= 20]
     got = loc.read_many([f"{RUNS}/{key}/{COMMITS}/{n}/zarr.json" for n in names])
     out = {}
     for n in names:
@@ -114,13 +129,15 @@ def _chunk_keys(name: str, meta: dict, slots: list[int]) -> list[str]:
             for idx in itertools.product(*grid)]
 
 
-def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict,
+def _read_job(loc: Location, key: str, job: str, pairs: list[tuple[int, int]], attrs: dict,
               values: bool = True) -> dict:
-    """The arrays of one job group at ``slots``: its metadata in one batch of reads, then the
-    chunks of those slots in another (concurrent requests on object stores), decoded by zarr
-    from memory. Without ``values`` only the coordinates (epoch and the layers) are read."""
+    """The arrays of one job group at the slots of ``pairs`` (epoch, slot): its metadata in
+    one batch of reads (each document checked, :mod:`nasprobe.store.limits`), then the chunks
+    of those slots in another (concurrent requests on object stores), decoded by zarr from
+    memory. Without ``values`` only the coordinates (epoch and the layers) are read."""
     base = f"{RUNS}/{key}/{job}"
-    layers = json.loads(attrs.get("layers", "[]"))
+    slots = [i for _, i in pairs]
+    layers = check_layers_attr(loc.url, base, attrs)
     names = _array_names(layers) if values else list(_COORDS)
     optional = ["nonlinearity", "dead_fraction"]
     if values:
@@ -141,30 +158,67 @@ def _read_job(loc: Location, key: str, job: str, slots: list[int], attrs: dict,
         present = [n for n in present if n != "dead_fraction"]
     docs.update({f"{n}/zarr.json": got[f"{base}/{n}/zarr.json"] for n in present})
     names += present
-    chunk_keys = [c for n in names for c in _chunk_keys(n, json.loads(docs[f"{n}/zarr.json"]), slots)]
+    metas = {n: json_object(docs[f"{n}/zarr.json"]) for n in names}
+    for n in names:
+        check_array(loc.url, f"{base}/{n}", metas[n], n in _COORDS + ("nonlinearity",))
+    chunk_keys = [c for n in names for c in _chunk_keys(n, metas[n], slots)]
     got = loc.read_many([f"{base}/{k}" for k in chunk_keys])
     mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
     mem.update({k: cpu.Buffer.from_bytes(got[f"{base}/{k}"]) for k in chunk_keys
                 if got[f"{base}/{k}"] is not None})
+    try:
+        out = _decode(loc, base, mem, pairs, layers, present, values)
+    except (StoreError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
+        raise StoreError(loc.url, f"{base}: cannot be read ({type(exc).__name__}: {exc}); "
+                         "the store was edited or damaged") from exc
+    out.update(attrs=attrs, has_activity=has_activity)
+    return out
+
+
+def _decode(loc: Location, base: str, mem: dict, pairs: list[tuple[int, int]],
+            layers: list[str], present: list[str], values: bool) -> dict:
+    """The arrays of :func:`_read_job`, decoded by zarr from the documents and chunks
+    ``mem``; their shapes checked against the job's epochs and layers."""
     grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
                           use_consolidated=False)
+    slots = [i for _, i in pairs]
+    all_epochs = grp["epoch"][:]
+    check_slots(loc.url, base, slots, all_epochs, [e for e, _ in pairs])
     sl = np.asarray(slots, dtype=np.int64)
-    out = {"attrs": attrs, "epoch": grp["epoch"][:][sl],
-           "has_activity": has_activity}
-    for name in ("layer", "layer_kind", *(["nonlinearity"] if "nonlinearity" in present else [])):
+    out = {"epoch": all_epochs[sl]}
+    coords = ("layer", "layer_kind", *(["nonlinearity"] if "nonlinearity" in present else []))
+    for name in coords:
         out[name] = [str(v) for v in grp[name][:]]
     for name in ("channels", "locations", "depth"):
         out[name] = grp[name][:]
+    n, nl = len(sl), len(layers)
+    if out["layer"] != layers or len(set(layers)) != nl or \
+            any(len(out[c]) != nl for c in (*coords[1:], "channels", "locations", "depth")):
+        raise StoreError(loc.url, f"{base}: its layer coordinates disagree with its 'layers' "
+                         "attribute (or name a layer twice); the store was edited or damaged")
     if not values:
         return out
-    for name in list(SCALARS) + [n for n, _ in HISTS] + ["loss", "accuracy"] + \
-            [n for n in present if n == "dead_fraction"]:
+    want = {**{x: (n, nl) for x in (*SCALARS, "dead_fraction")},
+            **{x: (n,) for x in ("loss", "accuracy")}}
+    for name in list(SCALARS) + [h for h, _ in HISTS] + ["loss", "accuracy"] + \
+            [x for x in present if x == "dead_fraction"]:
         out[name] = grp[name].get_orthogonal_selection((sl,))
+        shape = out[name].shape if name in want else out[name].shape[:2]
+        if shape != want.get(name, (n, nl)) or (name not in want and out[name].ndim != 3):
+            raise StoreError(loc.url, f"{base}/{name}: has shape {out[name].shape} for {n} "
+                             f"epochs of {nl} layers; the store was edited or damaged")
     for layer in layers:
         sub = grp[f"heatmaps/{group_name(layer)}"]
         for name in ("nas_map", "nas_image_map", "unit_activity"):
             if name != "unit_activity" or f"heatmaps/{group_name(layer)}/{name}" in present:
                 out[(layer, name)] = sub[name].get_orthogonal_selection((sl,))
+        if out[(layer, "nas_image_map")].ndim != out[(layer, "nas_map")].ndim + 1 or \
+                out.get((layer, "unit_activity"), np.zeros((0, 0))).ndim != 2:
+            raise StoreError(loc.url, f"{base}/heatmaps/{group_name(layer)}: its image maps, "
+                             "maps and unit activity disagree in rank; the store was edited or "
+                             "damaged")
     return out
 
 
@@ -174,31 +228,49 @@ def _job_attrs(loc: Location, key: str, jobs: list[str]) -> dict[str, dict]:
     got = loc.read_many([f"{RUNS}/{key}/{job}/zarr.json" for job in jobs])
     out = {}
     for job in jobs:
-        try:
-            out[job] = json.loads(got[f"{RUNS}/{key}/{job}/zarr.json"] or b"{}").get("attributes", {})
-        except ValueError:
-            out[job] = {}
+        attrs = json_object(got[f"{RUNS}/{key}/{job}/zarr.json"]).get("attributes", {})
+        out[job] = attrs if isinstance(attrs, dict) else {}
     return out
 
 
 def _read_metrics(loc: Location, key: str, group: str) -> dict[str, dict[int, float]]:
-    grp = zarr.open_group(loc.child(RUNS, key, group).zarr_store(read_only=True), mode="r",
-                          zarr_format=3, use_consolidated=False)
-    epochs = grp["epoch"][:]
-    return {name: dict(zip(epochs.tolist(), arr[:].tolist()))
-            for name, arr in grp.arrays() if name != "epoch"}
+    """An imported metrics group: name → epoch → value (its 1-D arrays checked against the
+    limits of :mod:`nasprobe.store.limits` before they are read)."""
+    where = f"{RUNS}/{key}/{group}"
+    try:
+        grp = zarr.open_group(loc.child(RUNS, key, group).zarr_store(read_only=True), mode="r",
+                              zarr_format=3, use_consolidated=False)
+        arrays = dict(grp.arrays())
+        for name, arr in arrays.items():
+            if arr.ndim != 1 or arr.shape[0] > MAX_COORD or arr.nchunks > MAX_CHUNKS:
+                raise StoreError(loc.url, f"{where}/{name}: declares shape {arr.shape} in "
+                                 f"{arr.nchunks} chunks, not a metric per epoch; the store was "
+                                 "edited or damaged")
+        epochs = arrays["epoch"][:].tolist()
+        return {name: dict(zip(epochs, arr[:].tolist()))
+                for name, arr in arrays.items() if name != "epoch"}
+    except (StoreError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
+        raise StoreError(loc.url, f"{where}: cannot be read ({type(exc).__name__}: {exc}); "
+                         "the store was edited or damaged") from exc
 
 
 def merge_layers(lists: list[list[str]]) -> list[str]:
     """Union of layer lists keeping each list's order: a new layer goes right after the
-    layer that precedes it in its own list."""
-    out: list[str] = []
+    layer that precedes it in its own list (a linked list: time in proportion to the names)."""
+    head = object()
+    nxt: dict = {head: None}
     for names in lists:
-        prev = None
+        prev = head
         for name in names:
-            if name not in out:
-                out.insert(0 if prev is None else out.index(prev) + 1, name)
+            if name not in nxt:
+                nxt[name], nxt[prev] = nxt[prev], name
             prev = name
+    out, at = [], nxt[head]
+    while at is not None:
+        out.append(at)
+        at = nxt[at]
     return out
 
 
@@ -213,13 +285,13 @@ def _run(loc: Location, key: str, values: bool = True) -> dict | None:
     jobs = sorted(n for n in entries if not n.startswith("metrics-"))
     by_job: dict[str, list[tuple[int, int]]] = {}
     for epoch, m in commits.items():
+        check_marker(loc.url, f"{RUNS}/{key}/{COMMITS}/{epoch}", epoch, m, set(jobs))
         by_job.setdefault(m["job"], []).append((epoch, m["index"]))
     run = {"key": key, "name": run_name(key), "first": jobs[0] if jobs else key,
            "attrs": _job_attrs(loc, key, jobs), "jobs": {}, "extra": {}}
     for job in sorted(by_job):
         pairs = sorted(by_job[job])
-        run["jobs"][job] = _read_job(loc, key, job, [i for _, i in pairs],
-                                     run["attrs"].get(job, {}), values)
+        run["jobs"][job] = _read_job(loc, key, job, pairs, run["attrs"].get(job, {}), values)
     for g in sorted(n for n in entries if n.startswith("metrics-")):
         for name, values in _read_metrics(loc, key, g).items():
             run["extra"].setdefault(name, {}).update(values)
@@ -268,18 +340,23 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
         p: dict = {}
         for job in sorted(r["attrs"]):
             a = r["attrs"][job]
-            jp = json.loads(a.get("provenance", "{}"))
+            jp = json_object(a.get("provenance"))
             for kind in ("skipped", "nonfinite"):
+                if not isinstance(jp.get(kind, {}), dict):
+                    jp.pop(kind)  # an edited record: not a file → reason map
                 if kind in jp or kind in p:
                     jp[kind] = {**p.get(kind, {}), **jp.get(kind, {})}
             p.update(jp)
             version = a.get("nasprobe_version", version)
             source = a.get("probe_source", source)
-            k = max(k, int(a.get("keep_images", 0)))
+            k = max(k, safe_int(a.get("keep_images", 0)))
         # The probe set of each committed epoch (several after --force with another one).
         p["probe_sets"] = run_probe_sets(r["attrs"], {job: list(j["epoch"]) for job, j
                                                       in r["jobs"].items()}, root)
         p.pop("probe_sha256", None)  # a job's own; probe_sets says which epochs used which
+        if "no_preact" in p:  # layer names; an edited record may hold anything
+            names = p["no_preact"] if isinstance(p["no_preact"], list) else []
+            p["no_preact"] = [str(x) for x in names]
         prov[r["name"]] = p
     if version is not None:
         out["nasprobe_version"] = version
@@ -288,7 +365,7 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
     out["framework"] = ",".join(sorted({p.get("framework", "") for p in prov.values()} - {""}))
     # What the epoch axis counts: "step" when every run's checkpoints are training steps
     # (Hugging Face Trainer folders), "epoch" when none are, "epoch/step" when mixed.
-    units = {p.get("epoch_unit", "epoch") for p in prov.values()} or {"epoch"}
+    units = {str(p.get("epoch_unit", "epoch")) for p in prov.values()} or {"epoch"}
     out["epoch_unit"] = units.pop() if len(units) == 1 else "epoch/step"
     out["runs"] = json.dumps(prov)
     out["sources"] = json.dumps({r: p.get("source") for r, p in prov.items()})
@@ -333,7 +410,7 @@ def summary(path) -> StoreSummary | None:
     loc = location(path)
     if known_layout(loc) == LEGACY:
         return None
-    root = json.loads(loc.read("zarr.json")).get("attributes", {})
+    root = json_object(loc.read("zarr.json")).get("attributes", {})
     runs = read_runs(loc, values=False)
     attrs = view_attrs(root, runs)
     prov = json.loads(attrs.pop("runs"))
