@@ -42,6 +42,7 @@ from nasprobe.frameworks.registry import is_checkpoint
 from nasprobe.store.download_cache import local_copy
 from nasprobe.store.layer_check import PlannedRun, check_layers
 from nasprobe.store.layout import LayerInfo
+from nasprobe.store.run_sources import check_run_source
 from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import RunWriter, Store, new_job_id
 
@@ -125,7 +126,7 @@ def _find(inputs: list[Path], epoch_regex: str | None, on_error: str,
                 others = ", ".join(str(o) for o in drop if o != f)
                 skipped[str(f)] = (exc.message if epoch is None else
                                    f"claims epoch {epoch}, as does {others}")
-                print(f"nasprobe: skipped {f}: {skipped[str(f)]}", file=sys.stderr)
+                print(printable(f"nasprobe: skipped {f}: {skipped[str(f)]}"), file=sys.stderr)
             files = [f for f in files if f not in drop]
             if not files:
                 raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
@@ -184,7 +185,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
             if on_error == "fail" or Path(exc.path) != ckpts[0].path:
                 raise
             skipped[str(ckpts[0].path)] = exc.message
-            print(f"nasprobe: skipped {exc}", file=sys.stderr)
+            print(printable(f"nasprobe: skipped {exc}"), file=sys.stderr)
             ckpts = ckpts[1:]
             if not ckpts:
                 raise CheckpointError(inputs[0], "no usable checkpoint left (skipped: "
@@ -297,13 +298,14 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         except CheckpointError as exc:
             if on_error == "fail" or len(groups) == 1:
                 raise
-            print(f"nasprobe: skipped run {name}: {exc}", file=sys.stderr)
+            print(printable(f"nasprobe: skipped run {name}: {exc}"), file=sys.stderr)
     if not plans:
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
     named = bool(run)  # --run NAME: folders join that run on purpose
     for plan in plans:  # two experiments under one default run name: refused (--force: replaced)
-        old, gone = store.check_run_source(plan.spec.run, plan.source, force=force, named=named)
+        old, gone = check_run_source(store.loc, plan.spec.run, plan.source, force=force,
+                                     named=named)
         if gone:
             print(f"nasprobe: run {printable(plan.spec.run)}: deleted its {gone} stored epochs "
                   f"of {printable(old)} (--force) to replace them with {printable(plan.source)}",
@@ -381,7 +383,7 @@ def _record(plan: _Plan) -> None:
 def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, progress: bool,
              workers: int | None, scheduler) -> None:
     """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
-    desc = "probe " + (next(iter(plans)) if len(plans) == 1 else f"{len(plans)} runs")
+    desc = "probe " + (printable(next(iter(plans))) if len(plans) == 1 else f"{len(plans)} runs")
     bar = tqdm(total=len(tasks), desc=desc, unit="epoch", disable=not progress,
                file=sys.stderr)
 
@@ -394,7 +396,7 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
             if on_error == "fail":
                 raise CheckpointError(o.path, o.message)
             plan.skipped[o.path] = o.message
-            print(f"nasprobe: skipped {o.path}: {o.message}", file=sys.stderr)
+            print(printable(f"nasprobe: skipped {o.path}: {o.message}"), file=sys.stderr)
             _record(plan)
             return
         if o.nonfinite:

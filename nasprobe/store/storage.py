@@ -29,7 +29,8 @@ from pathlib import Path
 
 from nasprobe.errors import NasprobeError, StoreError
 
-__all__ = ["Location", "location", "is_url", "checked_path", "quiet_zarr_warnings"]
+__all__ = ["Location", "location", "is_url", "checked_path", "quiet_zarr_warnings",
+           "warn_if_not_exclusive"]
 
 
 def quiet_zarr_warnings() -> None:
@@ -289,6 +290,23 @@ def _create_local(target: Path, data: bytes) -> bool:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return True
+
+
+#: Per process: folder URL → why its create-only writes are not exclusive (None: they are).
+_EXCLUSIVE: dict[str, str | None] = {}
+
+
+def warn_if_not_exclusive(loc: Location) -> str | None:
+    """Test once per process whether ``loc``'s backend makes create-only writes exclusive
+    (:meth:`Location.exclusive_creates`); where it does not, warn that only one job at a time
+    may write there. Returns why not, or None."""
+    if loc.url not in _EXCLUSIVE:
+        why = _EXCLUSIVE[loc.url] = loc.exclusive_creates()
+        if why:
+            warnings.warn(f"{loc.url}: create-only writes are not exclusive on this storage "
+                          f"({why}); jobs writing this store at the same time could mix runs, "
+                          "so run one job at a time on it", stacklevel=3)
+    return _EXCLUSIVE[loc.url]
 
 
 def location(path: str | os.PathLike) -> Location:

@@ -51,8 +51,9 @@ from .layout import (
     run_key,
     spatial_dims,
 )
+from .run_sources import claim_run
 from .runs import committed_epochs, store_layout
-from .storage import Location, location, quiet_zarr_warnings
+from .storage import Location, location, quiet_zarr_warnings, warn_if_not_exclusive
 
 __all__ = ["Store", "RunWriter", "new_job_id"]
 
@@ -108,8 +109,6 @@ def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images:
     return grp
 
 
-#: Per process: store URL → why its create-only writes are not exclusive (None: they are).
-_EXCLUSIVE: dict[str, str | None] = {}
 #: Per process: (store, run, job) → (in-memory copy of the job group's metadata, its dict).
 _TEMPLATES: dict[tuple, tuple] = {}
 
@@ -150,22 +149,10 @@ class Store:
         """True when a store (any layout) is at the path."""
         return self.loc.exists("zarr.json")
 
-    def check_exclusive(self) -> str | None:
-        """Test once per process whether this store's backend makes create-only writes
-        exclusive (:meth:`nasprobe.storage.Location.exclusive_creates`); where it does not,
-        warn that only one job at a time may write the store. Returns why not, or None."""
-        if self.loc.url not in _EXCLUSIVE:
-            why = _EXCLUSIVE[self.loc.url] = self.loc.exclusive_creates()
-            if why:
-                warnings.warn(f"{self.path}: create-only writes are not exclusive on this "
-                              f"storage ({why}); jobs writing this store at the same time could "
-                              "mix runs, so run one job at a time on it", stacklevel=3)
-        return _EXCLUSIVE[self.loc.url]
-
     def create_or_check(self, attrs: dict, force: bool = False) -> None:
         """Create the store, or check that an existing one was written with the same probe set,
         tap mode and bias setting (``force`` allows another probe set)."""
-        self.check_exclusive()
+        warn_if_not_exclusive(self.loc)
         if self.exists():
             layout = store_layout(self.loc)
             if layout != LAYOUT:
@@ -206,67 +193,13 @@ class Store:
         if not self.loc.create(group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
             self.create_or_check(attrs, force)  # another job created it first: check it
 
-    def run_source(self, run: str) -> str | None:
-        """The checkpoint folder (resolved path or URL) recorded when ``run``'s group was
-        created; None for a new run, or one written before sources were recorded."""
-        data = self.loc.read(RUNS, run_key(run), "zarr.json")
-        try:
-            got = json.loads(data).get("attributes", {}).get("source") if data else None
-        except (ValueError, AttributeError):
-            got = None
-        return got if isinstance(got, str) else None
-
-    def check_run_source(self, run: str, source: str, force: bool = False,
-                         named: bool = False) -> tuple[str | None, int]:
-        """Check that checkpoints of ``source`` may go into ``run``: refused when the run was
-        started from another folder (two experiments under one default run name), unless the
-        run was ``named`` explicitly (``--run``: the user joins the folders on purpose); with
-        ``force`` that run is deleted first.
-
-        Returns:
-            (the run's recorded source where it differs, else None; how many committed epochs
-            a ``force`` replacement deleted).
-
-        Raises:
-            StoreError: the recorded source differs, naming both and what to pass.
-        """
-        old = self.run_source(run)
-        if old is None or old == source or named:
-            return (None if old == source else old), 0
-        if not force:
-            raise StoreError(self.path, f"run {run!r} holds checkpoints of {old}, not of "
-                             f"{source}: two experiments under one run name; pass --run NAME "
-                             "to store these as another run, or --force to delete the run's "
-                             "epochs and replace them")
-        gone = len(committed_epochs(self.loc, run_key(run)))
-        self.loc.remove(RUNS, run_key(run))
-        return old, gone
-
-    def claim_run(self, run: str, source: str | None, named: bool = False) -> None:
-        """Create ``run``'s group recording its ``source`` (exclusively: of jobs starting the
-        run at once, the first one's source is recorded), or check the recorded one (any
-        source joins a run ``named`` explicitly).
-
-        Raises:
-            StoreError: another job created the run from another source first.
-        """
-        attrs = {"run": run} if source is None else {"run": run, "source": source}
-        if self.loc.create(group_json(attrs), RUNS, run_key(run), "zarr.json") or named \
-                or source is None:
-            return
-        old = self.run_source(run)
-        if old is not None and old != source:
-            raise StoreError(self.path, f"run {run!r} was just started from {old}, not from "
-                             f"{source}: two experiments under one run name; pass --run NAME "
-                             "to store these as another run")
-
     def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
                  provenance: dict, job: str | None = None, attrs: dict | None = None,
                  source: str | None = None, named: bool = False) -> RunWriter:
         """Create this job's group for ``run`` (arrays sized for ``epochs``, one chunk per
         epoch) and claim the epochs not yet committed. ``source`` (the run's checkpoint
         folder) is recorded with a new run and checked against an existing one's unless the
-        run was ``named`` explicitly (:meth:`claim_run`).
+        run was ``named`` explicitly (:func:`nasprobe.run_sources.claim_run`).
 
         Returns:
             A :class:`RunWriter` whose ``todo`` lists the epochs to probe: first those this
@@ -279,7 +212,7 @@ class Store:
             # Nothing to do (a finished run probed again): the store is left untouched.
             return RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
                              [x.name for x in layers], todo=[], done=set(map(int, epochs)))
-        self.claim_run(run, source, named)
+        claim_run(self.loc, run, source, named)
         fix_run_shapes(self.loc, run, layers, job)
         for sub in (COMMITS, CLAIMS):
             self.loc.create(group_json({}), RUNS, key, sub, "zarr.json")
