@@ -173,10 +173,18 @@ def _epoch(value, path: Path, where: str) -> int:
     return int(number)
 
 
+def _text(path: Path, encoding: str) -> str:
+    """The log's text; a file that is not UTF-8 is a :class:`TrainingLogError`."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise TrainingLogError(path, f"is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def _read_csv(path: Path) -> dict[str, dict[int, float]]:
     """Columns of a CSV log. Each row costs the cells it has (a row shorter than a wide
     header is not padded to it), so the time grows with the file's size, not header × rows."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = _text(path, "utf-8-sig")
     lines = text.splitlines()
     try:  # the first line's first 4 kB tell the separator
         dialect = csv.Sniffer().sniff(lines[0][:4096] if lines else "", delimiters=",;\t")
@@ -202,7 +210,7 @@ def _read_csv(path: Path) -> dict[str, dict[int, float]]:
 
 def _read_json(path: Path) -> dict[str, dict[int, float]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_text(path, "utf-8"))
     except json.JSONDecodeError as exc:
         raise TrainingLogError(path, f"not valid JSON: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("history"), dict):

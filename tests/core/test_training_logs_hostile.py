@@ -38,6 +38,16 @@ def test_epoch_out_of_range_is_exit_2_before_probing(tmp_path, name, text):
     assert not store.exists() or not tree_digest(store)
 
 
+def test_log_that_is_not_utf8_is_exit_2(tmp_path):
+    """A CSV log with a Latin-1 byte in its header (found by the fuzz test): a TrainingLogError
+    naming the file and the byte, not a UnicodeDecodeError traceback."""
+    log = tmp_path / "latin.csv"
+    log.write_bytes(b"epoch,loss,pr\xe9cision\n0,1.0,0.5\n")
+    with pytest.raises(TrainingLogError, match="is not UTF-8 text") as info:
+        read_training_log(log)
+    assert str(log) in str(info.value)
+
+
 def test_tensorboard_epoch_tag_out_of_range(tmp_path):
     """A TensorBoard log whose ``epoch`` tag holds infinity or 1e30: a TrainingLogError naming
     the step, not an OverflowError."""
