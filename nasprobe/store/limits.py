@@ -9,7 +9,8 @@ read outside the store, a traceback, or an allocation of gigabytes from a few by
 * a commit marker must name a job group of its own run (never a path such as
   ``../../other.zarr/runs/b/<job>``), an epoch equal to its folder's, and a slot inside that
   job's arrays that holds the same epoch;
-* arrays must have a regular chunk grid; a job's coordinates at most :data:`MAX_COORD`
+* arrays must have a regular chunk grid and zarr's chunk key encoding (a separator that is
+  a path, such as ``/../``, would read objects outside the array); a job's coordinates at most :data:`MAX_COORD`
   entries in at most :data:`MAX_CHUNKS` chunks; one epoch of a variable at most
   :data:`MAX_SLOT_ELEMENTS` values in at most :data:`MAX_CHUNKS` chunks (nasprobe writes one
   chunk per coordinate and per epoch of each variable, see docs/store-design.md).
@@ -134,6 +135,13 @@ def check_array(url: str, path: str, meta: dict, coordinate: bool) -> tuple[list
             or not all(_whole(c) and c >= 1 for c in chunks) or not shape:
         raise StoreError(url, f"{path}: declares shape {shape!r} in chunks of {chunks!r}, not "
                          "a regular chunk grid; the store was edited or damaged")
+    enc = meta.get("chunk_key_encoding", {"name": "default"})
+    conf = enc.get("configuration", {}) if isinstance(enc, dict) else None
+    if not isinstance(conf, dict) or enc.get("name", "default") not in ("default", "v2") \
+            or conf.get("separator", "/") not in ("/", "."):
+        raise StoreError(url, f"{path}: declares the chunk key encoding {enc!r}, not zarr's "
+                         "'default' or 'v2' with a '/' or '.' separator; the store was edited "
+                         "or damaged")
     grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
     if coordinate:
         size, count, what = shape[0] if len(shape) == 1 else -1, grid[0], "entries"
