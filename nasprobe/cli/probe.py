@@ -102,7 +102,8 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     the folder (nasprobe probe runs/*)."""
     from nasprobe.errors import NasprobeError
     from nasprobe.job.options import ProbeOptions
-    from nasprobe.job.probe_job import probe, run_folders
+    from nasprobe.job.probe_job import probe
+    from nasprobe.job.runs import run_folders
     from nasprobe.job.runtime import share_cpu_arena
     from nasprobe.store.writer import Store
 

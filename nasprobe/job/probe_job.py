@@ -42,11 +42,11 @@ from nasprobe.frameworks.registry import is_checkpoint
 from nasprobe.store.download_cache import local_copy
 from nasprobe.store.layer_check import PlannedRun, check_layers
 from nasprobe.store.layout import LayerInfo
-from nasprobe.store.run_sources import check_run_source
 from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import RunWriter, Store, new_job_id
 
 from .options import ProbeOptions
+from .runs import check_sources, origin_of, run_folders, run_source
 from .tasks import (
     EpochTask,
     Outcome,
@@ -56,43 +56,7 @@ from .tasks import (
     run_epoch,
 )
 
-__all__ = ["probe", "run_folders", "run_info"]
-
-
-def _folder_name(p: Path) -> str:
-    return p.name or p.resolve().name
-
-
-def run_folders(checkpoints: Sequence[str | os.PathLike], run: str | None = None
-                ) -> list[tuple[str, list[Path]]]:
-    """Split the CHECKPOINTS arguments into runs: ``[(run name, inputs)]``.
-
-    Several arguments that are all folders (and not themselves checkpoints, as orbax folders
-    are) are one run each, named after the folder (``nasprobe probe runs/*``); anything else —
-    one folder, or checkpoints — is one run named ``run`` (default: the folder's name, or the
-    folder of the first checkpoint).
-
-    Raises:
-        NasprobeError: ``run`` given with several run folders, or two run folders of one name.
-    """
-    items = [Path(c) for c in checkpoints]
-    if not items:
-        raise NasprobeError("no checkpoints given")
-    runs = [p.is_dir() and not is_checkpoint(p) for p in items]
-    if len(items) > 1 and all(runs):
-        if run:
-            raise NasprobeError(f"--run names one run, but {len(items)} run folders were given "
-                                "(each folder is a run named after it); drop --run")
-        seen: dict[str, Path] = {}
-        for p in items:
-            name = _folder_name(p)
-            if name in seen:
-                raise CheckpointError(p, f"run folder of the same name as {seen[name]}; runs "
-                                      "are named after their folders, so names must differ")
-            seen[name] = p
-        return [(name, [p]) for name, p in seen.items()]
-    first = items[0]
-    return [(run or (_folder_name(first) if runs[0] else first.parent.name), items)]
+__all__ = ["probe", "run_info"]
 
 
 def _explicit(inputs: list[Path]) -> list[Path]:
@@ -157,16 +121,6 @@ class _Plan:
     writer: RunWriter | None = None
 
 
-def _run_source(inputs: list[Path], origin: dict[str, str] | None) -> str:
-    """What identifies a run's checkpoints in the store: the run folder (resolved path, or
-    the URL it was downloaded from), or the folder of its first checkpoint."""
-    first = inputs[0]
-    if first.is_dir() and not is_checkpoint(first):
-        return _origin(first.resolve(), origin)
-    where = _origin(first.resolve(), origin)
-    return where.rsplit("/", 1)[0] if is_url(where) else str(Path(where).parent)
-
-
 def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_error,
           origin: dict[str, str] | None = None) -> _Plan:
     """Find the run's checkpoints and build its tapped model once (in this process's cache).
@@ -176,7 +130,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     found = _find(inputs, epoch_regex, on_error, skipped)
     ckpts = list(found)
     while True:
-        spec = RunSpec(run=name, checkpoints=tuple((_origin(c.path, origin), c.epoch) for c in ckpts),
+        spec = RunSpec(run=name, checkpoints=tuple((origin_of(c.path, origin), c.epoch) for c in ckpts),
                        options=options)
         try:
             ctx = context(spec)
@@ -194,7 +148,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
     no_preact = _without_preact(ctx, options, name) if options.tap == "preact" else []
     infos = [LayerInfo(t.layer, t.kind, t.channels, ctx.spatial[t.layer], t.depth, t.nonlinearity)
              for t in ctx.taps]
-    provenance = {"source": _origin(inputs[0].resolve(), origin), "framework": ctx.source.framework,
+    provenance = {"source": origin_of(inputs[0].resolve(), origin), "framework": ctx.source.framework,
                   "checkpoints": len(found), "provider": ctx.tapped.provider,
                   "nas_on": "host" if ctx.host else "graph",
                   "skipped": dict(skipped), "probe_sha256": ctx.probeset.sha256}
@@ -208,7 +162,7 @@ def _plan(name: str, inputs: list[Path], options: ProbeOptions, epoch_regex, on_
              "probe_size": int(ctx.probeset.size), "probe_source": options.probe,
              "framework": ctx.source.framework}
     return _Plan(spec, infos, [c.epoch for c in ckpts], provenance, attrs,
-                 _run_source(inputs, origin), skipped)
+                 run_source(inputs, origin), skipped)
 
 
 def _without_preact(ctx, options: ProbeOptions, run: str) -> list[str]:
@@ -303,17 +257,7 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         raise NasprobeError("no run could be probed (see the messages above)")
     store = Store(out)
     named = bool(run)  # --run NAME: folders join that run on purpose
-    for plan in plans:  # two experiments under one default run name: refused (--force: replaced)
-        old, gone = check_run_source(store.loc, plan.spec.run, plan.source, force=force,
-                                     named=named)
-        if gone:
-            print(f"nasprobe: run {printable(plan.spec.run)}: deleted its {gone} stored epochs "
-                  f"of {printable(old)} (--force) to replace them with {printable(plan.source)}",
-                  file=sys.stderr)
-        elif old is not None:
-            print(f"nasprobe: run {printable(plan.spec.run)}: adding checkpoints of "
-                  f"{printable(plan.source)} to the run started from {printable(old)} (--run "
-                  "names it)", file=sys.stderr)
+    check_sources(store.loc, [(p.spec.run, p.source) for p in plans], force, named)
     check_layers(store.loc, [PlannedRun(p.spec.run, str(p.spec.checkpoints[0][0]), p.infos,
                                         p.epochs) for p in plans])
     for plan in plans:
@@ -340,16 +284,6 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
                 plan.provenance["nonfinite"] = plan.nonfinite
             plan.writer.set_provenance(plan.provenance)
     return out if is_url(str(out)) else Path(out)
-
-
-def _origin(path: Path, origin: dict[str, str] | None) -> str:
-    """The URL a downloaded file or folder came from (tasks fetch it again where they run, see
-    :func:`nasprobe.store.download_cache.local_copy`), else the local path."""
-    text = str(Path(path).resolve())
-    for local, url in (origin or {}).items():
-        if text == local or text.startswith(local + os.sep):
-            return url + text[len(local):].replace(os.sep, "/")
-    return str(path)
 
 
 def _check_out(out: str | os.PathLike) -> None:

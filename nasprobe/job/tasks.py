@@ -239,8 +239,6 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
 
 _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
 _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
-#: Keys of the contexts built from a URL (see :func:`forget_remote`).
-_REMOTE: set[str] = set()
 
 
 def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32) -> ProbeSet:
@@ -335,13 +333,10 @@ def host_nas(nas_on: str, provider: str = CPU) -> bool:
 
 
 def forget_remote() -> None:
-    """Drop this process's cached contexts and probe sets that came from URLs: a new probe job
-    reads remote objects again (they may have been rewritten since the last job)."""
-    for k in [k for k in _CONTEXTS if k in _REMOTE]:
-        del _CONTEXTS[k]
-    for k in [k for k in _PROBESETS if is_url(str(k[0]))]:
-        del _PROBESETS[k]
-    _REMOTE.clear()
+    """Drop this process's cached contexts and probe sets: a new probe job with remote inputs
+    reads them again (the objects may have been rewritten since the last job)."""
+    _CONTEXTS.clear()
+    _PROBESETS.clear()
 
 
 def context(spec: RunSpec) -> RunContext:
@@ -359,8 +354,6 @@ def context(spec: RunSpec) -> RunContext:
             _CONTEXTS.popitem(last=False)
         ctx = _build(spec)
         _CONTEXTS[key] = ctx
-        if is_url(str(spec.options.probe)) or any(is_url(str(p)) for p, _ in spec.checkpoints):
-            _REMOTE.add(key)
     _CONTEXTS.move_to_end(key)
     if spec.probe_sha256 and ctx.probeset.sha256 != spec.probe_sha256:
         raise ProbeSetError(spec.options.probe, "changed while it was being probed (sha256 "

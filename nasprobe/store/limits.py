@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from nasprobe.errors import StoreError
 
 __all__ = ["MAX_COORD", "MAX_SLOT_ELEMENTS", "MAX_CHUNKS", "MAX_LAYERS", "json_object",
-           "safe_int", "check_marker", "check_array", "check_layers_attr", "check_slots"]
+           "safe_int", "check_marker", "check_array", "check_layers_attr", "check_slots",
+           "check_decoded", "check_metric_arrays", "damaged"]
 
 #: Entries of one job group's coordinate (its epochs).
 MAX_COORD = 2 ** 20
@@ -34,6 +37,19 @@ MAX_LAYERS = 2 ** 16
 MAX_SLOT_ELEMENTS = 2 ** 26
 #: Chunks of one coordinate, or of one epoch of one variable.
 MAX_CHUNKS = 64
+
+
+@contextmanager
+def damaged(url: str, where: str) -> Iterator[None]:
+    """Inside: any error decoding the store's object ``where`` (zarr raises many kinds for
+    an edited document) becomes a :class:`~nasprobe.errors.StoreError` naming it."""
+    try:
+        yield
+    except (StoreError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
+        raise StoreError(url, f"{where}: cannot be read ({type(exc).__name__}: {exc}); the "
+                         "store was edited or damaged") from exc
 
 
 def json_object(data: bytes | str | None) -> dict:
@@ -154,3 +170,54 @@ def check_array(url: str, path: str, meta: dict, coordinate: bool) -> tuple[list
                          f"({'?' if size < 0 else size} {what} in {count} chunks; at most {limit} "
                          f"in {MAX_CHUNKS} are read); the store was edited or damaged")
     return shape, chunks
+
+
+#: Variables of a job group per (epoch, layer), per epoch, and per (epoch, layer, bin).
+_PER_LAYER = ("nas_median", "nas_mean", "nas_min", "nas_max", "entropy_mean", "dead_fraction")
+_PER_EPOCH = ("loss", "accuracy")
+_PER_BIN = ("nas_quantile", "nas_hist", "corr_hist")
+
+
+def check_decoded(url: str, base: str, out: dict, layers: list[str], n: int,
+                  coords: tuple[str, ...]) -> None:
+    """The arrays a reader decoded from the job group ``base`` (``out``: name or (layer,
+    name) → array, for ``n`` committed epochs) must agree with its ``layers`` attribute: the
+    layer coordinates (``coords`` and channels, locations, depth) one entry per layer, each
+    variable its epochs × layers, each heatmap's image maps one rank above its maps.
+
+    Raises:
+        StoreError: naming the job group or the array.
+    """
+    nl = len(layers)
+    if out["layer"] != layers or len(set(layers)) != nl or \
+            any(len(out[c]) != nl for c in (*coords, "channels", "locations", "depth")):
+        raise StoreError(url, f"{base}: its layer coordinates disagree with its 'layers' "
+                         "attribute (or name a layer twice); the store was edited or damaged")
+    want = {**{x: (n, nl) for x in _PER_LAYER}, **{x: (n,) for x in _PER_EPOCH}}
+    for name in (x for x in (*_PER_LAYER, *_PER_EPOCH, *_PER_BIN) if x in out):
+        shape = out[name].shape if name in want else out[name].shape[:2]
+        if shape != want.get(name, (n, nl)) or (name in _PER_BIN and out[name].ndim != 3):
+            raise StoreError(url, f"{base}/{name}: has shape {out[name].shape} for {n} epochs "
+                             f"of {nl} layers; the store was edited or damaged")
+    for layer in (x for x in layers if (x, "nas_map") in out):
+        act = out.get((layer, "unit_activity"))
+        if out[(layer, "nas_image_map")].ndim != out[(layer, "nas_map")].ndim + 1 or \
+                (act is not None and act.ndim != 2):
+            raise StoreError(url, f"{base}: the heatmaps of layer {layer!r} disagree in rank "
+                             "(maps, image maps, unit activity); the store was edited or "
+                             "damaged")
+
+
+def check_metric_arrays(url: str, where: str, arrays: dict) -> None:
+    """The arrays of an imported metrics group ``where`` (name → zarr array): each 1-D, at
+    most :data:`MAX_COORD` epochs in at most :data:`MAX_CHUNKS` chunks, checked before any
+    is read.
+
+    Raises:
+        StoreError: naming the array.
+    """
+    for name, arr in arrays.items():
+        if arr.ndim != 1 or arr.shape[0] > MAX_COORD or arr.nchunks > MAX_CHUNKS:
+            raise StoreError(url, f"{where}/{name}: declares shape {arr.shape} in "
+                             f"{arr.nchunks} chunks, not a metric per epoch; the store was "
+                             "edited or damaged")

@@ -20,7 +20,7 @@ import zarr.storage
 from nasprobe.errors import StoreError
 
 from .layout import SCALARS, group_name, spatial_dims
-from .limits import MAX_SLOT_ELEMENTS, check_array, json_object, safe_int
+from .limits import MAX_SLOT_ELEMENTS, check_array, damaged, json_object, safe_int
 from .runs import (
     HISTS,
     LEGACY,
@@ -64,17 +64,11 @@ def _root(loc: Location) -> tuple[dict, dict[str, np.ndarray]]:
     names = ("quantile", "nas_bin", "corr_bin")
     for n in names:
         check_array(loc.url, n, json_object(loc.read(n, "zarr.json")), coordinate=True)
-    try:
-        with warnings.catch_warnings():
-            quiet_zarr_warnings()
-            root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
-                                   use_consolidated=False)
-            return dict(root.attrs), {n: np.asarray(root[n][:], np.float64) for n in names}
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
-        raise StoreError(loc.url, f"its root group cannot be read ({type(exc).__name__}: "
-                         f"{exc}); the store was edited or damaged") from exc
+    with damaged(loc.url, "the root group"), warnings.catch_warnings():
+        quiet_zarr_warnings()
+        root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
+                               use_consolidated=False)
+        return dict(root.attrs), {n: np.asarray(root[n][:], np.float64) for n in names}
 
 
 def _combine(loc: Location) -> xr.DataTree:

@@ -32,12 +32,13 @@ from .layout import (
     run_name,
 )
 from .limits import (
-    MAX_CHUNKS,
-    MAX_COORD,
     check_array,
+    check_decoded,
     check_layers_attr,
     check_marker,
+    check_metric_arrays,
     check_slots,
+    damaged,
     json_object,
     safe_int,
 )
@@ -166,13 +167,8 @@ def _read_job(loc: Location, key: str, job: str, pairs: list[tuple[int, int]], a
     mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
     mem.update({k: cpu.Buffer.from_bytes(got[f"{base}/{k}"]) for k in chunk_keys
                 if got[f"{base}/{k}"] is not None})
-    try:
+    with damaged(loc.url, base):
         out = _decode(loc, base, mem, pairs, layers, present, values)
-    except (StoreError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
-        raise StoreError(loc.url, f"{base}: cannot be read ({type(exc).__name__}: {exc}); "
-                         "the store was edited or damaged") from exc
     out.update(attrs=attrs, has_activity=has_activity)
     return out
 
@@ -193,32 +189,18 @@ def _decode(loc: Location, base: str, mem: dict, pairs: list[tuple[int, int]],
         out[name] = [str(v) for v in grp[name][:]]
     for name in ("channels", "locations", "depth"):
         out[name] = grp[name][:]
-    n, nl = len(sl), len(layers)
-    if out["layer"] != layers or len(set(layers)) != nl or \
-            any(len(out[c]) != nl for c in (*coords[1:], "channels", "locations", "depth")):
-        raise StoreError(loc.url, f"{base}: its layer coordinates disagree with its 'layers' "
-                         "attribute (or name a layer twice); the store was edited or damaged")
+    check_decoded(loc.url, base, out, layers, len(sl), coords[1:])
     if not values:
         return out
-    want = {**{x: (n, nl) for x in (*SCALARS, "dead_fraction")},
-            **{x: (n,) for x in ("loss", "accuracy")}}
     for name in list(SCALARS) + [h for h, _ in HISTS] + ["loss", "accuracy"] + \
             [x for x in present if x == "dead_fraction"]:
         out[name] = grp[name].get_orthogonal_selection((sl,))
-        shape = out[name].shape if name in want else out[name].shape[:2]
-        if shape != want.get(name, (n, nl)) or (name not in want and out[name].ndim != 3):
-            raise StoreError(loc.url, f"{base}/{name}: has shape {out[name].shape} for {n} "
-                             f"epochs of {nl} layers; the store was edited or damaged")
     for layer in layers:
         sub = grp[f"heatmaps/{group_name(layer)}"]
         for name in ("nas_map", "nas_image_map", "unit_activity"):
             if name != "unit_activity" or f"heatmaps/{group_name(layer)}/{name}" in present:
                 out[(layer, name)] = sub[name].get_orthogonal_selection((sl,))
-        if out[(layer, "nas_image_map")].ndim != out[(layer, "nas_map")].ndim + 1 or \
-                out.get((layer, "unit_activity"), np.zeros((0, 0))).ndim != 2:
-            raise StoreError(loc.url, f"{base}/heatmaps/{group_name(layer)}: its image maps, "
-                             "maps and unit activity disagree in rank; the store was edited or "
-                             "damaged")
+    check_decoded(loc.url, base, out, layers, len(sl), coords[1:])
     return out
 
 
@@ -237,23 +219,14 @@ def _read_metrics(loc: Location, key: str, group: str) -> dict[str, dict[int, fl
     """An imported metrics group: name → epoch → value (its 1-D arrays checked against the
     limits of :mod:`nasprobe.store.limits` before they are read)."""
     where = f"{RUNS}/{key}/{group}"
-    try:
+    with damaged(loc.url, where):
         grp = zarr.open_group(loc.child(RUNS, key, group).zarr_store(read_only=True), mode="r",
                               zarr_format=3, use_consolidated=False)
         arrays = dict(grp.arrays())
-        for name, arr in arrays.items():
-            if arr.ndim != 1 or arr.shape[0] > MAX_COORD or arr.nchunks > MAX_CHUNKS:
-                raise StoreError(loc.url, f"{where}/{name}: declares shape {arr.shape} in "
-                                 f"{arr.nchunks} chunks, not a metric per epoch; the store was "
-                                 "edited or damaged")
+        check_metric_arrays(loc.url, where, arrays)
         epochs = arrays["epoch"][:].tolist()
         return {name: dict(zip(epochs, arr[:].tolist()))
                 for name, arr in arrays.items() if name != "epoch"}
-    except (StoreError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 (zarr's many errors for a bad document)
-        raise StoreError(loc.url, f"{where}: cannot be read ({type(exc).__name__}: {exc}); "
-                         "the store was edited or damaged") from exc
 
 
 def merge_layers(lists: list[list[str]]) -> list[str]:

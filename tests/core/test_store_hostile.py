@@ -29,7 +29,7 @@ def _edit(path, change):
 
 def _job(store, run="good"):
     (job,) = [p for p in (store / "runs" / run).iterdir()
-              if p.is_dir() and p.name not in ("commits", "claims")]
+              if p.is_dir() and p.name not in ("commits", "claims", "shapes")]
     return job
 
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from nasprobe.cli import main
-from nasprobe.training_logs import TrainingLogError, read_training_log
+from nasprobe.store.training_logs import TrainingLogError, read_training_log
 from tests.core.test_training_logs import _write_events
 from tests.hostile import tree_digest, write_onnx_run, write_probe
 
