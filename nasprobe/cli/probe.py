@@ -207,9 +207,10 @@ def info_cmd(store):
 
 
 def _legacy_summary(store):
-    """:class:`~nasprobe.store.runs.StoreSummary` of a nasprobe 0.1 store, from its xarray view."""
+    """:class:`~nasprobe.store.records.StoreSummary` of a nasprobe 0.1 store, from its xarray view."""
     from nasprobe.store.reader import open_store
-    from nasprobe.store.runs import RunSummary, StoreSummary, metric_order
+    from nasprobe.store.records import RunSummary, StoreSummary
+    from nasprobe.store.runs import metric_order
 
     ds = open_store(store).to_dataset()
     attrs = dict(ds.attrs)

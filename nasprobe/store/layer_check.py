@@ -57,19 +57,19 @@ def stored_layers(loc: Location) -> dict[str, dict[str, StoredLayer]]:
     out: dict[str, dict[str, StoredLayer]] = {}
     for r in read_runs(loc, values=False):
         layers: dict[str, StoredLayer] = {}
-        for job, j in sorted(r["jobs"].items()):
-            names = [str(n) for n in j["layer"]]
-            docs = loc.read_many([f"{RUNS}/{r['key']}/{job}/heatmaps/{group_name(n)}/nas_map/"
+        for job, j in sorted(r.jobs.items()):
+            names = [str(n) for n in j.layer]
+            docs = loc.read_many([f"{RUNS}/{r.key}/{job}/heatmaps/{group_name(n)}/nas_map/"
                                   "zarr.json" for n in names])
-            job_epochs = {int(e) for e in j["epoch"]}
-            for name, channels, doc in zip(names, j["channels"], docs.values()):
+            job_epochs = {int(e) for e in j.epoch}
+            for name, channels, doc in zip(names, j.channels, docs.values()):
                 spatial = tuple(json.loads(doc)["shape"][1:]) if doc else ()
                 epochs = set(job_epochs)
                 old = layers.get(name)
                 if old is not None and (old.channels, old.spatial) == (int(channels), spatial):
                     epochs |= set(old.epochs)
                 layers[name] = StoredLayer(int(channels), spatial, tuple(sorted(epochs)))
-        out[r["name"]] = layers
+        out[r.name] = layers
     return out
 
 

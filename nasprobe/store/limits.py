@@ -178,31 +178,33 @@ _PER_EPOCH = ("loss", "accuracy")
 _PER_BIN = ("nas_quantile", "nas_hist", "corr_hist")
 
 
-def check_decoded(url: str, base: str, out: dict, layers: list[str], n: int,
-                  coords: tuple[str, ...]) -> None:
-    """The arrays a reader decoded from the job group ``base`` (``out``: name or (layer,
-    name) → array, for ``n`` committed epochs) must agree with its ``layers`` attribute: the
-    layer coordinates (``coords`` and channels, locations, depth) one entry per layer, each
-    variable its epochs × layers, each heatmap's image maps one rank above its maps.
+def check_decoded(url: str, base: str, coords: dict, variables: dict, maps: dict,
+                  layers: list[str], n: int) -> None:
+    """The arrays a reader decoded from the job group ``base``, for ``n`` committed epochs,
+    must agree with its ``layers`` attribute: each layer coordinate (``coords``: name → one
+    entry per layer, ``layer`` the names themselves) one entry per layer, each of
+    ``variables`` (name → array) its epochs × layers, and in ``maps`` (layer → an object
+    with ``nas_map``, ``nas_image_map``, ``unit_activity``) each layer's image maps one rank
+    above its maps.
 
     Raises:
         StoreError: naming the job group or the array.
     """
     nl = len(layers)
-    if out["layer"] != layers or len(set(layers)) != nl or \
-            any(len(out[c]) != nl for c in (*coords, "channels", "locations", "depth")):
+    if coords["layer"] != layers or len(set(layers)) != nl or \
+            any(len(v) != nl for v in coords.values()):
         raise StoreError(url, f"{base}: its layer coordinates disagree with its 'layers' "
                          "attribute (or name a layer twice); the store was edited or damaged")
     want = {**{x: (n, nl) for x in _PER_LAYER}, **{x: (n,) for x in _PER_EPOCH}}
-    for name in (x for x in (*_PER_LAYER, *_PER_EPOCH, *_PER_BIN) if x in out):
-        shape = out[name].shape if name in want else out[name].shape[:2]
-        if shape != want.get(name, (n, nl)) or (name in _PER_BIN and out[name].ndim != 3):
-            raise StoreError(url, f"{base}/{name}: has shape {out[name].shape} for {n} epochs "
+    for name in (x for x in (*_PER_LAYER, *_PER_EPOCH, *_PER_BIN) if x in variables):
+        array = variables[name]
+        shape = array.shape if name in want else array.shape[:2]
+        if shape != want.get(name, (n, nl)) or (name in _PER_BIN and array.ndim != 3):
+            raise StoreError(url, f"{base}/{name}: has shape {array.shape} for {n} epochs "
                              f"of {nl} layers; the store was edited or damaged")
-    for layer in (x for x in layers if (x, "nas_map") in out):
-        act = out.get((layer, "unit_activity"))
-        if out[(layer, "nas_image_map")].ndim != out[(layer, "nas_map")].ndim + 1 or \
-                (act is not None and act.ndim != 2):
+    for layer, m in maps.items():
+        act = m.unit_activity
+        if m.nas_image_map.ndim != m.nas_map.ndim + 1 or (act is not None and act.ndim != 2):
             raise StoreError(url, f"{base}: the heatmaps of layer {layer!r} disagree in rank "
                              "(maps, image maps, unit activity); the store was edited or "
                              "damaged")

@@ -76,7 +76,7 @@ def _combine(loc: Location) -> xr.DataTree:
     with warnings.catch_warnings():
         quiet_zarr_warnings()
         runs = read_runs(loc)
-    epochs = sorted({int(e) for r in runs for j in r["jobs"].values() for e in j["epoch"]})
+    epochs = sorted({int(e) for r in runs for j in r.jobs.values() for e in j.epoch})
     info = layer_table(runs)
     layers = list(info)
     R, E, L = len(runs), len(epochs), len(layers)
@@ -89,37 +89,39 @@ def _combine(loc: Location) -> xr.DataTree:
         data[n] = np.full((R, E), np.nan)
     probed = np.zeros((R, E), np.int8)
     dead = None  # dead_fraction: only where some job wrote it (absent from older stores)
-    if any("dead_fraction" in j for r in runs for j in r["jobs"].values()):
+    if any("dead_fraction" in j.variables for r in runs for j in r.jobs.values()):
         dead = np.full((R, E, L), np.nan)
     heat: dict[str, dict] = {}
     for ri, r in enumerate(runs):
-        for j in r["jobs"].values():
-            ei = [e_at[int(e)] for e in j["epoch"]]
-            li = [l_at[n] for n in j["layer"]]
+        for j in r.jobs.values():
+            ei = [e_at[int(e)] for e in j.epoch]
+            li = [l_at[n] for n in j.layer]
+            var = j.variables
             probed[ri, ei] = 1
             for n, c in HISTS:
-                if j[n].shape[2] != len(fixed[c]):
-                    raise StoreError(loc.url, f"run {r['name']!r}: {n} has {j[n].shape[2]} "
+                if var[n].shape[2] != len(fixed[c]):
+                    raise StoreError(loc.url, f"run {r.name!r}: {n} has {var[n].shape[2]} "
                                      f"bins, the store's {c} {len(fixed[c])}; the store was "
                                      "edited or damaged")
             for n in list(SCALARS) + [n for n, _ in HISTS]:
-                data[n][np.ix_([ri], ei, li)] = j[n][None]
+                data[n][np.ix_([ri], ei, li)] = var[n][None]
             for n in ("loss", "accuracy"):
-                data[n][ri, ei] = j[n]
-            if dead is not None and "dead_fraction" in j:
-                dead[np.ix_([ri], ei, li)] = j["dead_fraction"][None]
-            k = safe_int(j["attrs"].get("keep_images", 0))
-            for name in j["layer"]:
+                data[n][ri, ei] = var[n]
+            if dead is not None and "dead_fraction" in var:
+                dead[np.ix_([ri], ei, li)] = var["dead_fraction"][None]
+            k = safe_int(j.attrs.get("keep_images", 0))
+            for name in j.layer:
                 h = heat.setdefault(name, {"parts": [], "k": 0, "act": []})
-                im = j[(name, "nas_image_map")]
-                h["parts"].append((ri, ei, j[(name, "nas_map")], im))
-                h["k"] = max(h["k"], min(k, im.shape[1]))  # never more images than stored
-                if (name, "unit_activity") in j:
-                    h["act"].append((ri, ei, j[(name, "unit_activity")]))
+                maps = j.maps[name]
+                h["parts"].append((ri, ei, maps.nas_map, maps.nas_image_map))
+                # never more images than stored
+                h["k"] = max(h["k"], min(k, maps.nas_image_map.shape[1]))
+                if maps.unit_activity is not None:
+                    h["act"].append((ri, ei, maps.unit_activity))
     dims3 = ("run", "epoch", "layer")
     ds = xr.Dataset(
         {n: (dims3, data[n]) for n in SCALARS},
-        coords={"run": ("run", np.array([r["name"] for r in runs], dtype=str)),
+        coords={"run": ("run", np.array([r.name for r in runs], dtype=str)),
                 "epoch": ("epoch", np.asarray(epochs, np.int64)),
                 "layer": ("layer", np.array(layers, dtype=str)),
                 "layer_kind": ("layer", np.array([info[n]["layer_kind"] for n in layers], dtype=str)),
@@ -136,10 +138,10 @@ def _combine(loc: Location) -> xr.DataTree:
     if dead is not None:
         ds["dead_fraction"] = (dims3, dead, DEAD_ATTRS)
     # Imported metrics (training logs): new variables, or over the probe's loss/accuracy.
-    for m in sorted({m for r in runs for m in r["extra"]}):
+    for m in sorted({m for r in runs for m in r.extra}):
         col = ds[m].values.copy() if m in ds else np.full((R, E), np.nan)
         for ri, r in enumerate(runs):
-            for e, v in r["extra"].get(m, {}).items():
+            for e, v in r.extra.get(m, {}).items():
                 if e in e_at and probed[ri, e_at[e]]:
                     col[ri, e_at[e]] = v
         ds[m] = (("run", "epoch"), col)

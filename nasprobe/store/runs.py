@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
@@ -43,11 +42,12 @@ from .limits import (
     safe_int,
 )
 from .provenance import run_probe_sets
+from .records import JobArrays, LayerMaps, RunRecord, RunSummary, StoreSummary
 from .storage import Location, location
 
 __all__ = ["LEGACY", "HISTS", "store_layout", "known_layout", "committed_epochs", "read_runs",
            "merge_layers", "layer_table",
-           "view_attrs", "RunSummary", "StoreSummary", "summary", "metric_order"]
+           "view_attrs", "summary", "metric_order"]
 
 #: What :func:`store_layout` answers for a store of nasprobe 0.1.
 LEGACY = "0.1"
@@ -131,7 +131,7 @@ def _chunk_keys(name: str, meta: dict, slots: list[int]) -> list[str]:
 
 
 def _read_job(loc: Location, key: str, job: str, pairs: list[tuple[int, int]], attrs: dict,
-              values: bool = True) -> dict:
+              values: bool = True) -> JobArrays:
     """The arrays of one job group at the slots of ``pairs`` (epoch, slot): its metadata in
     one batch of reads (each document checked, :mod:`nasprobe.store.limits`), then the chunks
     of those slots in another (concurrent requests on object stores), decoded by zarr from
@@ -169,12 +169,12 @@ def _read_job(loc: Location, key: str, job: str, pairs: list[tuple[int, int]], a
                 if got[f"{base}/{k}"] is not None})
     with damaged(loc.url, base):
         out = _decode(loc, base, mem, pairs, layers, present, values)
-    out.update(attrs=attrs, has_activity=has_activity)
+    out.attrs, out.has_activity = attrs, has_activity
     return out
 
 
 def _decode(loc: Location, base: str, mem: dict, pairs: list[tuple[int, int]],
-            layers: list[str], present: list[str], values: bool) -> dict:
+            layers: list[str], present: list[str], values: bool) -> JobArrays:
     """The arrays of :func:`_read_job`, decoded by zarr from the documents and chunks
     ``mem``; their shapes checked against the job's epochs and layers."""
     grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
@@ -183,24 +183,25 @@ def _decode(loc: Location, base: str, mem: dict, pairs: list[tuple[int, int]],
     all_epochs = grp["epoch"][:]
     check_slots(loc.url, base, slots, all_epochs, [e for e, _ in pairs])
     sl = np.asarray(slots, dtype=np.int64)
-    out = {"epoch": all_epochs[sl]}
-    coords = ("layer", "layer_kind", *(["nonlinearity"] if "nonlinearity" in present else []))
-    for name in coords:
-        out[name] = [str(v) for v in grp[name][:]]
-    for name in ("channels", "locations", "depth"):
-        out[name] = grp[name][:]
-    check_decoded(loc.url, base, out, layers, len(sl), coords[1:])
+    names = ("layer", "layer_kind", *(["nonlinearity"] if "nonlinearity" in present else []))
+    coords = {name: [str(v) for v in grp[name][:]] for name in names}
+    coords.update({name: grp[name][:] for name in ("channels", "locations", "depth")})
+    check_decoded(loc.url, base, coords, {}, {}, layers, len(sl))
+    out = JobArrays({}, all_epochs[sl], coords["layer"], coords["layer_kind"],
+                    coords["channels"], coords["locations"], coords["depth"],
+                    coords.get("nonlinearity"))
     if not values:
         return out
     for name in list(SCALARS) + [h for h, _ in HISTS] + ["loss", "accuracy"] + \
             [x for x in present if x == "dead_fraction"]:
-        out[name] = grp[name].get_orthogonal_selection((sl,))
+        out.variables[name] = grp[name].get_orthogonal_selection((sl,))
     for layer in layers:
         sub = grp[f"heatmaps/{group_name(layer)}"]
-        for name in ("nas_map", "nas_image_map", "unit_activity"):
-            if name != "unit_activity" or f"heatmaps/{group_name(layer)}/{name}" in present:
-                out[(layer, name)] = sub[name].get_orthogonal_selection((sl,))
-    check_decoded(loc.url, base, out, layers, len(sl), coords[1:])
+        read = {name: sub[name].get_orthogonal_selection((sl,)) for name in
+                ("nas_map", "nas_image_map", "unit_activity")
+                if name != "unit_activity" or f"heatmaps/{group_name(layer)}/{name}" in present}
+        out.maps[layer] = LayerMaps(**read)
+    check_decoded(loc.url, base, coords, out.variables, out.maps, layers, len(sl))
     return out
 
 
@@ -247,7 +248,7 @@ def merge_layers(lists: list[list[str]]) -> list[str]:
     return out
 
 
-def _run(loc: Location, key: str, values: bool = True) -> dict | None:
+def _run(loc: Location, key: str, values: bool = True) -> RunRecord | None:
     """One run's committed epochs, read whole (None when it has none yet); without
     ``values``, only their coordinates and attributes."""
     entries = [n for n in loc.listdir(RUNS, key)
@@ -260,49 +261,44 @@ def _run(loc: Location, key: str, values: bool = True) -> dict | None:
     for epoch, m in commits.items():
         check_marker(loc.url, f"{RUNS}/{key}/{COMMITS}/{epoch}", epoch, m, set(jobs))
         by_job.setdefault(m["job"], []).append((epoch, m["index"]))
-    run = {"key": key, "name": run_name(key), "first": jobs[0] if jobs else key,
-           "attrs": _job_attrs(loc, key, jobs), "jobs": {}, "extra": {}}
+    run = RunRecord(key, run_name(key), jobs[0] if jobs else key, _job_attrs(loc, key, jobs))
     for job in sorted(by_job):
         pairs = sorted(by_job[job])
-        run["jobs"][job] = _read_job(loc, key, job, pairs, run["attrs"].get(job, {}), values)
+        run.jobs[job] = _read_job(loc, key, job, pairs, run.attrs.get(job, {}), values)
     for g in sorted(n for n in entries if n.startswith("metrics-")):
-        for name, values in _read_metrics(loc, key, g).items():
-            run["extra"].setdefault(name, {}).update(values)
+        for name, metric in _read_metrics(loc, key, g).items():
+            run.extra.setdefault(name, {}).update(metric)
     return run
 
 
-def read_runs(loc: Location, values: bool = True) -> list[dict]:
+def read_runs(loc: Location, values: bool = True) -> list[RunRecord]:
     """Every run that has a committed epoch, in the order its first job started (runs are
-    read at once: on object stores each takes a few round trips).
-
-    Each run is a dict: ``name``, ``key`` (its group), ``first`` (its first job), ``attrs``
-    (job → the job group's attributes), ``jobs`` (job → arrays of its committed epochs: the
-    coordinates ``epoch``, ``layer``, ``layer_kind``, ``channels``, ``locations``, ``depth``
-    and, with ``values``, every variable and heatmap), ``extra`` (imported metric → epoch →
-    value)."""
+    read at once: on object stores each takes a few round trips), as :class:`RunRecord`: per
+    job a :class:`JobArrays` of its committed epochs (only the coordinates without
+    ``values``), and the imported metrics."""
     keys = [k for k in loc.listdir(RUNS) if not k.startswith(".") and k != "zarr.json"]
     with ThreadPoolExecutor(8) as pool:
         runs = [r for r in pool.map(lambda k: _run(loc, k, values), keys) if r is not None]
-    return sorted(runs, key=lambda r: (r["first"], r["name"]))
+    return sorted(runs, key=lambda r: (r.first, r.name))
 
 
-def layer_table(runs: list[dict]) -> dict[str, dict]:
+def layer_table(runs: list[RunRecord]) -> dict[str, dict]:
     """The layers of ``runs`` (from :func:`read_runs`) in the view's order
     (:func:`merge_layers`): name → ``layer_kind``, ``channels``, ``locations``, ``depth`` as
     the first job that has the layer stored them, and ``nonlinearity`` where a job that has
     the layer recorded it (jobs of nasprobe before unit activity did not)."""
-    jobs = [j for r in runs for j in r["jobs"].values()]
+    jobs = [j for r in runs for j in r.jobs.values()]
     info: dict[str, dict] = {}
     for j in jobs:
-        for i, name in enumerate(j["layer"]):
-            info.setdefault(name, {"layer_kind": j["layer_kind"][i],
-                                   **{c: int(j[c][i]) for c in ("channels", "locations", "depth")}})
-            if "nonlinearity" in j and "nonlinearity" not in info[name]:
-                info[name]["nonlinearity"] = j["nonlinearity"][i]
-    return {n: info[n] for n in merge_layers([j["layer"] for j in jobs])}
+        for i, name in enumerate(j.layer):
+            info.setdefault(name, {"layer_kind": j.layer_kind[i], "channels": int(j.channels[i]),
+                                   "locations": int(j.locations[i]), "depth": int(j.depth[i])})
+            if j.nonlinearity is not None and "nonlinearity" not in info[name]:
+                info[name]["nonlinearity"] = j.nonlinearity[i]
+    return {n: info[n] for n in merge_layers([j.layer for j in jobs])}
 
 
-def view_attrs(root: dict, runs: list[dict]) -> dict:
+def view_attrs(root: dict, runs: list[RunRecord]) -> dict:
     """The view's root attributes: the store's ``root`` attributes, and provenance merged over
     each run's jobs (``runs`` from :func:`read_runs`): ``runs`` (JSON, run → provenance),
     ``sources``, ``framework``, ``keep_images``, ``nasprobe_version``, ``probe_source``,
@@ -311,8 +307,8 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
     prov, version, source, k = {}, None, None, 0
     for r in runs:
         p: dict = {}
-        for job in sorted(r["attrs"]):
-            a = r["attrs"][job]
+        for job in sorted(r.attrs):
+            a = r.attrs[job]
             jp = json_object(a.get("provenance"))
             for kind in ("skipped", "nonfinite"):
                 if not isinstance(jp.get(kind, {}), dict):
@@ -324,13 +320,13 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
             source = a.get("probe_source", source)
             k = max(k, safe_int(a.get("keep_images", 0)))
         # The probe set of each committed epoch (several after --force with another one).
-        p["probe_sets"] = run_probe_sets(r["attrs"], {job: list(j["epoch"]) for job, j
-                                                      in r["jobs"].items()}, root)
+        p["probe_sets"] = run_probe_sets(r.attrs, {job: list(j.epoch) for job, j
+                                                   in r.jobs.items()}, root)
         p.pop("probe_sha256", None)  # a job's own; probe_sets says which epochs used which
         if "no_preact" in p:  # layer names; an edited record may hold anything
             names = p["no_preact"] if isinstance(p["no_preact"], list) else []
             p["no_preact"] = [str(x) for x in names]
-        prov[r["name"]] = p
+        prov[r.name] = p
     if version is not None:
         out["nasprobe_version"] = version
     if source is not None:
@@ -344,32 +340,6 @@ def view_attrs(root: dict, runs: list[dict]) -> dict:
     out["sources"] = json.dumps({r: p.get("source") for r, p in prov.items()})
     out["keep_images"] = k
     return out
-
-
-@dataclass
-class RunSummary:
-    """One run of :class:`StoreSummary`: its ``name``, committed ``epochs`` (sorted) and merged
-    ``provenance`` (framework, source, provider, nas_on, skipped, nonfinite, probe_sets...)."""
-
-    name: str
-    epochs: list[int]
-    provenance: dict
-
-
-@dataclass
-class StoreSummary:
-    """What ``nasprobe info`` prints: the store's ``attrs`` (as in the xarray view, without
-    ``runs`` and ``sources``), its ``runs``, its ``layers`` as ``(name, kind, channels,
-    locations)`` in the view's order, the names of its per-epoch ``metrics``, each layer's
-    recorded ``nonlinearity`` (name → operator; absent for stores that predate it) and
-    whether any job recorded unit ``activity`` (``dead_fraction``, ``unit_activity``)."""
-
-    attrs: dict
-    runs: list[RunSummary]
-    layers: list[tuple[str, str, int, int]]
-    metrics: list[str]
-    nonlinearity: dict[str, str] = field(default_factory=dict)
-    activity: bool = False
 
 
 def summary(path) -> StoreSummary | None:
@@ -391,12 +361,12 @@ def summary(path) -> StoreSummary | None:
     table = layer_table(runs)
     return StoreSummary(
         attrs,
-        [RunSummary(r["name"], sorted({int(e) for j in r["jobs"].values() for e in j["epoch"]}),
-                    prov.get(r["name"], {})) for r in runs],
+        [RunSummary(r.name, sorted({int(e) for j in r.jobs.values() for e in j.epoch}),
+                    prov.get(r.name, {})) for r in runs],
         [(n, t["layer_kind"], t["channels"], t["locations"]) for n, t in table.items()],
-        metric_order({"loss", "accuracy", *(m for r in runs for m in r["extra"])}),
+        metric_order({"loss", "accuracy", *(m for r in runs for m in r.extra)}),
         {n: t["nonlinearity"] for n, t in table.items() if "nonlinearity" in t},
-        any(j["has_activity"] for r in runs for j in r["jobs"].values()))
+        any(j.has_activity for r in runs for j in r.jobs.values()))
 
 
 def metric_order(names) -> list[str]:
