@@ -12,7 +12,7 @@ script; this says why. On one model and probe set it times, in turn and ``--repe
   with one onnxruntime thread);
 * ``nas``: nasprobe's host NAS kernel over those tap tensors (one thread, and the default);
 * ``fold``: folding the NAS maps into the running statistics;
-* ``epoch``: :func:`nasprobe.job.tasks.probe_epoch`, as one stream on every core (onnxruntime of
+* ``epoch``: :func:`nasprobe.job.epoch.probe_epoch`, as one stream on every core (onnxruntime of
   the next batch overlapping the host work of the current one) and as a probe job runs it
   (streams).
 
@@ -47,7 +47,7 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     import onnxruntime as ort
 
     from nasprobe import kernels
-    from nasprobe.job import tasks
+    from nasprobe.job import epoch, tasks
     from nasprobe.job.options import ProbeOptions
     from nasprobe.job.pipeline import cpu_streams, prefetched
     from nasprobe.job.runtime import intra_op_threads
@@ -94,7 +94,7 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
                 stats[t.layer].update(m)
 
     def run_epoch(session=tapped, **kw):
-        tasks.probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial, batch_size=batch,
+        epoch.probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial, batch_size=batch,
                           keep_images=0, kind=ctx.kind, input_name=inp, fetch=ctx.fetch,
                           host=True, **kw)
 

@@ -25,9 +25,10 @@ from resnet50 import make_run  # noqa: E402
 def bytes_per_image(run: Path, probe: Path, device: str) -> tuple[float, str, str]:
     """Bytes fetched to the host per image over one epoch of ``run``'s first checkpoint, the
     provider that ran, and where NAS was computed."""
+    from nasprobe.job.epoch import probe_epoch
     from nasprobe.job.options import ProbeOptions
     from nasprobe.job.runtime import CUDA
-    from nasprobe.job.tasks import RunSpec, context, probe_epoch
+    from nasprobe.job.tasks import RunSpec, context
 
     first = sorted(run.glob("*.onnx"))[0]
     spec = RunSpec(run=f"{run.name}-{device}", checkpoints=((str(first), 0),),

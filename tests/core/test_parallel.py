@@ -150,7 +150,8 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch):
     Python-tracked memory (numpy included) grows with neither epochs nor runs."""
     import onnxruntime as ort
 
-    from nasprobe.job.tasks import EpochResult, Outcome
+    from nasprobe.job.epoch import EpochResult
+    from nasprobe.job.tasks import Outcome
     from nasprobe.measures.aggregate import LayerStats
     from nasprobe.store.writer import RunWriter
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from nasprobe import cpus
-from nasprobe.job import pipeline, runtime, tasks
+from nasprobe.job import epoch, pipeline, runtime, tasks
 from nasprobe.measures.aggregate import LayerStats
 from nasprobe.measures.kernels import nas_map
 from nasprobe.onnxgraph.nas_graph import build_tap_graph
@@ -140,7 +140,7 @@ def test_split_and_overlapped_batches_give_todays_numbers(tapped, budget, stream
                 sizes.append(len(feed["x"]))
             return sess.run(names, feed)
 
-    got = tasks.probe_epoch(Recording(), probeset, taps, spatial, batch_size=5, keep_images=4,
+    got = epoch.probe_epoch(Recording(), probeset, taps, spatial, batch_size=5, keep_images=4,
                             input_name="x", fetch=fetch, host=True, tap_budget=tap_budget,
                             streams=streams, threads=1)
     # the budget holds the taps of max(2, streams) runs at once
