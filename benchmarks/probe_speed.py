@@ -25,6 +25,8 @@ Prints:
   torch (target <= 0.40);
 * the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.30), and the
   floor — the plain script on copies of the graphs with every tap tensor as an extra output;
+* ``many``: 100 checkpoints of the tiny CNN on 256 images: nasprobe / plain (target <= 1.30),
+  and the peak memory of 25 and of 100 checkpoints (flat in the number of checkpoints);
 * where the table job's time goes, inside one process of this script's interpreter
   (``breakdown.py``): onnxruntime plain and with the taps as outputs, the host NAS kernel, the
   statistics, one probe epoch;
@@ -63,7 +65,7 @@ from pathlib import Path
 from bench_models import export_vanilla, images, state_dicts, tiny_cnn
 
 HERE = Path(__file__).resolve().parent
-PARTS = ["startup", "tiny", "imports", "table", "long", "breakdown", "resnet"]
+PARTS = ["startup", "tiny", "imports", "table", "long", "many", "breakdown", "resnet"]
 #: the distributions whose versions are printed per environment
 VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
@@ -201,6 +203,40 @@ def tiny(envs: list[Env], tmp: Path, repeats: int) -> None:
         row(f"[{e.label}] plain onnxruntime script", b, cpu=True)
         print(f"  {f'[{e.label}] nasprobe - plain  (target <= 0.3 s)':48s} {a.wall - b.wall:8.2f} s"
               f"   CPU {a.cpu - b.cpu:6.2f} s", flush=True)
+
+
+def many(envs: list[Env], tmp: Path, repeats: int) -> None:
+    """100 checkpoints of the tiny CNN (copies of one file, each loaded as its own epoch) on
+    256 images: nasprobe / the plain script over the same files (target <= 1.30), and the peak
+    memory of 25 and of 100 checkpoints (it must not grow with the number of checkpoints)."""
+    src = tmp / "tiny"
+    if not src.exists():
+        tiny_cnn(src)
+    (one,) = src.glob("*.onnx")
+    probe = images(tmp / "many.npy", 256, 16)
+    runs = {}
+    for n in (25, 100):
+        runs[n] = tmp / f"many{n}"
+        runs[n].mkdir(exist_ok=True)
+        for i in range(n):
+            target = runs[n] / f"epoch_{i:03d}.onnx"
+            if not target.exists():
+                target.write_bytes(one.read_bytes())
+    cmds = {}
+    for e in envs:
+        for n, run in runs.items():
+            cmds[f"nasprobe{n}@{e.label}"] = lambda r, e=e, n=n, run=run: e.nasprobe(
+                "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"many{n}-{e.label}{r}.zarr"),
+                "--keep-images", "0", "--run", "bench")
+        cmds[f"plain@{e.label}"] = e.baseline("ort", str(runs[100]), str(probe))
+    got = side_by_side(cmds, repeats)
+    print(f"100 checkpoints of the tiny CNN, 256 images of 16x16 (median of {repeats})")
+    for e in envs:
+        a, b = got[f"nasprobe100@{e.label}"], got[f"plain@{e.label}"]
+        row(f"[{e.label}] nasprobe probe, 100 checkpoints", a, cpu=True)
+        row(f"[{e.label}] nasprobe probe, 25 checkpoints", got[f"nasprobe25@{e.label}"], cpu=True)
+        row(f"[{e.label}] plain onnxruntime script, 100", b, cpu=True)
+        ratio(f"[{e.label}] nasprobe / plain, 100 checkpoints", a, b, "<= 1.30")
 
 
 def imports(envs: list[Env], tmp: Path, top: int = 8) -> None:
@@ -354,6 +390,8 @@ def main() -> None:
         for part in ("table", "long"):
             if part in parts:
                 vanilla(envs, tmp, part, args.repeats)
+        if "many" in parts:
+            many(envs, tmp, args.repeats)
         if "breakdown" in parts:
             print("where the time goes (one process, VanillaNet-m 32x32, 3072 images)", flush=True)
             if not (tmp / "vanilla1").exists():
