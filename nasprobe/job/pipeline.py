@@ -15,8 +15,9 @@ flight at once are what :func:`sub_batch_size` accounts for.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
 __all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "tap_bytes_per_image",
@@ -65,6 +66,21 @@ def cpu_streams(cores: int) -> tuple[int, int]:
     return best, cores // best
 
 
+#: Worker pools of :func:`prefetched`, one per (calling thread, size): kept for the process, so
+#: that each epoch does not start and join its threads again (a probe job runs one
+#: :func:`prefetched` per epoch; a Dask worker thread gets pools of its own).
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    key = (threading.get_ident(), workers)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="nasprobe-run")
+        return _POOLS[key]
+
+
 def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
                ) -> Iterator[tuple[T, R]]:
     """Yield ``(item, run(item))`` in the order of ``items``, ``run`` working on the next
@@ -72,10 +88,12 @@ def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
 
     At most ``workers + 1`` results are alive at once (``workers`` running, one with the
     caller). An exception of ``run`` is raised where its result is yielded; a caller that
-    stops early waits for the runs still in flight.
+    stops early waits for the runs still in flight. The worker threads are kept for the next
+    call from the same thread.
     """
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="nasprobe-run") as pool:
-        pending: deque = deque()
+    pool = _pool(max(1, workers))
+    pending: deque = deque()
+    try:
         for item in items:
             pending.append((item, pool.submit(run, item)))
             if len(pending) > workers:
@@ -86,3 +104,6 @@ def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
             done = pending.popleft()
             yield done[0], done[1].result()
             del done
+    finally:  # stopped early (an exception, or the caller closed the generator)
+        wait([f for _, f in pending])
+        pending.clear()

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.buffer import cpu
 
 from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import CORR_BINS
 
+from .job_group import build_job_group, encode_rows, make_array, open_template
 from .layer_check import fix_run_shapes
 from .layout import (
     CLAIMS,
@@ -49,7 +49,6 @@ from .layout import (
     marker,
     read_marker,
     run_key,
-    spatial_dims,
 )
 from .run_sources import claim_run
 from .runs import committed_epochs, store_layout
@@ -57,68 +56,13 @@ from .storage import Location, location, quiet_zarr_warnings, warn_if_not_exclus
 
 __all__ = ["Store", "RunWriter", "new_job_id"]
 
-_LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
-
-
 def new_job_id() -> str:
     """A probe job's id: sortable by start time, unique across machines."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
-def _build_group(store, epochs: list[int], layers: list[LayerInfo], keep_images: int,
-                 attrs: dict) -> zarr.Group:
-    """A job group for ``epochs`` × ``layers`` in ``store``: coordinates written, variables
-    empty, chunked one epoch per chunk (see docs/store-design.md)."""
-    grp = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
-    n, k = len(epochs), int(keep_images)
-    lc = max(1, len(layers))
-    _make(grp, "epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),))[:] = \
-        np.asarray(epochs, np.int64)
-    _make(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
-        np.array([x.name for x in layers], dtype=object)
-    # unit activity is recorded when the layers' nonlinearities are known (not for copies of
-    # stores written before it was measured: there it stays absent, see nasprobe.migrate)
-    activity = any(x.nonlinearity is not None for x in layers)
-    for name in ("layer_kind", "nonlinearity")[: 1 + activity]:
-        _make(grp, name, (len(layers),), str, ("layer",), "", (lc,))[:] = \
-            np.array([getattr(x, name.replace("layer_", "")) or "" for x in layers], dtype=object)
-    for name in ("channels", "locations", "depth"):
-        _make(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
-            np.array([getattr(x, name) for x in layers], np.int64)
-    lay = ("epoch", "layer")
-    coords = _LAYER_COORDS if activity else _LAYER_COORDS.replace(" nonlinearity", "")
-    for name in (*SCALARS, "dead_fraction")[: len(SCALARS) + activity]:
-        _make(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), coords)
-    for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
-                                      ("nas_hist", ("nas_bin", 100), "int64", 0),
-                                      ("corr_hist", ("corr_bin", 200), "int64", 0)):
-        _make(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
-              (1, lc, extra[1]), coords)
-    for name in ("loss", "accuracy"):
-        _make(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
-    heat = grp.create_group("heatmaps")
-    for layer in layers:
-        g = heat.create_group(group_name(layer.name), attributes={"layer": layer.name})
-        sd, sp = spatial_dims(len(layer.spatial)), tuple(layer.spatial)
-        _make(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
-        _make(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
-              (1, max(k, 1), *sp))
-        if layer.nonlinearity:  # a layer that reaches no nonlinearity has no unit activity
-            _make(g, "unit_activity", (n, layer.channels), "float64", ("epoch", "channel"),
-                  np.nan, (1, max(layer.channels, 1)))
-    return grp
-
-
 #: Per process: (store, run, job) → (in-memory copy of the job group's metadata, its dict).
 _TEMPLATES: dict[tuple, tuple] = {}
-
-
-def _make(group, name, shape, dtype, dims, fill, chunks, coords=None):
-    # Every group passed here was just opened with mode="w": nothing to overwrite, and asking
-    # zarr to look for an old array costs a round trip through its event loop per array.
-    attrs = {"coordinates": coords} if coords else {}
-    return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
-                              fill_value=fill, chunks=chunks, attributes=attrs)
 
 
 class Store:
@@ -220,7 +164,7 @@ class Store:
         # stores); its metadata documents travel with the writer, so that a process writing an
         # epoch (a Dask worker) needs no read to know the arrays.
         mem: dict = {}
-        _build_group(zarr.storage.MemoryStore(mem), epochs, layers, keep_images,
+        build_job_group(zarr.storage.MemoryStore(mem), epochs, layers, keep_images,
                      {"run": run, "job": job, "keep_images": int(keep_images),
                       "provenance": json.dumps(provenance),
                       "layers": json.dumps([x.name for x in layers]), **(attrs or {})})
@@ -248,11 +192,11 @@ class Store:
         epochs = sorted({int(e) for values in metrics.values() for e in values})
         grp = zarr.open_group(self.loc.child(RUNS, key, f"metrics-{new_job_id()}").zarr_store(),
                               mode="w", zarr_format=3, attributes={"run": run, "metrics": True})
-        _make(grp, "epoch", (len(epochs),), "int64", ("epoch",), -(2**62),
+        make_array(grp, "epoch", (len(epochs),), "int64", ("epoch",), -(2**62),
               (max(len(epochs), 1),))[:] = np.asarray(epochs, np.int64)
         for name, values in metrics.items():
             col = np.array([values.get(e, np.nan) for e in epochs], np.float64)
-            _make(grp, name, (len(epochs),), "float64", ("epoch",), np.nan,
+            make_array(grp, name, (len(epochs),), "float64", ("epoch",), np.nan,
                   (max(len(epochs), 1),))[:] = col
         return sum(1 for values in metrics.values() for e in values if int(e) in done)
 
@@ -318,54 +262,49 @@ class RunWriter:
         i = self.index[int(epoch)]
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)
-        grp, mem = self._template()
+        arrays, mem = self._template()
+        rows: dict[str, tuple] = {}  # array path → (columns or None for the whole row, values)
 
         def put(name, values, cols=idx):
-            arr = grp[name]
-            if full and cols is idx:
-                arr[i] = values
-            else:
-                arr.oindex[i, cols] = values
+            rows[name] = (None if full and cols is idx else cols, values)
 
         for name in SCALARS:
             put(name, np.array([summaries[layer][name] for layer in summaries], np.float64))
-        if "dead_fraction" in grp:
+        if "dead_fraction" in arrays:
             put("dead_fraction", np.array([summaries[layer].get("dead_fraction", np.nan)
                                            for layer in summaries], np.float64))
         put("nas_quantile", np.stack([s["nas_quantile"] for s in summaries.values()]))
         put("nas_hist", np.stack([s["nas_hist"] for s in summaries.values()]))
         if corr:
-            cidx = [self.layers.index(layer) for layer in corr]
-            grp["corr_hist"].oindex[i, cidx] = np.stack(list(corr.values()))
+            put("corr_hist", np.stack(list(corr.values())),
+                [self.layers.index(layer) for layer in corr])
         for layer, s in summaries.items():
-            heat = grp[f"heatmaps/{group_name(layer)}"]
-            heat["nas_map"][i] = s["nas_map"]
-            img_arr = heat["nas_image_map"]
-            img = s["nas_image_map"][: img_arr.shape[1]]
+            heat = f"heatmaps/{group_name(layer)}"
+            rows[f"{heat}/nas_map"] = (None, s["nas_map"])
+            img = s["nas_image_map"][: arrays[f"{heat}/nas_image_map"].shape[1]]
             if len(img):
-                img_arr[i, : len(img)] = img
+                rows[f"{heat}/nas_image_map"] = (slice(0, len(img)), img)
             if "unit_activity" in s:
-                heat["unit_activity"][i] = s["unit_activity"]
+                rows[f"{heat}/unit_activity"] = (None, s["unit_activity"])
         for name in ("loss", "accuracy"):
             if metrics and name in metrics:
-                grp[name][i] = metrics[name]
+                rows[name] = (None, metrics[name])
+        encode_rows(arrays, i, rows)
         # The epoch's chunks were encoded in memory: upload them in one batch, then commit.
         chunks = {k: mem.pop(k).to_bytes() for k in [k for k in mem if not k.endswith("zarr.json")]}
         self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
         return self.commit(epoch)
 
-    def _template(self):
+    def _template(self) -> tuple[dict[str, zarr.Array], dict]:
         """This process's in-memory copy of the job group (metadata only; chunks written into
-        it are taken out and uploaded by :meth:`write_epoch`)."""
+        it are taken out and uploaded by :meth:`write_epoch`): its arrays by path, each opened
+        once per job and process (opening one costs a round trip to zarr's event loop, and an
+        epoch writes a dozen or more), and the memory they write into."""
         k = (self.loc.url, self.key, self.job)
         if k not in _TEMPLATES:
             if len(_TEMPLATES) > 16:
                 _TEMPLATES.clear()
-            meta = self.meta or self._read_meta()
-            mem = {name: cpu.Buffer.from_bytes(data) for name, data in meta.items()}
-            grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r+", zarr_format=3,
-                                  use_consolidated=False)
-            _TEMPLATES[k] = (grp, mem)
+            _TEMPLATES[k] = open_template(self.meta or self._read_meta())
         return _TEMPLATES[k]
 
     def _read_meta(self) -> dict[str, bytes]:
