@@ -8,12 +8,10 @@ import os
 
 import numpy as np
 import pytest
-
-transformers = pytest.importorskip("transformers")  # the hf extra (in requirements-dev.lock)
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers.pytorch_utils import Conv1D  # noqa: E402
+import torch
+import transformers  # the hf extra, in requirements-dev.lock: missing is a failure, not a skip
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
