@@ -141,7 +141,10 @@ def draw_heatmaps(sel: Selection, width_in: float, *, max_cols: int | None = Non
     if cells:
         lo = min(a.get_position().y0 for a in cells)
         hi = max(a.get_position().y1 for a in cells)
-        cax = fig.add_axes((right + 0.1 / width_in, lo, 0.09 / width_in, hi - lo), label="colorbar")
+        # beside the cells, wherever square cells left them (a tall grid is narrower than the
+        # figure: a bar at the figure's edge would float away from the maps it explains)
+        x = min(max(a.get_position().x1 for a in cells), right) + 0.1 / width_in
+        cax = fig.add_axes((x, lo, 0.09 / width_in, hi - lo), label="colorbar")
         fig.colorbar(image, cax=cax, label="NAS")
     return fig
 
