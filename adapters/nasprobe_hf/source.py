@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import onnx
 import torch
 import transformers
 
 from nasprobe.contract import Checkpoint, SourceOptions
 from nasprobe.errors import CheckpointError, NasprobeError
+from nasprobe_torch.source import ExportedSource
 
 from .export import ModelInput, export_pretrained
 from .folders import checkpoint_folder
@@ -19,7 +19,7 @@ from .loading import load_model
 __all__ = ["HFSource", "make_source"]
 
 
-class HFSource:
+class HFSource(ExportedSource):
     """The checkpoints of one transformers run as a ``nasprobe.contract.CheckpointSource``.
 
     ``architecture()`` loads the first checkpoint with transformers and exports it once;
@@ -55,23 +55,6 @@ class HFSource:
         if spec.patch_grid is not None:
             self.provenance["patch_grid"] = list(spec.patch_grid)
         return exported
-
-    def exported(self):
-        """The export (built on first use): graph, initializer layout and layer names."""
-        if self._exported is None:
-            self._exported = self._build()
-        return self._exported
-
-    def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once): a new copy each
-        call, which the caller owns."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.exported().model)
-        return model
-
-    def layers(self) -> list[str]:
-        """The module paths of the graph's linear operators, in graph order."""
-        return list(self.exported().layers)
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """The graph's weight initializers for one checkpoint (loaded by ``from_pretrained``).

@@ -16,7 +16,7 @@ from nasprobe.errors import CheckpointError, NasprobeError
 from .export import Exported, export_model
 from .loading import build_model, fit_state_dict, load_file, state_dict_of
 
-__all__ = ["make_source", "TorchSource"]
+__all__ = ["make_source", "TorchSource", "ExportedSource"]
 
 SELF_CONTAINED = (nn.Module, torch.export.ExportedProgram)
 
@@ -24,7 +24,35 @@ SELF_CONTAINED = (nn.Module, torch.export.ExportedProgram)
 LAYOUT = "C,H,W"
 
 
-class TorchSource:
+class ExportedSource:
+    """What every source that exports a torch module once has in common: the export is built on
+    first use by the subclass's ``_build()`` (an :class:`~nasprobe_torch.export.Exported`) and
+    kept; :meth:`architecture` hands out copies of it."""
+
+    _exported: Exported | None = None
+
+    def _build(self) -> Exported:
+        raise NotImplementedError
+
+    def exported(self) -> Exported:
+        """The export (built on first use): graph, initializer layout and layer names."""
+        if self._exported is None:
+            self._exported = self._build()
+        return self._exported
+
+    def architecture(self) -> onnx.ModelProto:
+        """The ONNX model with the first checkpoint's weights (exported once): a new copy each
+        call, which the caller owns."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.exported().model)
+        return model
+
+    def layers(self) -> list[str]:
+        """The module paths of the graph's linear operators, in graph order."""
+        return list(self.exported().layers)
+
+
+class TorchSource(ExportedSource):
     """The checkpoints of one PyTorch run as a :class:`nasprobe.contract.CheckpointSource`.
 
     ``architecture()`` exports once (the model from ``options.model`` with the first
@@ -77,23 +105,6 @@ class TorchSource:
             raise NasprobeError(f"{first}: pass --input-shape {LAYOUT} (one sample's shape, "
                                 "without the batch axis)")
         return export_model(target, shape, origin=str(first))
-
-    def exported(self) -> Exported:
-        """The export (built on first use): graph, initializer layout and layer names."""
-        if self._exported is None:
-            self._exported = self._build()
-        return self._exported
-
-    def architecture(self) -> onnx.ModelProto:
-        """The ONNX model with the first checkpoint's weights (exported once): a new copy each
-        call, which the caller owns."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.exported().model)
-        return model
-
-    def layers(self) -> list[str]:
-        """The Conv/Linear module paths of the graph's linear operators, in graph order."""
-        return list(self.exported().layers)
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """The graph's weight initializers for one checkpoint.
