@@ -116,4 +116,7 @@ def test_mutated_orbax_metadata_is_read_or_refused(tmp_path):
     assert not bad, bad
     refused = {kind for kind, _, r in results if r == "CheckpointError"}
     assert {"shape_huge", "shape_rank", "chunks_huge", "both_huge"} <= refused
-    assert report["max_rss_kb"] < 1_500_000, report["max_rss_kb"]
+    # Bounded, far below what the refused shapes would take (20000x20000x3x4 float32: 19 GB):
+    # 350-420 MB when this test runs alone, 1.51 GB once inside the full suite on 2 busy
+    # cores; the bound leaves room for the allocator's behaviour under load.
+    assert report["max_rss_kb"] < 3_000_000, report["max_rss_kb"]
