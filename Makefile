@@ -27,11 +27,13 @@ test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
-# The core's quick tests (under a minute on 2 cores): no framework end to end, no S3 server,
+# The core's quick tests (under a minute on 2 idle cores): no framework end to end (the framework
+# folders are not even collected: importing torch, jax and keras there costs seconds), no S3 server,
 # no Dask cluster, no packaging. For the edit-test loop; `make test` is what CI runs.
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 KERAS_BACKEND=torch MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 \
-		-m "not slow and not s3 and not dask and not packaging" tests
+		-m "not slow and not s3 and not dask and not packaging" \
+		tests/core tests/docs tests/test_dependency_floors.py
 
 # The gpu extra in a fresh venv (downloads onnxruntime-gpu and NVIDIA's CUDA/cuDNN wheels, a few
 # GB: not part of `make test`). Without a usable GPU it checks the fallback: one notice, CPU

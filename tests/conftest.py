@@ -37,6 +37,8 @@ SLOW = (
     "tests/core/test_report.py::test_every_figure_renders_in_chromium",
     "tests/core/test_analysis.py::test_plot_command_writes_figures",
     "tests/core/test_probesets.py::test_reading_a_memory_mapped_probe_set_does_not_keep_its_pages",
+    "tests/core/test_exclusive_create.py::test_busy_409_is_retried_then_reported",
+    "tests/core/test_names.py::test_each_adapter_extra_installs_what_it_requires",
     "tests/jax/",
     "tests/keras/",
     "tests/torch/",
@@ -57,6 +59,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.s3)
         if item.nodeid.startswith("tests/core/test_parallel.py") or "dask" in item.nodeid:
             item.add_marker(pytest.mark.dask)
-        if item.nodeid.startswith(SLOW):
+        # the shared adapter contract through a framework (not the built-in ONNX adapter)
+        framework = item.nodeid.startswith("tests/core/test_adapters.py") and \
+            item.nodeid.endswith(("[torch]", "[keras]", "[jax]", "[hf]"))
+        if item.nodeid.startswith(SLOW) or framework:
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: "tests/packaging/" not in item.nodeid)
