@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .select import Selection
-from .style import depth_colors, depth_styles, onset_line
+from .style import layer_bands, onset_line
 
 __all__ = ["draw_dead", "dead_label", "RELU_LIKE"]
 
@@ -50,24 +50,12 @@ def draw_dead(sel: Selection, width_in: float, *, var: str = "dead_fraction",
     ncols = -(-len(groups) // nrows)  # rows as full as they can be: 4 panels are 2 x 2
     fig = Figure(figsize=(width_in, min(9.5, 1.9 * nrows + 0.5)), **kw)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
-    epochs = sel.epochs
-    colors = depth_colors(len(sel.layers))
-    styles = depth_styles(len(sel.layers))
     has = np.isfinite(np.asarray(sel.ds[var].values, float)).any(axis=(0, 1))
     shown = [layer for layer, ok in zip(sel.layers, has) if ok]
     show_legend = len(shown) <= 8 if legend is None else legend
     for ax, group in zip(axes, groups):
         ax.set_label("dead")
-        for color, style, layer in zip(colors, styles, sel.layers):
-            if layer not in shown:
-                continue
-            med, lo, hi = sel.band(var, group, layer)
-            ok = np.isfinite(med)
-            if len(sel.groups[group]) > 1:
-                ax.fill_between(epochs[ok], lo[ok], hi[ok], color=color, alpha=0.25,
-                                linewidth=0, zorder=1)
-            ax.plot(epochs[ok], med[ok], color=color, linestyle=style, linewidth=1.2,
-                    label=layer, zorder=2)
+        layer_bands(ax, sel, var, group, shown)
         onset_line(ax, sel.loss_onset(group))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(group, loc="left")

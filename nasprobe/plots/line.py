@@ -11,11 +11,10 @@ vertical line at the loss onset (:func:`nasprobe.measures.onsets.loss_onset`).
 
 from __future__ import annotations
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from .select import Selection
-from .style import add_loss, depth_colors, depth_styles, onset_line, panel_height
+from .style import add_loss, layer_bands, onset_line, panel_height
 
 __all__ = ["draw_line"]
 
@@ -33,19 +32,10 @@ def draw_line(sel: Selection, width_in: float, *, var: str = "nas_median",
     fig = Figure(figsize=(width_in, min(9.5, panel_height(width_in) * len(groups))), **kw)
     axes = fig.subplots(len(groups), 1, squeeze=False, sharex=True)[:, 0]
     epochs = sel.epochs
-    colors = depth_colors(len(sel.layers))
-    styles = depth_styles(len(sel.layers))
     show_legend = len(sel.layers) <= 8 if legend is None else legend
     for ax, group in zip(axes, groups):
         ax.set_label("nas")
-        for color, style, layer in zip(colors, styles, sel.layers):
-            med, lo, hi = sel.band(var, group, layer)
-            ok = np.isfinite(med)
-            if len(sel.groups[group]) > 1:
-                ax.fill_between(epochs[ok], lo[ok], hi[ok], color=color, alpha=0.25,
-                                linewidth=0, zorder=1)
-            ax.plot(epochs[ok], med[ok], color=color, linestyle=style, linewidth=1.2,
-                    label=layer, zorder=2)
+        layer_bands(ax, sel, var, group)
         if var.startswith("nas"):
             ax.set_ylim(0.0, 1.0)
         ax.set_ylabel(ylabel)

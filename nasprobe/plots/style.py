@@ -80,6 +80,26 @@ def depth_styles(n: int) -> list:
     return [DEPTH_STYLES[(i - n) % k] for i in range(n)]
 
 
+def layer_bands(ax, sel, var: str, group: str, layers=None) -> None:
+    """One line per layer on ``ax``: the median of ``var`` (dims run, epoch, layer) over the
+    runs of ``group`` in a :class:`~nasprobe.plots.select.Selection` ``sel``, in the layer's
+    depth colour and dash, with the min-max band when the group has several runs. ``layers``:
+    only these (default: every layer of ``sel``; colours stay those of the whole selection)."""
+    epochs = sel.epochs
+    colors = depth_colors(len(sel.layers))
+    styles = depth_styles(len(sel.layers))
+    for color, style, layer in zip(colors, styles, sel.layers):
+        if layers is not None and layer not in layers:
+            continue
+        med, lo, hi = sel.band(var, group, layer)
+        ok = np.isfinite(med)
+        if len(sel.groups[group]) > 1:
+            ax.fill_between(epochs[ok], lo[ok], hi[ok], color=color, alpha=0.25,
+                            linewidth=0, zorder=1)
+        ax.plot(epochs[ok], med[ok], color=color, linestyle=style, linewidth=1.2,
+                label=layer, zorder=2)
+
+
 def add_loss(ax, epochs, loss, *, label: str = "test loss", linestyle="-", twin=True):
     """Draw the loss (1-D, one value per epoch, NaN allowed) in red on a twin y axis of
     ``ax`` (or on ``ax`` itself with ``twin=False``); returns the loss axes (its
