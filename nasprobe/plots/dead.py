@@ -64,7 +64,7 @@ def draw_dead(sel: Selection, width_in: float, *, var: str = "dead_fraction",
         ax.set_visible(False)
     for k, ax in enumerate(axes[: len(groups)]):
         if k + ncols >= len(groups):  # nothing drawn below: the epochs are labelled here
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(sel.epoch_label)
             ax.xaxis.set_tick_params(labelbottom=True)
     fig.supylabel(dead_label(sel), fontsize=7.0)
     if show_legend and shown:

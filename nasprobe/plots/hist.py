@@ -89,7 +89,7 @@ def draw_hist(sel: Selection, width_in: float, *, epochs=None, mode: str | None 
             _overlay(fig, ax, sel, groups, layer, chosen, edges)
         panel_label(ax, layer)
     finish_grid(fig, axes, len(layers), ncols, (0.0, 1.0),
-                "epoch" if mode == "ridge" else "fraction of values")
+                sel.epoch_label if mode == "ridge" else "fraction of values")
     for k, ax in enumerate(axes[: len(layers)]):
         if ax.get_xlabel():
             ax.set_xlabel("NAS")
