@@ -15,7 +15,7 @@ import numpy as np
 
 from .kernels import count_positive, nas_map
 
-__all__ = ["extra_outputs", "batch_maps", "activity_summary"]
+__all__ = ["extra_outputs", "batch_maps", "activity_summary", "location_mask", "count_masked"]
 
 
 def extra_outputs(acts: list[str | None], fetch: list[str]) -> list[str]:
@@ -29,8 +29,41 @@ def extra_outputs(acts: list[str | None], fetch: list[str]) -> list[str]:
     return out
 
 
+def location_mask(mask: np.ndarray | None, locations: tuple[int, ...], layer: str = ""
+                  ) -> np.ndarray | None:
+    """The padding mask that applies to a layer whose maps have ``locations``.
+
+    Args:
+        mask: ``(N, T)`` bool, False on a text probe's padded tokens, or None (no padding).
+        locations: the layer's location shape: ``(T,)`` (one location per token: the mask
+            applies) or ``()`` (one vector per example, e.g. a pooler or a classifier on the
+            first token: nothing to mask).
+        layer: the layer's name, for the message.
+
+    Raises:
+        ValueError: locations that are neither the tokens nor a single one.
+    """
+    if mask is None or tuple(locations) == ():
+        return None
+    if tuple(locations) != mask.shape[1:]:
+        raise ValueError(f"layer {layer!r} has locations {tuple(locations)}, not one per "
+                         f"token {mask.shape[1:]}: its padding cannot be masked")
+    return mask
+
+
+def count_masked(a: np.ndarray, axis: int, mask: np.ndarray, counts: np.ndarray) -> None:
+    """Add to ``counts`` (``(D,)`` int64) per channel along ``axis`` of ``a`` (``(N, T, D)``
+    in some axis order) how many values above zero sit at the ``(N, T)`` pairs where
+    ``mask`` is True (padding is not counted)."""
+    a = np.moveaxis(np.asarray(a), axis % a.ndim, -1)
+    if a.shape[:-1] != mask.shape:
+        raise ValueError(f"tensor locations {a.shape[:-1]} differ from the mask's {mask.shape}")
+    count_positive(a[mask], 1, counts)
+
+
 def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
-               acts: list[str | None], host: bool, threads: int | None = None
+               acts: list[str | None], host: bool, threads: int | None = None,
+               mask: np.ndarray | None = None
                ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """One batch's NAS maps and per-channel counts of values above zero.
 
@@ -41,14 +74,29 @@ def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
             (``host``), or the graph's ``(N, D)`` counts.
         acts: per tap where its activity is counted (see :func:`extra_outputs`).
         host: NAS maps are computed here by :func:`nasprobe.measures.kernels.nas_map` (``threads``).
+        mask: ``(N, T)`` bool, False on padded tokens (text probes; needs ``host``): values
+            there are not counted (:func:`location_mask` says for which taps it applies).
 
     Returns:
         Per tap the NAS map ``(N, *locations)`` and the ``(D,)`` int64 counts (None for a
         layer that reaches no nonlinearity).
     """
+    if mask is not None and not host:
+        raise ValueError("padding can be masked out of unit activity only with host NAS")
     maps, counts = [], []
     for t, o, a in zip(taps, tap_outs, acts):
         c = None if a is None else np.zeros(t.channels, np.int64)
+        m = None
+        if mask is not None:
+            locs = tuple(s for i, s in enumerate(o.shape) if i != t.channel_axis % o.ndim)
+            m = location_mask(mask, locs[1:], t.layer)
+        if m is not None:
+            if a is not None:
+                count_masked(o if a == "" else extra[a], t.channel_axis if a == "" else
+                             t.act_axis, m, c)
+            maps.append(nas_map(o, t.channel_axis, threads=threads))
+            counts.append(c)
+            continue
         if host:
             o = nas_map(o, t.channel_axis, threads=threads, counts=c if a == "" else None)
             if a:

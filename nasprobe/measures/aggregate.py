@@ -48,6 +48,7 @@ class LayerStats:
         self.nonfinite = 0
         self.map_sum = np.zeros(self.spatial, np.float64)
         self.images = 0
+        self.map_count: np.ndarray | None = None  # real pairs per location, once masked
         self.image_maps: list[np.ndarray] = []
         self.active: np.ndarray | None = None
         self.pairs = 0
@@ -60,22 +61,52 @@ class LayerStats:
         self.active += counts
         self.pairs += int(pairs)
 
-    def update(self, maps: np.ndarray) -> None:
-        """Add a batch of NAS maps, shape ``(B, *spatial)``, values in [0, 1]."""
+    def update(self, maps: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add a batch of NAS maps, shape ``(B, *spatial)``, values in [0, 1].
+
+        ``mask``: optional ``(B, *spatial)`` bool, False at (image, location) pairs that are
+        padding (a text probe's padded tokens): those count nowhere, neither in the
+        statistics nor in the mean map (whose per-location count then varies; NaN where no
+        image reaches a location), and they are NaN in the kept per-image maps.
+        """
         maps = np.asarray(maps)
         if maps.shape[1:] != self.spatial:
             raise ValueError(f"NAS map shape {maps.shape[1:]} differs from {self.spatial}")
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != maps.shape:
+                raise ValueError(f"mask shape {mask.shape} differs from the maps' {maps.shape}")
+            if self.map_count is None:  # the images so far had no padding
+                self.map_count = np.full(self.spatial, self.images, np.int64)
+            self.map_count += mask.sum(axis=0)
+        elif self.map_count is not None:
+            self.map_count += maps.shape[0]
         take = max(0, min(self.keep_images - self.images, maps.shape[0]))
         if take:
-            self.image_maps.append(np.array(maps[:take], dtype=np.float32))
+            kept = np.array(maps[:take], dtype=np.float32)
+            if mask is not None:
+                kept[~mask[:take]] = np.nan
+            self.image_maps.append(kept)
         self.images += maps.shape[0]
-        self.map_sum += maps.sum(axis=0, dtype=np.float64)
+        if mask is not None:
+            self.map_sum += np.where(mask, maps, 0).sum(axis=0, dtype=np.float64)
+            maps = maps[mask]  # the real pairs only, flat
+        else:
+            self.map_sum += maps.sum(axis=0, dtype=np.float64)
         finite, bad, total, ent = fold(maps, self.count, self.bin_min, self.bin_max, self.hist,
                                        NAS_BINS, self.channels)
         self.n += finite
         self.nonfinite += bad
         self.total += total
         self.entropy_total += ent
+
+    def mean_map(self) -> np.ndarray:
+        """The mean NAS per location (``spatial`` float64) over the images so far; with
+        padding masked out, over the real pairs at each location (NaN where there are none)."""
+        if self.map_count is None:
+            return self.map_sum / max(self.images, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.map_count > 0, self.map_sum / self.map_count, np.nan)
 
     def _order_stat(self, k: np.ndarray, cum: np.ndarray) -> np.ndarray:
         """Approximate the k-th smallest value (0-based) for each k."""
@@ -117,7 +148,7 @@ class LayerStats:
             "entropy_mean": np.nan if bad else self.entropy_total / self.n,
             "nas_quantile": q,
             "nas_hist": self.hist.copy(),
-            "nas_map": self.map_sum / max(self.images, 1),
+            "nas_map": self.mean_map(),
             "nas_image_map": images,
             **activity_summary(self.active, self.pairs),
         }

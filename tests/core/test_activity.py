@@ -210,3 +210,39 @@ def test_nonlinearity_names(tmp_path):
     m.graph.node.append(onnx.helper.make_node("Mul", ["a", "s"], ["y"]))
     (t,) = find_taps(m)
     assert t.nonlinearity == "Swish" and t.act_tensor == "a"
+
+
+@pytest.mark.parametrize("layout", ["tokens last", "channels first"])
+def test_batch_maps_leave_padding_out_of_activity(layout):
+    """With a padding mask, a token layer's counts cover only the real (example, token)
+    pairs, whether counted in the tap itself or in another tensor; a layer with one location
+    per example (a pooler) is not masked; the maps themselves are NAS everywhere."""
+    from types import SimpleNamespace
+
+    from nasprobe.measures.activity import batch_maps, location_mask
+
+    rng = np.random.default_rng(5)
+    n, t, d = 5, 7, 6
+    mask = np.arange(t)[None, :] < np.array([7, 3, 1, 5, 2])[:, None]
+    axis = 2 if layout == "tokens last" else 1
+    tap = rng.normal(0, 1, (n, t, d)).astype(np.float32)
+    other = rng.normal(0, 1, (n, t, d)).astype(np.float32)
+    tap[~mask] = 50.0  # padding full of positive values: they must not count
+    other[~mask] = 50.0
+    if axis == 1:
+        tap, other = tap.transpose(0, 2, 1).copy(), other.transpose(0, 2, 1).copy()
+    pooled = rng.normal(0, 1, (n, d)).astype(np.float32)
+    taps = [SimpleNamespace(layer=x, channels=d, channel_axis=a, act_axis=a)
+            for x, a in (("own", axis), ("other", axis), ("pool", 1))]
+    maps, counts = batch_maps(taps, [tap, tap, pooled], {"act": other, "pact": pooled},
+                              ["", "act", ""], True, 1, mask)
+    real = np.moveaxis(tap, axis, -1)[mask]
+    np.testing.assert_array_equal(counts[0], (real > 0).sum(axis=0))
+    np.testing.assert_array_equal(counts[1], (np.moveaxis(other, axis, -1)[mask] > 0).sum(0))
+    np.testing.assert_array_equal(counts[2], (pooled > 0).sum(axis=0))
+    np.testing.assert_allclose(maps[0], kernels.nas_map(tap, axis, use_c=False), atol=1e-6)
+    assert location_mask(mask, (t,)) is mask and location_mask(mask, ()) is None
+    with pytest.raises(ValueError, match="cannot be masked"):
+        location_mask(mask, (t, 2), "conv")
+    with pytest.raises(ValueError, match="host NAS"):
+        batch_maps(taps, [tap, tap, pooled], {}, [None] * 3, False, 1, mask)
