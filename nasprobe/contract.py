@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # annotations only: the command line starts without numpy and
     import onnx
 
 __all__ = ["Checkpoint", "CheckpointSource", "SourceOptions", "Adapter", "BaseAdapter",
+           "Tokenizing", "TokenizedText", "PAD_ID",
            "parse_shape", "per_layer", "unique_layer_name", "LAYER_KEY", "set_node_metadata"]
 
 #: The metadata key of an ONNX node whose value names its layer: an adapter that writes it
@@ -54,6 +55,9 @@ class CheckpointSource(Protocol):
     owns and may change; the source's own copy never changes. ``weights(ckpt)`` returns the
     values of that model's initializers for one checkpoint, keyed by initializer name (only
     those that differ per epoch need to be given).
+
+    Optional: a source of a token model may offer ``tokenize`` (:class:`Tokenizing`), which
+    lets a text file be its probe set.
     """
 
     framework: str
@@ -65,6 +69,57 @@ class CheckpointSource(Protocol):
 
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """Initializer name → array, for ``checkpoint``."""
+        ...
+
+
+#: The token id the core feeds at padding positions of a text probe (see :class:`Tokenizing`).
+PAD_ID = -1
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """A text probe set after tokenisation (what :meth:`Tokenizing.tokenize` returns).
+
+    Attributes:
+        ids: ``(N, T)`` int64 token ids, one row per line, padded on the right to ``T``
+            (what sits at padding positions does not matter: the core replaces it).
+        mask: ``(N, T)`` attention mask, 1 (or True) on the tokens of the line, 0 on padding;
+            each row is ones then zeros.
+        tokenizer: what tokenised the text, e.g. the class and a hash of its files; it is hashed
+            into the probe set's ``sha256``, so that a store notices another tokenisation.
+    """
+
+    ids: np.ndarray
+    mask: np.ndarray
+    tokenizer: str
+
+
+@runtime_checkable
+class Tokenizing(Protocol):
+    """The optional hook of a :class:`CheckpointSource` for text probes (a ``.txt`` file, one
+    example per line): a source of a model of token ids that knows its checkpoints' tokenizer
+    offers ``tokenize``. A source without it cannot be probed with text.
+
+    Contract: the run is tokenised once, with the tokenizer of its first checkpoint (a source
+    that finds another tokenizer in a later checkpoint refuses that checkpoint with a
+    :class:`~nasprobe.errors.CheckpointError`). The core feeds the ids with :data:`PAD_ID`
+    (-1) at every padding position, so the source's graph (``architecture()``) must take a
+    negative id as padding: attention mask 0 there (and any valid id embedded in its place).
+    Padding is also left out of every statistic by the core (docs/measures.md).
+    """
+
+    def tokenize(self, lines: Sequence[str], max_length: int | None) -> TokenizedText:
+        """Tokenise ``lines`` (non-empty strings) with the first checkpoint's tokenizer.
+
+        Args:
+            lines: the examples, in order.
+            max_length: truncate each example to this many tokens and pad all to it; ``None``:
+                no truncation, pad to the longest example.
+
+        Raises:
+            ValueError: the checkpoints have no usable tokenizer, or an example is longer than
+                the model takes (the message says what is wrong; the core names the file).
+        """
         ...
 
 

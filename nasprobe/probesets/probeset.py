@@ -55,7 +55,6 @@ _CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much a
 #: gigabytes (a "zip bomb"). Uncompressed members (``np.savez``) are memory-mapped, unbounded.
 MAX_INFLATED_BYTES = 1 << 30
 
-
 _OPS = {"expand": np.expand_dims, "squeeze": np.squeeze, "transpose": np.transpose,
         "flatten": lambda a, _: a.reshape(a.shape[0], -1)}
 
@@ -294,6 +293,7 @@ class ProbeSet:
     ``.npy`` and ``.npz`` hash alike; for a folder the
     sorted relative names, image bytes and labels.csv) and of the preprocessing (layout, shape,
     mean, std); settings that give the same arrays (mean None or 0) give the same hash.
+    ``mask``: for a text probe (:mod:`.text`), ``(N, T)`` bool, False on padding.
     """
 
     path: Path
@@ -302,6 +302,7 @@ class ProbeSet:
     labels: np.ndarray | None
     shape: tuple[int, ...] = ()
     layout: str = "NCHW"
+    mask: np.ndarray | None = field(default=None, repr=False)
     _source: _ArraySource | FolderSource | None = field(default=None, repr=False)
     _mean: np.ndarray | None = field(default=None, repr=False)  # broadcastable to a batch
     _std: np.ndarray | None = field(default=None, repr=False)
