@@ -65,7 +65,8 @@ def framework_options(f):
 @click.command("probe")
 @click.argument("checkpoints", nargs=-1, required=True, type=PathOrUrl(exists=True))
 @click.option("--probe", "probe_path", required=True, type=PathOrUrl(exists=True),
-              help=".npy images, .npz (x, optional y) or a folder of images (path or URL).")
+              help=".npy images, .npz (x, optional y), a folder of images, or for token "
+                   "models a .txt file, one example per line (path or URL).")
 @click.option("--out", required=True, type=PathOrUrl(),
               help="The zarr store to write (a path, or a URL such as s3://bucket/nas.zarr).")
 @click.option("--run", default=None, help="Run name (default: the folder's name).")
@@ -80,6 +81,9 @@ def framework_options(f):
                                       "raw taps with the fused C kernel (auto: host on CPU).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               show_default=True, help="What to do with a bad checkpoint.")
+@click.option("--max-length", default=None, type=click.IntRange(1), metavar="N",
+              help="Text probes: truncate each line to N tokens and pad to N (default: pad "
+                   "to the longest line); padding counts in no statistic.")
 @click.option("--mean", default=None, metavar="M[,M,M]", help="Probe normalisation mean.")
 @click.option("--std", default=None, metavar="S[,S,S]", help="Probe normalisation std.")
 @click.option("--metrics", "metrics_log", default=None, type=click.Path(exists=True),
@@ -95,7 +99,8 @@ def framework_options(f):
               help="Probe on an existing Dask scheduler, e.g. tcp://HOST:8786.")
 def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, tap,
               exclude_bias, layers, epoch_regex, trust_pickle, batch_size, keep_images, device,
-              nas_on, on_error, mean, std, metrics_log, force, corr, workers, scheduler):
+              nas_on, on_error, max_length, mean, std, metrics_log, force, corr, workers,
+              scheduler):
     """Measure NAS in every checkpoint of a run and write it into a zarr store.
 
     CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
@@ -123,7 +128,7 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
                                  tap=tap, exclude_bias=exclude_bias, layers=layers,
                                  device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                  batch_size=batch_size, keep_images=keep_images, nas_on=nas_on,
-                                 corr=corr)
+                                 corr=corr, max_length=max_length)
     share_cpu_arena()  # this process ends with the job: its sessions may share one arena
     path = probe(list(checkpoints), out=out, options=options, run=run, epoch_regex=epoch_regex,
                  on_error=on_error, force=force, workers=workers, scheduler=scheduler)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nasprobe.measures.activity import batch_maps, extra_outputs
+from nasprobe.measures.activity import batch_maps, extra_outputs, location_mask
 from nasprobe.measures.aggregate import LayerStats
 from nasprobe.onnxgraph.taps import Tap
 from nasprobe.probesets import ProbeSet
@@ -54,6 +54,12 @@ def _log_probs(out: np.ndarray, kind: str) -> np.ndarray:
     return out - m - np.log(np.exp(out - m).sum(axis=1, keepdims=True))
 
 
+def _mask(probeset: ProbeSet, start: int, n: int) -> np.ndarray | None:
+    """The padding mask ``(n, T)`` of images ``start:start + n``, or None without padding."""
+    mask = getattr(probeset, "mask", None)
+    return None if mask is None else mask[start:start + n]
+
+
 def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
@@ -77,6 +83,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     batch size ``fixed_batch`` gets batches of exactly that size (the last one padded with
     zeros, whose outputs are dropped). ``bind``: see :func:`nasprobe.job.runtime.run_batch`.
     ``acts``: per tap where its unit activity is counted (:class:`RunContext`; default none).
+    A probe set with a padding ``mask`` (text) needs ``host``: padded tokens count in no
+    statistic (:meth:`nasprobe.measures.aggregate.LayerStats.update`).
     """
     streams = max(1, int(streams))
     if fixed_batch:
@@ -98,13 +106,14 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         """One batch: its outputs (NAS maps on the host: the raw taps end here) and the bytes
         that left onnxruntime."""
         outs = run_batch(session, out_names, input_name, batch[1], fixed_batch, bind=bind)
+        mask = _mask(probeset, batch[0], len(batch[1]))
         size = sum(o.nbytes for o in outs)
         head = outs[:1] if labelled else []
         got = dict(zip(names + extra, outs[len(head):]))
-        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads)
+        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads, mask)
         return head + maps, counts, size
 
-    for (_, xb, yb), (outs, counts, size) in prefetched(probeset.batches(batch_size), run,
+    for (start, xb, yb), (outs, counts, size) in prefetched(probeset.batches(batch_size), run,
                                                          streams):
         fetched += size
         if labelled:
@@ -114,10 +123,12 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
             correct += int((lp.argmax(axis=1) == yb).sum())
             outs = outs[1:]
         n += len(xb)
+        mask = _mask(probeset, start, len(xb))
         for t, o, c in zip(taps, outs, counts):
-            stats[t.layer].update(o)
+            m = location_mask(mask, o.shape[1:], t.layer)
+            stats[t.layer].update(o, m)
             if c is not None:
-                stats[t.layer].update_activity(c, o.size)
+                stats[t.layer].update_activity(c, o.size if m is None else int(m.sum()))
         outs = o = None
     metrics = {}
     if labelled:

@@ -56,6 +56,8 @@ class ProbeOptions:
         nas_on: one of :data:`NAS_ON`.
         corr: histogram the filter weight correlations (``corr_hist``); ``False`` leaves its
             counts at 0 (see :mod:`nasprobe.measures.correlation` for its memory bound).
+        max_length: ``--max-length``: tokens per example of a text probe (truncated and padded
+            to it); ``None``: padded to the longest line. Only for text probes.
     """
 
     probe: str
@@ -71,6 +73,7 @@ class ProbeOptions:
     keep_images: int = 8
     nas_on: str = "auto"
     corr: bool = True
+    max_length: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "probe", os.fspath(self.probe))
@@ -87,6 +90,8 @@ class ProbeOptions:
                                     f"({exc})") from None
         if int(self.batch_size) < 1:
             raise NasprobeError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise NasprobeError(f"--max-length must be at least 1, not {self.max_length}")
         if int(self.keep_images) < 0:
             raise NasprobeError(f"keep_images must be 0 or more, not {self.keep_images}")
         # Hashed once, here: the per-process cache of tapped models is keyed by it.

@@ -32,7 +32,7 @@ from nasprobe.measures.correlation import corr_histogram
 from nasprobe.measures.kernels import available as kernels_available
 from nasprobe.onnxgraph.nas_graph import ACT_PREFIX, build_probe_graph, build_tap_graph
 from nasprobe.onnxgraph.taps import Tap, find_taps
-from nasprobe.probesets import ProbeSet, load_probe_set
+from nasprobe.probesets import ProbeSet, is_text_probe, load_probe_set, load_text_probe
 from nasprobe.store.download_cache import local_copy
 from nasprobe.store.storage import is_url
 
@@ -136,10 +136,18 @@ _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
 _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
 
 
-def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32) -> ProbeSet:
+def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32, source=None
+               ) -> ProbeSet:
     """The probe set fitted to ``input_shape`` (and integer token ids to an integer
-    ``input_dtype``), shared by runs of one architecture."""
+    ``input_dtype``), shared by runs of one architecture; a text probe is tokenised by the
+    run's ``source`` (its own tokenizer: not shared)."""
     opts = spec.options
+    if is_text_probe(opts.probe):
+        return load_text_probe(local_copy(opts.probe), getattr(source, "tokenize", None),
+                               opts.max_length, input_dtype,
+                               f"the {getattr(source, 'framework', '?')} checkpoints")
+    if opts.max_length is not None:
+        raise ProbeSetError(opts.probe, "--max-length applies to text probes (.txt) only")
     k = (opts.probe, tuple(input_shape), opts.mean, opts.std, np.dtype(input_dtype).str)
     if k not in _PROBESETS:
         while len(_PROBESETS) >= CACHE_SIZE:
@@ -182,7 +190,12 @@ def _build(spec: RunSpec) -> RunContext:
         graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
         tapped = reading(first, lambda: TappedModel(graph, device="cpu"))
         session = reading(first, tapped.session)
-    probeset = _probe_set(spec, tapped.input_shape, tapped.input_dtype)
+    probeset = _probe_set(spec, tapped.input_shape, tapped.input_dtype, source)
+    if probeset.mask is not None and not host:  # padding is left out of unit activity per
+        host = True  # token, which needs the raw taps (the graph sums over locations)
+        graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
+        tapped = reading(first, lambda: TappedModel(graph, device=opts.device))
+        session = reading(first, tapped.session)
     # One image through the architecture gives every map's location shape.
     first_out = [session.get_outputs()[0].name] if probeset.labels is not None else []
     outs = reading(first, run_batch, session, first_out + fetch, tapped.input_name,
