@@ -2,10 +2,13 @@
 
 What changes for the export only (the model object is restored afterwards):
 
-* the model is called with one tensor: token ids as ``input_ids`` (with an all-ones
-  ``attention_mask`` where ``forward`` takes one, and no key/value cache), or images as
-  ``pixel_values``; it returns its first output (logits, or the last hidden state of a base
-  model). The ids' sequence axis stays dynamic, up to ``max_position_embeddings``.
+* the model is called with one tensor: token ids as ``input_ids`` (and no key/value cache),
+  or images as ``pixel_values``. Where ``forward`` takes an ``attention_mask``, the graph
+  derives it from the ids: a negative id (``nasprobe.contract.PAD_ID``, what the core feeds at
+  a text probe's padding) is padding, mask 0, and is embedded as id 0; every other id has
+  mask 1 (so an array of ids gets the all-ones mask). It returns its first output (logits,
+  or the last hidden state of a base model). The ids' sequence axis stays dynamic, up to
+  ``max_position_embeddings``.
 * transformers' ``Conv1D`` (GPT-2; weight stored ``(in, out)``) computes ``x @ W + b`` on the
   ``(N, T, in)`` input instead of flattening the tokens into the batch, so that the graph has a
   ``MatMul`` with a constant ``(in, out)`` weight and every token stays a location.
@@ -42,6 +45,8 @@ class ModelInput:
     Attributes:
         name: ``input_ids`` or ``pixel_values`` (the model's ``main_input_name``).
         tokens: whether it takes integer token ids ``(N, T)``.
+        masked: whether its ``forward`` takes an ``attention_mask`` (then a negative id in
+            the exported graph is padding).
         shape: one sample's shape for the export: ``(T,)`` (T dynamic) or ``(C, H, W)``.
         max_tokens: the longest sequence the model takes (``max_position_embeddings``).
         patch_grid: for a vision transformer, its patches as ``(rows, columns)``.
@@ -51,6 +56,7 @@ class ModelInput:
     tokens: bool
     shape: tuple[int, ...]
     max_tokens: int | None = None
+    masked: bool = False
     patch_grid: tuple[int, int] | None = field(default=None)
 
 
@@ -68,14 +74,17 @@ def model_input(model: PreTrainedModel) -> ModelInput:
     name = getattr(model, "main_input_name", "input_ids")
     if name == "input_ids":
         longest = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        return ModelInput(name, True, (EXAMPLE_TOKENS,), int(longest) if longest else None)
+        masked = "attention_mask" in inspect.signature(model.forward).parameters
+        return ModelInput(name, True, (EXAMPLE_TOKENS,), int(longest) if longest else None,
+                          masked)
     if name == "pixel_values" and getattr(cfg, "image_size", None):
         h, w = _pair(cfg.image_size)
         grid = None
         if getattr(cfg, "patch_size", None):
             ph, pw = _pair(cfg.patch_size)
             grid = (h // ph, w // pw)
-        return ModelInput(name, False, (int(getattr(cfg, "num_channels", 3)), h, w), None, grid)
+        return ModelInput(name, False, (int(getattr(cfg, "num_channels", 3)), h, w), None,
+                          patch_grid=grid)
     raise ValueError(f"{type(model).__name__} takes {name!r}: nasprobe probes models of token "
                      "ids or images")
 
@@ -101,9 +110,9 @@ def export_view(model: PreTrainedModel, spec: ModelInput):
 
     if spec.tokens:
         def forward(input_ids: torch.Tensor) -> torch.Tensor:
-            mask = {"attention_mask": torch.ones_like(input_ids)} \
+            mask = {"attention_mask": (input_ids >= 0).to(input_ids.dtype)} \
                 if "attention_mask" in params else {}
-            return original(input_ids=input_ids, **mask, **extra)[0]
+            return original(input_ids=input_ids.clamp(min=0), **mask, **extra)[0]
     else:
         def forward(pixel_values: torch.Tensor) -> torch.Tensor:
             return original(pixel_values=pixel_values, **extra)[0]

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 import transformers
 
-from nasprobe.contract import Checkpoint, SourceOptions
+from nasprobe.contract import Checkpoint, SourceOptions, TokenizedText
 from nasprobe.errors import CheckpointError, NasprobeError
 from nasprobe_torch.source import ExportedSource
 
 from .export import ModelInput, export_pretrained
 from .folders import checkpoint_folder
 from .loading import load_model
+from .tokens import fingerprint, tokenize
 
 __all__ = ["HFSource", "make_source"]
 
@@ -26,6 +27,11 @@ class HFSource(ExportedSource):
     ``weights(ckpt)`` loads each checkpoint the same way and returns the graph's initializers.
     Checkpoint numbers are training steps: :attr:`provenance` says so (``epoch_unit``), and
     names the model class, transformers' version and, for a vision transformer, its patch grid.
+
+    ``tokenize(lines, max_length)`` (the contract's optional hook,
+    ``nasprobe.contract.Tokenizing``) tokenises a text probe with the first checkpoint's own
+    tokenizer (:mod:`nasprobe_hf.tokens`); from then on :meth:`weights` refuses a checkpoint
+    whose tokenizer files differ from the first's.
     """
 
     framework = "hf"
@@ -38,6 +44,7 @@ class HFSource(ExportedSource):
         self.trust_pickle = bool(trust_pickle)
         self._exported = None
         self._input: ModelInput | None = None
+        self._tokenizer: str | None = None  # fingerprint of the files that tokenised the probe
         self.provenance: dict = {"epoch_unit": "step",
                                  "transformers": transformers.__version__}
 
@@ -56,6 +63,16 @@ class HFSource(ExportedSource):
             self.provenance["patch_grid"] = list(spec.patch_grid)
         return exported
 
+    def tokenize(self, lines: Sequence[str], max_length: int | None) -> TokenizedText:
+        """Tokenise a text probe with the first checkpoint's tokenizer (see
+        :func:`nasprobe_hf.tokens.tokenize`; ``ValueError`` says what is wrong)."""
+        self.exported()
+        first = checkpoint_folder(self.checkpoints[0].path)
+        out = tokenize(first, lines, max_length, self._input)
+        self._tokenizer = fingerprint(first)
+        self.provenance["tokenizer"] = out.tokenizer
+        return out
+
     def weights(self, checkpoint: Checkpoint) -> dict[str, np.ndarray]:
         """The graph's weight initializers for one checkpoint (loaded by ``from_pretrained``).
 
@@ -65,10 +82,15 @@ class HFSource(ExportedSource):
 
         Raises:
             CheckpointError: see :func:`nasprobe_hf.loading.load_model`; a checkpoint of
-                another architecture than the run's first.
+                another architecture than the run's first; after :meth:`tokenize`, one whose
+                tokenizer files differ from the first checkpoint's.
         """
         exported = self.exported()
         folder = checkpoint_folder(checkpoint.path)
+        if self._tokenizer is not None and fingerprint(folder) != self._tokenizer:
+            raise CheckpointError(folder, "its tokenizer files differ from those of the run's "
+                                  "first checkpoint, whose tokenizer tokenised the probe text; "
+                                  "probe it as a run of its own (or --on-error skip)")
         state = load_model(folder, self.trust_pickle).state_dict()
         out: dict[str, np.ndarray] = {}
         for name, (key, perm) in exported.layout.items():
