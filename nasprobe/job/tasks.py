@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from nasprobe.contract import Checkpoint
 from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError
 from nasprobe.frameworks.registry import open_source
+from nasprobe.measures.activity import location_mask
 from nasprobe.measures.correlation import corr_histogram
 from nasprobe.measures.kernels import available as kernels_available
 from nasprobe.onnxgraph.nas_graph import ACT_PREFIX, build_probe_graph, build_tap_graph
@@ -219,6 +220,12 @@ def _build(spec: RunSpec) -> RunContext:
         if host:
             del shape[t.channel_axis]
         spatial[t.layer] = tuple(shape[1:])
+        if probeset.mask is not None:  # padded tokens must be maskable in every layer's maps
+            try:
+                location_mask(probeset.mask[:1], spatial[t.layer], t.layer)
+            except ValueError as exc:
+                raise ProbeSetError(opts.probe, f"{exc}; give token ids of one length as an "
+                                    "integer .npy array instead") from None
     base = reading(first, lambda: {t.name: numpy_helper.to_array(t)
                                    for t in arch.graph.initializer})
     return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,

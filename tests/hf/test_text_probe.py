@@ -156,12 +156,16 @@ def test_padding_counts_nowhere_bidirectional(text_runs, tmp_path):
 
 
 def test_truncation_matches_hooks_on_truncated_lines(text_runs, tmp_path):
+    """--max-length 4 cuts the longer lines; --nas-on graph is overridden (the graph's unit
+    activity sums over padding), and the store says so."""
     base, runs = text_runs
     folder, models = runs["gpt2"]
     out = tmp_path / "s.zarr"
-    res = probe(folder, "--probe", base / "lines.txt", "--out", out, "--max-length", "4")
+    res = probe(folder, "--probe", base / "lines.txt", "--out", out, "--max-length", "4",
+                "--nas-on", "graph")
     assert res.exit_code == 0, res.output
-    check(out, models, width=4, max_length=4)
+    ds, _ = check(out, models, width=4, max_length=4)
+    assert json.loads(ds.attrs["runs"])["gpt2"]["nas_on"] == "host"
 
 
 def test_changed_text_is_a_changed_probe_set(text_runs, tmp_path):
