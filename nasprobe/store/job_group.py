@@ -1,20 +1,35 @@
 """A job group's arrays: built once when a job opens a run, then written one epoch's row at a
-time in memory (its chunks are uploaded by :class:`nasprobe.store.writer.RunWriter`).
+time (its chunks are uploaded by :class:`nasprobe.store.writer.RunWriter`).
 
 The layout (one chunk per epoch, so that jobs never write the same chunk) is in
-docs/store-design.md.
+docs/store-design.md. Every numeric array of a job group is made with the same two codecs,
+little-endian bytes then zstd level 0 (:data:`ROW_CODECS`), so an epoch's row is one whole
+chunk whose stored bytes :func:`encode_rows` makes directly with numcodecs' zstd, the
+compressor zarr's own ``zstd`` codec calls: going through a zarr array instead costs a
+round trip through zarr's event-loop thread for every array of every epoch (most of the time
+of an epoch of a small model, measured in benchmarks/probe_speed.py).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 import zarr
-import zarr.storage
-from zarr.buffer import cpu
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, ZstdCodec
+
+from nasprobe.errors import StoreError
 
 from .layout import SCALARS, LayerInfo, group_name, spatial_dims
 
-__all__ = ["build_job_group", "make_array", "open_template", "encode_rows"]
+__all__ = ["build_job_group", "make_array", "RowCodec", "row_codecs", "encode_rows",
+           "ROW_CODECS", "CHUNK_KEYS"]
+
+#: The codecs of every numeric job-group array, as zarr writes them into its metadata.
+ROW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
+              {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
 
 _LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
 
@@ -69,32 +84,107 @@ def make_array(group, name, shape, dtype, dims, fill, chunks, coords=None):
     # Every group passed here was just opened with mode="w": nothing to overwrite, and asking
     # zarr to look for an old array costs a round trip through its event loop per array.
     attrs = {"coordinates": coords} if coords else {}
+    codecs = {} if dtype is str else {"serializer": BytesCodec(endian="little"),
+                                      "compressors": ZstdCodec(level=0, checksum=False)}
     return group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims,
-                              fill_value=fill, chunks=chunks, attributes=attrs)
+                              fill_value=fill, chunks=chunks, attributes=attrs,
+                              chunk_key_encoding=CHUNK_KEYS, **codecs)
 
 
-def encode_rows(arrays: dict[str, zarr.Array], i: int, rows: dict[str, tuple]) -> None:
-    """Write row ``i`` (one epoch's slot) of several in-memory arrays: ``rows`` maps an array
-    path to ``(columns, values)``, ``columns`` None for the whole row, a slice or a list of
-    column indices for part of it."""
+@dataclass(frozen=True)
+class RowCodec:
+    """How one epoch's row of a job-group array is stored: the row's shape (the array's
+    shape without the epoch axis), the chunk's (the same, or larger where an axis is empty:
+    ``nas_image_map`` with no kept image), the little-endian dtype, the fill value and the
+    separator of the chunk keys."""
+
+    row: tuple[int, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill: float | int
+    separator: str = "/"
+
+    def chunk(self, cols, values) -> np.ndarray:
+        """The chunk of shape :attr:`shape` holding ``values`` for the whole row (``cols``
+        None) or for the columns ``cols`` of it (a slice or a list of indices), and the fill
+        value elsewhere."""
+        if cols is None and self.row == self.shape:
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(values, self.dtype),
+                                                        self.shape))
+        out = np.full(self.shape, self.fill, self.dtype)
+        row = out[tuple(slice(0, n) for n in self.row)]
+        row[slice(None) if cols is None else cols] = values
+        return out
+
+    def empty(self, row: np.ndarray) -> bool:
+        """True when every value of ``row`` is the fill value (zarr stores no such chunk)."""
+        if isinstance(self.fill, float) and np.isnan(self.fill):
+            return bool(np.isnan(row).all())
+        return bool((row == self.fill).all())
+
+
+_ZSTD = Zstd(level=0, checksum=False)
+
+#: Chunk keys ``c.<epoch>.0``: an epoch's chunks land in folders that exist (with ``/``, every
+#: epoch made a folder per array, a system call each, most of a small epoch's write time).
+CHUNK_KEYS = {"name": "default", "separator": "."}
+
+
+def row_codecs(meta: dict[str, bytes]) -> dict[str, RowCodec]:
+    """The row codecs of a job group's per-epoch arrays from its metadata documents (path →
+    ``zarr.json`` bytes), by array path (``nas_median``, ``heatmaps/<group>/nas_map``, ...).
+
+    Raises:
+        StoreError: an array chunked one epoch per chunk is stored with other codecs than
+            :data:`ROW_CODECS` (a group this version did not make).
+    """
+    out = {}
+    for key, raw in meta.items():
+        doc = json.loads(raw)
+        if doc.get("node_type") != "array" or not key.endswith("/zarr.json"):
+            continue
+        name = key[: -len("/zarr.json")]
+        shape = tuple(doc["shape"])
+        chunks = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
+        dims = doc.get("dimension_names") or ()
+        if name == "epoch" or not dims or dims[0] != "epoch":
+            continue  # the coordinates, written whole when the group is built
+        if len(shape) != len(chunks) or chunks[0] != 1:
+            raise StoreError(name, f"job-group array chunked {list(chunks)}: not one epoch "
+                             "per chunk")
+        if doc["codecs"] != ROW_CODECS or doc["data_type"] not in ("float32", "float64", "int64"):
+            raise StoreError(name, f"job-group array stored as {doc['data_type']} with codecs "
+                             f"{doc['codecs']}, which this version of nasprobe does not write")
+        fill = doc["fill_value"]
+        dtype = np.dtype(doc["data_type"]).newbyteorder("<")
+        sep = doc["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
+        if doc["chunk_key_encoding"]["name"] != "default" or sep not in "/.":
+            raise StoreError(name, f"job-group array with chunk keys {doc['chunk_key_encoding']}"
+                             ", which this version of nasprobe does not write")
+        out[name] = RowCodec(shape[1:], tuple(int(c) for c in chunks[1:]), dtype,
+                             float(fill) if dtype.kind == "f" else int(fill), sep)
+    return out
+
+
+def encode_rows(codecs: dict[str, RowCodec], i: int, rows: dict[str, tuple]) -> dict[str, bytes]:
+    """The stored chunks of row ``i`` (one epoch's slot) of several arrays.
+
+    Args:
+        codecs: :func:`row_codecs` of the job group.
+        i: the epoch's slot (index along the group's ``epoch`` axis).
+        rows: array path → ``(columns, values)``; ``columns`` None for the whole row, a slice
+            or a list of column indices for part of it (the rest holds the fill value).
+
+    Returns:
+        Chunk key relative to the group (``nas_median/c.3.0``) → the chunk's bytes; a row that
+        is all fill value gets no chunk, as zarr writes none.
+    """
+    out = {}
     for name, (cols, values) in rows.items():
-        if cols is None:
-            arrays[name][i] = values
-        elif isinstance(cols, slice):
-            arrays[name][i, cols] = values
-        else:
-            arrays[name].oindex[i, cols] = values
-
-
-def open_template(meta: dict[str, bytes]) -> tuple[dict[str, zarr.Array], dict]:
-    """An in-memory job group from its metadata documents (path → bytes): its arrays by path
-    (``nas_median``, ``heatmaps/<group>/nas_map``, ...), each opened once (opening one costs
-    a round trip through zarr's event loop, and an epoch writes a dozen or more), and the dict
-    their chunks are written into."""
-    mem = {name: cpu.Buffer.from_bytes(data) for name, data in meta.items()}
-    grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r+", zarr_format=3,
-                          use_consolidated=False)
-    arrays = dict(grp.arrays())
-    for name, sub in grp["heatmaps"].groups():
-        arrays.update({f"heatmaps/{name}/{a}": arr for a, arr in sub.arrays()})
-    return arrays, mem
+        codec = codecs[name]
+        row = codec.chunk(cols, values)
+        if codec.empty(row):
+            continue
+        key = codec.separator.join(["c", str(int(i))] + ["0"] * len(codec.shape))
+        out[f"{name}/{key}"] = _ZSTD.encode(row.tobytes())
+    return out

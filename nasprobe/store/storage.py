@@ -156,9 +156,7 @@ class Location:
         """Write object ``parts`` whole; a reader sees the old or the new bytes, never a mix."""
         if self.local:
             target = self.path().joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            tmp.write_bytes(data)
+            tmp = _write_beside(target, data)
             os.replace(tmp, target)
         else:
             self.fs.pipe_file(self.key(*parts), data)
@@ -261,14 +259,25 @@ class Location:
 _BUSY_RETRIES = 8
 
 
+def _write_beside(target: Path, data: bytes) -> Path:
+    """A new temporary file beside ``target`` holding ``data`` (its folder made when missing:
+    tried first without, since an epoch writes a score of chunks into folders that mostly
+    exist, and asking for each costs a system call per folder level)."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+    return tmp
+
+
 def _create_local(target: Path, data: bytes) -> bool:
     """Exclusive create of a local file: a fully written temporary file hard-linked to the
     target (``os.link`` fails when the target exists, also on NFS; the file appears whole);
     where the file system has no hard links (vfat, many FUSE mounts), ``O_CREAT|O_EXCL``."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        tmp.write_bytes(data)
+        tmp = _write_beside(target, data)
     except OSError as exc:
         raise StoreError(target, f"cannot be written: {exc}") from exc
     try:

@@ -34,7 +34,7 @@ from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import CORR_BINS
 
-from .job_group import build_job_group, encode_rows, make_array, open_template
+from .job_group import RowCodec, build_job_group, encode_rows, make_array, row_codecs
 from .layer_check import fix_run_shapes
 from .layout import (
     CLAIMS,
@@ -61,8 +61,8 @@ def new_job_id() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
-#: Per process: (store, run, job) → (in-memory copy of the job group's metadata, its dict).
-_TEMPLATES: dict[tuple, tuple] = {}
+#: Per process: (store, run, job) → how that job group stores its rows (job_group.row_codecs).
+_CODECS: dict[tuple, dict] = {}
 
 
 class Store:
@@ -262,7 +262,7 @@ class RunWriter:
         i = self.index[int(epoch)]
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)
-        arrays, mem = self._template()
+        codecs = self._codecs()
         rows: dict[str, tuple] = {}  # array path → (columns or None for the whole row, values)
 
         def put(name, values, cols=idx):
@@ -270,7 +270,7 @@ class RunWriter:
 
         for name in SCALARS:
             put(name, np.array([summaries[layer][name] for layer in summaries], np.float64))
-        if "dead_fraction" in arrays:
+        if "dead_fraction" in codecs:
             put("dead_fraction", np.array([summaries[layer].get("dead_fraction", np.nan)
                                            for layer in summaries], np.float64))
         put("nas_quantile", np.stack([s["nas_quantile"] for s in summaries.values()]))
@@ -281,7 +281,7 @@ class RunWriter:
         for layer, s in summaries.items():
             heat = f"heatmaps/{group_name(layer)}"
             rows[f"{heat}/nas_map"] = (None, s["nas_map"])
-            img = s["nas_image_map"][: arrays[f"{heat}/nas_image_map"].shape[1]]
+            img = s["nas_image_map"][: codecs[f"{heat}/nas_image_map"].row[0]]
             if len(img):
                 rows[f"{heat}/nas_image_map"] = (slice(0, len(img)), img)
             if "unit_activity" in s:
@@ -289,23 +289,20 @@ class RunWriter:
         for name in ("loss", "accuracy"):
             if metrics and name in metrics:
                 rows[name] = (None, metrics[name])
-        encode_rows(arrays, i, rows)
-        # The epoch's chunks were encoded in memory: upload them in one batch, then commit.
-        chunks = {k: mem.pop(k).to_bytes() for k in [k for k in mem if not k.endswith("zarr.json")]}
+        chunks = encode_rows(codecs, i, rows)
+        # The epoch's chunks are encoded in memory: upload them in one batch, then commit.
         self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
         return self.commit(epoch)
 
-    def _template(self) -> tuple[dict[str, zarr.Array], dict]:
-        """This process's in-memory copy of the job group (metadata only; chunks written into
-        it are taken out and uploaded by :meth:`write_epoch`): its arrays by path, each opened
-        once per job and process (opening one costs a round trip to zarr's event loop, and an
-        epoch writes a dozen or more), and the memory they write into."""
+    def _codecs(self) -> dict[str, RowCodec]:
+        """How this job group's per-epoch rows are stored (:func:`row_codecs`), by array path;
+        worked out once per job and process."""
         k = (self.loc.url, self.key, self.job)
-        if k not in _TEMPLATES:
-            if len(_TEMPLATES) > 16:
-                _TEMPLATES.clear()
-            _TEMPLATES[k] = open_template(self.meta or self._read_meta())
-        return _TEMPLATES[k]
+        if k not in _CODECS:
+            if len(_CODECS) > 16:
+                _CODECS.clear()
+            _CODECS[k] = row_codecs(self.meta or self._read_meta())
+        return _CODECS[k]
 
     def _read_meta(self) -> dict[str, bytes]:
         """The job group's metadata documents, read from the store (writers made before the
