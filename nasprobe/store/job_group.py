@@ -19,63 +19,109 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata import ArrayV3Metadata
 
 from nasprobe.errors import StoreError
 
 from .layout import SCALARS, LayerInfo, group_name, spatial_dims
 
-__all__ = ["build_job_group", "make_array", "RowCodec", "row_codecs", "encode_rows",
+__all__ = ["build_job_group", "array_metadata", "make_array", "RowCodec", "row_codecs", "encode_rows",
            "ROW_CODECS", "CHUNK_KEYS"]
 
 #: The codecs of every numeric job-group array, as zarr writes them into its metadata.
 ROW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
               {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
 
+#: Chunk keys ``c.<epoch>.0``: an epoch's chunks land in folders that exist (with ``/``, every
+#: epoch made a folder per array, a system call each, most of a small epoch's write time).
+CHUNK_KEYS = {"name": "default", "separator": "."}
+
 _LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
 
 
 def build_job_group(store, epochs: list[int], layers: list[LayerInfo], keep_images: int,
-                 attrs: dict) -> zarr.Group:
+                    attrs: dict) -> zarr.Group:
     """A job group for ``epochs`` × ``layers`` in ``store``: coordinates written, variables
-    empty, chunked one epoch per chunk (see docs/store-design.md)."""
-    grp = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+    empty, chunked one epoch per chunk (see docs/store-design.md).
+
+    Every node is described first and zarr creates them all in one call
+    (:func:`zarr.create_hierarchy`): one ``create_array`` each costs a round trip through
+    zarr's event loop (0.16 s for a 54-layer model, 0.03 s as one batch)."""
     n, k = len(epochs), int(keep_images)
     lc = max(1, len(layers))
-    make_array(grp, "epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),))[:] = \
-        np.asarray(epochs, np.int64)
-    make_array(grp, "layer", (len(layers),), str, ("layer",), "", (lc,))[:] = \
-        np.array([x.name for x in layers], dtype=object)
+    nodes: dict = {"": GroupMetadata(attributes=attrs), "heatmaps": GroupMetadata()}
+    data: dict[str, np.ndarray] = {}
+
+    def add(path, shape, dtype, dims, fill, chunks, coords=None, values=None):
+        nodes[path] = array_metadata(shape, dtype, dims, fill, chunks, coords)
+        if values is not None:
+            data[path] = values
+
+    add("epoch", (n,), "int64", ("epoch",), -(2**62), (max(n, 1),),
+        values=np.asarray(epochs, np.int64))
+    add("layer", (len(layers),), str, ("layer",), "", (lc,),
+        values=np.array([x.name for x in layers], dtype=object))
     # unit activity is recorded when the layers' nonlinearities are known (not for copies of
     # stores written before it was measured: there it stays absent, see nasprobe.migrate)
     activity = any(x.nonlinearity is not None for x in layers)
     for name in ("layer_kind", "nonlinearity")[: 1 + activity]:
-        make_array(grp, name, (len(layers),), str, ("layer",), "", (lc,))[:] = \
-            np.array([getattr(x, name.replace("layer_", "")) or "" for x in layers], dtype=object)
+        add(name, (len(layers),), str, ("layer",), "", (lc,), values=np.array(
+            [getattr(x, name.replace("layer_", "")) or "" for x in layers], dtype=object))
     for name in ("channels", "locations", "depth"):
-        make_array(grp, name, (len(layers),), "int64", ("layer",), -1, (lc,))[:] = \
-            np.array([getattr(x, name) for x in layers], np.int64)
+        add(name, (len(layers),), "int64", ("layer",), -1, (lc,),
+            values=np.array([getattr(x, name) for x in layers], np.int64))
     lay = ("epoch", "layer")
     coords = _LAYER_COORDS if activity else _LAYER_COORDS.replace(" nonlinearity", "")
     for name in (*SCALARS, "dead_fraction")[: len(SCALARS) + activity]:
-        make_array(grp, name, (n, len(layers)), "float64", lay, np.nan, (1, lc), coords)
+        add(name, (n, len(layers)), "float64", lay, np.nan, (1, lc), coords)
     for name, extra, dtype, fill in (("nas_quantile", ("quantile", 5), "float64", np.nan),
                                       ("nas_hist", ("nas_bin", 100), "int64", 0),
                                       ("corr_hist", ("corr_bin", 200), "int64", 0)):
-        make_array(grp, name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
-              (1, lc, extra[1]), coords)
+        add(name, (n, len(layers), extra[1]), dtype, lay + (extra[0],), fill,
+            (1, lc, extra[1]), coords)
     for name in ("loss", "accuracy"):
-        make_array(grp, name, (n,), "float64", ("epoch",), np.nan, (1,))
-    heat = grp.create_group("heatmaps")
+        add(name, (n,), "float64", ("epoch",), np.nan, (1,))
     for layer in layers:
-        g = heat.create_group(group_name(layer.name), attributes={"layer": layer.name})
+        g = f"heatmaps/{group_name(layer.name)}"
+        nodes[g] = GroupMetadata(attributes={"layer": layer.name})
         sd, sp = spatial_dims(len(layer.spatial)), tuple(layer.spatial)
-        make_array(g, "nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
-        make_array(g, "nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
-              (1, max(k, 1), *sp))
+        add(f"{g}/nas_map", (n, *sp), "float32", ("epoch", *sd), np.nan, (1, *sp))
+        add(f"{g}/nas_image_map", (n, k, *sp), "float32", ("epoch", "image", *sd), np.nan,
+            (1, max(k, 1), *sp))
         if layer.nonlinearity:  # a layer that reaches no nonlinearity has no unit activity
-            make_array(g, "unit_activity", (n, layer.channels), "float64", ("epoch", "channel"),
-                  np.nan, (1, max(layer.channels, 1)))
-    return grp
+            add(f"{g}/unit_activity", (n, layer.channels), "float64", ("epoch", "channel"),
+                np.nan, (1, max(layer.channels, 1)))
+    made = dict(zarr.create_hierarchy(store=store, nodes=nodes))
+    for path, values in data.items():
+        made[path][:] = values
+    return made[""]
+
+
+def _fill_json(fill):
+    """A fill value as zarr v3 metadata spells it (NaN and infinities as strings)."""
+    if isinstance(fill, float) and not np.isfinite(fill):
+        return "NaN" if np.isnan(fill) else ("Infinity" if fill > 0 else "-Infinity")
+    return fill
+
+
+def array_metadata(shape, dtype, dims, fill, chunks, coords=None) -> ArrayV3Metadata:
+    """The zarr v3 metadata of a job-group array: ``shape``, ``dtype`` (a numpy name, or
+    ``str`` for text), dimension names ``dims``, fill value, regular ``chunks``, and for
+    variables the coordinates of their layers; numeric arrays stored with :data:`ROW_CODECS`
+    under :data:`CHUNK_KEYS`, text with zarr's ``vlen-utf8`` then the same zstd."""
+    text = dtype is str
+    codecs = ([{"name": "vlen-utf8", "configuration": {}}, ROW_CODECS[1]] if text
+              else ROW_CODECS)
+    return ArrayV3Metadata.from_dict({
+        "zarr_format": 3, "node_type": "array", "shape": list(shape),
+        "data_type": "string" if text else np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": CHUNK_KEYS["name"],
+                               "configuration": {"separator": CHUNK_KEYS["separator"]}},
+        "fill_value": _fill_json(fill), "codecs": codecs,
+        "attributes": {"coordinates": coords} if coords else {},
+        "dimension_names": list(dims), "storage_transformers": []})
 
 
 def make_array(group, name, shape, dtype, dims, fill, chunks, coords=None):
@@ -125,9 +171,6 @@ class RowCodec:
 
 _ZSTD = Zstd(level=0, checksum=False)
 
-#: Chunk keys ``c.<epoch>.0``: an epoch's chunks land in folders that exist (with ``/``, every
-#: epoch made a folder per array, a system call each, most of a small epoch's write time).
-CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 def row_codecs(meta: dict[str, bytes]) -> dict[str, RowCodec]:
