@@ -1,4 +1,5 @@
-"""The runs of a NAS store read as plain arrays and dicts, with zarr and json alone.
+"""The runs of a NAS store read as plain arrays and dicts, with zarr and json alone (zarr
+imported by the functions that decode arrays: a probe job into a new store never needs it).
 
 This is the layer below :func:`nasprobe.store.reader.open_store` (which assembles an xarray view
 from it) and what ``nasprobe info`` reads through :func:`summary`, so that a look at a store
@@ -13,9 +14,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import zarr
-import zarr.storage
-from zarr.buffer import cpu
 
 from nasprobe.errors import StoreError
 
@@ -164,6 +162,8 @@ def _read_job(loc: Location, key: str, job: str, pairs: list[tuple[int, int]], a
         check_array(loc.url, f"{base}/{n}", metas[n], n in _COORDS + ("nonlinearity",))
     chunk_keys = [c for n in names for c in _chunk_keys(n, metas[n], slots)]
     got = loc.read_many([f"{base}/{k}" for k in chunk_keys])
+    from zarr.buffer import cpu  # zarr is imported where a store is read, not by every job
+
     mem = {k: cpu.Buffer.from_bytes(v) for k, v in docs.items()}
     mem.update({k: cpu.Buffer.from_bytes(got[f"{base}/{k}"]) for k in chunk_keys
                 if got[f"{base}/{k}"] is not None})
@@ -177,6 +177,8 @@ def _decode(loc: Location, base: str, mem: dict, pairs: list[tuple[int, int]],
             layers: list[str], present: list[str], values: bool) -> JobArrays:
     """The arrays of :func:`_read_job`, decoded by zarr from the documents and chunks
     ``mem``; their shapes checked against the job's epochs and layers."""
+    import zarr.storage
+
     grp = zarr.open_group(zarr.storage.MemoryStore(mem), mode="r", zarr_format=3,
                           use_consolidated=False)
     slots = [i for _, i in pairs]
@@ -219,6 +221,8 @@ def _job_attrs(loc: Location, key: str, jobs: list[str]) -> dict[str, dict]:
 def _read_metrics(loc: Location, key: str, group: str) -> dict[str, dict[int, float]]:
     """An imported metrics group: name → epoch → value (its 1-D arrays checked against the
     limits of :mod:`nasprobe.store.limits` before they are read)."""
+    import zarr
+
     where = f"{RUNS}/{key}/{group}"
     with damaged(loc.url, where):
         grp = zarr.open_group(loc.child(RUNS, key, group).zarr_store(read_only=True), mode="r",

@@ -22,19 +22,17 @@ import json
 import os
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import zarr
-import zarr.storage
 
 from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import CORR_BINS
 
-from .job_group import RowCodec, build_job_group, encode_rows, make_array, row_codecs
+from .chunks import RowCodec, encode_rows, row_codecs, whole_array
+from .job_group import build_job_group
 from .layer_check import fix_run_shapes
 from .layout import (
     CLAIMS,
@@ -50,9 +48,10 @@ from .layout import (
     read_marker,
     run_key,
 )
+from .limits import json_object
 from .run_sources import claim_run
 from .runs import committed_epochs, store_layout
-from .storage import Location, location, quiet_zarr_warnings, warn_if_not_exclusive
+from .storage import Location, location, warn_if_not_exclusive
 
 __all__ = ["Store", "RunWriter", "new_job_id"]
 
@@ -82,11 +81,11 @@ class Store:
         """The store as given (absolute for local paths)."""
         return self.loc.url
 
-    def _open(self, mode: str = "r+") -> zarr.Group:
+    def _attrs(self) -> dict:
+        """The attributes of the store's root group."""
         try:
-            return zarr.open_group(self.loc.zarr_store(read_only=mode == "r"), mode=mode,
-                                   zarr_format=3, use_consolidated=False)
-        except (OSError, PermissionError) as exc:
+            return json_object(self.loc.read("zarr.json")).get("attributes", {})
+        except OSError as exc:
             raise StoreError(self.path, f"cannot be opened: {exc}") from exc
 
     def exists(self) -> bool:
@@ -104,7 +103,7 @@ class Store:
                                  "new runs cannot be added to it. Copy it into the current "
                                  "layout with: nasprobe migrate "
                                  f"{self.path} --out NEW_STORE")
-            old = dict(self._open("r").attrs)
+            old = self._attrs()
             for key in ("tap", "exclude_bias"):
                 if key in old and old[key] != attrs[key]:
                     raise StoreError(self.path, f"was written with {key}={old[key]!r}, this run "
@@ -123,15 +122,12 @@ class Store:
         # Jobs may create the store at the same moment: the coordinates and the runs group
         # come first (identical bytes from every job), the root's zarr.json last and
         # exclusively, so a store that exists is complete and has one set of attributes.
-        mem: dict = {}
+        files: dict[str, bytes] = {}
         for name, values in (("quantile", np.array(QUANTILES)),
                              ("nas_bin", (NAS_BINS[:-1] + NAS_BINS[1:]) / 2),
                              ("corr_bin", (CORR_BINS[:-1] + CORR_BINS[1:]) / 2)):
-            zarr.create_array(zarr.storage.MemoryStore(mem), name=name, shape=values.shape,
-                              dtype="float64", dimension_names=(name,), fill_value=np.nan,
-                              chunks=values.shape)[:] = values
-        mem.pop("zarr.json", None)  # the root's own document is created last, exclusively
-        self.loc.put_many({k: v.to_bytes() for k, v in mem.items()})  # same bytes from every job
+            files.update(whole_array(name, values, (name,), np.nan))
+        self.loc.put_many(files)  # the same bytes from every job
         self.loc.create(group_json({}), RUNS, "zarr.json")
         shared = {k: attrs[k] for k in ("tap", "exclude_bias", "probe_sha256", "probe_size")}
         if not self.loc.create(group_json({"nasprobe_layout": LAYOUT, **shared}), "zarr.json"):
@@ -163,12 +159,10 @@ class Store:
         # The group is built in memory and uploaded in one batch (concurrent requests on object
         # stores); its metadata documents travel with the writer, so that a process writing an
         # epoch (a Dask worker) needs no read to know the arrays.
-        mem: dict = {}
-        build_job_group(zarr.storage.MemoryStore(mem), epochs, layers, keep_images,
-                     {"run": run, "job": job, "keep_images": int(keep_images),
-                      "provenance": json.dumps(provenance),
-                      "layers": json.dumps([x.name for x in layers]), **(attrs or {})})
-        files = {k: v.to_bytes() for k, v in mem.items()}
+        files = build_job_group(epochs, layers, keep_images,
+                                {"run": run, "job": job, "keep_images": int(keep_images),
+                                 "provenance": json.dumps(provenance),
+                                 "layers": json.dumps([x.name for x in layers]), **(attrs or {})})
         self.loc.put_many({f"{RUNS}/{key}/{job}/{k}": v for k, v in files.items()})
         writer = RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
                            [x.name for x in layers],
@@ -190,14 +184,15 @@ class Store:
         if not done:
             raise StoreError(self.path, f"has no probed epoch of run {run!r}")
         epochs = sorted({int(e) for values in metrics.values() for e in values})
-        grp = zarr.open_group(self.loc.child(RUNS, key, f"metrics-{new_job_id()}").zarr_store(),
-                              mode="w", zarr_format=3, attributes={"run": run, "metrics": True})
-        make_array(grp, "epoch", (len(epochs),), "int64", ("epoch",), -(2**62),
-              (max(len(epochs), 1),))[:] = np.asarray(epochs, np.int64)
+        files = {"zarr.json": group_json({"run": run, "metrics": True})}
+        files.update(whole_array("epoch", np.asarray(epochs, np.int64), ("epoch",), -(2**62)))
         for name, values in metrics.items():
             col = np.array([values.get(e, np.nan) for e in epochs], np.float64)
-            make_array(grp, name, (len(epochs),), "float64", ("epoch",), np.nan,
-                  (max(len(epochs), 1),))[:] = col
+            files.update(whole_array(name, col, ("epoch",), np.nan))
+        # the group's own document last: a reader never sees a group without its arrays
+        group = f"{RUNS}/{key}/metrics-{new_job_id()}"
+        self.loc.put_many({f"{group}/{k}": v for k, v in files.items() if k != "zarr.json"})
+        self.loc.put_many({f"{group}/zarr.json": files["zarr.json"]})
         return sum(1 for values in metrics.values() for e in values if int(e) in done)
 
 
@@ -340,8 +335,6 @@ class RunWriter:
         to do made no group and records nothing."""
         if not self.loc.exists(RUNS, self.key, self.job, "zarr.json"):
             return
-        with warnings.catch_warnings():
-            quiet_zarr_warnings()
-            grp = zarr.open_group(self._group().zarr_store(), mode="r+", zarr_format=3,
-                                  use_consolidated=False)
-            grp.attrs["provenance"] = json.dumps(provenance)
+        doc = json_object(self.loc.read(RUNS, self.key, self.job, "zarr.json"))
+        doc.setdefault("attributes", {})["provenance"] = json.dumps(provenance)
+        self.loc.write(json.dumps(doc).encode(), RUNS, self.key, self.job, "zarr.json")
