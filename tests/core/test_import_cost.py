@@ -123,3 +123,21 @@ def test_parse_importtime_rebuilds_who_imported_what():
         "onnx": (3, 125, ()),
         "json": (2, 2, ()),
     }
+
+
+def test_a_probe_job_into_a_new_store_writes_it_without_importing_zarr(conv_run,
+                                                                      labelled_probe, tmp_path):
+    """A job writes its store with numcodecs and json (nasprobe.store.chunks): importing zarr
+    (with donfig and yaml, about 0.1 s) is left to what reads a store. The store it wrote is
+    then read through zarr and xarray."""
+    folder, _, _ = conv_run
+    out = tmp_path / "nas.zarr"
+    names = {i.name for i in importtime(probe_job(folder, labelled_probe, out))}
+    assert "zarr" not in names and not any(n.startswith("zarr.") for n in names)
+    import xarray as xr
+
+    import nasprobe
+
+    tree = nasprobe.open_store(out)
+    assert tree["nas_median"].notnull().all()
+    assert "runs" in xr.open_datatree(out, engine="zarr", consolidated=False).children
