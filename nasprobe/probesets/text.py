@@ -163,4 +163,4 @@ def load_text_probe(path, tokenize, max_length: int | None = None, input_dtype=n
     h.update(np.ascontiguousarray(ids).tobytes())
     source = TextSource(ids)
     return ProbeSet(path=path, size=source.count, sha256=h.hexdigest(), labels=None,
-                    shape=source.shape, layout="tokens", mask=mask, _source=source)
+                    shape=source.shape, layout="tokens", mask=mask, source=source)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from nasprobe.errors import ProbeSetError
-from nasprobe.probesets import load_probe_set, probeset
+from nasprobe.probesets import arrays, load_probe_set
 from tests.hostile import assert_refused, probe, write_onnx_run
 
 NCHW = (None, 3, 8, 8)
@@ -31,7 +31,7 @@ def _bomb(path, images: int) -> int:
 
 
 def test_a_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
-    monkeypatch.setattr(probeset, "MAX_INFLATED_BYTES", 4 << 20, raising=False)
+    monkeypatch.setattr(arrays, "MAX_INFLATED_BYTES", 4 << 20)
     path = tmp_path / "bomb.npz"
     inflated = _bomb(path, 8000)  # 6.1 MB of zeros in a file of a few kB
     assert path.stat().st_size < 50_000 < 4 << 20 < inflated
@@ -47,7 +47,7 @@ def test_a_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
 
 
 def test_a_bomb_through_the_command_line_exits_2(tmp_path, monkeypatch):
-    monkeypatch.setattr(probeset, "MAX_INFLATED_BYTES", 4 << 20, raising=False)
+    monkeypatch.setattr(arrays, "MAX_INFLATED_BYTES", 4 << 20)
     write_onnx_run(tmp_path / "run")
     path = tmp_path / "bomb.npz"
     _bomb(path, 8000)
@@ -57,7 +57,7 @@ def test_a_bomb_through_the_command_line_exits_2(tmp_path, monkeypatch):
 
 
 def test_under_the_bound_it_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(probeset, "MAX_INFLATED_BYTES", 4 << 20, raising=False)
+    monkeypatch.setattr(arrays, "MAX_INFLATED_BYTES", 4 << 20)
     x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
     np.savez_compressed(tmp_path / "p.npz", x=x)
     ps = load_probe_set(tmp_path / "p.npz", NCHW)
@@ -65,7 +65,7 @@ def test_under_the_bound_it_is_read(tmp_path, monkeypatch):
 
 
 def test_the_default_bound_is_one_gib():
-    assert probeset.MAX_INFLATED_BYTES == 1 << 30
+    assert arrays.MAX_INFLATED_BYTES == 1 << 30
 
 
 def test_a_header_announcing_more_than_the_member_holds_is_refused(tmp_path):
