@@ -66,7 +66,8 @@ def forget_notices() -> None:
 
 
 def provider_notice(message: str) -> None:
-    """Print a one-time notice about the execution provider to stderr."""
+    """Print a one-time notice about where the job runs (the execution provider, where NAS
+    is computed) to stderr."""
     if message not in _NOTICED:
         _NOTICED.add(message)
         print(f"nasprobe: {message}", file=sys.stderr)

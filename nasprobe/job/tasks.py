@@ -26,7 +26,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from nasprobe.contract import Checkpoint
-from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError
+from nasprobe.errors import CheckpointError, NasprobeError, ProbeSetError, printable
 from nasprobe.frameworks.registry import open_source
 from nasprobe.measures.activity import location_mask
 from nasprobe.measures.correlation import corr_histogram
@@ -40,7 +40,15 @@ from nasprobe.store.storage import is_url
 from .epoch import output_kind, probe_epoch
 from .options import ProbeOptions
 from .pipeline import cpu_streams
-from .runtime import CPU, CUDA, TappedModel, intra_op_threads, run_batch, select_providers
+from .runtime import (
+    CPU,
+    CUDA,
+    TappedModel,
+    intra_op_threads,
+    provider_notice,
+    run_batch,
+    select_providers,
+)
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "context", "run_epoch", "host_nas",
            "reading", "CACHE_SIZE", "forget_remote"]
@@ -194,6 +202,10 @@ def _build(spec: RunSpec) -> RunContext:
     probeset = _probe_set(spec, tapped.input_shape, tapped.input_dtype, source)
     if probeset.mask is not None and not host:  # padding is left out of unit activity per
         host = True  # token, which needs the raw taps (the graph sums over locations)
+        if opts.nas_on == "graph":
+            provider_notice(f"--nas-on graph gives way to host NAS for the text probe "
+                            f"{printable(str(opts.probe))}: unit activity must leave out its "
+                            "padding tokens, and the graph's counts sum over all tokens")
         graph, fetch, acts = reading(first, _graph, arch, taps, host, opts, label)
         tapped = reading(first, lambda: TappedModel(graph, device=opts.device))
         session = reading(first, tapped.session)

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 import nasprobe
 from nasprobe.cli import main
+from nasprobe.job.runtime import forget_notices
 from nasprobe.store.layout import group_name
 from tests.hf.conftest import STEPS, hooked_nas
 
@@ -157,13 +158,17 @@ def test_padding_counts_nowhere_bidirectional(text_runs, tmp_path):
 
 def test_truncation_matches_hooks_on_truncated_lines(text_runs, tmp_path):
     """--max-length 4 cuts the longer lines; --nas-on graph is overridden (the graph's unit
-    activity sums over padding), and the store says so."""
+    activity sums over padding), a notice on stderr says why, and the store says so."""
     base, runs = text_runs
     folder, models = runs["gpt2"]
     out = tmp_path / "s.zarr"
+    forget_notices()  # a notice is printed once per process
     res = probe(folder, "--probe", base / "lines.txt", "--out", out, "--max-length", "4",
                 "--nas-on", "graph")
     assert res.exit_code == 0, res.output
+    notice = [line for line in res.stderr.splitlines() if "--nas-on graph" in line]
+    assert len(notice) == 1, res.stderr
+    assert "host NAS" in notice[0] and "lines.txt" in notice[0] and "padding" in notice[0]
     ds, _ = check(out, models, width=4, max_length=4)
     assert json.loads(ds.attrs["runs"])["gpt2"]["nas_on"] == "host"
 
