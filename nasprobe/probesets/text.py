@@ -127,19 +127,19 @@ def load_text_probe(path, tokenize, max_length: int | None = None, input_dtype=n
         A :class:`ProbeSet` with ``layout="tokens"``, ``shape=(T,)`` and ``mask`` (N, T).
 
     Raises:
-        ProbeSetError: naming the file: a model that does not take token ids; a source without
-            a tokenizer; no example; a line without tokens; a tokenizer that fails (its
+        ProbeSetError: naming the file: a source without a tokenizer; a model that does not
+            take token ids; no example; a line without tokens; a tokenizer that fails (its
             message), or returns something outside the contract.
     """
     path = Path(path)
     dtype = np.dtype(np.float32 if input_dtype is None else input_dtype)
+    if tokenize is None:  # first: a plain ONNX file's integer input is fed as float32
+        raise ProbeSetError(path, f"is a text probe (one example per line), but {what} offer no "
+                            "tokenizer (Hugging Face folders with tokenizer files do); give "
+                            "the token ids as an (N, T) array instead")
     if dtype.kind not in "iu":
         raise ProbeSetError(path, f"is a text probe (one example per line), but the model takes "
                             f"{dtype} input (images?), not token ids")
-    if tokenize is None:
-        raise ProbeSetError(path, f"is a text probe (one example per line), but {what} offer no "
-                            "tokenizer (Hugging Face folders with tokenizer files do); give "
-                            "token ids as an integer .npy array (N, T) instead")
     if max_length is not None and int(max_length) < 1:
         raise ProbeSetError(path, f"--max-length must be at least 1, not {max_length}")
     lines, numbers = read_lines(path)

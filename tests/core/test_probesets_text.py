@@ -74,6 +74,7 @@ def test_hash_covers_text_tokenizer_and_length_not_pad_values(tmp_path):
 
 @pytest.mark.parametrize("text,hook,dtype,match", [
     ("a\n", None, np.int64, "offer no tokenizer"),
+    ("a\n", None, np.float32, "offer no tokenizer"),  # a plain ONNX file: input fed as float
     ("a\n", WordTokenizer(), np.float32, "not token ids"),
     ("\n  \n", WordTokenizer(), np.int64, "holds no example"),
     ("a b\nc d e\n", WordTokenizer(left=True), np.int64, "right padding"),

@@ -1,10 +1,12 @@
-"""A text probe's padding must be maskable in every tapped layer: a layer whose locations are
-neither one per token nor a single one is refused before any epoch is probed (exit 2, naming
-the probe file and the layer), rather than failing mid-run or counting padding.
+"""Text probes through the job, with hand-built ONNX token models (embedding, a dense layer
+per token and, with ``pool``, a stride-2 Conv1d over the tokens that halves their number) read
+by a made-up adapter whose source offers the ``tokenize`` hook
+(:class:`nasprobe.contract.Tokenizing`).
 
-The model is a hand-built ONNX token model (embedding, a dense layer per token, a stride-2
-Conv1d over the tokens that halves their number); its checkpoints come through a made-up
-adapter whose source offers the ``tokenize`` hook (:class:`nasprobe.contract.Tokenizing`).
+A layer whose locations are neither one per token nor a single one is refused before any
+epoch is probed (exit 2, naming the probe file and the layer: its padding could not be
+masked), rather than failing mid-run or counting padding. Plain ONNX files, which carry no
+tokenizer, are refused saying so.
 """
 
 from __future__ import annotations
@@ -157,3 +159,17 @@ def test_the_same_model_without_that_layer_is_probed(tokfw, tmp_path):
         got = ds.sel(run="run", epoch=epoch, layer="dense")
         np.testing.assert_allclose([float(got[k]) for k in ("nas_mean", "nas_min", "nas_max")],
                                    [nas.mean(), nas.min(), nas.max()], rtol=0, atol=1e-6)
+
+
+def test_a_text_probe_for_plain_onnx_files_names_the_missing_tokenizer(tmp_path):
+    """Plain ONNX files carry no tokenizer; their integer input is fed as float32 (a Cast in
+    front, docs/onnx.md), so the refusal must name the tokenizer, not call the model an image
+    model."""
+    run, text = write(tmp_path, pool=False)
+    for f in run.iterdir():
+        f.rename(f.with_suffix(".onnx"))
+    res = CliRunner().invoke(main, ["probe", str(run), "--probe", str(text), "--out",
+                                    str(tmp_path / "s.zarr")])
+    assert res.exit_code == 2, res.output
+    assert str(text) in res.stderr and "the onnx checkpoints offer no tokenizer" in res.stderr
+    assert "images" not in res.stderr
