@@ -1,7 +1,10 @@
 """onnxruntime sessions: provider choice, CUDA start-up, weight swaps, batched runs.
 
-One architecture is tapped once (:class:`TappedModel`); per epoch only its initializers are
-replaced and a new session is made from the same graph. The provider that *runs* a session is
+One architecture is tapped once (:class:`TappedModel`); per epoch a new session is made from
+the same serialised graph, in which the checkpoint's tensors are external-data placeholders, and
+onnxruntime is handed the checkpoint's arrays themselves
+(``SessionOptions.add_external_initializers``): no copy of the model and no re-serialisation of
+its weights per epoch. The provider that *runs* a session is
 read back after creation: a CUDA request that onnxruntime could not honour (no driver, missing
 CUDA/cuDNN libraries) runs on CPU, with one short notice of ours instead of onnxruntime's own
 multi-line log (the README's Install section describes the GPU set-up).
@@ -21,7 +24,6 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from nasprobe.cpus import usable_cpus
 from nasprobe.errors import CheckpointError, NasprobeError
@@ -214,6 +216,7 @@ class TappedModel:
         self.inits = {}
         for i, t in enumerate(model.graph.initializer):
             self.inits[t.name] = _Init(i, tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        self._templates: dict[frozenset, bytes] = {}
         self.provider: str | None = None
         self.fallback: str | None = None
         inputs = [i for i in model.graph.input if i.name not in self.inits]
@@ -226,6 +229,35 @@ class TappedModel:
         self.output_names = [o.name for o in model.graph.output]
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
+
+    def _template(self, names: frozenset[str]) -> bytes:
+        """The serialised tapped graph in which the initializers ``names`` are external-data
+        placeholders (dims and type, no data), made once per set of names: a session made from
+        it gets those tensors from ``SessionOptions.add_external_initializers``."""
+        if self._templates.get(names) is None:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            for name in names:
+                t = model.graph.initializer[self.inits[name].index]
+                for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                              "uint64_data", "string_data", "external_data"):
+                    t.ClearField(field)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                entry = t.external_data.add()
+                entry.key, entry.value = "location", "nasprobe-supplied-weights"
+            self._templates = {names: model.SerializeToString()}  # one epoch's set at a time
+        return self._templates[names]
+
+    def _baked(self, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+        """A copy of the tapped graph holding ``arrays`` (name → array of the graph's dtype and
+        shape) as its initializers."""
+        from onnx import numpy_helper
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        for name, arr in arrays.items():
+            model.graph.initializer[self.inits[name].index].CopyFrom(numpy_helper.from_array(arr, name))
+        return model
 
     def check_weights(self, weights: dict[str, np.ndarray], path) -> None:
         """Raise :class:`CheckpointError` naming ``path`` and the tensor when ``weights`` do not fit."""
@@ -246,21 +278,29 @@ class TappedModel:
         :func:`set_intra_op_threads` setting, else onnxruntime's own, all cores); probe streams
         that call ``run`` from several threads at once give each run a share.
 
+        The graph is serialised once per set of swapped names, with those initializers as
+        external-data placeholders; each array is cast to the graph's dtype and shape (a 0-d
+        array stays 0-d) and given to onnxruntime as an ``OrtValue`` over its own memory, which
+        the returned session keeps alive. A dtype that onnxruntime takes only from a
+        ``TensorProto`` (bfloat16) is written into a copy of the graph instead. Initializers not
+        in ``weights`` keep the graph's values.
+
         The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
         not take falls back to CPU with one short notice (the reason in one line).
         """
         import onnxruntime as ort
 
-        model = self.model
+        model, names, values = self.model, [], []
         if weights:
             self.check_weights(weights, path)
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for name, arr in weights.items():
-                init = self.inits[name]
-                model.graph.initializer[init.index].CopyFrom(
-                    numpy_helper.from_array(  # ascontiguousarray alone turns a 0-d array 1-d
-                        np.ascontiguousarray(arr, dtype=init.dtype).reshape(init.dims), name))
+            arrays = {name: np.asarray(arr, dtype=self.inits[name].dtype, order="C")
+                      .reshape(self.inits[name].dims)  # not ascontiguousarray: it makes 0-d 1-d
+                      for name, arr in weights.items()}
+            try:
+                values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+                names, model = list(arrays), self._template(frozenset(arrays))
+            except RuntimeError:  # a dtype onnxruntime takes only from a TensorProto (bfloat16)
+                names, values, model = [], [], self._baked(arrays)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
@@ -270,7 +310,12 @@ class TappedModel:
             opts.intra_op_num_threads = threads if threads is not None else _INTRA_OP_THREADS
         if self.providers == [CPU] and shared_cpu_arena():
             opts.add_session_config_entry("session.use_env_allocators", "1")
-        sess, reason = new_session(model.SerializeToString(), self.providers, opts)
+        if names:
+            opts.add_external_initializers(names, values)
+        sess, reason = new_session(model if isinstance(model, bytes) else model.SerializeToString(),
+                                   self.providers, opts)
+        # onnxruntime reads the supplied weights where they lie: they must outlive the session
+        sess._nasprobe_weights = values
         self.provider = sess.get_providers()[0]
         if reason is not None and self.providers[0] == CUDA:
             self.fallback = reason

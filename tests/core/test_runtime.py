@@ -183,3 +183,65 @@ def test_the_probe_command_shares_the_arena_and_the_python_api_does_not(tmp_path
         assert runtime.shared_cpu_arena() is True
     finally:
         runtime.share_cpu_arena(False)
+
+
+def test_swapped_weights_give_the_outputs_of_a_model_holding_them():
+    """Weights supplied per session (external initializers) against a model built with them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def net(w, b, s):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
+                 helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Mul", ["r", "s"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+            initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+                         numpy_helper.from_array(s, "s")])  # s is 0-d
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        return model
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    first = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32),
+             np.array(0.5, np.float32)]
+    tapped = runtime.TappedModel(net(*first), device="cpu")
+    for epoch in range(3):
+        w, b = rng.normal(size=(3, 4)), rng.normal(size=4)  # float64: cast to the graph's float32
+        s = np.array(1.5 + epoch)
+        sess = tapped.session({"w": w, "b": b, "s": s})
+        expected = ort.InferenceSession(
+            net(w.astype(np.float32), b.astype(np.float32), s.astype(np.float32)).SerializeToString(),
+            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], expected)
+    partial = tapped.session({"b": b.astype(np.float32)})  # w and s stay the graph's own
+    expected = ort.InferenceSession(net(first[0], b.astype(np.float32), first[2]).SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(partial.run(None, {"x": x})[0], expected)
+    np.testing.assert_array_equal(tapped.session().run(None, {"x": x})[0], ort.InferenceSession(
+        net(*first).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])
+
+
+def test_bfloat16_weights_are_baked_into_the_graph():
+    """onnxruntime makes no OrtValue of bfloat16: such weights go into a copy of the graph."""
+    import ml_dtypes
+    from onnx import TensorProto, helper, numpy_helper
+
+    def net(w):
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "wf"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+            initializer=[numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        return model
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tapped = runtime.TappedModel(net(np.ones(3, ml_dtypes.bfloat16)), device="cpu")
+    w = np.array([0.5, -2.0, 3.0])
+    got = tapped.session({"w": w}).run(None, {"x": x})[0]
+    expected = ort.InferenceSession(net(w.astype(ml_dtypes.bfloat16)).SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, expected)
