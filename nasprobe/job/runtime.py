@@ -197,6 +197,11 @@ class _Init:
     dtype: np.dtype
 
 
+#: initializers of at least this many bytes reach onnxruntime as external initializers; smaller
+#: ones (shape-like inputs among them) are written into the serialised graph
+EXTERNAL_MIN_BYTES = 4096
+
+
 class TappedModel:
     """A tapped ONNX graph whose weights can be swapped per checkpoint.
 
@@ -216,7 +221,7 @@ class TappedModel:
         self.inits = {}
         for i, t in enumerate(model.graph.initializer):
             self.inits[t.name] = _Init(i, tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-        self._templates: dict[frozenset, bytes] = {}
+        self._templates: dict[frozenset, onnx.ModelProto] = {}
         self.provider: str | None = None
         self.fallback: str | None = None
         inputs = [i for i in model.graph.input if i.name not in self.inits]
@@ -230,11 +235,11 @@ class TappedModel:
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
 
-    def _template(self, names: frozenset[str]) -> bytes:
-        """The serialised tapped graph in which the initializers ``names`` are external-data
+    def _template(self, names: frozenset[str]) -> onnx.ModelProto:
+        """A copy of the tapped graph in which the initializers ``names`` are external-data
         placeholders (dims and type, no data), made once per set of names: a session made from
         it gets those tensors from ``SessionOptions.add_external_initializers``."""
-        if self._templates.get(names) is None:
+        if names not in self._templates:
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
             for name in names:
@@ -245,16 +250,16 @@ class TappedModel:
                 t.data_location = onnx.TensorProto.EXTERNAL
                 entry = t.external_data.add()
                 entry.key, entry.value = "location", "nasprobe-supplied-weights"
-            self._templates = {names: model.SerializeToString()}  # one epoch's set at a time
+            self._templates = {names: model}  # one epoch's set at a time
         return self._templates[names]
 
-    def _baked(self, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-        """A copy of the tapped graph holding ``arrays`` (name → array of the graph's dtype and
-        shape) as its initializers."""
+    def _baked(self, arrays: dict[str, np.ndarray], model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """A copy of ``model`` (default: the tapped graph) holding ``arrays`` (name → array of
+        the graph's dtype and shape) as its initializers."""
         from onnx import numpy_helper
 
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
+        source, model = model if model is not None else self.model, onnx.ModelProto()
+        model.CopyFrom(source)
         for name, arr in arrays.items():
             model.graph.initializer[self.inits[name].index].CopyFrom(numpy_helper.from_array(arr, name))
         return model
@@ -278,12 +283,12 @@ class TappedModel:
         :func:`set_intra_op_threads` setting, else onnxruntime's own, all cores); probe streams
         that call ``run`` from several threads at once give each run a share.
 
-        The graph is serialised once per set of swapped names, with those initializers as
-        external-data placeholders; each array is cast to the graph's dtype and shape (a 0-d
-        array stays 0-d) and given to onnxruntime as an ``OrtValue`` over its own memory, which
-        the returned session keeps alive. A dtype that onnxruntime takes only from a
-        ``TensorProto`` (bfloat16) is written into a copy of the graph instead. Initializers not
-        in ``weights`` keep the graph's values.
+        Each array is cast to the graph's dtype and shape (a 0-d array stays 0-d). Arrays of at
+        least :data:`EXTERNAL_MIN_BYTES` are external-data placeholders in the serialised graph
+        and reach onnxruntime as ``OrtValue`` objects over their own memory, which the returned
+        session keeps alive; smaller ones (shape inference reads shape-like inputs from the
+        graph) and a dtype onnxruntime takes only from a ``TensorProto`` (bfloat16) are written
+        into a copy of the graph. Initializers not in ``weights`` keep the graph's values.
 
         The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
         not take falls back to CPU with one short notice (the reason in one line).
@@ -296,11 +301,19 @@ class TappedModel:
             arrays = {name: np.asarray(arr, dtype=self.inits[name].dtype, order="C")
                       .reshape(self.inits[name].dims)  # not ascontiguousarray: it makes 0-d 1-d
                       for name, arr in weights.items()}
+            # onnxruntime's shape inference needs the values of shape-like inputs (Reshape's
+            # shape, Unsqueeze's axes, OneHot's depth...) in the graph itself: small tensors
+            # are written into it, only large ones are handed over as external initializers.
+            large = {n: a for n, a in arrays.items() if a.nbytes >= EXTERNAL_MIN_BYTES}
             try:
-                values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
-                names, model = list(arrays), self._template(frozenset(arrays))
+                values = [ort.OrtValue.ortvalue_from_numpy(a) for a in large.values()]
+                names = list(large)
             except RuntimeError:  # a dtype onnxruntime takes only from a TensorProto (bfloat16)
-                names, values, model = [], [], self._baked(arrays)
+                names, values = [], []
+            small = {n: a for n, a in arrays.items() if n not in names}
+            model = self._template(frozenset(names)) if names else self.model
+            if small:
+                model = self._baked(small, model)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
@@ -312,8 +325,7 @@ class TappedModel:
             opts.add_session_config_entry("session.use_env_allocators", "1")
         if names:
             opts.add_external_initializers(names, values)
-        sess, reason = new_session(model if isinstance(model, bytes) else model.SerializeToString(),
-                                   self.providers, opts)
+        sess, reason = new_session(model.SerializeToString(), self.providers, opts)
         # onnxruntime reads the supplied weights where they lie: they must outlive the session
         sess._nasprobe_weights = values
         self.provider = sess.get_providers()[0]
