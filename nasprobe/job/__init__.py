@@ -3,7 +3,8 @@
 Owns the job itself (:mod:`.probe_job`), its runs' names and sources (:mod:`.runs`), its
 options (:mod:`.options`), one (run, epoch) as a task (:mod:`.tasks`), one epoch's forward passes and
 statistics (:mod:`.epoch`), Dask execution
-(:mod:`.parallel`), onnxruntime sessions (:mod:`.runtime`), the batch pipeline and CPU streams
+(:mod:`.parallel`), onnxruntime sessions (:mod:`.runtime`), how a checkpoint's arrays
+reach a session (:mod:`.weights`), the batch pipeline and CPU streams
 (:mod:`.pipeline`) and writing the tapped ONNX files themselves (:mod:`.tapped_onnx`,
 ``nasprobe export``).
 

@@ -1,10 +1,8 @@
 """onnxruntime sessions: provider choice, CUDA start-up, weight swaps, batched runs.
 
 One architecture is tapped once (:class:`TappedModel`); per epoch a new session is made from
-the same serialised graph, in which the checkpoint's tensors are external-data placeholders, and
-onnxruntime is handed the checkpoint's arrays themselves
-(``SessionOptions.add_external_initializers``): no copy of the model and no re-serialisation of
-its weights per epoch. The provider that *runs* a session is
+the same graph with the checkpoint's arrays put in by :mod:`nasprobe.job.weights`. The provider
+that *runs* a session is
 read back after creation: a CUDA request that onnxruntime could not honour (no driver, missing
 CUDA/cuDNN libraries) runs on CPU, with one short notice of ours instead of onnxruntime's own
 multi-line log (the README's Install section describes the GPU set-up).
@@ -27,6 +25,8 @@ import onnx
 
 from nasprobe.cpus import usable_cpus
 from nasprobe.errors import CheckpointError, NasprobeError
+
+from .weights import Placed, WeightPlacer
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
            "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session",
@@ -197,11 +197,6 @@ class _Init:
     dtype: np.dtype
 
 
-#: initializers of at least this many bytes reach onnxruntime as external initializers; smaller
-#: ones (shape-like inputs among them) are written into the serialised graph
-EXTERNAL_MIN_BYTES = 4096
-
-
 class TappedModel:
     """A tapped ONNX graph whose weights can be swapped per checkpoint.
 
@@ -221,7 +216,7 @@ class TappedModel:
         self.inits = {}
         for i, t in enumerate(model.graph.initializer):
             self.inits[t.name] = _Init(i, tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-        self._templates: dict[frozenset, onnx.ModelProto] = {}
+        self.placer = WeightPlacer(model)
         self.provider: str | None = None
         self.fallback: str | None = None
         inputs = [i for i in model.graph.input if i.name not in self.inits]
@@ -235,34 +230,23 @@ class TappedModel:
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
 
-    def _template(self, names: frozenset[str]) -> onnx.ModelProto:
-        """A copy of the tapped graph in which the initializers ``names`` are external-data
-        placeholders (dims and type, no data), made once per set of names: a session made from
-        it gets those tensors from ``SessionOptions.add_external_initializers``."""
-        if names not in self._templates:
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for name in names:
-                t = model.graph.initializer[self.inits[name].index]
-                for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
-                              "uint64_data", "string_data", "external_data"):
-                    t.ClearField(field)
-                t.data_location = onnx.TensorProto.EXTERNAL
-                entry = t.external_data.add()
-                entry.key, entry.value = "location", "nasprobe-supplied-weights"
-            self._templates = {names: model}  # one epoch's set at a time
-        return self._templates[names]
+    def _session_args(self, placed: Placed | None, threads: int | None) -> tuple:
+        """``new_session``'s arguments for the graph ``placed`` (None: the graph as it is)."""
+        import onnxruntime as ort
 
-    def _baked(self, arrays: dict[str, np.ndarray], model: onnx.ModelProto | None = None) -> onnx.ModelProto:
-        """A copy of ``model`` (default: the tapped graph) holding ``arrays`` (name → array of
-        the graph's dtype and shape) as its initializers."""
-        from onnx import numpy_helper
-
-        source, model = model if model is not None else self.model, onnx.ModelProto()
-        model.CopyFrom(source)
-        for name, arr in arrays.items():
-            model.graph.initializer[self.inits[name].index].CopyFrom(numpy_helper.from_array(arr, name))
-        return model
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
+        # cores from the host NAS kernel and the store writes that follow every batch.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None or _INTRA_OP_THREADS is not None:
+            opts.intra_op_num_threads = threads if threads is not None else _INTRA_OP_THREADS
+        if self.providers == [CPU] and shared_cpu_arena():
+            opts.add_session_config_entry("session.use_env_allocators", "1")
+        if placed is not None and placed.names:
+            opts.add_external_initializers(placed.names, placed.values)
+        model = placed.model if placed is not None else self.model.SerializeToString()
+        return model, self.providers, opts
 
     def check_weights(self, weights: dict[str, np.ndarray], path) -> None:
         """Raise :class:`CheckpointError` naming ``path`` and the tensor when ``weights`` do not fit."""
@@ -283,51 +267,32 @@ class TappedModel:
         :func:`set_intra_op_threads` setting, else onnxruntime's own, all cores); probe streams
         that call ``run`` from several threads at once give each run a share.
 
-        Each array is cast to the graph's dtype and shape (a 0-d array stays 0-d). Arrays of at
-        least :data:`EXTERNAL_MIN_BYTES` are external-data placeholders in the serialised graph
-        and reach onnxruntime as ``OrtValue`` objects over their own memory, which the returned
-        session keeps alive; smaller ones (shape inference reads shape-like inputs from the
-        graph) and a dtype onnxruntime takes only from a ``TensorProto`` (bfloat16) are written
-        into a copy of the graph. Initializers not in ``weights`` keep the graph's values.
+        Each array is cast to the graph's dtype and shape (a 0-d array stays 0-d) and placed by
+        :meth:`nasprobe.job.weights.WeightPlacer.place`; should onnxruntime refuse that graph,
+        every array is written into it instead (:meth:`~nasprobe.job.weights.WeightPlacer.baked`).
+        Initializers not in ``weights`` keep the graph's values.
 
         The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
         not take falls back to CPU with one short notice (the reason in one line).
         """
-        import onnxruntime as ort
-
-        model, names, values = self.model, [], []
+        placed = arrays = None
         if weights:
             self.check_weights(weights, path)
             arrays = {name: np.asarray(arr, dtype=self.inits[name].dtype, order="C")
                       .reshape(self.inits[name].dims)  # not ascontiguousarray: it makes 0-d 1-d
                       for name, arr in weights.items()}
-            # onnxruntime's shape inference needs the values of shape-like inputs (Reshape's
-            # shape, Unsqueeze's axes, OneHot's depth...) in the graph itself: small tensors
-            # are written into it, only large ones are handed over as external initializers.
-            large = {n: a for n, a in arrays.items() if a.nbytes >= EXTERNAL_MIN_BYTES}
-            try:
-                values = [ort.OrtValue.ortvalue_from_numpy(a) for a in large.values()]
-                names = list(large)
-            except RuntimeError:  # a dtype onnxruntime takes only from a TensorProto (bfloat16)
-                names, values = [], []
-            small = {n: a for n, a in arrays.items() if n not in names}
-            model = self._template(frozenset(names)) if names else self.model
-            if small:
-                model = self._baked(small, model)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
-        # cores from the host NAS kernel and the store writes that follow every batch.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None or _INTRA_OP_THREADS is not None:
-            opts.intra_op_num_threads = threads if threads is not None else _INTRA_OP_THREADS
-        if self.providers == [CPU] and shared_cpu_arena():
-            opts.add_session_config_entry("session.use_env_allocators", "1")
-        if names:
-            opts.add_external_initializers(names, values)
-        sess, reason = new_session(model.SerializeToString(), self.providers, opts)
-        # onnxruntime reads the supplied weights where they lie: they must outlive the session
-        sess._nasprobe_weights = values
+            placed = self.placer.place(arrays)
+        try:
+            sess, reason = new_session(*self._session_args(placed, threads))
+        except Exception:
+            if placed is None or not placed.names:
+                raise
+            # a graph whose external initializers onnxruntime will not take (an input it must
+            # read at load time): the slower way, every array written into the graph
+            placed = self.placer.baked(arrays)
+            sess, reason = new_session(*self._session_args(placed, threads))
+        # onnxruntime reads external initializers where they lie: they must outlive the session
+        sess._nasprobe_weights = placed.values if placed else []
         self.provider = sess.get_providers()[0]
         if reason is not None and self.providers[0] == CUDA:
             self.fallback = reason

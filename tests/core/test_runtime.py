@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.job import runtime
+from nasprobe.job import runtime, weights
 from nasprobe.onnxgraph.nas_graph import build_probe_graph
 from nasprobe.onnxgraph.taps import find_taps
 from tests.core import onnx_models as om
@@ -185,9 +185,13 @@ def test_the_probe_command_shares_the_arena_and_the_python_api_does_not(tmp_path
         runtime.share_cpu_arena(False)
 
 
-def test_swapped_weights_give_the_outputs_of_a_model_holding_them():
-    """Weights supplied per session (external initializers) against a model built with them."""
+@pytest.mark.parametrize("min_bytes", [0, 4096])
+def test_swapped_weights_give_the_outputs_of_a_model_holding_them(monkeypatch, min_bytes):
+    """Weights supplied per session against a model built with them: every tensor an external
+    initializer (``min_bytes`` 0), or these small ones written into the graph (the default)."""
     from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(weights, "EXTERNAL_MIN_BYTES", min_bytes)
 
     def net(w, b, s):
         nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
@@ -210,6 +214,7 @@ def test_swapped_weights_give_the_outputs_of_a_model_holding_them():
         w, b = rng.normal(size=(3, 4)), rng.normal(size=4)  # float64: cast to the graph's float32
         s = np.array(1.5 + epoch)
         sess = tapped.session({"w": w, "b": b, "s": s})
+        assert len(sess._nasprobe_weights) == (3 if min_bytes == 0 else 0)
         expected = ort.InferenceSession(
             net(w.astype(np.float32), b.astype(np.float32), s.astype(np.float32)).SerializeToString(),
             providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -245,3 +250,55 @@ def test_bfloat16_weights_are_baked_into_the_graph():
     expected = ort.InferenceSession(net(w.astype(ml_dtypes.bfloat16)).SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, expected)
+
+
+def test_large_tensors_are_external_and_small_ones_written_into_the_graph():
+    """WeightPlacer: a tensor of EXTERNAL_MIN_BYTES or more becomes a placeholder handed over
+    as an OrtValue; a smaller one is written into the serialised graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    big, small = np.ones((32, 32), np.float32), np.ones(32, np.float32)  # 4,096 and 128 bytes
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        initializer=[numpy_helper.from_array(big, "w"), numpy_helper.from_array(small, "b")])
+    placer = weights.WeightPlacer(helper.make_model(graph))
+    placed = placer.place({"w": big * 2, "b": small * 3})
+    assert placed.names == ["w"] and len(placed.values) == 1
+    inits = {t.name: t for t in onnx.load_from_string(placed.model).graph.initializer}
+    assert inits["w"].data_location == TensorProto.EXTERNAL and not inits["w"].raw_data
+    np.testing.assert_array_equal(numpy_helper.to_array(inits["b"]), small * 3)
+    assert placer.baked({"w": big * 2}).names == []
+
+
+def test_a_graph_refused_with_external_initializers_is_loaded_with_them_written_in(monkeypatch):
+    """A shape input handed over as an external initializer makes onnxruntime refuse the graph
+    (shape inference reads it at load time): the session is made again with every array
+    written into the graph, and computes what a model holding them computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def net(w, shape):
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+             helper.make_node("MatMul", ["xr", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+            initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(shape, "shape")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        return model
+
+    monkeypatch.setattr(weights, "EXTERNAL_MIN_BYTES", 0)  # the shape tensor too
+    rng = np.random.default_rng(3)
+    shape = np.array([-1, 6], np.int64)
+    tapped = runtime.TappedModel(net(np.zeros((6, 4), np.float32), shape), device="cpu")
+    assert tapped.placer.place({"shape": shape}).names == ["shape"]
+    x = rng.normal(size=(5, 2, 3)).astype(np.float32)
+    w = rng.normal(size=(6, 4)).astype(np.float32)
+    sess = tapped.session({"w": w, "shape": shape})
+    assert sess._nasprobe_weights == []  # made the second way
+    expected = ort.InferenceSession(net(w, shape).SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], expected)
