@@ -1,4 +1,4 @@
-"""onnxruntime sessions: provider choice, CUDA start-up, weight swaps, batched runs.
+"""onnxruntime sessions: provider choice, CUDA start-up, a session per checkpoint, batched runs.
 
 One architecture is tapped once (:class:`TappedModel`); per epoch a new session is made from
 the same graph with the checkpoint's arrays put in by :mod:`nasprobe.job.weights`. The provider
@@ -192,7 +192,6 @@ def new_session(model: bytes | str, providers: list[str], options=None):
 
 @dataclass
 class _Init:
-    index: int
     dims: tuple[int, ...]
     dtype: np.dtype
 
@@ -213,9 +212,8 @@ class TappedModel:
     def __init__(self, model: onnx.ModelProto, device: str = "auto"):
         self.model = model
         self.providers = select_providers(device)
-        self.inits = {}
-        for i, t in enumerate(model.graph.initializer):
-            self.inits[t.name] = _Init(i, tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        self.inits = {t.name: _Init(tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+                      for t in model.graph.initializer}
         self.placer = WeightPlacer(model)
         self.provider: str | None = None
         self.fallback: str | None = None
@@ -230,8 +228,8 @@ class TappedModel:
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
 
-    def _session_args(self, placed: Placed | None, threads: int | None) -> tuple:
-        """``new_session``'s arguments for the graph ``placed`` (None: the graph as it is)."""
+    def _session_args(self, placed: Placed, threads: int | None) -> tuple:
+        """``new_session``'s arguments for the graph ``placed``."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -243,10 +241,9 @@ class TappedModel:
             opts.intra_op_num_threads = threads if threads is not None else _INTRA_OP_THREADS
         if self.providers == [CPU] and shared_cpu_arena():
             opts.add_session_config_entry("session.use_env_allocators", "1")
-        if placed is not None and placed.names:
+        if placed.names:
             opts.add_external_initializers(placed.names, placed.values)
-        model = placed.model if placed is not None else self.model.SerializeToString()
-        return model, self.providers, opts
+        return placed.model, self.providers, opts
 
     def check_weights(self, weights: dict[str, np.ndarray], path) -> None:
         """Raise :class:`CheckpointError` naming ``path`` and the tensor when ``weights`` do not fit."""
@@ -275,24 +272,26 @@ class TappedModel:
         The provider that actually runs is kept in :attr:`provider`; a CUDA request that did
         not take falls back to CPU with one short notice (the reason in one line).
         """
-        placed = arrays = None
+        arrays = None
         if weights:
             self.check_weights(weights, path)
             arrays = {name: np.asarray(arr, dtype=self.inits[name].dtype, order="C")
                       .reshape(self.inits[name].dims)  # not ascontiguousarray: it makes 0-d 1-d
                       for name, arr in weights.items()}
             placed = self.placer.place(arrays)
+        else:
+            placed = Placed(self.model.SerializeToString())
         try:
             sess, reason = new_session(*self._session_args(placed, threads))
         except Exception:
-            if placed is None or not placed.names:
+            if not placed.names:
                 raise
             # a graph whose external initializers onnxruntime will not take (an input it must
             # read at load time): the slower way, every array written into the graph
             placed = self.placer.baked(arrays)
             sess, reason = new_session(*self._session_args(placed, threads))
         # onnxruntime reads external initializers where they lie: they must outlive the session
-        sess._nasprobe_weights = placed.values if placed else []
+        sess._nasprobe_weights = placed.values
         self.provider = sess.get_providers()[0]
         if reason is not None and self.providers[0] == CUDA:
             self.fallback = reason
