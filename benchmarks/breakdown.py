@@ -7,7 +7,9 @@ script; this says why. On one model and probe set it times, in turn and ``--repe
 * ``plain``: onnxruntime on the original graph, every output fetched (what the plain script does);
 * ``taps``: onnxruntime on nasprobe's tapped graph, only the raw tap tensors fetched — the
   floor of any tool that must get pre-activations out of onnxruntime on CPU — once with one
-  session on every core, once as the streams a probe job uses
+  session on every core, once in NCHW layout (without :mod:`nasprobe.job.blocked_taps`, whose
+  plan leaves convolution taps in onnxruntime's blocked layout where it makes one), once as
+  the streams a probe job uses
   (:func:`nasprobe.job.pipeline.cpu_streams`: on 2 cores two threads, each running whole batches
   with one onnxruntime thread);
 * ``nas``: nasprobe's host NAS kernel over those tap tensors (one thread, and the default);
@@ -50,7 +52,8 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     from nasprobe.job import epoch, tasks
     from nasprobe.job.options import ProbeOptions
     from nasprobe.job.pipeline import cpu_streams, prefetched
-    from nasprobe.job.runtime import intra_op_threads
+    from nasprobe.job.runtime import intra_op_threads, tap_blocks
+    from nasprobe.measures.activity import batch_maps
     from nasprobe.measures.aggregate import LayerStats
 
     opts = ProbeOptions(probe=str(probe), batch_size=batch, keep_images=0)
@@ -61,6 +64,10 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     n = len(x)
     plain = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     tapped = ctx.tapped.session()
+    blocks = [tap_blocks(tapped).get(name) for name in ctx.fetch]
+    plan, ctx.tapped.blocked = ctx.tapped.blocked, None
+    ordinary = ctx.tapped.session()
+    ctx.tapped.blocked = plan
     streams, threads = cpu_streams(intra_op_threads())
     shared = ctx.tapped.session(threads=threads)  # what a probe job's streams share
     inp = ctx.tapped.input_name
@@ -75,6 +82,10 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
         for i in starts:
             tapped.run(ctx.fetch, {inp: x[i:i + batch]})
 
+    def run_taps_ordinary():
+        for i in starts:
+            ordinary.run(ctx.fetch, {inp: x[i:i + batch]})
+
     def run_taps_streams():
         for _ in prefetched(starts, lambda i: shared.run(ctx.fetch, {inp: x[i:i + batch]}),
                             streams):
@@ -82,10 +93,10 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
 
     def run_nas():  # every batch's taps: the kept batches in turn (the same shapes)
         for k in range(len(starts)):
-            for t, a in zip(ctx.taps, kept[k % len(kept)]):
-                kernels.nas_map(a, t.channel_axis)
+            batch_maps(ctx.taps, kept[k % len(kept)], {}, [None] * len(ctx.taps), True,
+                       blocks=blocks)
 
-    maps = [kernels.nas_map(a, t.channel_axis) for t, a in zip(ctx.taps, kept[0])]
+    maps = batch_maps(ctx.taps, kept[0], {}, [None] * len(ctx.taps), True, blocks=blocks)[0]
 
     def run_fold():
         stats = {t.layer: LayerStats(t.channels, ctx.spatial[t.layer], 0) for t in ctx.taps}
@@ -99,6 +110,7 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
                           host=True, **kw)
 
     got = {"plain": timed(run_plain, repeats), "taps": timed(run_taps, repeats),
+           "taps, NCHW layout": timed(run_taps_ordinary, repeats),
            f"taps, {streams} streams": timed(run_taps_streams, repeats)}
     kernels.set_threads(1)
     got["nas, 1 thread"] = timed(run_nas, repeats)
@@ -109,8 +121,9 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     got[f"epoch, {streams} streams (job)"] = timed(
         lambda: run_epoch(shared, streams=streams, threads=threads), repeats)
     values = sum(a[0].size for a in kept[0]) if kept else 0
-    print(f"{onnx_file.name}: {n} images, batch {batch}, {len(ctx.taps)} taps, {values} tap "
-          f"values per image; minimum of {repeats}")
+    print(f"{onnx_file.name}: {n} images, batch {batch}, {len(ctx.taps)} taps "
+          f"({sum(b is not None for b in blocks)} in blocked layout), {values} tap values per "
+          f"image; minimum of {repeats}")
     print(f"  {'':24s} {'wall ms/img':>12s} {'CPU ms/img':>12s} {'wall/plain':>11s}")
     for name, (w, c) in got.items():
         print(f"  {name:24s} {1e3 * w / n:12.4f} {1e3 * c / n:12.4f} "

@@ -4,7 +4,8 @@ Owns the job itself (:mod:`.probe_job`), its runs' names and sources (:mod:`.run
 options (:mod:`.options`), one (run, epoch) as a task (:mod:`.tasks`), one epoch's forward passes and
 statistics (:mod:`.epoch`), Dask execution
 (:mod:`.parallel`), onnxruntime sessions (:mod:`.runtime`), how a checkpoint's arrays
-reach a session (:mod:`.weights`), the batch pipeline and CPU streams
+reach a session (:mod:`.weights`), tap outputs in onnxruntime's blocked layout
+(:mod:`.blocked_taps`), the batch pipeline and CPU streams
 (:mod:`.pipeline`) and writing the tapped ONNX files themselves (:mod:`.tapped_onnx`,
 ``nasprobe export``).
 

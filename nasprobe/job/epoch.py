@@ -18,7 +18,7 @@ from nasprobe.probesets import ProbeSet
 
 from . import pipeline
 from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
-from .runtime import run_batch
+from .runtime import run_batch, tap_blocks
 
 __all__ = ["EpochResult", "probe_epoch", "output_kind"]
 
@@ -100,6 +100,7 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     extra = extra_outputs(acts, names)
     labelled = probeset.labels is not None
     out_names = ([session.get_outputs()[0].name] if labelled else []) + names + extra
+    blocks = [tap_blocks(session).get(x) for x in names]  # raw taps in blocked layout
     loss_sum, correct, n, fetched = 0.0, 0, 0, 0
 
     def run(batch):
@@ -110,7 +111,8 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         size = sum(o.nbytes for o in outs)
         head = outs[:1] if labelled else []
         got = dict(zip(names + extra, outs[len(head):]))
-        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads, mask)
+        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads, mask,
+                                  blocks)
         return head + maps, counts, size
 
     for (start, xb, yb), (outs, counts, size) in prefetched(probeset.batches(batch_size), run,

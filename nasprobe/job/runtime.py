@@ -22,15 +22,18 @@ from typing import Iterator
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from nasprobe.cpus import usable_cpus
 from nasprobe.errors import CheckpointError, NasprobeError
 
+from .blocked_taps import BlockedGraph, plan_blocked
 from .weights import Placed, WeightPlacer
 
 __all__ = ["CPU", "CUDA", "select_providers", "TappedModel", "provider_notice",
            "set_intra_op_threads", "intra_op_threads", "preload_cuda_libraries", "new_session",
-           "short_reason", "captured_stderr", "forget_notices", "share_cpu_arena", "shared_cpu_arena", "run_batch"]
+           "short_reason", "captured_stderr", "forget_notices", "share_cpu_arena", "shared_cpu_arena", "run_batch",
+           "tap_blocks"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -215,6 +218,8 @@ class TappedModel:
         self.inits = {t.name: _Init(tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
                       for t in model.graph.initializer}
         self.placer = WeightPlacer(model)
+        #: the graph with tap outputs left in onnxruntime's blocked layout (:meth:`block_taps`)
+        self.blocked: BlockedGraph | None = None
         self.provider: str | None = None
         self.fallback: str | None = None
         inputs = [i for i in model.graph.input if i.name not in self.inits]
@@ -228,12 +233,15 @@ class TappedModel:
         #: the batch size the graph was exported with, when its batch axis is not dynamic
         self.fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
 
-    def _session_args(self, placed: Placed, threads: int | None) -> tuple:
-        """``new_session``'s arguments for the graph ``placed``."""
+    def _session_args(self, placed: Placed, threads: int | None, optimise: bool = True) -> tuple:
+        """``new_session``'s arguments for the graph ``placed`` (``optimise``: off for a graph
+        onnxruntime has optimised already)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if not optimise:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         # Idle onnxruntime threads would otherwise spin for a while after each run, taking the
         # cores from the host NAS kernel and the store writes that follow every batch.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -278,6 +286,11 @@ class TappedModel:
             arrays = {name: np.asarray(arr, dtype=self.inits[name].dtype, order="C")
                       .reshape(self.inits[name].dims)  # not ascontiguousarray: it makes 0-d 1-d
                       for name, arr in weights.items()}
+        if self.blocked is not None:
+            sess = self._blocked_session(arrays or {}, threads)
+            if sess is not None:
+                return sess
+        if arrays:
             placed = self.placer.place(arrays)
         else:
             placed = Placed(self.model.SerializeToString())
@@ -293,11 +306,46 @@ class TappedModel:
         # onnxruntime reads external initializers where they lie: they must outlive the session
         sess._nasprobe_weights = placed.values
         self.provider = sess.get_providers()[0]
+        sess._nasprobe_blocks = {}
         if reason is not None and self.providers[0] == CUDA:
             self.fallback = reason
             self.providers = [CPU]
             provider_notice(f"CUDA could not start ({reason}); running on CPU")
         return sess
+
+
+    def block_taps(self, fetch: list[str], sample: np.ndarray, reference: list[np.ndarray]
+                   ) -> bool:
+        """Let later sessions return the outputs ``fetch`` in onnxruntime's blocked layout
+        (:func:`nasprobe.job.blocked_taps.plan_blocked`; ``reference``: their ordinary values
+        for the input ``sample``). Returns whether any is; :func:`tap_blocks` says which."""
+        if self.providers != [CPU] or self.fixed_batch:
+            return False
+        self.blocked = plan_blocked(self.model, fetch, sample, self.input_name, reference)
+        return self.blocked is not None
+
+    def _blocked_session(self, arrays: dict[str, np.ndarray], threads: int | None):
+        """A session of :attr:`blocked` with ``arrays``; None where that plan does not apply
+        to these arrays or onnxruntime refuses it (the ordinary session is made instead)."""
+        placed = self.blocked.place(arrays, lambda name: numpy_helper.to_array(
+            self.model.graph.initializer[self.placer.index[name]]))
+        if placed is None:
+            return None
+        try:
+            sess, _ = new_session(*self._session_args(placed, threads, optimise=False))
+        except Exception:  # noqa: BLE001 - the ordinary way still works
+            return None
+        sess._nasprobe_weights = placed.values
+        sess._nasprobe_blocks = self.blocked.blocks
+        self.provider = sess.get_providers()[0]
+        return sess
+
+
+def tap_blocks(session) -> dict:
+    """Output name → :class:`nasprobe.measures.nchwc.Block` for the outputs of ``session`` (one
+    of :meth:`TappedModel.session`'s) that come in onnxruntime's blocked layout; ``{}`` for
+    any other session."""
+    return getattr(session, "_nasprobe_blocks", {})
 
 
 def share_cpu_arena(on: bool = True) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import count_positive, nas_map
+from .kernels import available, count_positive, nas_map, nas_map_blocked
+from .nchwc import Block, unblock
 
 __all__ = ["extra_outputs", "batch_maps", "activity_summary", "location_mask", "count_masked"]
 
@@ -63,7 +64,7 @@ def count_masked(a: np.ndarray, axis: int, mask: np.ndarray, counts: np.ndarray)
 
 def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
                acts: list[str | None], host: bool, threads: int | None = None,
-               mask: np.ndarray | None = None
+               mask: np.ndarray | None = None, blocks: list[Block | None] | None = None
                ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """One batch's NAS maps and per-channel counts of values above zero.
 
@@ -76,6 +77,8 @@ def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
         host: NAS maps are computed here by :func:`nasprobe.measures.kernels.nas_map` (``threads``).
         mask: ``(N, T)`` bool, False on padded tokens (text probes; needs ``host``): values
             there are not counted (:func:`location_mask` says for which taps it applies).
+        blocks: per tap the :class:`~nasprobe.measures.nchwc.Block` of a raw tap that comes in
+            onnxruntime's blocked layout, else None (default: none is).
 
     Returns:
         Per tap the NAS map ``(N, *locations)`` and the ``(D,)`` int64 counts (None for a
@@ -84,7 +87,9 @@ def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
     if mask is not None and not host:
         raise ValueError("padding can be masked out of unit activity only with host NAS")
     maps, counts = [], []
-    for t, o, a in zip(taps, tap_outs, acts):
+    for t, o, a, b in zip(taps, tap_outs, acts, blocks or [None] * len(taps)):
+        if b is not None and (mask is not None or not available()):
+            o, b = unblock(o, b), None
         c = None if a is None else np.zeros(t.channels, np.int64)
         m = None
         if mask is not None:
@@ -97,7 +102,10 @@ def batch_maps(taps, tap_outs: list[np.ndarray], extra: dict[str, np.ndarray],
             maps.append(nas_map(o, t.channel_axis, threads=threads))
             counts.append(c)
             continue
-        if host:
+        if b is not None:  # host NAS of a raw tap in blocked layout
+            o = nas_map_blocked(o, b.channels, b.size, threads=threads,
+                                counts=c if a == "" else None)
+        elif host:
             o = nas_map(o, t.channel_axis, threads=threads, counts=c if a == "" else None)
             if a:
                 count_positive(extra[a], t.act_axis, c)

@@ -7,6 +7,8 @@
  *   against rounding. A NaN or infinite input value makes its location's NAS NaN. Given a
  *   counts buffer, the same first pass also adds, per channel, how many of the row's values are
  *   > 0 (the unit activity of docs/measures.md; the raw value, before the bias is subtracted).
+ * nas_blocked_rows: the same NAS (and counts) of a tensor in onnxruntime's blocked channel
+ *   layout (NCHWc), tile by tile transposed into scratch memory and handed to nas_block.
  * count_rows: the same counts alone, for a tensor whose NAS is not taken (the input of a
  *   nonlinearity behind BatchNorm, when NAS is taken before it).
  * fold: adds NAS values (float32, or float64 when is_double) to the running histogram
@@ -23,6 +25,8 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) \
     && defined(__linux__)   /* x86-64-v3/v4 clones: gcc 12 on glibc (ifunc) */
@@ -197,6 +201,174 @@ static PyObject *nas_rows(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A tile of TILE locations of one image in blocked layout, transposed into scratch as
+ * (C, TILE): channel c's values side by side, which nas_block then reads from cache. */
+#define TILE 64
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* 16 x 16 floats transposed with four rounds of two-vector shuffles (each round swaps the
+ * off-diagonal s x s blocks, s = 8, 4, 2, 1): gcc's vector extensions, which become AVX-512
+ * permutes in the x86-64-v4 clone and narrower ones elsewhere. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+#define SWAP_ROUND(S, LO, HI)                                                               \
+    for (int i = 0; i < 16; i++)                                                            \
+        if (!(i & (S))) {                                                                   \
+            v16f a_ = r[i], b_ = r[i + (S)];                                                \
+            r[i] = __builtin_shuffle(a_, b_, (LO));                                         \
+            r[i + (S)] = __builtin_shuffle(a_, b_, (HI));                                   \
+        }
+
+NP_CLONES
+static void gather16(const float *restrict x, Py_ssize_t nblk, Py_ssize_t step,
+                     Py_ssize_t n, float *restrict dst)
+{
+    const v16i lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const v16i hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const v16i lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const v16i hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const v16i lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const v16i hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const v16i lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const v16i hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    for (Py_ssize_t b = 0; b < nblk; b++) {
+        const float *restrict src = x + b * step;
+        float *restrict d = dst + b * 16 * TILE;
+        Py_ssize_t j0 = 0;
+        for (; j0 + 16 <= n; j0 += 16) {
+            v16f r[16];
+            for (int i = 0; i < 16; i++) memcpy(&r[i], src + (j0 + i) * 16, sizeof(v16f));
+            SWAP_ROUND(8, lo8, hi8)
+            SWAP_ROUND(4, lo4, hi4)
+            SWAP_ROUND(2, lo2, hi2)
+            SWAP_ROUND(1, lo1, hi1)
+            for (int l = 0; l < 16; l++) memcpy(d + l * TILE + j0, &r[l], sizeof(v16f));
+        }
+        for (Py_ssize_t l = 0; l < 16; l++)
+            for (Py_ssize_t j = j0; j < n; j++) d[l * TILE + j] = src[j * 16 + l];
+    }
+}
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* the same for blocks of 8 (onnxruntime's block on AVX2 CPUs): three rounds */
+NP_CLONES
+static void gather8(const float *restrict x, Py_ssize_t nblk, Py_ssize_t step,
+                    Py_ssize_t n, float *restrict dst)
+{
+    const v8i lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+    const v8i lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const v8i lo1 = {0, 8, 2, 10, 4, 12, 6, 14}, hi1 = {1, 9, 3, 11, 5, 13, 7, 15};
+    for (Py_ssize_t b = 0; b < nblk; b++) {
+        const float *restrict src = x + b * step;
+        float *restrict d = dst + b * 8 * TILE;
+        Py_ssize_t j0 = 0;
+        for (; j0 + 8 <= n; j0 += 8) {
+            v8f r[8];
+            for (int i = 0; i < 8; i++) memcpy(&r[i], src + (j0 + i) * 8, sizeof(v8f));
+            for (int i = 0; i < 8; i++)
+                if (!(i & 4)) {
+                    v8f a_ = r[i], b_ = r[i + 4];
+                    r[i] = __builtin_shuffle(a_, b_, lo4);
+                    r[i + 4] = __builtin_shuffle(a_, b_, hi4);
+                }
+            for (int i = 0; i < 8; i++)
+                if (!(i & 2)) {
+                    v8f a_ = r[i], b_ = r[i + 2];
+                    r[i] = __builtin_shuffle(a_, b_, lo2);
+                    r[i + 2] = __builtin_shuffle(a_, b_, hi2);
+                }
+            for (int i = 0; i < 8; i++)
+                if (!(i & 1)) {
+                    v8f a_ = r[i], b_ = r[i + 1];
+                    r[i] = __builtin_shuffle(a_, b_, lo1);
+                    r[i + 1] = __builtin_shuffle(a_, b_, hi1);
+                }
+            for (int l = 0; l < 8; l++) memcpy(d + l * TILE + j0, &r[l], sizeof(v8f));
+        }
+        for (Py_ssize_t l = 0; l < 8; l++)
+            for (Py_ssize_t j = j0; j < n; j++) d[l * TILE + j] = src[j * 8 + l];
+    }
+}
+#define HAVE_GATHER16 1
+#endif
+
+static void gather_any(const float *restrict x, Py_ssize_t nblk, Py_ssize_t B, Py_ssize_t step,
+                       Py_ssize_t n, float *restrict dst)
+{
+    for (Py_ssize_t b = 0; b < nblk; b++)
+        for (Py_ssize_t l = 0; l < B; l++)
+            for (Py_ssize_t j = 0; j < n; j++)
+                dst[(b * B + l) * TILE + j] = x[b * step + j * B + l];
+}
+
+static PyObject *nas_blocked_rows(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *oo, *co = Py_None;
+    Py_ssize_t outer, C, B, inner, start, stop;
+    if (!PyArg_ParseTuple(args, "OnnnnOnn|O", &xo, &outer, &C, &B, &inner, &oo, &start, &stop,
+                          &co))
+        return NULL;
+    Py_buffer xv, ov, cv;
+    int have_c = co != Py_None;
+    if (get_buf(xo, &xv, 0, "x") < 0) return NULL;
+    if (get_buf(oo, &ov, 1, "out") < 0) { PyBuffer_Release(&xv); return NULL; }
+    if (have_c && get_buf(co, &cv, 1, "counts") < 0) {
+        PyBuffer_Release(&xv);
+        PyBuffer_Release(&ov);
+        return NULL;
+    }
+    Py_ssize_t padded = B > 0 ? (C + B - 1) / B * B : 0;
+    int ok = C > 0 && B > 0 && B <= 64 && outer >= 0 && inner > 0 && 0 <= start
+             && start <= stop && stop <= outer
+             && outer <= PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / padded / inner
+             && xv.len == (Py_ssize_t)sizeof(float) * outer * padded * inner
+             && ov.len == (Py_ssize_t)sizeof(float) * outer * inner
+             && (!have_c || cv.len == (Py_ssize_t)sizeof(int64_t) * padded);
+    int nomem = 0;
+    if (ok) {
+        const float *x = (const float *)xv.buf;
+        float *out = (float *)ov.buf;
+        int64_t *cnt = have_c ? (int64_t *)cv.buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        float *tile = malloc(sizeof(float) * (size_t)padded * TILE);
+        float *zero = calloc((size_t)padded, sizeof(float));
+        if (tile && zero) {
+            const Py_ssize_t nblk = padded / B, step = inner * B;
+            for (Py_ssize_t o = start; o < stop; o++) {
+                const float *xo_ = x + o * padded * inner;
+                for (Py_ssize_t j0 = 0; j0 < inner; j0 += TILE) {
+                    Py_ssize_t n = inner - j0 < TILE ? inner - j0 : TILE;
+#ifdef HAVE_GATHER16
+                    if (B == 16) gather16(xo_ + j0 * B, nblk, step, n, tile);
+                    else if (B == 8) gather8(xo_ + j0 * B, nblk, step, n, tile);
+                    else
+#endif
+                        gather_any(xo_ + j0 * B, nblk, B, step, n, tile);
+                    nas_block(tile, C, TILE, n, zero, out + o * inner + j0, cnt);
+                }
+            }
+        } else {
+            nomem = 1;
+        }
+        free(tile);
+        free(zero);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&xv);
+    PyBuffer_Release(&ov);
+    if (have_c) PyBuffer_Release(&cv);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "nas_blocked_rows: buffer sizes do not match (outer, C, B, inner)");
+        return NULL;
+    }
+    if (nomem) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 NP_CLONES
 static void count_block(const float *restrict x, Py_ssize_t C, Py_ssize_t inner,
                         int64_t *restrict cnt)
@@ -349,6 +521,10 @@ static PyMethodDef methods[] = {
     {"nas_rows", nas_rows, METH_VARARGS,
      "nas_rows(x, outer, C, inner, bias, out, start, stop[, counts]): NAS of rows start..stop "
      "(float32); counts (int64, C) gets the values > 0 per channel."},
+    {"nas_blocked_rows", nas_blocked_rows, METH_VARARGS,
+     "nas_blocked_rows(x, outer, C, B, inner, out, start, stop[, counts]): NAS of rows "
+     "start..stop of a tensor in blocked channel layout (blocks of B channels, C real ones); "
+     "counts (int64, C rounded up to B) gets the values > 0 per channel."},
     {"count_rows", count_rows, METH_VARARGS,
      "count_rows(x, outer, C, inner, counts): adds the values > 0 per channel to counts."},
     {"fold", fold, METH_VARARGS,

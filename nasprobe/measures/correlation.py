@@ -98,12 +98,14 @@ def corr_histogram(w: np.ndarray, centring: str = "paper", *,
     mean = f.mean(axis=0, dtype=np.float64) if centring == "paper" else None
     n = len(idx)
     step = max(1, min(n, int(np.sqrt(block_entries)), block_entries // max(k, 1)))
-    norms = np.concatenate([np.linalg.norm(_centred(f, idx[a:a + step], mean, centring), axis=1)
-                            for a in range(0, n, step)]) if n else np.zeros(0)
-    safe = np.where(norms > 0, norms, 1.0)
+    # the norms of block a come with its centred rows, before any pair (b <= a) needs them
+    norms = np.zeros(n)
+    safe = np.ones(n)
     counts = np.zeros(len(CORR_BINS) - 1, np.int64)
     for a in range(0, n, step):
         ui = _centred(f, idx[a:a + step], mean, centring)
+        norms[a:a + step] = np.linalg.norm(ui, axis=1)
+        safe[a:a + step] = np.where(norms[a:a + step] > 0, norms[a:a + step], 1.0)
         for b in range(0, a + step, step):
             uj = ui if b == a else _centred(f, idx[b:b + step], mean, centring)
             c = (ui @ uj.T) / np.outer(safe[a:a + step], safe[b:b + step])

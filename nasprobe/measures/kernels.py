@@ -27,8 +27,8 @@ try:  # built by setup.py; optional
 except ImportError:  # pragma: no cover - exercised only where no C compiler was available
     ckernels = None
 
-__all__ = ["available", "extension_file", "simd", "nas_map", "count_positive", "fold",
-           "set_threads"]
+__all__ = ["available", "extension_file", "simd", "nas_map", "nas_map_blocked", "count_positive",
+           "fold", "set_threads"]
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -141,31 +141,73 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
     out = np.empty(outer * inner, np.float32)
     if out.size == 0:
         return out.reshape(out_shape)
-    threads = min(_threads() if threads is None else max(1, threads), outer)
-    if threads <= 1 or x.size < 1 << 16:
-        ckernels.nas_rows(x, outer, channels, inner, b, out, 0, outer,
-                          *(() if counts is None else (counts,)))
-    else:
-        step = -(-outer // threads)  # the calling thread takes the first rows itself
-        starts = range(0, outer, step)
-        # each thread counts into its own row of `part` (no shared writes), summed after
-        part = None if counts is None else np.zeros((len(starts), channels), np.int64)
-
-        def own(i):
-            return () if part is None else (part[i],)
-
-        pool = _pool(max(threads - 1, _threads() - 1, 1))
-        jobs = [pool.submit(ckernels.nas_rows, x, outer, channels, inner, b, out, s,
-                            min(outer, s + step), *own(i))
-                for i, s in enumerate(starts) if i]
-        try:
-            ckernels.nas_rows(x, outer, channels, inner, b, out, 0, min(outer, step), *own(0))
-        finally:
-            for j in jobs:
-                j.result()
-        if part is not None:
-            counts += part.sum(axis=0)
+    _rows(lambda *a: ckernels.nas_rows(x, outer, channels, inner, b, out, *a), outer, x.size,
+          threads, counts, channels)
     return out.reshape(out_shape)
+
+
+def nas_map_blocked(a: np.ndarray, channels: int, block: int, *, threads: int | None = None,
+                    counts: np.ndarray | None = None) -> np.ndarray:
+    """NAS over the channels of a tensor in onnxruntime's blocked channel layout (NCHWc), as
+    float32, equal to :func:`nas_map` of the same tensor in NCHW layout.
+
+    Args:
+        a: ``(N, Cp, *spatial)`` float32 as onnxruntime returns a blocked tensor: in memory
+            ``(N, Cp / block, *spatial, block)``, ``Cp`` = ``channels`` rounded up to ``block``
+            (the lanes past ``channels`` are padding and ignored).
+        channels: ``D``, the real channels.
+        block: channels per block (16 on AVX-512 CPUs, 8 on AVX2 ones; at most 64).
+        threads, counts: as for :func:`nas_map` (``counts``: ``(D,)`` int64).
+
+    Returns:
+        ``(N, *spatial)`` float32.
+    """
+    if ckernels is None:
+        raise RuntimeError("nasprobe.measures.ckernels is not built (no C compiler at install time?)")
+    x = np.ascontiguousarray(a, dtype=np.float32)
+    padded = -(-channels // block) * block
+    if x.ndim < 3 or x.shape[1] != padded or not 0 < block <= 64:
+        raise ValueError(f"a blocked tensor of {channels} channels in blocks of {block} has "
+                         f"shape (N, {padded}, ...), not {x.shape}")
+    if counts is not None:
+        _check_counts(counts, channels)
+    outer, inner = x.shape[0], math.prod(x.shape[2:])
+    out = np.empty(outer * inner, np.float32)
+    if out.size:
+        own = None if counts is None else np.zeros(padded, np.int64)
+        _rows(lambda *r: ckernels.nas_blocked_rows(x, outer, channels, block, inner, out, *r),
+              outer, x.size, threads, own, padded)
+        if counts is not None:
+            counts += own[:channels]
+    return out.reshape((outer, *x.shape[2:]))
+
+
+def _rows(kernel, outer: int, size: int, threads: int | None, counts: np.ndarray | None,
+          width: int) -> None:
+    """``kernel(start, stop[, counts])`` over rows ``0..outer`` on up to ``threads`` threads
+    (the calling one takes the first rows), each counting into its own ``(width,)`` row that
+    is added to ``counts`` after."""
+    threads = min(_threads() if threads is None else max(1, threads), outer)
+    if threads <= 1 or size < 1 << 16:
+        kernel(0, outer, *(() if counts is None else (counts,)))
+        return
+    step = -(-outer // threads)
+    starts = range(0, outer, step)
+    part = None if counts is None else np.zeros((len(starts), width), np.int64)
+
+    def own(i):
+        return () if part is None else (part[i],)
+
+    pool = _pool(max(threads - 1, _threads() - 1, 1))
+    jobs = [pool.submit(kernel, s, min(outer, s + step), *own(i))
+            for i, s in enumerate(starts) if i]
+    try:
+        kernel(0, min(outer, step), *own(0))
+    finally:
+        for j in jobs:
+            j.result()
+    if part is not None:
+        counts += part.sum(axis=0)
 
 
 def _check_counts(counts: np.ndarray, channels: int) -> None:
