@@ -13,6 +13,7 @@ import numpy as np
 
 from nasprobe.measures.activity import batch_maps, extra_outputs, location_mask
 from nasprobe.measures.aggregate import LayerStats
+from nasprobe.measures.nchwc import unblock
 from nasprobe.onnxgraph.taps import Tap
 from nasprobe.probesets import ProbeSet
 
@@ -100,7 +101,10 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     extra = extra_outputs(acts, names)
     labelled = probeset.labels is not None
     out_names = ([session.get_outputs()[0].name] if labelled else []) + names + extra
-    blocks = [tap_blocks(session).get(x) for x in names]  # raw taps in blocked layout
+    blocked = tap_blocks(session)  # raw taps onnxruntime returns in its blocked layout
+    blocks = [blocked.get(x) for x in names]
+    # a tap's output that is another tap's activity input is read there in NCHW layout
+    unblocked = {a for a in acts if a and a in blocked}
     loss_sum, correct, n, fetched = 0.0, 0, 0, 0
 
     def run(batch):
@@ -111,8 +115,9 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
         size = sum(o.nbytes for o in outs)
         head = outs[:1] if labelled else []
         got = dict(zip(names + extra, outs[len(head):]))
-        maps, counts = batch_maps(taps, [got[x] for x in names], got, acts, host, threads, mask,
-                                  blocks)
+        taps_out = [got[x] for x in names]
+        got.update({a: unblock(got[a], blocked[a]) for a in unblocked})
+        maps, counts = batch_maps(taps, taps_out, got, acts, host, threads, mask, blocks)
         return head + maps, counts, size
 
     for (start, xb, yb), (outs, counts, size) in prefetched(probeset.batches(batch_size), run,
