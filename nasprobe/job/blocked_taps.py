@@ -181,6 +181,10 @@ def _plan(model, fetch, sample, input_name, reference) -> BlockedGraph | None:
     if gathers is None:
         return None
     channels = _cut(first, cut)
+    for t in first.graph.initializer:  # the codes: every epoch puts its own arrays there
+        if t.name in gathers:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
     plan = BlockedGraph(first, {}, gathers, fixed)
     template = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
                 if t.name not in fixed}
@@ -278,7 +282,7 @@ def _gather(code: np.ndarray, offs: np.ndarray, names: list[str], shapes,
         if code.size == size == used.size and code[0] == first and (
                 np.diff(code) == 1).all():
             return _Gather(dims, [name], None)  # the tensor as it is
-        return _Gather(dims, [name], np.where(code > 0, code - first + 1, 0))
+        return _Gather(dims, [name], np.where(code > 0, code - first + 1, 0).astype(np.int32))
     which = np.searchsorted(offs, code, side="right") - 1
     ks = np.unique(which[code > 0])
     sources = [names[k] for k in ks]
@@ -287,6 +291,7 @@ def _gather(code: np.ndarray, offs: np.ndarray, names: list[str], shapes,
     slot = np.searchsorted(ks, which)
     index = np.where(code > 0, base[np.minimum(slot, len(ks) - 1)] + code
                      - offs[np.minimum(which, len(offs) - 1)], 0)
+    index = index.astype(np.int32)  # positions below 2**31: CODE_LIMIT per run
     return _Gather(dims, sources, index)
 
 

@@ -218,3 +218,27 @@ def test_a_probe_job_writes_the_same_store_with_and_without_the_plan(tmp_path, m
         assert set(x.data_vars) == set(y.data_vars)
         for v in x.data_vars:
             assert np.array_equal(x[v].values, y[v].values, equal_nan=True), (path, v)
+
+
+def gathered(gather, arrays):
+    """What a plan holding ``gather`` puts into its initializer for ``arrays``."""
+    plan = blocked_taps.BlockedGraph(onnx.ModelProto(), {}, {"w": gather}, {})
+    return plan.arrays(arrays, lambda name: arrays[name])["w"]
+
+
+def test_a_gather_from_two_tensors_with_padding():
+    """An optimised initializer built from parts of two coded tensors, with padding between
+    them (onnxruntime could concatenate weights): each element comes from where its code says."""
+    shapes = {"a": (2, 3), "b": (4,)}
+    offs = np.array([2, 8, 12], np.int64)  # a's codes 2..7, b's 8..11, the end
+    a = np.arange(10, 16, dtype=np.float32).reshape(2, 3)
+    b = np.arange(20, 24, dtype=np.float32)
+    both = blocked_taps._gather(np.array([9, 0, 2, 7, 0, 11, 3]), offs, ["a", "b"], shapes, (7,))
+    assert both.sources == ["a", "b"]
+    np.testing.assert_array_equal(gathered(both, {"a": a, "b": b}), [21, 0, 10, 15, 0, 23, 11])
+    one = blocked_taps._gather(np.array([4, 0, 2, 3]), offs, ["a", "b"], shapes, (2, 2))
+    assert one.sources == ["a"]
+    np.testing.assert_array_equal(gathered(one, {"a": a}), [[12, 0], [10, 11]])
+    same = blocked_taps._gather(np.array([8, 9, 10, 11]), offs, ["a", "b"], shapes, (4,))
+    assert same.sources == ["b"] and same.index is None  # the tensor as it is
+    np.testing.assert_array_equal(gathered(same, {"b": b}), b)
