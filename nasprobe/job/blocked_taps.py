@@ -13,8 +13,8 @@ optimiser rearranged the weights (reordered, padded: a fixed gather per tensor) 
 the graph once more with every weight element replaced by a code that names it. Each epoch's
 weights are then gathered into the optimised graph (:meth:`BlockedGraph.arrays`) and run
 without optimising again. The plan is used only when it reproduces the tapped graph's own
-outputs on a probe image; any rearrangement that is not a gather (a BatchNorm folded into a
-convolution, for instance) leaves the graph as it was.
+outputs on a probe image; any rearrangement that is not a gather (a BatchNorm after a linear
+tap, which onnxruntime turns into products of its parameters) leaves the graph as it was.
 """
 
 from __future__ import annotations
