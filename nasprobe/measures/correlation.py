@@ -74,9 +74,15 @@ def sampled_filters(d: int, max_filters: int | None = CORR_MAX_FILTERS) -> np.nd
 
 
 def _centred(f: np.ndarray, rows: np.ndarray, mean: np.ndarray | None, centring: str) -> np.ndarray:
-    u = np.asarray(f[rows], dtype=np.float64)
+    """Rows ``rows`` of ``f`` in float64, centred; consecutive rows are read as a slice (no
+    gathered copy), and the paper's centring casts and subtracts in one pass."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        part = f[rows[0]:rows[-1] + 1]
+    else:
+        part = f[rows]
     if centring == "paper":
-        return u - mean
+        return np.subtract(part, mean, dtype=np.float64)
+    u = np.asarray(part, dtype=np.float64)
     return u - u.mean(axis=1, keepdims=True)
 
 
