@@ -7,7 +7,8 @@ DEMO_OUT ?= demo-out
 
 .PHONY: demo test test-fast install clean lock gpu-smoke dist corpus lint
 
-$(STAMP): pyproject.toml setup.py nasprobe/measures/ckernels.c requirements-dev.lock
+$(STAMP): pyproject.toml setup.py nasprobe/measures/ckernels.c nasprobe/measures/nas_kernels.c \
+		nasprobe/measures/ckernels.h requirements-dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.lock

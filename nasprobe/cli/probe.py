@@ -106,10 +106,10 @@ def probe_cmd(checkpoints, probe_path, out, run, framework, model, input_shape, 
     CHECKPOINTS is one run (a folder, or files), or several folders, one run each, named after
     the folder (nasprobe probe runs/*)."""
     from nasprobe.errors import NasprobeError
+    from nasprobe.job.arena import share_cpu_arena
     from nasprobe.job.options import ProbeOptions
     from nasprobe.job.probe_job import probe
     from nasprobe.job.runs import run_folders
-    from nasprobe.job.runtime import share_cpu_arena
     from nasprobe.store.writer import Store
 
     if workers is not None and scheduler is not None:

@@ -80,7 +80,8 @@ def _match_worker_threads(dask_worker) -> int:
     process probes epoch after epoch)."""
     from nasprobe.measures.kernels import set_threads
 
-    from .runtime import set_intra_op_threads, share_cpu_arena
+    from .arena import share_cpu_arena
+    from .runtime import set_intra_op_threads
 
     n = dask_worker.state.nthreads
     set_intra_op_threads(n)

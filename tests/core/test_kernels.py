@@ -1,4 +1,4 @@
-"""The compiled host kernels (nasprobe/measures/ckernels.c) against the numpy reference and fallback."""
+"""The compiled host kernels (nasprobe/measures/ckernels.c, nas_kernels.c) against the numpy reference and fallback."""
 
 import subprocess
 import sys

@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 
 from nasprobe.errors import CheckpointError, NasprobeError
-from nasprobe.job import runtime, weights
+from nasprobe.job import arena, runtime, weights
 from nasprobe.onnxgraph.nas_graph import build_probe_graph
 from nasprobe.onnxgraph.taps import find_taps
 from tests.core import onnx_models as om
@@ -149,8 +149,8 @@ def test_cpu_sessions_share_one_arena_when_asked_and_give_what_an_own_arena_give
     want = own.run(None, {tm.input_name: x})
     try:
         for shared in (False, True):
-            runtime.share_cpu_arena(shared)
-            assert runtime.shared_cpu_arena() is shared
+            arena.share_cpu_arena(shared)
+            assert arena.shared_cpu_arena() is shared
             for threads in (None, 1):
                 sess = tm.session(threads=threads)
                 opts = sess.get_session_options()
@@ -160,7 +160,7 @@ def test_cpu_sessions_share_one_arena_when_asked_and_give_what_an_own_arena_give
                 for a, b in zip(sess.run(None, {tm.input_name: x}), want):
                     np.testing.assert_array_equal(a, b)
     finally:
-        runtime.share_cpu_arena(False)
+        arena.share_cpu_arena(False)
 
 
 def test_the_probe_command_shares_the_arena_and_the_python_api_does_not(tmp_path):
@@ -173,16 +173,16 @@ def test_the_probe_command_shares_the_arena_and_the_python_api_does_not(tmp_path
     from tests.core.conftest import write_runs
 
     probe = write_runs(tmp_path, ["a"], 5, seed=1, probe_seed=2)
-    runtime.share_cpu_arena(False)
+    arena.share_cpu_arena(False)
     try:
         nasprobe.probe([tmp_path / "a"], probe=probe, out=tmp_path / "api.zarr", progress=False)
-        assert runtime.shared_cpu_arena() is False
+        assert arena.shared_cpu_arena() is False
         result = CliRunner().invoke(main, ["probe", str(tmp_path / "a"), "--probe", str(probe),
                                            "--out", str(tmp_path / "cli.zarr")])
         assert result.exit_code == 0, result.output
-        assert runtime.shared_cpu_arena() is True
+        assert arena.shared_cpu_arena() is True
     finally:
-        runtime.share_cpu_arena(False)
+        arena.share_cpu_arena(False)
 
 
 @pytest.mark.parametrize("min_bytes", [0, 4096])

@@ -116,7 +116,8 @@ def test_built_package_installs_and_works(tmp_path):
                  "Project-URL: ", "Provides-Extra: cpu", "Provides-Extra: gpu"]:
         assert line in metadata, line
     in_sdist = {m.name.split("/", 1)[1] for m in tarfile.open(sdist).getmembers() if m.isfile()}
-    for name in ["nasprobe/measures/ckernels.c", "setup.py", "pyproject.toml", "LICENSE", "README.md",
+    for name in ["nasprobe/measures/ckernels.c", "nasprobe/measures/nas_kernels.c",
+                 "nasprobe/measures/ckernels.h", "setup.py", "pyproject.toml", "LICENSE", "README.md",
                  "docs/README.md", "docs/measures.md", "docs/cli.md", "docs/store.md"]:
         assert name in in_sdist, name
     sources = {f for f in files if f.endswith(".py") and f.startswith(("nasprobe/", "adapters/"))}
