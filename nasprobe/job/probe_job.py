@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from tqdm.std import TqdmExperimentalWarning
 
 from nasprobe._version import __version__
 from nasprobe.contract import Checkpoint
@@ -44,6 +44,12 @@ from nasprobe.store.layer_check import PlannedRun, check_layers
 from nasprobe.store.layout import LayerInfo
 from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import RunWriter, Store, new_job_id
+
+# What tqdm.auto gives (a widget bar in Jupyter, text elsewhere) without its asyncio mix-in,
+# whose import (asyncio) costs each probe process about 15 ms.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", TqdmExperimentalWarning)
+    from tqdm.autonotebook import tqdm
 
 from .options import ProbeOptions
 from .runs import check_sources, origin_of, run_folders, run_source
