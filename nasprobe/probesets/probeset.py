@@ -1,9 +1,10 @@
 """Probe sets: the images every checkpoint is run on (docs/cli.md, ``--probe PROBE``).
 
-Sources. ``.npy``: one image array, memory-mapped. ``.npz``: images ``x`` and optional labels
-``y`` (``(N,)``, ``(N, 1)`` or one-hot ``(N, K)`` integers); uncompressed members (``np.savez``)
-are memory-mapped, compressed ones read whole. Folder: PNG/JPEG files (hidden ones ignored),
-sorted by relative path, decoded one batch at a time; labels by the first rule that applies:
+Sources. ``.npy``: one image array, memory-mapped above 16 MiB (read whole below). ``.npz``:
+images ``x`` and optional labels ``y`` (``(N,)``, ``(N, 1)`` or one-hot ``(N, K)`` integers);
+uncompressed members (``np.savez``) over 16 MiB are memory-mapped, others read whole.
+Folder: PNG/JPEG files (hidden ones ignored), sorted by relative path, decoded one batch at a
+time; labels by the first rule that applies:
 (1) ``labels.csv`` in the folder, rows ``filename,label`` (relative path; optional header):
 integers as they are, else the sorted distinct names -> 0..K-1; (2) images all in sub-folders
 ``CLASS/img.png``: sorted CLASS names -> 0..K-1; (3) images all at the top: no labels.
@@ -103,7 +104,8 @@ class ProbeSet:
     @property
     def memory_mapped(self) -> bool:
         """Whether the images are read from the file batch by batch (an ``.npy`` file or an
-        uncompressed ``.npz`` member, memory-mapped) rather than held in memory whole."""
+        uncompressed ``.npz`` member over 16 MiB, memory-mapped) rather than held in memory
+        whole."""
         return isinstance(getattr(self.source, "array", None), np.memmap)
 
     def batches(self, batch_size: int, limit: int | None = None

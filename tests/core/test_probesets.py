@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from nasprobe.errors import ProbeSetError
-from nasprobe.probesets import ProbeSet, load_probe_set
+from nasprobe.probesets import ProbeSet, arrays, load_probe_set
 
 RNG = np.random.default_rng(0)
 NCHW = (None, 3, 32, 32)
@@ -100,7 +100,8 @@ def test_uint16_and_bool_are_scaled(tmp_path):
 
 
 @pytest.mark.parametrize("compressed", [False, True])
-def test_npz_with_labels(tmp_path, compressed):
+def test_npz_with_labels(tmp_path, compressed, monkeypatch):
+    monkeypatch.setattr(arrays, "RESIDENT_BYTES", 0)  # map the stored members, small as they are
     x, y = _uint8(9, 32, 32, 3), RNG.integers(0, 10, 9)
     path = tmp_path / "p.npz"
     (np.savez_compressed if compressed else np.savez)(path, x=x, y=y)
@@ -134,14 +135,21 @@ def test_batches_cover_every_image_once_in_order(tmp_path):
         next(ps.batches(0))
 
 
-def test_npy_is_memory_mapped_and_batches_are_copies(tmp_path):
+@pytest.mark.parametrize("resident", [0, arrays.RESIDENT_BYTES])
+@pytest.mark.parametrize("suffix", ["p.npy", "p.npz"])
+def test_large_arrays_are_memory_mapped_small_ones_read_and_batches_are_copies(
+        tmp_path, monkeypatch, resident, suffix):
+    # 50 images of 3x32x32 float32 = 614 KB: mapped when the limit is 0, read whole by default
+    monkeypatch.setattr(arrays, "RESIDENT_BYTES", resident)
     x = RNG.random((50, 3, 32, 32), dtype=np.float32)
-    ps = load_probe_set(_save(tmp_path, "p.npy", x), NCHW)
-    assert ps.memory_mapped
+    ps = load_probe_set(_save(tmp_path, suffix, x), NCHW)
+    assert ps.memory_mapped == (resident == 0)
+    assert ps.sha256 == load_probe_set(_save(tmp_path, "q.npy", x), NCHW).sha256
     _, b, _ = next(ps.batches(8))
     assert b.shape == (8, 3, 32, 32) and b.flags.writeable and b.flags.c_contiguous
     b[:] = 0  # a batch is the caller's to change
     np.testing.assert_array_equal(ps.first(1), x[:1])
+    np.testing.assert_array_equal(np.concatenate([a for _, a, _ in ps.batches(16)]), x)
 
 
 def _digits_folder(root, per_class=3, classes=(0, 1, 2)):
