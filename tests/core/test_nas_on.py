@@ -208,3 +208,26 @@ def test_cli_nas_on(conv_run, labelled_probe, tmp_path):
                                str(tmp_path / "bad.zarr"), "--nas-on", "gpu"])
     assert res.exit_code == 2 and "--nas-on" in res.output
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_weight_correlations_run_on_one_blas_thread(tmp_path, monkeypatch):
+    # OpenBLAS threads spin after a call, on the cores the next epoch's streams need
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before, seen = blas_threads(), []
+    real = tasks.corr_histogram
+
+    def spy(w):
+        seen.append(blas_threads())
+        return real(w)
+
+    monkeypatch.setattr(tasks, "corr_histogram", spy)
+    folder = tmp_path / "run"
+    write_run(folder, om.conv_bn_relu_net, ["epoch_000.onnx", "epoch_001.onnx"])
+    nasprobe.probe([folder], probe=_probe_set(tmp_path, folder), out=tmp_path / "s.zarr",
+                   run="r", progress=False)
+    assert seen and before and all(t == [1] * len(before) for t in seen)
+    assert blas_threads() == before  # given back after each epoch
