@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
@@ -51,7 +52,8 @@ from .runtime import (
 )
 
 __all__ = ["RunSpec", "EpochTask", "RunContext", "Outcome", "context", "run_epoch", "host_nas",
-           "reading", "CACHE_SIZE", "forget_remote", "one_blas_thread"]
+           "reading", "CACHE_SIZE", "forget_remote", "one_blas_thread",
+           "weight_correlations"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -337,6 +339,15 @@ def one_blas_thread():
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
+def weight_correlations(taps: list[Tap], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``corr_hist`` counts ``(200,)`` per tapped layer whose weights are all finite
+    (:func:`nasprobe.measures.correlation.corr_histogram`), with one BLAS thread
+    (:func:`one_blas_thread`); ``weights``: every initializer of the checkpoint, by name."""
+    with one_blas_thread():
+        return {t.layer: corr_histogram(t.filters(weights)) for t in taps
+                if np.isfinite(weights[t.weight]).all()}
+
+
 def run_epoch(task: EpochTask) -> Outcome:
     """Probe one checkpoint and commit its (run, epoch) cell; the unit of work of a probe job.
 
@@ -360,19 +371,21 @@ def run_epoch(task: EpochTask) -> Outcome:
     except CheckpointError as exc:
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)
-    result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
-                         batch_size=spec.options.batch_size,
-                         keep_images=spec.options.keep_images,
-                         kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
-                         host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
-                         bind=ctx.tapped.provider == CUDA, streams=streams, threads=threads,
-                         acts=ctx.acts)
-    provider = session.get_providers()[0]
-    del session
-    full = {**ctx.base, **weights}
-    with one_blas_thread():
-        corr = {t.layer: corr_histogram(t.filters(full)) for t in ctx.taps
-                if spec.options.corr and np.isfinite(full[t.weight]).all()}
-    del full, weights
+    # The weight correlations need only the weights: a thread computes them while the probe
+    # set runs, instead of after it on one core.
+    with ThreadPoolExecutor(1, thread_name_prefix="nasprobe-corr") as pool:
+        corr = pool.submit(weight_correlations, ctx.taps, {**ctx.base, **weights}) \
+            if spec.options.corr else None
+        result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
+                             batch_size=spec.options.batch_size,
+                             keep_images=spec.options.keep_images,
+                             kind=ctx.kind, input_name=ctx.tapped.input_name, fetch=ctx.fetch,
+                             host=ctx.host, fixed_batch=ctx.tapped.fixed_batch,
+                             bind=ctx.tapped.provider == CUDA, streams=streams,
+                             threads=threads, acts=ctx.acts)
+        provider = session.get_providers()[0]
+        del session
+        corr = {} if corr is None else corr.result()
+    del weights
     task.writer.write_epoch(epoch, result.summaries, result.metrics, corr)
     return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)
