@@ -8,8 +8,9 @@ large parent that the child held between fork and exec).
 Each ``--python`` is the interpreter of one environment with nasprobe installed (default: the
 one running this script); every command below runs in each of them, interleaved, and each row is
 printed per environment — e.g. the lock's ``.venv/bin/python`` and a venv made the way a user
-installs (``python -m venv v && v/bin/pip install -e '.[cpu,torch]'``, no constraints: it
-resolves the newest releases, which is how the ml_dtypes 0.7 start-up cost was found). The
+installs: ``make dist``, then ``python -m venv v && v/bin/pip install "dist/nasprobe-…whl[cpu,torch]"``
+(the built wheel, no constraints: it resolves the newest releases, which is how the ml_dtypes
+0.7 start-up cost was found, and has no editable-install finder on its import path). The
 models and probe sets are made once, by the interpreter running this script (it needs torch).
 Prints:
 
