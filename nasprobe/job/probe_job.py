@@ -59,6 +59,7 @@ from .tasks import (
     RunSpec,
     context,
     forget_remote,
+    one_blas_thread,
     run_epoch,
 )
 
@@ -348,8 +349,9 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
 
     try:
         if workers is None and scheduler is None:
-            for task in tasks:
-                handle(run_epoch(task))
+            with one_blas_thread():  # the weight correlations' products: see its docstring
+                for task in tasks:
+                    handle(run_epoch(task))
         else:
             from .parallel import dask_client, run_on_dask
 

@@ -325,11 +325,17 @@ _BLAS: list = []  # this process's threadpoolctl controller, made on first use
 
 
 def one_blas_thread():
-    """A context in which numpy's BLAS runs on one thread (threadpoolctl).
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl), for every thread of
+    the process; a serial probe job runs its epochs in it (:mod:`nasprobe.job.probe_job`),
+    entered once, in the thread that runs them. numpy's OpenBLAS (0.3.31, pthreads) takes the
+    thread count set from the main thread for all threads, but one set from another thread
+    does not limit even that thread's own products (measured: 1.94 CPU seconds per second
+    under a limit set in a worker thread, 1.21 under one set in the main thread); and setting
+    it anew per epoch cost more system time than it saved (100 tiny checkpoints: 2.48 -> 2.56 s).
 
-    The weight correlations' matrix products are the job's only BLAS calls. Left to itself,
-    OpenBLAS runs them on every core and its threads then spin, waiting for more work, while
-    the next epoch's onnxruntime streams need those cores: on the README's 100-checkpoint job
+    The weight correlations' matrix products are a probe job's only BLAS calls. Left to
+    itself, OpenBLAS runs them on every core and its threads then spin, waiting for more
+    work, while onnxruntime's streams need those cores: on the README's 100-checkpoint job
     the spinning was 4 % of the process's CPU time. On one thread the largest product of the
     README's table job (256 filters of 8,192 weights) takes 11 ms instead of 7."""
     if not _BLAS:
@@ -341,11 +347,10 @@ def one_blas_thread():
 
 def weight_correlations(taps: list[Tap], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``corr_hist`` counts ``(200,)`` per tapped layer whose weights are all finite
-    (:func:`nasprobe.measures.correlation.corr_histogram`), with one BLAS thread
-    (:func:`one_blas_thread`); ``weights``: every initializer of the checkpoint, by name."""
-    with one_blas_thread():
-        return {t.layer: corr_histogram(t.filters(weights)) for t in taps
-                if np.isfinite(weights[t.weight]).all()}
+    (:func:`nasprobe.measures.correlation.corr_histogram`); ``weights``: every initializer of
+    the checkpoint, by name. :func:`run_epoch` computes them on a thread of their own."""
+    return {t.layer: corr_histogram(t.filters(weights)) for t in taps
+            if np.isfinite(weights[t.weight]).all()}
 
 
 def run_epoch(task: EpochTask) -> Outcome:

@@ -212,12 +212,12 @@ def test_cli_nas_on(conv_run, labelled_probe, tmp_path):
 
 def test_weight_correlations_run_on_one_blas_thread(tmp_path, monkeypatch):
     # OpenBLAS threads spin after a call, on the cores the next epoch's streams need
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas_threads():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
-    before, seen = blas_threads(), []
+    seen = []
     real = tasks.corr_histogram
 
     def spy(w):
@@ -227,7 +227,12 @@ def test_weight_correlations_run_on_one_blas_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "corr_histogram", spy)
     folder = tmp_path / "run"
     write_run(folder, om.conv_bn_relu_net, ["epoch_000.onnx", "epoch_001.onnx"])
-    nasprobe.probe([folder], probe=_probe_set(tmp_path, folder), out=tmp_path / "s.zarr",
-                   run="r", progress=False)
-    assert seen and before and all(t == [1] * len(before) for t in seen)
-    assert blas_threads() == before  # given back after each epoch
+    # two BLAS threads to start with, whatever OMP_NUM_THREADS the test run was given
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        nasprobe.probe([folder], probe=_probe_set(tmp_path, folder), out=tmp_path / "s.zarr",
+                       run="r", progress=False)
+        after = blas_threads()
+    assert before and set(before) == {2}  # numpy's BLAS is seen and was set
+    assert len(seen) == 6 and all(t == [1] * len(before) for t in seen)  # 2 epochs x 3 layers
+    assert after == before  # given back after each epoch
