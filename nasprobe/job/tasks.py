@@ -321,9 +321,6 @@ def reading(path, func, *args):
                               f"{str(exc)[:300]})") from exc
 
 
-_BLAS: list = []  # this process's threadpoolctl controller, made on first use
-
-
 def one_blas_thread():
     """A context in which numpy's BLAS runs on one thread (threadpoolctl), for every thread of
     the process; a serial probe job runs its epochs in it (:mod:`nasprobe.job.probe_job`),
@@ -337,12 +334,13 @@ def one_blas_thread():
     itself, OpenBLAS runs them on every core and its threads then spin, waiting for more
     work, while onnxruntime's streams need those cores: on the README's 100-checkpoint job
     the spinning was 4 % of the process's CPU time. On one thread the largest product of the
-    README's table job (256 filters of 8,192 weights) takes 11 ms instead of 7."""
-    if not _BLAS:
-        from threadpoolctl import ThreadpoolController
+    README's table job (256 filters of 8,192 weights) takes 11 ms instead of 7.
 
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=1, user_api="blas")
+    Each call looks anew at the BLAS libraries loaded (1.4 ms): one found once per process
+    would miss a BLAS that a later import (scipy, torch) brings."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def weight_correlations(taps: list[Tap], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
