@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import click
@@ -27,8 +28,6 @@ _STACK = [("numpy", ["numpy"]), ("onnx", ["onnx"]), ("xarray / zarr", ["xarray",
 
 
 def _version(dist: str) -> str | None:
-    from importlib import metadata  # 18 ms: imported when `doctor` runs, not per command
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

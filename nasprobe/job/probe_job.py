@@ -45,12 +45,6 @@ from nasprobe.store.layout import LayerInfo
 from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import RunWriter, Store, new_job_id
 
-# What tqdm.auto gives (a widget bar in Jupyter, text elsewhere) without its asyncio mix-in,
-# whose import (asyncio) costs each probe process about 15 ms.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", TqdmExperimentalWarning)
-    from tqdm.autonotebook import tqdm
-
 from .options import ProbeOptions
 from .runs import check_sources, origin_of, run_folders, run_source
 from .tasks import (
@@ -62,6 +56,12 @@ from .tasks import (
     one_blas_thread,
     run_epoch,
 )
+
+# What tqdm.auto gives (a widget bar in Jupyter, text elsewhere) without its asyncio mix-in,
+# whose import (asyncio) costs each probe process about 15 ms.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", TqdmExperimentalWarning)
+    from tqdm.autonotebook import tqdm
 
 __all__ = ["probe", "run_info"]
 
