@@ -27,7 +27,8 @@ Prints:
 * the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.30), and the
   floor — the plain script on copies of the graphs with every tap tensor as an extra output;
 * ``many``: 100 checkpoints of the tiny CNN on 256 images: nasprobe / plain (target <= 1.30),
-  and the peak memory of 25 and of 100 checkpoints (flat in the number of checkpoints);
+  the floor (the plain script on copies with every tap tensor as an output) / plain, and the
+  peak memory of 25 and of 100 checkpoints (flat in the number of checkpoints);
 * where the table job's time goes, inside one process of this script's interpreter
   (``breakdown.py``): onnxruntime plain and with the taps as outputs, the host NAS kernel, the
   statistics, one probe epoch;
@@ -223,8 +224,13 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
             target = runs[n] / f"epoch_{i:03d}.onnx"
             if not target.exists():
                 target.write_bytes(one.read_bytes())
+    tapped = tmp / "many100-tapped"
+    if not tapped.exists():  # the floor's graphs, written once outside the timing
+        subprocess.run([sys.executable, str(HERE / "baselines.py"), "tap", str(runs[100]),
+                        str(tapped)], check=True)
     cmds = {}
     for e in envs:
+        cmds[f"taps@{e.label}"] = e.baseline("ort", str(tapped), str(probe))
         for n, run in runs.items():
             cmds[f"nasprobe{n}@{e.label}"] = lambda r, e=e, n=n, run=run: e.nasprobe(
                 "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"many{n}-{e.label}{r}.zarr"),
@@ -237,7 +243,10 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
         row(f"[{e.label}] nasprobe probe, 100 checkpoints", a, cpu=True)
         row(f"[{e.label}] nasprobe probe, 25 checkpoints", got[f"nasprobe25@{e.label}"], cpu=True)
         row(f"[{e.label}] plain onnxruntime script, 100", b, cpu=True)
+        row(f"[{e.label}] the same script, taps as outputs (floor)", got[f"taps@{e.label}"],
+            cpu=True)
         ratio(f"[{e.label}] nasprobe / plain, 100 checkpoints", a, b, "<= 1.30")
+        ratio(f"[{e.label}] floor: taps / plain, 100 checkpoints", got[f"taps@{e.label}"], b, "-")
 
 
 def imports(envs: list[Env], tmp: Path, top: int = 8) -> None:
