@@ -43,7 +43,7 @@ from nasprobe.store.download_cache import local_copy
 from nasprobe.store.layer_check import PlannedRun, check_layers
 from nasprobe.store.layout import LayerInfo
 from nasprobe.store.storage import checked_path, is_url, location
-from nasprobe.store.writer import RunWriter, Store, new_job_id
+from nasprobe.store.writer import EPOCHS_PER_CHUNK, RunWriter, Store, new_job_id
 
 from .options import ProbeOptions
 from .runs import check_sources, origin_of, run_folders, run_source
@@ -271,12 +271,14 @@ def probe(checkpoints: Sequence[str | os.PathLike], *, out: str | os.PathLike,
         store.create_or_check(plan.attrs, force=force)
     job = new_job_id()
     tasks = []
+    serial = workers is None and scheduler is None  # this process writes every epoch itself
     for plan in plans:
         kept = min(options.keep_images, plan.attrs["probe_size"])  # no padding past the set
         plan.writer = store.open_run(
             plan.spec.run, plan.epochs, plan.infos, kept, plan.provenance, job=job,
             attrs={k: plan.attrs[k] for k in ("nasprobe_version", "probe_source",
-                                              "probe_sha256")}, source=plan.source, named=named)
+                                              "probe_sha256")}, source=plan.source, named=named,
+            epochs_per_chunk=EPOCHS_PER_CHUNK if serial else 1)
         done = len(plan.writer.done or ())
         print(f"nasprobe: run {printable(plan.spec.run)}: {len(plan.writer.todo)} epochs to "
               f"probe, {done} skipped as already in {printable(store.path)}", file=sys.stderr)
@@ -349,9 +351,14 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
 
     try:
         if workers is None and scheduler is None:
-            with one_blas_thread():  # the weight correlations' products: see its docstring
-                for task in tasks:
-                    handle(run_epoch(task))
+            try:
+                with one_blas_thread():  # the weight correlations' products: see its docstring
+                    for task in tasks:
+                        handle(run_epoch(task))
+            finally:  # the epochs held for shared chunks: also when stopped by an error or ^C
+                for plan in plans.values():
+                    if plan.writer is not None:
+                        plan.writer.flush()
         else:
             from .parallel import dask_client, run_on_dask
 

@@ -1,8 +1,10 @@
 """The zarr v3 documents and chunks of the arrays a probe job writes, made without zarr.
 
-A job writes a handful of coordinate arrays when it starts and one chunk per array per epoch
-after that, always with the same codecs: little-endian ``bytes`` then ``zstd`` level 0 for
-numbers (:data:`ROW_CODECS`), ``vlen-utf8`` then the same ``zstd`` for text
+A job writes a handful of coordinate arrays when it starts and then its epochs' rows: one
+chunk per array per epoch (:func:`encode_rows`), or, where its arrays are chunked several epochs
+per chunk (a serial job, see docs/store-design.md), one chunk per array per block of epochs
+(:class:`EpochBlocks`). Always with the same codecs: little-endian ``bytes`` then ``zstd`` level
+0 for numbers (:data:`ROW_CODECS`), ``vlen-utf8`` then the same ``zstd`` for text
 (:data:`TEXT_CODECS`), and chunk keys ``c.<i>.0…`` (:data:`CHUNK_KEYS`). Their metadata
 documents (:func:`array_doc`) and chunks (:func:`encode_chunk`, :func:`encode_rows`) are made
 here with numcodecs, the codec library zarr's own ``zstd`` and ``vlen-utf8`` codecs call, and
@@ -23,7 +25,7 @@ from numcodecs import VLenUTF8, Zstd
 from nasprobe.errors import StoreError
 
 __all__ = ["ROW_CODECS", "TEXT_CODECS", "CHUNK_KEYS", "array_doc", "encode_chunk",
-           "whole_array", "RowCodec", "row_codecs", "encode_rows"]
+           "whole_array", "RowCodec", "row_codecs", "encode_rows", "EpochBlocks"]
 
 #: The codecs of every numeric array nasprobe writes, as zarr spells them in its metadata.
 ROW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
@@ -96,14 +98,20 @@ def whole_array(path: str, values: np.ndarray, dims, fill, attributes: dict | No
 class RowCodec:
     """How one epoch's row of a job-group array is stored: the row's shape (the array's
     shape without the epoch axis), the chunk's (the same, or larger where an axis is empty:
-    ``nas_image_map`` with no kept image), the little-endian dtype, the fill value and the
-    separator of the chunk keys."""
+    ``nas_image_map`` with no kept image), the little-endian dtype, the fill value, the
+    separator of the chunk keys and the epochs per chunk (the chunk's first axis)."""
 
     row: tuple[int, ...]
     shape: tuple[int, ...]
     dtype: np.dtype
     fill: float | int
     separator: str = "/"
+    epochs: int = 1
+
+    def key(self, index: int) -> str:
+        """The key of chunk ``index`` along the epoch axis, relative to the array
+        (``c.3.0.0``)."""
+        return self.separator.join(["c", str(int(index))] + ["0"] * len(self.shape))
 
     def chunk(self, cols, values) -> np.ndarray:
         """The chunk of shape :attr:`shape` holding ``values`` for the whole row (``cols``
@@ -129,8 +137,9 @@ def row_codecs(meta: dict[str, bytes]) -> dict[str, RowCodec]:
     ``zarr.json`` bytes), by array path (``nas_median``, ``heatmaps/<group>/nas_map``, ...).
 
     Raises:
-        StoreError: an array along ``epoch`` is not chunked one epoch per chunk or is stored
-            with other codecs than :data:`ROW_CODECS` (a group this version did not make).
+        StoreError: an array along ``epoch`` is chunked along another axis than the epoch
+            axis, or is stored with other codecs than :data:`ROW_CODECS` (a group this version
+            did not make).
     """
     out = {}
     for key, raw in meta.items():
@@ -143,9 +152,10 @@ def row_codecs(meta: dict[str, bytes]) -> dict[str, RowCodec]:
         dims = doc.get("dimension_names") or ()
         if name == "epoch" or not dims or dims[0] != "epoch":
             continue  # the coordinates, written whole when the group is built
-        if len(shape) != len(chunks) or chunks[0] != 1:
-            raise StoreError(name, f"job-group array chunked {list(chunks)}: not one epoch "
-                             "per chunk")
+        if len(shape) != len(chunks) or chunks[0] < 1 or any(
+                c < max(s, 1) for c, s in zip(chunks[1:], shape[1:])):
+            raise StoreError(name, f"job-group array of shape {list(shape)} chunked "
+                             f"{list(chunks)}: not whole epochs per chunk")
         if doc["codecs"] != ROW_CODECS or doc["data_type"] not in ("float32", "float64", "int64"):
             raise StoreError(name, f"job-group array stored as {doc['data_type']} with codecs "
                              f"{doc['codecs']}, which this version of nasprobe does not write")
@@ -156,7 +166,8 @@ def row_codecs(meta: dict[str, bytes]) -> dict[str, RowCodec]:
         fill = doc["fill_value"]
         dtype = np.dtype(doc["data_type"]).newbyteorder("<")
         out[name] = RowCodec(shape[1:], tuple(int(c) for c in chunks[1:]), dtype,
-                             float(fill) if dtype.kind == "f" else int(fill), sep)
+                             float(fill) if dtype.kind == "f" else int(fill), sep,
+                             int(chunks[0]))
     return out
 
 
@@ -179,6 +190,66 @@ def encode_rows(codecs: dict[str, RowCodec], i: int, rows: dict[str, tuple]) -> 
         row = codec.chunk(cols, values)
         if codec.empty(row):
             continue
-        key = codec.separator.join(["c", str(int(i))] + ["0"] * len(codec.shape))
-        out[f"{name}/{key}"] = _ZSTD.encode(row.tobytes())
+        out[f"{name}/{codec.key(i)}"] = _ZSTD.encode(row.tobytes())
     return out
+
+
+class EpochBlocks:
+    """The rows of arrays chunked several epochs per chunk, held until their chunks are written.
+
+    A chunk of ``k`` epochs holds slots ``c·k … c·k + k − 1``; it is kept in memory from its
+    first row until every slot of it in ``expected`` (the slots this job will write) has one.
+    :meth:`take` encodes the chunks that received rows since the last call — a chunk still
+    missing rows is encoded whole again when more arrive, so the stored chunk only ever gains
+    rows — and forgets the complete ones.
+
+    Args:
+        codecs: :func:`row_codecs` of the arrays (those with ``epochs`` > 1).
+        expected: the slots this job will write.
+    """
+
+    def __init__(self, codecs: dict[str, RowCodec], expected: set[int]):
+        self.codecs = codecs
+        self.expected = set(expected)
+        self.written: set[int] = set()
+        self.blocks: dict[tuple[str, int], np.ndarray] = {}
+        self.dirty: set[tuple[str, int]] = set()
+
+    def add(self, i: int, rows: dict[str, tuple]) -> None:
+        """Put row ``i`` of several arrays (as for :func:`encode_rows`) into their chunks."""
+        for name, (cols, values) in rows.items():
+            codec = self.codecs[name]
+            c, k = divmod(int(i), codec.epochs)
+            block = self.blocks.get((name, c))
+            if block is None:
+                block = self.blocks[(name, c)] = np.full((codec.epochs, *codec.shape),
+                                                         codec.fill, codec.dtype)
+            block[k] = codec.chunk(cols, values).reshape(codec.shape)  # 0-d rows come 1-d
+            self.dirty.add((name, c))
+        self.written.add(int(i))
+
+    def complete(self, name: str, c: int) -> bool:
+        """True when every expected slot of chunk ``c`` of array ``name`` has its row."""
+        k = self.codecs[name].epochs
+        return all(s in self.written for s in range(c * k, c * k + k) if s in self.expected)
+
+    def pending(self) -> bool:
+        """True while some chunk holds rows not yet taken."""
+        return bool(self.dirty)
+
+    def full(self) -> bool:
+        """True when every chunk holding rows not yet taken is complete."""
+        return all(self.complete(name, c) for name, c in self.dirty)
+
+    def take(self) -> dict[str, bytes]:
+        """Chunk key relative to the group (``nas_median/c.0.0``) → bytes of each chunk that
+        received rows since the last call (none for a chunk all fill value, as zarr)."""
+        out = {}
+        for name, c in sorted(self.dirty):
+            codec, block = self.codecs[name], self.blocks[(name, c)]
+            if not codec.empty(block):
+                out[f"{name}/{codec.key(c)}"] = _ZSTD.encode(block.tobytes())
+            if self.complete(name, c):
+                del self.blocks[(name, c)]
+        self.dirty.clear()
+        return out

@@ -2,8 +2,8 @@
 written one epoch's row at a time (:func:`nasprobe.store.chunks.encode_rows`, uploaded by
 :class:`nasprobe.store.writer.RunWriter`).
 
-The layout (one chunk per epoch, so that jobs never write the same chunk) is in
-docs/store-design.md.
+The layout (one chunk per epoch, or per block of epochs for a job that writes its epochs
+itself, one after another; jobs never write the same chunk) is in docs/store-design.md.
 """
 
 from __future__ import annotations
@@ -13,22 +13,32 @@ import numpy as np
 from .chunks import array_doc, whole_array
 from .layout import SCALARS, LayerInfo, group_json, group_name, spatial_dims
 
-__all__ = ["build_job_group"]
+__all__ = ["build_job_group", "BLOCK_BYTES"]
 
 _LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
+#: The largest chunk of several epochs (bytes before compression): a variable whose one epoch
+#: is larger keeps fewer epochs per chunk, down to one.
+BLOCK_BYTES = 4 << 20
 
 
 def build_job_group(epochs: list[int], layers: list[LayerInfo], keep_images: int,
-                    attrs: dict) -> dict[str, bytes]:
+                    attrs: dict, epochs_per_chunk: int = 1) -> dict[str, bytes]:
     """The files of a job group for ``epochs`` × ``layers`` (path relative to the group →
-    bytes): coordinates written, variables empty, chunked one epoch per chunk (see
-    docs/store-design.md), every document and chunk made by :mod:`nasprobe.store.chunks`."""
+    bytes): coordinates written, variables empty, every document and chunk made by
+    :mod:`nasprobe.store.chunks`.
+
+    Variables are chunked ``epochs_per_chunk`` epochs per chunk (at most the number of epochs,
+    and fewer where a chunk would exceed :data:`BLOCK_BYTES`); 1, one epoch per chunk, lets
+    several processes write one job's epochs (see docs/store-design.md).
+    """
     n, k = len(epochs), int(keep_images)
     lc = max(1, len(layers))
     files = {"zarr.json": group_json(attrs), "heatmaps/zarr.json": group_json({})}
 
     def add(path, shape, dtype, dims, fill, chunks, coords=None):
-        files[f"{path}/zarr.json"] = array_doc(shape, dtype, dims, fill, chunks,
+        row = int(np.prod(chunks[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        block = max(1, min(int(epochs_per_chunk), n, BLOCK_BYTES // max(row, 1)))
+        files[f"{path}/zarr.json"] = array_doc(shape, dtype, dims, fill, (block, *chunks[1:]),
                                                {"coordinates": coords} if coords else None)
 
     files.update(whole_array("epoch", np.asarray(epochs, np.int64), ("epoch",), -(2**62),

@@ -12,8 +12,9 @@ read outside the store, a traceback, or an allocation of gigabytes from a few by
 * arrays must have a regular chunk grid and zarr's chunk key encoding (a separator that is
   a path, such as ``/../``, would read objects outside the array); a job's coordinates at most :data:`MAX_COORD`
   entries in at most :data:`MAX_CHUNKS` chunks; one epoch of a variable at most
-  :data:`MAX_SLOT_ELEMENTS` values in at most :data:`MAX_CHUNKS` chunks (nasprobe writes one
-  chunk per coordinate and per epoch of each variable, see docs/store-design.md).
+  :data:`MAX_SLOT_ELEMENTS` values in at most :data:`MAX_CHUNKS` chunks, and a chunk at most
+  :data:`MAX_SLOT_ELEMENTS` values (nasprobe writes one chunk per coordinate, and one per
+  epoch or block of epochs of each variable, see docs/store-design.md).
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ def check_array(url: str, path: str, meta: dict, coordinate: bool) -> tuple[list
         raise StoreError(url, f"{path}: declares shape {shape} in chunks of {chunks} "
                          f"({'?' if size < 0 else size} {what} in {count} chunks; at most {limit} "
                          f"in {MAX_CHUNKS} are read); the store was edited or damaged")
+    if not coordinate and math.prod(chunks) > MAX_SLOT_ELEMENTS:  # a chunk is decoded whole
+        raise StoreError(url, f"{path}: declares chunks of {chunks} ({math.prod(chunks)} "
+                         f"values; at most {MAX_SLOT_ELEMENTS} are read at once); the store "
+                         "was edited or damaged")
     return shape, chunks
 
 

@@ -10,7 +10,9 @@ read is :func:`open_store` (docs/store.md). In short:
 * :meth:`RunWriter.write_epoch` (picklable, used by Dask workers too) writes one epoch's
   chunks — one call per epoch, nothing shared is touched — and then creates the epoch's commit
   marker exclusively. Of two jobs that probed the same epoch exactly one commits; the other's
-  chunks stay invisible.
+  chunks stay invisible. In a group chunked several epochs per chunk (a serial job) the rows
+  are held for up to :data:`HOLD_SECONDS` of work, so that short epochs share their chunks,
+  and :meth:`RunWriter.flush` writes and commits what is held.
 
 Nothing is resized, consolidated or read-modified-written after a job starts, so the cost of
 a commit is that of writing its own chunks (one object per array) and one marker.
@@ -31,7 +33,7 @@ from nasprobe.errors import StoreError
 from nasprobe.measures.aggregate import NAS_BINS, QUANTILES
 from nasprobe.measures.correlation import CORR_BINS
 
-from .chunks import RowCodec, encode_rows, row_codecs, whole_array
+from .chunks import EpochBlocks, RowCodec, encode_rows, row_codecs, whole_array
 from .job_group import build_job_group
 from .layer_check import fix_run_shapes
 from .layout import (
@@ -53,7 +55,14 @@ from .run_sources import claim_run
 from .runs import committed_epochs, store_layout
 from .storage import Location, location, warn_if_not_exclusive
 
-__all__ = ["Store", "RunWriter", "new_job_id"]
+__all__ = ["Store", "RunWriter", "new_job_id", "HOLD_SECONDS", "EPOCHS_PER_CHUNK"]
+
+#: The longest a serial job holds probed epochs before writing and committing them (seconds of
+#: work since its last commit): what a job killed outright (SIGKILL, power loss) may lose. A
+#: job that stops with an error or Ctrl-C writes what it holds first.
+HOLD_SECONDS = 1.0
+#: Epochs per chunk of the groups of serial jobs (see docs/store-design.md).
+EPOCHS_PER_CHUNK = 16
 
 def new_job_id() -> str:
     """A probe job's id: sortable by start time, unique across machines."""
@@ -135,9 +144,12 @@ class Store:
 
     def open_run(self, run: str, epochs: list[int], layers: list[LayerInfo], keep_images: int,
                  provenance: dict, job: str | None = None, attrs: dict | None = None,
-                 source: str | None = None, named: bool = False) -> RunWriter:
-        """Create this job's group for ``run`` (arrays sized for ``epochs``, one chunk per
-        epoch) and claim the epochs not yet committed. ``source`` (the run's checkpoint
+                 source: str | None = None, named: bool = False,
+                 epochs_per_chunk: int = 1) -> RunWriter:
+        """Create this job's group for ``run`` (arrays sized for ``epochs``,
+        ``epochs_per_chunk`` epochs per chunk: 1 when several processes write the job's
+        epochs, :data:`EPOCHS_PER_CHUNK` for a job that writes them itself, one after another)
+        and claim the epochs not yet committed. ``source`` (the run's checkpoint
         folder) is recorded with a new run and checked against an existing one's unless the
         run was ``named`` explicitly (:func:`nasprobe.run_sources.claim_run`).
 
@@ -162,7 +174,8 @@ class Store:
         files = build_job_group(epochs, layers, keep_images,
                                 {"run": run, "job": job, "keep_images": int(keep_images),
                                  "provenance": json.dumps(provenance),
-                                 "layers": json.dumps([x.name for x in layers]), **(attrs or {})})
+                                 "layers": json.dumps([x.name for x in layers]), **(attrs or {})},
+                                epochs_per_chunk)
         self.loc.put_many({f"{RUNS}/{key}/{job}/{k}": v for k, v in files.items()})
         writer = RunWriter(self.loc, run, job, {int(e): i for i, e in enumerate(epochs)},
                            [x.name for x in layers],
@@ -213,6 +226,11 @@ class RunWriter:
     meta: dict[str, bytes] = field(default_factory=dict, repr=False)
     todo: list[int] | None = None
     done: set[int] | None = None
+    #: rows held for chunks of several epochs, the epochs they belong to (uncommitted), and
+    #: when this writer last committed (time.monotonic)
+    held: EpochBlocks | None = field(default=None, repr=False)
+    waiting: list[int] = field(default_factory=list, repr=False)
+    last_commit: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def key(self) -> str:
@@ -239,22 +257,62 @@ class RunWriter:
 
     def write_epoch(self, epoch: int, summaries: dict[str, dict],
                     metrics: dict[str, float] | None = None,
-                    corr: dict[str, np.ndarray] | None = None) -> bool:
+                    corr: dict[str, np.ndarray] | None = None) -> bool | None:
         """Write one epoch's results into this job's chunks, then commit them.
 
+        In a group chunked several epochs per chunk the rows are held instead (nothing is
+        written) while the chunks they belong to still miss epochs of this job and less than
+        :data:`HOLD_SECONDS` passed since this writer last committed; :meth:`flush` writes
+        and commits them, as the next call that finds the chunks complete or the time passed.
+
         Args:
-            run_i, epoch_i: the slot (indices along ``run`` and ``epoch``) reserved for it.
+            epoch: the epoch (its slot in this job's group is ``index[epoch]``).
             summaries: layer → :meth:`nasprobe.measures.aggregate.LayerStats.summary` dict.
             metrics: ``loss``/``accuracy`` for this epoch (others are ignored here).
             corr: layer → ``corr_hist`` counts (200,).
 
         Returns:
             True when this job's values are the committed ones; False when another job had
-            committed the epoch first (its values stay, these are never seen).
+            committed the epoch first (its values stay, these are never seen); None while
+            the epoch is held.
         """
         if self.done and int(epoch) in self.done:  # committed before this job started
             return self.committed_by(epoch) == self.job
         i = self.index[int(epoch)]
+        rows = self._rows(summaries, metrics, corr)
+        codecs = self._codecs()
+        now = {k: v for k, v in rows.items() if codecs[k].epochs == 1}
+        chunks = encode_rows(codecs, i, now)
+        if len(now) < len(rows):
+            if self.held is None:
+                expected = {self.index[e] for e in (self.todo or self.index)}
+                self.held = EpochBlocks({k: c for k, c in codecs.items() if c.epochs > 1},
+                                        expected)
+            self.held.add(i, {k: v for k, v in rows.items() if codecs[k].epochs > 1})
+        # The epoch's chunks are encoded in memory: upload them in one batch, then commit.
+        self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
+        if self.held is None:
+            return self.commit(epoch)
+        self.waiting.append(int(epoch))
+        if self.held.full() or time.monotonic() - self.last_commit >= HOLD_SECONDS:
+            return self.flush()[int(epoch)]
+        return None
+
+    def flush(self) -> dict[int, bool]:
+        """Write the chunks of the held epochs, then commit those epochs (in the order they
+        were written). Returns epoch → :meth:`commit`'s answer; nothing when none is held."""
+        if self.held is not None and self.held.pending():
+            chunks = self.held.take()
+            self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
+        got = {e: self.commit(e) for e in self.waiting}
+        self.waiting = []
+        self.last_commit = time.monotonic()
+        return got
+
+    def _rows(self, summaries: dict[str, dict], metrics: dict[str, float] | None,
+              corr: dict[str, np.ndarray] | None) -> dict[str, tuple]:
+        """One epoch's rows: array path → ``(columns or None for the whole row, values)``
+        (see :func:`nasprobe.store.chunks.encode_rows`)."""
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)
         codecs = self._codecs()
@@ -284,10 +342,7 @@ class RunWriter:
         for name in ("loss", "accuracy"):
             if metrics and name in metrics:
                 rows[name] = (None, metrics[name])
-        chunks = encode_rows(codecs, i, rows)
-        # The epoch's chunks are encoded in memory: upload them in one batch, then commit.
-        self.loc.put_many({f"{RUNS}/{self.key}/{self.job}/{k}": v for k, v in chunks.items()})
-        return self.commit(epoch)
+        return rows
 
     def _codecs(self) -> dict[str, RowCodec]:
         """How this job group's per-epoch rows are stored (:func:`row_codecs`), by array path;

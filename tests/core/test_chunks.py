@@ -12,8 +12,8 @@ from zarr.buffer import cpu
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from nasprobe.errors import StoreError
-from nasprobe.store.chunks import array_doc, encode_rows, row_codecs, whole_array
-from nasprobe.store.job_group import build_job_group
+from nasprobe.store.chunks import EpochBlocks, array_doc, encode_rows, row_codecs, whole_array
+from nasprobe.store.job_group import BLOCK_BYTES, build_job_group
 from nasprobe.store.layout import LayerInfo
 
 LAYERS = [LayerInfo("conv", "Conv", 3, (4, 5), 0, "Relu"),
@@ -141,3 +141,68 @@ def test_a_group_with_other_codecs_is_refused():
     meta = {k: v.to_bytes() for k, v in mem.items()}
     with pytest.raises(StoreError, match="codecs"):
         row_codecs(meta)
+
+
+def test_blocks_of_epochs_are_the_chunks_zarr_writes():
+    """A group chunked two epochs per chunk (three epochs: the second chunk half past the
+    end): rows held by EpochBlocks and taken twice — a chunk missing a row is written again,
+    whole, once the row arrives — give the chunks zarr writes for the same rows, byte for byte,
+    and read back equal."""
+    rng = np.random.default_rng(1)
+    files = build_job_group([10, 20, 30], LAYERS, 2, {"run": "r"}, epochs_per_chunk=2)
+    meta = {k: v for k, v in files.items() if k.endswith("zarr.json")}
+    codecs = row_codecs(meta)
+    assert codecs["nas_median"].epochs == 2 and codecs["heatmaps/conv/nas_image_map"].epochs == 2
+    rows = {slot: _rows(rng, 2) for slot in (2, 0, 1)}
+    blocks = EpochBlocks(codecs, {0, 1, 2})
+    blocks.add(2, rows[2])
+    blocks.add(0, rows[0])
+    assert not blocks.full()  # chunk 0 misses slot 1
+    first = blocks.take()
+    assert "nas_median/c.1.0" in first and "nas_median/c.0.0" in first
+    assert ("nas_median", 0) in blocks.blocks and ("nas_median", 1) not in blocks.blocks
+    blocks.add(1, rows[1])
+    assert blocks.full()
+    second = blocks.take()
+    assert "nas_median/c.0.0" in second and "nas_median/c.1.0" not in second
+    assert not blocks.blocks and not blocks.pending()
+    assert not any(k.startswith("dead_fraction/") for k in {**first, **second})
+
+    theirs = {k: cpu.Buffer.from_bytes(v) for k, v in files.items()}
+    before = set(theirs)
+    ref = zarr.open_group(zarr.storage.MemoryStore(theirs), mode="r+")
+    for slot, row in rows.items():
+        for name, (cols, values) in row.items():
+            if cols is None:
+                ref[name][slot] = values
+            elif isinstance(cols, slice):
+                ref[name][slot, cols] = values
+            else:
+                ref[name].oindex[slot, cols] = values
+    ours = {**files, **first, **second}
+    assert set(ours) - set(files) == set(theirs) - before
+    for key in set(theirs) - before:
+        assert ours[key] == theirs[key].to_bytes(), key
+    got = zarr.open_group(zarr.storage.MemoryStore(
+        {k: cpu.Buffer.from_bytes(v) for k, v in ours.items()}), mode="r")
+    for name in rows[0]:
+        np.testing.assert_array_equal(got[name][:], ref[name][:], err_msg=name)
+
+
+def test_blocks_are_whole_epochs_and_bounded_in_size():
+    """epochs_per_chunk is capped by the number of epochs and by BLOCK_BYTES per chunk;
+    1 (the default) is one epoch per chunk."""
+    big = [LayerInfo("big", "Conv", 4, (512, 512), 0, "Relu")]  # a 1 MiB map per epoch
+    docs = {k: json.loads(v) for k, v in build_job_group(
+        list(range(40)), big, 0, {}, epochs_per_chunk=16).items() if k.endswith("zarr.json")}
+    chunk = {k: d["chunk_grid"]["configuration"]["chunk_shape"] for k, d in docs.items()
+             if d.get("node_type") == "array"}
+    assert chunk["heatmaps/big/nas_map/zarr.json"] == [BLOCK_BYTES // (512 * 512 * 4), 512, 512]
+    assert chunk["nas_median/zarr.json"] == [16, 1]
+    assert chunk["epoch/zarr.json"] == [40]
+    three = build_job_group([1, 2, 3], big, 0, {}, epochs_per_chunk=16)
+    assert json.loads(three["nas_median/zarr.json"])["chunk_grid"]["configuration"][
+        "chunk_shape"] == [3, 1]
+    one = build_job_group([1, 2, 3], big, 0, {})
+    assert {c.epochs for c in row_codecs(
+        {k: v for k, v in one.items() if k.endswith("zarr.json")}).values()} == {1}

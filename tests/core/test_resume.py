@@ -1,4 +1,8 @@
-"""A probe killed with SIGKILL and run again gives the store of an uninterrupted run."""
+"""A probe killed with SIGKILL and run again gives the store of an uninterrupted run.
+
+A serial job commits its epochs in blocks (chunks of 16 epochs, or a second of work: see
+docs/store-design.md), so the run has 40 epochs: the job is killed after a block was committed
+and before the last."""
 
 import os
 import signal
@@ -13,7 +17,7 @@ import nasprobe
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
-EPOCHS = 16
+EPOCHS = 40
 
 
 def _committed(store):

@@ -82,6 +82,7 @@ def test_marker_index_out_of_bounds_is_refused(tmp_path, index, message):
     ("heatmaps/conv1/nas_map", [2, 10 ** 5, 10 ** 5], [1, 10 ** 5, 10 ** 5],
      "10000000000 values per epoch"),
     ("nas_hist", [2, 3, 100], [1, 1, 1], "in 300 chunks"),
+    ("nas_hist", [2, 3, 100], [10 ** 6, 3, 100], "at most 67108864 are read at once"),
     ("nas_median", [2, -3], [1, 3], "not a regular chunk grid"),
 ])
 def test_huge_shapes_and_chunk_counts_are_refused_without_allocating(tmp_path, array, shape,
