@@ -40,8 +40,10 @@ class LayerStats:
         self.keep_images = keep_images
         self.count = np.zeros(FINE_BINS, np.int64)
         self.hist = np.zeros(len(NAS_BINS) - 1, np.int64)
-        self.bin_min = np.full(FINE_BINS, np.inf)
-        self.bin_max = np.full(FINE_BINS, -np.inf)
+        # a bin's min and max are set by its first value (kernels.fold): no initial values,
+        # so only the pages of occupied bins are ever touched
+        self.bin_min = np.empty(FINE_BINS)
+        self.bin_max = np.empty(FINE_BINS)
         self.n = 0
         self.total = 0.0
         self.entropy_total = 0.0

@@ -12,7 +12,8 @@
  * count_rows: the same counts alone, for a tensor whose NAS is not taken (the input of a
  *   nonlinearity behind BatchNorm, when NAS is taken before it).
  * fold: adds NAS values (float32, or float64 when is_double) to the running histogram
- *   statistics of nasprobe.aggregate.LayerStats.
+ *   statistics of nasprobe.aggregate.LayerStats (a fine bin's min and max are read only once
+ *   its count is above 0: its first value sets them, so they need no initial value).
  *
  * Each releases the GIL, so several Python threads can work on disjoint row ranges at once. The
  * loops themselves are in nas_kernels.c (shared declarations in ckernels.h).
@@ -247,10 +248,14 @@ static PyObject *fold(PyObject *self, PyObject *args)
             double c = s < 0.0 ? 0.0 : (s > 1.0 ? 1.0 : s);                               \
             Py_ssize_t f = (Py_ssize_t)(c * (double)nfine);                                \
             if (f >= nfine) f = nfine - 1;                                                 \
-            count[f]++;                                                                    \
-            double lo1_ = lo_[f], hi1_ = hi_[f];                                           \
-            lo_[f] = c < lo1_ ? c : lo1_;                                                  \
-            hi_[f] = c > hi1_ ? c : hi1_;                                                  \
+            if (count[f]++ == 0) {        /* a bin's bounds are set by its first value */  \
+                lo_[f] = c;                                                                \
+                hi_[f] = c;                                                                \
+            } else {                                                                       \
+                double lo1_ = lo_[f], hi1_ = hi_[f];                                       \
+                lo_[f] = c < lo1_ ? c : lo1_;                                              \
+                hi_[f] = c > hi1_ ? c : hi1_;                                              \
+            }                                                                              \
         } while (0)
         for (Py_ssize_t i = 0; i < quarter; i++) {
             FOLD_ONE(i, 0);

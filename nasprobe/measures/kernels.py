@@ -261,7 +261,8 @@ def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np
             (the dtype of NAS maps) first.
         count, bin_min, bin_max: per fine bin of ``[0, 1]`` (``F`` bins, int64 / float64 /
             float64): how many values fell in it and the smallest / largest (values clipped to
-            ``[0, 1]`` first).
+            ``[0, 1]`` first). A bin's min and max are read only where its count is above 0 (its
+            first value sets them): they may start with any values.
         hist: ``(B,)`` int64 counts over ``edges`` (``(B+1,)`` float64, evenly spaced), with
             :func:`numpy.histogram`'s rules (the last bin is closed; values outside not counted).
         channels: ``D`` of the layer, for the entropy ``H = ln(D (1 - s))``.
@@ -294,7 +295,9 @@ def fold(values: np.ndarray, count: np.ndarray, bin_min: np.ndarray, bin_max: np
     fine = len(count)
     idx = np.minimum((v * fine).astype(np.int64), fine - 1)
     bins, first, counts = np.unique(idx, return_index=True, return_counts=True)
+    new = count[bins] == 0
     count[bins] += counts
-    bin_min[bins] = np.minimum(bin_min[bins], v[first])
-    bin_max[bins] = np.maximum(bin_max[bins], v[first + counts - 1])
+    bin_min[bins] = np.where(new, v[first], np.minimum(bin_min[bins], v[first]))
+    bin_max[bins] = np.where(new, v[first + counts - 1],
+                             np.maximum(bin_max[bins], v[first + counts - 1]))
     return int(v.size), nonfinite, total, ent

@@ -267,6 +267,33 @@ def _same(a, b, rel=1e-9):
     return a == pytest.approx(b, rel=rel, abs=1e-12)
 
 
+@pytest.mark.parametrize("use_c", [True, False])
+def test_fold_sets_a_bins_bounds_from_its_first_value(use_c):
+    """bin_min / bin_max need no initial values (LayerStats leaves them uninitialised): started
+    from garbage, every occupied bin holds the smallest and largest of the clipped values that
+    fell in it (numpy's own reduction per bin), over two batches; empty bins are untouched."""
+    rng = np.random.default_rng(11)
+    batches = [_values(rng, np.float32, EXTRAS["zero-one-negative"]), rng.beta(2, 5, 3000)]
+    count, hist = np.zeros(FINE_BINS, np.int64), np.zeros(len(NAS_BINS) - 1, np.int64)
+    garbage = rng.normal(0, 10, (2, FINE_BINS))
+    lo, hi = garbage[0].copy(), garbage[1].copy()
+    for v in batches:
+        kernels.fold(v, count, lo, hi, hist, NAS_BINS, 8, use_c=use_c)
+    values = np.clip(np.concatenate([np.ravel(b).astype(np.float32).astype(np.float64)
+                                     if b.dtype == np.float32 else b for b in batches]), 0, 1)
+    idx = np.minimum((values * FINE_BINS).astype(np.int64), FINE_BINS - 1)
+    occupied = np.unique(idx)
+    np.testing.assert_array_equal(np.flatnonzero(count), occupied)
+    np.testing.assert_array_equal(count[occupied], np.bincount(idx)[occupied])
+    want_lo, want_hi = np.full(FINE_BINS, np.inf), np.full(FINE_BINS, -np.inf)
+    np.minimum.at(want_lo, idx, values)
+    np.maximum.at(want_hi, idx, values)
+    np.testing.assert_array_equal(lo[occupied], want_lo[occupied])
+    np.testing.assert_array_equal(hi[occupied], want_hi[occupied])
+    empty = count == 0
+    assert (lo[empty] == garbage[0][empty]).all() and (hi[empty] == garbage[1][empty]).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("extra", sorted(EXTRAS))
 def test_fold_c_equals_numpy(dtype, extra):
