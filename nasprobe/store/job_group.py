@@ -13,12 +13,13 @@ import numpy as np
 from .chunks import array_doc, whole_array
 from .layout import SCALARS, LayerInfo, group_json, group_name, spatial_dims
 
-__all__ = ["build_job_group", "BLOCK_BYTES"]
+__all__ = ["build_job_group", "BLOCK_ROW_BYTES"]
 
 _LAYER_COORDS = "layer_kind nonlinearity channels locations depth"
-#: The largest chunk of several epochs (bytes before compression): a variable whose one epoch
-#: is larger keeps fewer epochs per chunk, down to one.
-BLOCK_BYTES = 4 << 20
+#: The largest epoch of one variable (bytes before compression) that shares its chunk with
+#: other epochs; a larger one (per-image maps of a large layer) has a chunk per epoch. A chunk
+#: still missing epochs is written again with each new one: this bounds what that costs.
+BLOCK_ROW_BYTES = 64 << 10
 
 
 def build_job_group(epochs: list[int], layers: list[LayerInfo], keep_images: int,
@@ -27,9 +28,10 @@ def build_job_group(epochs: list[int], layers: list[LayerInfo], keep_images: int
     bytes): coordinates written, variables empty, every document and chunk made by
     :mod:`nasprobe.store.chunks`.
 
-    Variables are chunked ``epochs_per_chunk`` epochs per chunk (at most the number of epochs,
-    and fewer where a chunk would exceed :data:`BLOCK_BYTES`); 1, one epoch per chunk, lets
-    several processes write one job's epochs (see docs/store-design.md).
+    Variables are chunked ``epochs_per_chunk`` epochs per chunk (at most the number of epochs;
+    one epoch per chunk where one epoch of the variable exceeds :data:`BLOCK_ROW_BYTES`); 1,
+    one epoch per chunk throughout, lets several processes write one job's epochs (see
+    docs/store-design.md).
     """
     n, k = len(epochs), int(keep_images)
     lc = max(1, len(layers))
@@ -37,7 +39,7 @@ def build_job_group(epochs: list[int], layers: list[LayerInfo], keep_images: int
 
     def add(path, shape, dtype, dims, fill, chunks, coords=None):
         row = int(np.prod(chunks[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-        block = max(1, min(int(epochs_per_chunk), n, BLOCK_BYTES // max(row, 1)))
+        block = max(1, min(int(epochs_per_chunk), n)) if row <= BLOCK_ROW_BYTES else 1
         files[f"{path}/zarr.json"] = array_doc(shape, dtype, dims, fill, (block, *chunks[1:]),
                                                {"coordinates": coords} if coords else None)
 

@@ -13,7 +13,7 @@ from zarr.codecs import BytesCodec, ZstdCodec
 
 from nasprobe.errors import StoreError
 from nasprobe.store.chunks import EpochBlocks, array_doc, encode_rows, row_codecs, whole_array
-from nasprobe.store.job_group import BLOCK_BYTES, build_job_group
+from nasprobe.store.job_group import BLOCK_ROW_BYTES, build_job_group
 from nasprobe.store.layout import LayerInfo
 
 LAYERS = [LayerInfo("conv", "Conv", 3, (4, 5), 0, "Relu"),
@@ -190,19 +190,23 @@ def test_blocks_of_epochs_are_the_chunks_zarr_writes():
 
 
 def test_blocks_are_whole_epochs_and_bounded_in_size():
-    """epochs_per_chunk is capped by the number of epochs and by BLOCK_BYTES per chunk;
-    1 (the default) is one epoch per chunk."""
-    big = [LayerInfo("big", "Conv", 4, (512, 512), 0, "Relu")]  # a 1 MiB map per epoch
+    """epochs_per_chunk is capped by the number of epochs; a variable whose one epoch is over
+    BLOCK_ROW_BYTES keeps one epoch per chunk; 1 (the default) is one epoch per chunk."""
+    big = [LayerInfo("big", "Conv", 4, (512, 512), 0, "Relu"),  # a 1 MiB map per epoch
+           LayerInfo("small", "Conv", 4, (8, 8), 1, "Relu")]
     docs = {k: json.loads(v) for k, v in build_job_group(
-        list(range(40)), big, 0, {}, epochs_per_chunk=16).items() if k.endswith("zarr.json")}
+        list(range(40)), big, 2, {}, epochs_per_chunk=16).items() if k.endswith("zarr.json")}
     chunk = {k: d["chunk_grid"]["configuration"]["chunk_shape"] for k, d in docs.items()
              if d.get("node_type") == "array"}
-    assert chunk["heatmaps/big/nas_map/zarr.json"] == [BLOCK_BYTES // (512 * 512 * 4), 512, 512]
-    assert chunk["nas_median/zarr.json"] == [16, 1]
+    assert 512 * 512 * 4 > BLOCK_ROW_BYTES >= 2 * 8 * 8 * 4
+    assert chunk["heatmaps/big/nas_map/zarr.json"] == [1, 512, 512]
+    assert chunk["heatmaps/big/nas_image_map/zarr.json"] == [1, 2, 512, 512]
+    assert chunk["heatmaps/small/nas_image_map/zarr.json"] == [16, 2, 8, 8]
+    assert chunk["nas_median/zarr.json"] == [16, 2]
     assert chunk["epoch/zarr.json"] == [40]
     three = build_job_group([1, 2, 3], big, 0, {}, epochs_per_chunk=16)
     assert json.loads(three["nas_median/zarr.json"])["chunk_grid"]["configuration"][
-        "chunk_shape"] == [3, 1]
+        "chunk_shape"] == [3, 2]
     one = build_job_group([1, 2, 3], big, 0, {})
     assert {c.epochs for c in row_codecs(
         {k: v for k, v in one.items() if k.endswith("zarr.json")}).values()} == {1}
