@@ -64,6 +64,7 @@ HOLD_SECONDS = 1.0
 #: Epochs per chunk of the groups of serial jobs (see docs/store-design.md).
 EPOCHS_PER_CHUNK = 16
 
+
 def new_job_id() -> str:
     """A probe job's id: sortable by start time, unique across machines."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
@@ -260,10 +261,12 @@ class RunWriter:
                     corr: dict[str, np.ndarray] | None = None) -> bool | None:
         """Write one epoch's results into this job's chunks, then commit them.
 
-        In a group chunked several epochs per chunk the rows are held instead (nothing is
-        written) while the chunks they belong to still miss epochs of this job and less than
-        :data:`HOLD_SECONDS` passed since this writer last committed; :meth:`flush` writes
-        and commits them, as the next call that finds the chunks complete or the time passed.
+        In a group whose arrays are chunked several epochs per chunk, their rows are held
+        instead (only arrays with a chunk per epoch are written) and the epoch is not committed
+        while the chunks it belongs to still miss epochs of this job and less than
+        :data:`HOLD_SECONDS` passed since this writer last committed; :meth:`flush` writes the
+        held chunks and commits their epochs, as does the next call that finds the chunks
+        complete or the time passed.
 
         Args:
             epoch: the epoch (its slot in this job's group is ``index[epoch]``).
