@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
@@ -40,7 +40,7 @@ from nasprobe.store.storage import is_url
 
 from .epoch import output_kind, probe_epoch
 from .options import ProbeOptions
-from .pipeline import cpu_streams
+from .pipeline import cpu_streams, worker_pool
 from .runtime import (
     CPU,
     CUDA,
@@ -376,9 +376,9 @@ def run_epoch(task: EpochTask) -> Outcome:
     bad = nonfinite(weights)
     # The weight correlations need only the weights: a thread computes them while the probe
     # set runs, instead of after it on one core.
-    with ThreadPoolExecutor(1, thread_name_prefix="nasprobe-corr") as pool:
-        corr = pool.submit(weight_correlations, ctx.taps, {**ctx.base, **weights}) \
-            if spec.options.corr else None
+    pending = (worker_pool(1, "corr").submit(weight_correlations, ctx.taps, {**ctx.base, **weights})
+               if spec.options.corr else None)
+    try:
         result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
                              batch_size=spec.options.batch_size,
                              keep_images=spec.options.keep_images,
@@ -388,7 +388,10 @@ def run_epoch(task: EpochTask) -> Outcome:
                              threads=threads, acts=ctx.acts)
         provider = session.get_providers()[0]
         del session
-        corr = {} if corr is None else corr.result()
+        corr = {} if pending is None else pending.result()
+    finally:  # an epoch that fails leaves no correlations running behind it
+        if pending is not None:
+            wait([pending])
     del weights
     task.writer.write_epoch(epoch, result.summaries, result.metrics, corr)
     return Outcome(spec.run, epoch, str(path), provider=provider, nonfinite=bad)

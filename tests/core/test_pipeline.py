@@ -87,6 +87,32 @@ def test_prefetched_raises_a_failed_run_where_its_result_is_due():
     assert got == [0, 1]
 
 
+def test_worker_pools_are_kept_per_thread_and_role_and_fresh_in_a_forked_child():
+    """An epoch reuses the last epoch's threads: the same pool for the same (thread, role,
+    size), another for another role or thread; a forked child, which has none of the parent's
+    threads, gets pools that run."""
+    import multiprocessing as mp
+
+    corr = pipeline.worker_pool(1, "corr")
+    assert pipeline.worker_pool(1, "corr") is corr
+    assert pipeline.worker_pool(1) is not corr
+    names = {corr.submit(lambda: threading.current_thread().name).result() for _ in range(5)}
+    assert len(names) == 1 and names.pop().startswith("nasprobe-corr")
+    other = []
+    t = threading.Thread(target=lambda: other.append(pipeline.worker_pool(1, "corr")))
+    t.start()
+    t.join()
+    assert other[0] is not corr
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_run_on_a_kept_pool).get(timeout=60)
+    assert got == 42
+
+
+def _run_on_a_kept_pool() -> int:
+    return pipeline.worker_pool(1, "corr").submit(lambda: 42).result(timeout=30)
+
+
 @pytest.fixture
 def tapped(tmp_path):
     """A conv/BN/Gemm model with raw-tap outputs and an 11-image labelled probe set."""
