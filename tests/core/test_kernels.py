@@ -327,6 +327,33 @@ def test_fold_c_equals_numpy(dtype, extra):
     assert (sc[1][nz] <= sc[2][nz]).all() and np.isinf(sc[1][sc[0] == 0]).all()
 
 
+@pytest.mark.parametrize("n", [4 * 16384, 4 * 16384 + 3, 200_001, 4 * 65536 + 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fold_of_several_chunks_equals_numpy(n, dtype):
+    """The C fold updates the fine bins 65,536 values at a time, grouped by blocks of bins:
+    sizes of one chunk exactly, one chunk and a rest of 1-3 values for lane 0, several chunks
+    and a rest give numpy's counts, minima and maxima, and the same sums."""
+    rng = np.random.default_rng(n)
+    v = np.concatenate([rng.beta(2, 5, n - 40), rng.uniform(0.3, 0.3001, 30),
+                        [np.nan, np.inf, -1e-7, 1.0, 1.5, 0.0, 0.5, 0.25, 0.999999, 0.01]])
+    v = v[rng.permutation(n)].astype(dtype)
+    sc, sn = _state(), _state()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rc = kernels.fold(v, *sc, NAS_BINS, 16, use_c=True)
+        rn = kernels.fold(v, *sn, NAS_BINS, 16, use_c=False)
+    for a, b, name in zip(sc, sn, ["count", "bin_min", "bin_max", "hist"]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert rc[:2] == rn[:2] == (n - 2, 2)
+    assert rc[2] == pytest.approx(rn[2], rel=1e-12) and np.isnan(rc[3]) and np.isnan(rn[3])
+    # without the value above 1 (ln of a negative) and 1 itself (ln 0), a finite entropy sum
+    keep = np.isfinite(v) & (v < 1)
+    sc, sn = _state(), _state()
+    rc = kernels.fold(v[keep], *sc, NAS_BINS, 16, use_c=True)
+    rn = kernels.fold(v[keep], *sn, NAS_BINS, 16, use_c=False)
+    np.testing.assert_array_equal(sc[0], sn[0])
+    assert np.isfinite(rc[3]) and rc[3] == pytest.approx(rn[3], rel=1e-9)
+
+
 @pytest.mark.parametrize("use_c", [True, False])
 def test_fold_of_nothing_and_of_only_nonfinite(use_c):
     s = _state()
