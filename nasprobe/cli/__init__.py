@@ -11,6 +11,7 @@ every package; nothing in nasprobe imports it but ``python -m nasprobe``.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import click
@@ -31,7 +32,15 @@ class _Group(click.Group):
         process then ends without the interpreter's last garbage-collection passes over every
         object still alive (about 40 ms after a probe job: sessions, graphs, arrays). Every
         result is written and closed by then. A test's ``CliRunner`` calls :meth:`main`
-        instead, and collects as usual."""
+        instead, and collects as usual.
+
+        numpy's OpenBLAS is started with one thread unless ``OPENBLAS_NUM_THREADS`` is set: the
+        commands' only matrix products are a probe job's weight correlations, which run on one
+        thread anyway (:func:`nasprobe.job.tasks.one_blas_thread`), and OpenBLAS's idle threads
+        spin for a while after numpy loads it and again when that limit is set, on the cores
+        the probe streams need (100 checkpoints of a 4-layer CNN on 2 cores: 0.2 of 2.1 CPU
+        seconds)."""
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             return self.main(*args, **kwargs)
         finally:

@@ -1,5 +1,11 @@
 """The command line: probe, info, export; errors on stderr with exit code 2."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+
 import numpy as np
 import onnxruntime as ort
 from click.testing import CliRunner
@@ -80,3 +86,21 @@ def test_export_never_overwrites_checkpoints_or_its_own_files(tmp_path):
         res = CliRunner().invoke(main, ["export", str(run), "--out", str(out)])
         assert res.exit_code == 2 and "checkpoints' own folder" in res.stderr, res.output
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == digest
+
+
+def test_the_console_script_starts_openblas_with_one_thread_unless_told_otherwise():
+    """The command line's only matrix products run on one thread, so OpenBLAS's other threads
+    would only spin on the cores the probe streams need; a value the user set is kept."""
+    code = textwrap.dedent("""
+        import os
+        from nasprobe.cli import main
+        main(["--version"], standalone_mode=False)
+        import numpy, threadpoolctl
+        blas = [p for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]
+        print(os.environ["OPENBLAS_NUM_THREADS"], blas[0]["num_threads"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    run = partial(subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True,
+                  timeout=120, check=True)
+    assert run(env=env).stdout.split()[-2:] == ["1", "1"]
+    assert run(env={**env, "OPENBLAS_NUM_THREADS": "2"}).stdout.split()[-2] == "2"
