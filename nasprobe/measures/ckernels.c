@@ -228,8 +228,9 @@ static PyObject *fold(PyObject *self, PyObject *args)
         /* scratch of the bucketed update (below); without it, the bins are updated directly */
         const Py_ssize_t nblocks = (nfine >> FOLD_SHIFT) + 1;
         const size_t room = (size_t)(nv < FOLD_CHUNK + 3 ? nv : FOLD_CHUNK + 3);
-        void *scratch = nfine <= INT32_MAX && nv >= 4 ? malloc(room * 2 * (sizeof(int32_t) + sizeof(double))
-                                                             + sizeof(int32_t) * (size_t)nblocks) : NULL;
+        const size_t bytes = room * 2 * (sizeof(int32_t) + sizeof(double))
+                             + sizeof(int32_t) * (size_t)nblocks;
+        void *scratch = nfine <= INT32_MAX && nv >= 4 ? malloc(bytes) : NULL;
         double *kept = (double *)scratch, *skept = kept + room;
         int32_t *keys = (int32_t *)(skept + room), *skeys = keys + room, *per = skeys + room;
 #define FOLD_ONE(IDX, L, STEP) do {                                                        \
