@@ -282,8 +282,8 @@ class RunWriter:
         if self.done and int(epoch) in self.done:  # committed before this job started
             return self.committed_by(epoch) == self.job
         i = self.index[int(epoch)]
-        rows = self._rows(summaries, metrics, corr)
         codecs = self._codecs()
+        rows = self._rows(codecs, summaries, metrics, corr)
         now = {k: v for k, v in rows.items() if codecs[k].epochs == 1}
         chunks = encode_rows(codecs, i, now)
         if len(now) < len(rows):
@@ -312,13 +312,13 @@ class RunWriter:
         self.last_commit = time.monotonic()
         return got
 
-    def _rows(self, summaries: dict[str, dict], metrics: dict[str, float] | None,
+    def _rows(self, codecs: dict[str, RowCodec], summaries: dict[str, dict],
+              metrics: dict[str, float] | None,
               corr: dict[str, np.ndarray] | None) -> dict[str, tuple]:
         """One epoch's rows: array path → ``(columns or None for the whole row, values)``
-        (see :func:`nasprobe.store.chunks.encode_rows`)."""
+        (see :func:`nasprobe.store.chunks.encode_rows`); ``codecs``: :meth:`_codecs`."""
         idx = [self.layers.index(layer) for layer in summaries]
         full = len(idx) == len(self.layers) and idx == sorted(idx)
-        codecs = self._codecs()
         rows: dict[str, tuple] = {}  # array path → (columns or None for the whole row, values)
 
         def put(name, values, cols=idx):
