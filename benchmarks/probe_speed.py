@@ -27,8 +27,10 @@ Prints:
 * the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.30), and the
   floor — the plain script on copies of the graphs with every tap tensor as an extra output;
 * ``many``: 100 checkpoints of the tiny CNN on 256 images: nasprobe / plain (target <= 1.30),
-  the floor (the plain script on copies with every tap tensor as an output) / plain, and the
-  peak memory of 25 and of 100 checkpoints (flat in the number of checkpoints);
+  the floor (the plain script on copies with every tap tensor as an output) / plain, that
+  floor with NAS computed on every tap output by nasprobe's kernel (``baselines.py ort-nas``:
+  no statistics, no store) / plain, and the peak memory of 25 and of 100 checkpoints (flat in
+  the number of checkpoints);
 * where the table job's time goes, inside one process of this script's interpreter
   (``breakdown.py``): onnxruntime plain and with the taps as outputs, the host NAS kernel, the
   statistics, one probe epoch;
@@ -231,6 +233,7 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
     cmds = {}
     for e in envs:
         cmds[f"taps@{e.label}"] = e.baseline("ort", str(tapped), str(probe))
+        cmds[f"tapsnas@{e.label}"] = e.baseline("ort-nas", str(tapped), str(probe))
         for n, run in runs.items():
             cmds[f"nasprobe{n}@{e.label}"] = lambda r, e=e, n=n, run=run: e.nasprobe(
                 "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"many{n}-{e.label}{r}.zarr"),
@@ -246,7 +249,10 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
         row(f"[{e.label}] the same script, taps as outputs (floor)", got[f"taps@{e.label}"],
             cpu=True)
         ratio(f"[{e.label}] nasprobe / plain, 100 checkpoints", a, b, "<= 1.30")
+        row(f"[{e.label}] floor + NAS by nasprobe's kernel", got[f"tapsnas@{e.label}"], cpu=True)
         ratio(f"[{e.label}] floor: taps / plain, 100 checkpoints", got[f"taps@{e.label}"], b, "-")
+        ratio(f"[{e.label}] floor + NAS / plain, 100 checkpoints", got[f"tapsnas@{e.label}"], b,
+              "-")
 
 
 def imports(envs: list[Env], tmp: Path, top: int = 8) -> None:
@@ -297,6 +303,7 @@ def vanilla(envs: list[Env], tmp: Path, part: str, repeats: int) -> None:
             "--batch-size", "64", "--keep-images", "0", "--run", "bench")
         cmds[f"plain@{e.label}"] = e.baseline("ort", str(run), str(probe))
         cmds[f"taps@{e.label}"] = e.baseline("ort", str(tapped), str(probe))
+        cmds[f"tapsnas@{e.label}"] = e.baseline("ort-nas", str(tapped), str(probe))
         if part == "table":
             cmds[f"torch@{e.label}"] = e.baseline("torch", str(pt), str(probe))
     got = side_by_side(cmds, repeats)
