@@ -25,7 +25,8 @@ Prints:
   nasprobe / a plain onnxruntime script (target <= 1.35) and / torch forward hooks + NAS in
   torch (target <= 0.40);
 * the same network with 2,048 images × 4 epochs: nasprobe / plain (target <= 1.30), and the
-  floor — the plain script on copies of the graphs with every tap tensor as an extra output;
+  floor — the plain script on copies of the graphs with every tap tensor as an extra output
+  (both table and four epochs also print that floor with NAS computed on every output);
 * ``many``: 100 checkpoints of the tiny CNN on 256 images: nasprobe / plain (target <= 1.30),
   the floor (the plain script on copies with every tap tensor as an output) / plain, that
   floor with NAS computed on every tap output by nasprobe's kernel (``baselines.py ort-nas``:
@@ -314,11 +315,13 @@ def vanilla(envs: list[Env], tmp: Path, part: str, repeats: int) -> None:
         row(f"[{e.label}] nasprobe probe --keep-images 0", t["nasprobe"], cpu=True)
         row(f"[{e.label}] plain onnxruntime script", t["plain"], cpu=True)
         row(f"[{e.label}] the same script, taps as outputs (floor)", t["taps"], cpu=True)
+        row(f"[{e.label}] floor + NAS by nasprobe's kernel", t["tapsnas"], cpu=True)
         if "torch" in t:
             row(f"[{e.label}] torch forward hooks + NAS in torch", t["torch"], cpu=True)
         ratio(f"[{e.label}] nasprobe / plain onnxruntime", t["nasprobe"], t["plain"],
               "<= 1.35" if part == "table" else "<= 1.30")
         ratio(f"[{e.label}] floor: taps / plain onnxruntime", t["taps"], t["plain"], "-")
+        ratio(f"[{e.label}] floor + NAS / plain onnxruntime", t["tapsnas"], t["plain"], "-")
         if "torch" in t:
             ratio(f"[{e.label}] nasprobe / torch hooks", t["nasprobe"], t["torch"], "<= 0.40")
 
