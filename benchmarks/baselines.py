@@ -38,31 +38,22 @@ def _report_peak() -> None:
     print(f"VmHWM {peak} kB", file=sys.stderr)
 
 
-def run_ort(folder: Path, probe: Path, batch: int) -> None:
-    """Every ``*.onnx`` of ``folder`` over the probe set, one session each."""
+def run_ort(folder: Path, probe: Path, batch: int, nas: bool = False) -> None:
+    """Every ``*.onnx`` of ``folder`` over the probe set, one session each; with ``nas``, NAS
+    along axis 1 of every output of every batch (nasprobe is imported only then)."""
     import onnxruntime as ort
 
+    if nas:
+        from nasprobe.measures.kernels import nas_map
     x = np.load(probe, mmap_mode="r")
     for f in sorted(folder.glob("*.onnx")):
         sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         for i in range(0, len(x), batch):
-            sess.run(None, {name: np.ascontiguousarray(x[i:i + batch])})
-
-
-def run_ort_nas(folder: Path, probe: Path, batch: int) -> None:
-    """:func:`run_ort`, plus NAS along axis 1 of every output of every batch."""
-    import onnxruntime as ort
-
-    from nasprobe.measures.kernels import nas_map
-
-    x = np.load(probe, mmap_mode="r")
-    for f in sorted(folder.glob("*.onnx")):
-        sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        for i in range(0, len(x), batch):
-            for out in sess.run(None, {name: np.ascontiguousarray(x[i:i + batch])}):
-                nas_map(out, 1)
+            outs = sess.run(None, {name: np.ascontiguousarray(x[i:i + batch])})
+            if nas:
+                for out in outs:
+                    nas_map(out, 1)
 
 
 def write_tapped(src: Path, dst: Path) -> None:
@@ -140,10 +131,8 @@ def main() -> None:
         return
     atexit.register(_report_peak)
     t = time.perf_counter()
-    if args.what == "ort":
-        run_ort(args.folder, args.probe, args.batch)
-    elif args.what == "ort-nas":
-        run_ort_nas(args.folder, args.probe, args.batch)
+    if args.what in ("ort", "ort-nas"):
+        run_ort(args.folder, args.probe, args.batch, nas=args.what == "ort-nas")
     else:
         run_torch(args.folder, args.probe, args.batch, args.model)
     print(f"work {time.perf_counter() - t:.3f} s", file=sys.stderr)

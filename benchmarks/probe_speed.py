@@ -249,8 +249,8 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
         row(f"[{e.label}] plain onnxruntime script, 100", b, cpu=True)
         row(f"[{e.label}] the same script, taps as outputs (floor)", got[f"taps@{e.label}"],
             cpu=True)
-        ratio(f"[{e.label}] nasprobe / plain, 100 checkpoints", a, b, "<= 1.30")
         row(f"[{e.label}] floor + NAS by nasprobe's kernel", got[f"tapsnas@{e.label}"], cpu=True)
+        ratio(f"[{e.label}] nasprobe / plain, 100 checkpoints", a, b, "<= 1.30")
         ratio(f"[{e.label}] floor: taps / plain, 100 checkpoints", got[f"taps@{e.label}"], b, "-")
         ratio(f"[{e.label}] floor + NAS / plain, 100 checkpoints", got[f"tapsnas@{e.label}"], b,
               "-")
