@@ -49,7 +49,7 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     import onnxruntime as ort
 
     from nasprobe import kernels
-    from nasprobe.job import epoch, tasks
+    from nasprobe.job import epoch, run_context
     from nasprobe.job.options import ProbeOptions
     from nasprobe.job.pipeline import cpu_streams, prefetched
     from nasprobe.job.runtime import intra_op_threads, tap_blocks
@@ -57,7 +57,7 @@ def breakdown(onnx_file: Path, probe: Path, batch: int, repeats: int) -> None:
     from nasprobe.measures.aggregate import LayerStats
 
     opts = ProbeOptions(probe=str(probe), batch_size=batch, keep_images=0)
-    ctx = tasks.context(tasks.RunSpec("bench", ((str(onnx_file), 0),), opts))
+    ctx = run_context.context(run_context.RunSpec("bench", ((str(onnx_file), 0),), opts))
     if not ctx.host:
         raise SystemExit("the compiled kernels are not built: host NAS is not used")
     x = np.load(probe)

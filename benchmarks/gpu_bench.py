@@ -27,8 +27,8 @@ def bytes_per_image(run: Path, probe: Path, device: str) -> tuple[float, str, st
     provider that ran, and where NAS was computed."""
     from nasprobe.job.epoch import probe_epoch
     from nasprobe.job.options import ProbeOptions
+    from nasprobe.job.run_context import RunSpec, context
     from nasprobe.job.runtime import CUDA
-    from nasprobe.job.tasks import RunSpec, context
 
     first = sorted(run.glob("*.onnx"))[0]
     spec = RunSpec(run=f"{run.name}-{device}", checkpoints=((str(first), 0),),

@@ -58,6 +58,10 @@ class CheckpointSource(Protocol):
 
     Optional: a source of a token model may offer ``tokenize`` (:class:`Tokenizing`), which
     lets a text file be its probe set.
+
+    A source need not be thread-safe: a job that probes several epochs at once calls the
+    methods of its sources from one thread at a time (framework loaders such as
+    ``transformers``' ``from_pretrained`` change process-wide state while they run).
     """
 
     framework: str

@@ -36,7 +36,7 @@ class _Group(click.Group):
 
         numpy's OpenBLAS is started with one thread unless ``OPENBLAS_NUM_THREADS`` is set: the
         commands' only matrix products are a probe job's weight correlations, which run on one
-        thread anyway (:func:`nasprobe.job.tasks.one_blas_thread`), and OpenBLAS's idle threads
+        thread anyway (:func:`nasprobe.job.pipeline.one_blas_thread`), and OpenBLAS's idle threads
         spin for a while after numpy loads it and again when that limit is set, on the cores
         the probe streams need (100 checkpoints of a 4-layer CNN on 2 cores: 0.2 of 2.1 CPU
         seconds)."""

@@ -21,7 +21,7 @@ from . import pipeline
 from .pipeline import prefetched, sub_batch_size, tap_bytes_per_image
 from .runtime import run_batch, tap_blocks
 
-__all__ = ["EpochResult", "probe_epoch", "output_kind"]
+__all__ = ["EpochResult", "probe_epoch", "run_size", "output_kind"]
 
 
 def output_kind(model) -> str:
@@ -61,6 +61,22 @@ def _mask(probeset: ProbeSet, start: int, n: int) -> np.ndarray | None:
     return None if mask is None else mask[start:start + n]
 
 
+def run_size(taps: list[Tap], spatial: dict[str, tuple], batch_size: int, *,
+             fixed_batch: int | None = None, host: bool = False, tap_budget: int | None = None,
+             streams: int = 1) -> int:
+    """Images per onnxruntime run of :func:`probe_epoch` (same arguments): the model's
+    ``fixed_batch``; with ``host`` NAS, ``batch_size`` or fewer so that the raw taps of the runs
+    in flight fit ``tap_budget`` bytes (:func:`nasprobe.job.pipeline.sub_batch_size`); else
+    ``batch_size``."""
+    if fixed_batch:
+        return fixed_batch
+    if not host:
+        return batch_size
+    per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
+    budget = pipeline.HOST_TAP_BUDGET if tap_budget is None else tap_budget
+    return sub_batch_size(batch_size, per_image, budget, max(pipeline.IN_FLIGHT, streams))
+
+
 def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str, tuple],
                 *, batch_size: int = 64, keep_images: int = 8, kind: str = "logits",
                 input_name: str = "input", fetch: list[str] | None = None,
@@ -80,21 +96,18 @@ def probe_epoch(session, probeset: ProbeSet, taps: list[Tap], spatial: dict[str,
     :data:`nasprobe.job.pipeline.HOST_TAP_BUDGET`; see :func:`nasprobe.job.pipeline.sub_batch_size`).
     ``streams`` worker threads run batches through ``session`` at once (make it with a
     ``threads`` share of the cores: :func:`nasprobe.job.pipeline.cpu_streams`) while this thread
-    folds finished ones (:func:`nasprobe.job.pipeline.prefetched`). A model exported with a fixed
+    folds finished ones (:func:`nasprobe.job.pipeline.prefetched`); with ``streams=0`` this
+    thread runs them itself, one at a time (an epoch probed beside others, see
+    :func:`nasprobe.job.pipeline.epochs_at_once`). A model exported with a fixed
     batch size ``fixed_batch`` gets batches of exactly that size (the last one padded with
     zeros, whose outputs are dropped). ``bind``: see :func:`nasprobe.job.runtime.run_batch`.
     ``acts``: per tap where its unit activity is counted (:class:`RunContext`; default none).
     A probe set with a padding ``mask`` (text) needs ``host``: padded tokens count in no
     statistic (:meth:`nasprobe.measures.aggregate.LayerStats.update`).
     """
-    streams = max(1, int(streams))
-    if fixed_batch:
-        batch_size = fixed_batch
-    elif host:
-        per_image = tap_bytes_per_image((t.channels, *spatial[t.layer]) for t in taps)
-        budget = pipeline.HOST_TAP_BUDGET if tap_budget is None else tap_budget
-        batch_size = sub_batch_size(batch_size, per_image, budget,
-                                    max(pipeline.IN_FLIGHT, streams))
+    streams = max(0, int(streams))
+    batch_size = run_size(taps, spatial, batch_size, fixed_batch=fixed_batch, host=host,
+                          tap_budget=tap_budget, streams=streams)
     stats = {t.layer: LayerStats(t.channels, spatial[t.layer], keep_images) for t in taps}
     names = list(fetch) if fetch is not None else [t.output for t in taps]
     acts = list(acts) if acts is not None else [None] * len(taps)

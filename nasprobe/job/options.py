@@ -22,7 +22,7 @@ __all__ = ["ProbeOptions", "TAPS", "NAS_ON", "DEVICES"]
 #: Where a layer is tapped: ``linear`` (output of the linear operator, before BatchNorm) or
 #: ``preact`` (input of the nonlinearity).
 TAPS = ("linear", "preact")
-#: Where NAS is computed (see :func:`nasprobe.job.tasks.host_nas`).
+#: Where NAS is computed (see :func:`nasprobe.job.run_context.host_nas`).
 NAS_ON = ("auto", "graph", "host")
 #: onnxruntime devices.
 DEVICES = ("auto", "cpu", "cuda")

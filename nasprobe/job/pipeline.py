@@ -1,6 +1,6 @@
 """The batch loop's helpers: run batches on worker threads while the caller folds finished
-ones, split the CPU into streams, and size host-mode sub-batches so that raw tap tensors fit a
-memory budget.
+ones, split the CPU into streams, size host-mode sub-batches so that raw tap tensors fit a
+memory budget, and decide when a job probes several short epochs at once.
 
 onnxruntime releases the GIL while a session runs, and so does the compiled NAS kernel
 (:mod:`nasprobe.measures.kernels`). On CPU a probe epoch runs as several *streams*
@@ -10,6 +10,11 @@ few threads each, instead of one batch at a time spread over every core: no core
 end of each operator for the others (the README's *Speed* section has the measurements).
 :func:`prefetched` keeps the workers busy and hands results back in order; the batches in
 flight at once are what :func:`sub_batch_size` accounts for.
+
+An epoch of few batches leaves streams idle: while its last batches finish, while the next
+checkpoint is opened and its session made, and while its statistics are summarised. A job of
+several such epochs (:func:`epochs_at_once`) runs whole epochs side by side instead, one stream
+each, every epoch's batches in its own thread, and commits them in order.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "tap_bytes_per_image",
-           "sub_batch_size", "cpu_streams", "prefetched", "worker_pool"]
+__all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "SHORT_EPOCH_RUNS",
+           "tap_bytes_per_image", "sub_batch_size", "cpu_streams", "epochs_at_once",
+           "prefetched", "worker_pool", "one_blas_thread"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +39,9 @@ HOST_TAP_BUDGET = 512 * 2**20
 IN_FLIGHT = 2
 #: Most streams :func:`cpu_streams` splits the CPU into.
 MAX_STREAMS = 4
+#: Most onnxruntime runs of a *short* epoch, whose job probes several epochs at once
+#: (:func:`epochs_at_once`).
+SHORT_EPOCH_RUNS = 8
 
 
 def tap_bytes_per_image(shapes: Iterable[tuple[int, ...]], itemsize: int = 4) -> int:
@@ -65,6 +74,20 @@ def cpu_streams(cores: int) -> tuple[int, int]:
     best = max(range(2, min(cores, MAX_STREAMS) + 1),
                key=lambda s: (s * (cores // s), s))
     return best, cores // best
+
+
+def epochs_at_once(epochs: int, runs: int, streams: int) -> int:
+    """How many epochs a serial probe job on CPU probes at once: ``streams`` (from
+    :func:`cpu_streams`), at most ``epochs`` (the epochs left to probe), when each epoch takes
+    at most :data:`SHORT_EPOCH_RUNS` onnxruntime ``runs``; else 1 (one epoch at a time, its
+    batches split into ``streams`` streams). Each epoch probed at once keeps its checkpoint's
+    weights and session in memory.
+
+    On the README's 100-checkpoint job (4 runs of 64 images per epoch, 2 streams) two epochs
+    at once took 1.79 s where one epoch of two streams took 2.27 s (docs/speed.md)."""
+    if streams < 2 or epochs < 2 or runs > SHORT_EPOCH_RUNS:
+        return 1
+    return min(streams, epochs)
 
 
 #: Worker pools (:func:`worker_pool`), one per (calling thread, role, size): kept for the
@@ -100,14 +123,19 @@ def worker_pool(workers: int, role: str = "run") -> ThreadPoolExecutor:
 def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
                ) -> Iterator[tuple[T, R]]:
     """Yield ``(item, run(item))`` in the order of ``items``, ``run`` working on the next
-    ``workers`` items on worker threads while the caller handles the current one.
+    ``workers`` items on worker threads while the caller handles the current one; with
+    ``workers=0``, in the caller's thread, one item at a time.
 
     At most ``workers + 1`` results are alive at once (``workers`` running, one with the
     caller). An exception of ``run`` is raised where its result is yielded; a caller that
     stops early waits for the runs still in flight. The worker threads are kept for the next
     call from the same thread.
     """
-    pool = worker_pool(max(1, workers))
+    if workers < 1:
+        for item in items:
+            yield item, run(item)
+        return
+    pool = worker_pool(workers)
     pending: deque = deque()
     try:
         for item in items:
@@ -123,3 +151,25 @@ def prefetched(items: Iterable[T], run: Callable[[T], R], workers: int = 1
     finally:  # stopped early (an exception, or the caller closed the generator)
         wait([f for _, f in pending])
         pending.clear()
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl), for every thread of
+    the process; a serial probe job runs its epochs in it (:mod:`nasprobe.job.probe_job`),
+    entered once, in the main thread. numpy's OpenBLAS (0.3.31, pthreads) takes the thread
+    count set from the main thread for all threads, but one set from another thread does not
+    limit even that thread's own products (measured: 1.94 CPU seconds per second under a limit
+    set in a worker thread, 1.21 under one set in the main thread); and setting it anew per
+    epoch cost more system time than it saved (100 tiny checkpoints: 2.48 -> 2.56 s).
+
+    The weight correlations' matrix products are a probe job's only BLAS calls. Left to
+    itself, OpenBLAS runs them on every core and its threads then spin, waiting for more
+    work, while onnxruntime's streams need those cores: on the README's 100-checkpoint job
+    the spinning was 4 % of the process's CPU time. On one thread the largest product of the
+    README's table job (256 filters of 8,192 weights) takes 11 ms instead of 7.
+
+    Each call looks anew at the BLAS libraries loaded (1.4 ms): one found once per process
+    would miss a BLAS that a later import (scipy, torch) brings."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")

@@ -4,9 +4,10 @@
 model once (to learn its layers), creates this job's group for each run in the store
 (:meth:`nasprobe.store.writer.Store.open_run`), then runs one task per (run, epoch) still to do — in
 this process, or on Dask workers (``workers=``/``scheduler=``, see :mod:`nasprobe.job.parallel`).
-A task (:func:`nasprobe.job.tasks.run_epoch`) probes one checkpoint, writes its chunks and commits
-the epoch last, so a stopped job continues where it stopped, a serial and a parallel job write
-the same store, and other jobs may write the same store at once (docs/store-design.md). The pure part,
+A task (:mod:`nasprobe.job.tasks`) probes one checkpoint, writes its chunks and commits
+the epoch last (a serial job may probe several short epochs at once; it commits them in order),
+so a stopped job continues where it stopped, a serial and a parallel job write the same store,
+and other jobs may write the same store at once (docs/store-design.md). The pure part,
 :func:`probe_epoch`, takes a session and a probe set and returns numbers.
 """
 
@@ -17,6 +18,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,16 +48,10 @@ from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import EPOCHS_PER_CHUNK, RunWriter, Store, new_job_id
 
 from .options import ProbeOptions
+from .pipeline import one_blas_thread, prefetched
+from .run_context import RunSpec, context, forget_remote
 from .runs import check_sources, origin_of, run_folders, run_source
-from .tasks import (
-    EpochTask,
-    Outcome,
-    RunSpec,
-    context,
-    forget_remote,
-    one_blas_thread,
-    run_epoch,
-)
+from .tasks import EpochTask, Outcome, commit_epoch, epochs_side_by_side, probe_checkpoint
 
 # What tqdm.auto gives (a widget bar in Jupyter, text elsewhere) without its asyncio mix-in,
 # whose import (asyncio) costs each probe process about 15 ms.
@@ -323,6 +319,17 @@ def _record(plan: _Plan) -> None:
     plan.writer.set_provenance(plan.provenance)
 
 
+def _probed(tasks: list[EpochTask], plans: dict[str, _Plan]):
+    """``(task, probe_checkpoint(task))`` in task order, for a serial job: one epoch at a time,
+    or several at once where every run's epochs are short (:func:`epochs_side_by_side`), each
+    on a thread of its own while this one commits the finished ones in order. A stopped job
+    waits for the epochs in flight, and commits none after the one it stopped at."""
+    todo = len(tasks)
+    at_once = min((epochs_side_by_side(p.spec, todo) for p in plans.values()), default=1)
+    return prefetched(tasks, partial(probe_checkpoint, side_by_side=at_once),
+                      at_once if at_once > 1 else 0)
+
+
 def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, progress: bool,
              workers: int | None, scheduler) -> None:
     """Run the tasks here or on Dask, folding each :class:`Outcome` into its run's plan."""
@@ -353,8 +360,8 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
         if workers is None and scheduler is None:
             try:
                 with one_blas_thread():  # the weight correlations' products: see its docstring
-                    for task in tasks:
-                        handle(run_epoch(task))
+                    for task, probed in _probed(tasks, plans):
+                        handle(commit_epoch(task, probed))
             finally:  # the epochs held for shared chunks: also when stopped by an error or ^C
                 for plan in plans.values():
                     if plan.writer is not None:

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import nasprobe
-from nasprobe.job import blocked_taps, tasks
+from nasprobe.job import blocked_taps, run_context
 from nasprobe.job.runtime import TappedModel, tap_blocks
 from nasprobe.measures import kernels
 from nasprobe.measures.nas import nas
@@ -206,8 +206,8 @@ def test_a_probe_job_writes_the_same_store_with_and_without_the_plan(tmp_path, m
     monkeypatch.setattr(TappedModel, "block_taps", spy)
     stores = {}
     for name, threshold in (("blocked", 0), ("ordinary", 2 ** 62)):
-        monkeypatch.setattr(tasks, "BLOCKED_MIN_VALUES", threshold)
-        tasks.forget_remote()  # the cached context of the first job would be reused
+        monkeypatch.setattr(run_context, "BLOCKED_MIN_VALUES", threshold)
+        run_context.forget_remote()  # the cached context of the first job would be reused
         stores[name] = nasprobe.open_store(nasprobe.probe(
             [folder], out=tmp_path / f"{name}.zarr", probe=str(probe), batch_size=16,
             keep_images=2, progress=False))

@@ -100,18 +100,18 @@ def test_a_serial_job_stopped_by_ctrl_c_commits_what_it_had_probed(tmp_path, mon
     run = tmp_path / "run"
     write_onnx_run(run, epochs=(1, 2, 3, 4, 5))
     probe_set = write_probe(tmp_path / "p.npz")
-    original = job.run_epoch
+    original = job.probe_checkpoint
 
-    def stopped_at_epoch_4(task):
+    def stopped_at_epoch_4(task, **kw):
         if task.epoch == 4:
             raise KeyboardInterrupt
-        return original(task)
+        return original(task, **kw)
 
-    monkeypatch.setattr(job, "run_epoch", stopped_at_epoch_4)
+    monkeypatch.setattr(job, "probe_checkpoint", stopped_at_epoch_4)
     res = probe(run, "--probe", probe_set, "--out", tmp_path / "s.zarr")
     assert res.exit_code == 130, (res.output, res.exception)
     assert sorted(committed_epochs(location(tmp_path / "s.zarr"), "run")) == [1, 2, 3]
-    monkeypatch.setattr(job, "run_epoch", original)
+    monkeypatch.setattr(job, "probe_checkpoint", original)
     assert probe(run, "--probe", probe_set, "--out", tmp_path / "whole.zarr").exit_code == 0
     a = nasprobe.open_store(tmp_path / "s.zarr").to_dataset()
     b = nasprobe.open_store(tmp_path / "whole.zarr").to_dataset().sel(epoch=[1, 2, 3])

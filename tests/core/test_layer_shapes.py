@@ -148,10 +148,10 @@ def test_a_run_opened_by_a_stopped_job_keeps_its_map_size(tmp_path, monkeypatch)
     later = _save(tmp_path / "new", epoch=2, size=10)
     store = tmp_path / "s.zarr"
 
-    def stopped(task):
+    def stopped(task, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "run_epoch", stopped)
+    monkeypatch.setattr(job, "probe_checkpoint", stopped)
     res = probe(first, "--run", "a", "--probe", write_probe(tmp_path / "p8.npz"), "--out", store)
     assert res.exit_code == 130, (res.output, res.exception)
     monkeypatch.undo()

@@ -11,8 +11,8 @@ import nasprobe
 from nasprobe import kernels
 from nasprobe.cli import main
 from nasprobe.errors import NasprobeError
-from nasprobe.job import tasks
-from nasprobe.job.tasks import host_nas
+from nasprobe.job import run_context, tasks
+from nasprobe.job.run_context import host_nas
 from nasprobe.measures import activity
 from nasprobe.measures.aggregate import NAS_BINS
 from nasprobe.store.layout import group_name
@@ -163,7 +163,7 @@ def test_host_nas_choice(monkeypatch):
     # On CUDA the graph keeps the taps on the GPU: auto picks the graph there.
     assert host_nas("auto", cuda) is False and host_nas("host", cuda) is True
     # Without the compiled kernels auto keeps NAS in the graph.
-    monkeypatch.setattr(tasks, "kernels_available", lambda: False)
+    monkeypatch.setattr(run_context, "kernels_available", lambda: False)
     assert host_nas("auto", cpu) is False and host_nas("host", cpu) is True
 
 

@@ -206,39 +206,88 @@ def two_runs_probe(tmp_path):
     return write_runs(tmp_path, ["a"], 5, seed=11, probe_seed=12)
 
 
+@pytest.mark.parametrize("short_epoch_runs", [pipeline.SHORT_EPOCH_RUNS, 1])
 def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
-        tmp_path, two_runs_probe, monkeypatch):
-    """On CPU with host NAS, run_epoch splits the cores into streams (2 cores: two streams of
-    one onnxruntime thread each, sharing one session); the store is the same bit for bit as
-    with one core."""
+        tmp_path, two_runs_probe, monkeypatch, short_epoch_runs):
+    """On CPU with host NAS, a job splits the cores into streams (2 cores: two streams of one
+    onnxruntime thread each). Its epochs of 2 runs each (5 images, batch 3) are short: two
+    epochs are probed at once, each in a thread of its own running its batches itself (0
+    worker streams) with a session of one thread. Counted as long (``SHORT_EPOCH_RUNS`` 1),
+    one epoch at a time, its batches in two streams sharing one session. Either way the store
+    is the same bit for bit as with one core, and epochs are committed in order."""
     import nasprobe
     from nasprobe import kernels
+    from nasprobe.store.writer import RunWriter
 
-    seen = []
-    original = tasks.probe_epoch
+    monkeypatch.setattr(pipeline, "SHORT_EPOCH_RUNS", short_epoch_runs)
+    seen, threads, committed = [], set(), []
+    original, write = tasks.probe_epoch, RunWriter.write_epoch
 
     def recording(session, *args, **kw):
         seen.append((kw["streams"], kw["threads"],
                      session.get_session_options().intra_op_num_threads))
+        threads.add(threading.get_ident())
         return original(session, *args, **kw)
 
+    def writing(self, epoch, *args, **kw):
+        committed.append(epoch)
+        return write(self, epoch, *args, **kw)
+
     monkeypatch.setattr(tasks, "probe_epoch", recording)
+    monkeypatch.setattr(RunWriter, "write_epoch", writing)
     stores = {}
     try:
         for cores in (1, 2):
             runtime.set_intra_op_threads(cores)
             kernels.set_threads(cores)
             out = tmp_path / f"cores{cores}.zarr"
+            threads.clear()
             nasprobe.probe([tmp_path / "a"], probe=two_runs_probe, out=out, batch_size=3,
                            keep_images=16, progress=False, nas_on="host")
             stores[cores] = nasprobe.open_store(out).to_dataset()
     finally:
         runtime.set_intra_op_threads(None)
         kernels.set_threads(None)
-    assert seen == [(1, 1, 1)] * 3 + [(2, 1, 1)] * 3
+    side_by_side = short_epoch_runs >= 2
+    assert seen == [(1, 1, 1)] * 3 + [(0 if side_by_side else 2, 1, 1)] * 3
+    if side_by_side:  # each epoch in a thread of the job's pool, not in the caller's
+        assert len(threads) == 2 and threading.get_ident() not in threads
+    else:
+        assert threads == {threading.get_ident()}
     one, two = stores[1], stores[2]
+    assert committed == [int(e) for e in one.epoch.values] * 2 and len(committed) == 6
     for var in one.data_vars:
         np.testing.assert_array_equal(one[var].values, two[var].values, err_msg=var)
+
+
+@pytest.mark.parametrize("epochs, runs, streams, at_once", [
+    (100, 4, 2, 2), (100, 8, 4, 4), (3, 2, 4, 3),  # short epochs: as many as streams
+    (100, 9, 2, 1),  # longer epochs: one at a time, its batches in streams
+    (1, 4, 2, 1),  # a single epoch
+    (100, 4, 1, 1),  # one core
+])
+def test_short_epochs_are_probed_side_by_side(epochs, runs, streams, at_once):
+    assert pipeline.epochs_at_once(epochs, runs, streams) == at_once
+
+
+def test_prefetched_without_workers_runs_each_item_in_the_callers_thread():
+    me, order = threading.get_ident(), []
+
+    def run(i):
+        order.append(("run", i, threading.get_ident() == me))
+        if i == 2:
+            raise ValueError("two")
+        return i * 10
+
+    gen = pipeline.prefetched(range(4), run, workers=0)
+    for item, got in gen:
+        order.append(("got", item, got))
+        if item == 1:
+            with pytest.raises(ValueError, match="two"):
+                next(gen)
+            break
+    assert order == [("run", 0, True), ("got", 0, 0), ("run", 1, True), ("got", 1, 10),
+                     ("run", 2, True)]
 
 
 def _cgroup(tmp_path, membership, files):

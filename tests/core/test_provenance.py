@@ -44,10 +44,10 @@ def test_each_epoch_names_its_probe_set(tmp_path, monkeypatch):
     for e in (3, 4):
         (tmp_path / "more" / f"epoch_{e:03d}.onnx").rename(run / f"epoch_{e:03d}.onnx")
 
-    def interrupted(task):
+    def interrupted(task, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "run_epoch", interrupted)
+    monkeypatch.setattr(job, "probe_checkpoint", interrupted)
     res = probe(run, "--probe", b, "--out", store, "--force")
     assert res.exit_code == 130, (res.output, res.exception)
     assert "MIXES" not in _info(store)  # its group exists, but no epoch of it is shown
@@ -80,19 +80,19 @@ def test_skips_are_kept_when_the_job_is_interrupted(tmp_path, monkeypatch):
     paths[1].write_bytes(b"\x8f" * 100)  # epoch 2: not an ONNX file
     probe_path = write_probe(tmp_path / "p.npz")
     store = tmp_path / "s.zarr"
-    original, seen = job.run_epoch, []
+    original, seen = job.probe_checkpoint, []
 
-    def interrupted_at_epoch_3(task):
+    def interrupted_at_epoch_3(task, **kw):
         if task.epoch == 3:
             raise KeyboardInterrupt
         seen.append(task.epoch)
-        return original(task)
+        return original(task, **kw)
 
-    monkeypatch.setattr(job, "run_epoch", interrupted_at_epoch_3)
+    monkeypatch.setattr(job, "probe_checkpoint", interrupted_at_epoch_3)
     res = probe(run, "--probe", probe_path, "--out", store, "--on-error", "skip")
     assert res.exit_code == 130, (res.output, res.exception)
     assert str(paths[1]) in run_info(store)["run"]["skipped"]
-    monkeypatch.setattr(job, "run_epoch", original)
+    monkeypatch.setattr(job, "probe_checkpoint", original)
     res = probe(run, "--probe", probe_path, "--out", store, "--on-error", "skip")
     assert res.exit_code == 0, (res.output, res.exception)
     out = _info(store)
