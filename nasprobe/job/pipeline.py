@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "SHORT_EPOCH_RUNS",
+__all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "SHORT_EPOCH_RUNS", "SIDE_BY_SIDE_WEIGHTS",
            "tap_bytes_per_image", "sub_batch_size", "cpu_streams", "epochs_at_once",
            "prefetched", "worker_pool", "one_blas_thread"]
 
@@ -42,6 +42,9 @@ MAX_STREAMS = 4
 #: Most onnxruntime runs of a *short* epoch, whose job probes several epochs at once
 #: (:func:`epochs_at_once`).
 SHORT_EPOCH_RUNS = 8
+#: Bytes of checkpoint weights that the epochs probed beside the first may hold in all
+#: (:func:`epochs_at_once`).
+SIDE_BY_SIDE_WEIGHTS = 512 * 2**20
 
 
 def tap_bytes_per_image(shapes: Iterable[tuple[int, ...]], itemsize: int = 4) -> int:
@@ -76,18 +79,21 @@ def cpu_streams(cores: int) -> tuple[int, int]:
     return best, cores // best
 
 
-def epochs_at_once(epochs: int, runs: int, streams: int) -> int:
+def epochs_at_once(epochs: int, runs: int, streams: int, weight_bytes: int = 0) -> int:
     """How many epochs a serial probe job on CPU probes at once: ``streams`` (from
     :func:`cpu_streams`), at most ``epochs`` (the epochs left to probe), when each epoch takes
     at most :data:`SHORT_EPOCH_RUNS` onnxruntime ``runs``; else 1 (one epoch at a time, its
-    batches split into ``streams`` streams). Each epoch probed at once keeps its checkpoint's
-    weights and session in memory.
+    batches split into ``streams`` streams).
+
+    Each epoch probed at once holds its checkpoint's weights (``weight_bytes``), a session and
+    statistics: the epochs beyond the first may hold :data:`SIDE_BY_SIDE_WEIGHTS` bytes of
+    weights in all, so that a large model is probed one epoch at a time, as before.
 
     On the README's 100-checkpoint job (4 runs of 64 images per epoch, 2 streams) two epochs
-    at once took 1.79 s where one epoch of two streams took 2.27 s (docs/speed.md)."""
+    at once took 1.78 s where one epoch of two streams took 2.17 s (docs/speed.md)."""
     if streams < 2 or epochs < 2 or runs > SHORT_EPOCH_RUNS:
         return 1
-    return min(streams, epochs)
+    return min(streams, epochs, 1 + SIDE_BY_SIDE_WEIGHTS // max(1, int(weight_bytes)))
 
 
 #: Worker pools (:func:`worker_pool`), one per (calling thread, role, size): kept for the

@@ -98,14 +98,15 @@ class ProbedEpoch:
 def epochs_side_by_side(spec: RunSpec, epochs: int) -> int:
     """How many of the run's ``epochs`` (left to probe) a serial job probes at once
     (:func:`nasprobe.job.pipeline.epochs_at_once`): more than one only on CPU with host NAS,
-    for an epoch of few onnxruntime runs."""
+    for an epoch of few onnxruntime runs and a model whose weights are not large."""
     ctx = context(spec)
     if not ctx.host or ctx.tapped.provider == CUDA:
         return 1
     streams, _ = cpu_streams(intra_op_threads())
     size = run_size(ctx.taps, ctx.spatial, spec.options.batch_size, host=True,
                     fixed_batch=ctx.tapped.fixed_batch)
-    return epochs_at_once(epochs, -(-ctx.probeset.size // size), streams)
+    weights = sum(a.nbytes for a in ctx.base.values())
+    return epochs_at_once(epochs, -(-ctx.probeset.size // size), streams, weights)
 
 
 def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Outcome:

@@ -260,14 +260,20 @@ def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
         np.testing.assert_array_equal(one[var].values, two[var].values, err_msg=var)
 
 
-@pytest.mark.parametrize("epochs, runs, streams, at_once", [
-    (100, 4, 2, 2), (100, 8, 4, 4), (3, 2, 4, 3),  # short epochs: as many as streams
-    (100, 9, 2, 1),  # longer epochs: one at a time, its batches in streams
-    (1, 4, 2, 1),  # a single epoch
-    (100, 4, 1, 1),  # one core
+MIB = 2**20
+
+
+@pytest.mark.parametrize("epochs, runs, streams, weights, at_once", [
+    (100, 4, 2, 1 * MIB, 2), (100, 8, 4, 0, 4), (3, 2, 4, 1 * MIB, 3),  # as many as streams
+    (100, 9, 2, 1 * MIB, 1),  # longer epochs: one at a time, its batches in streams
+    (1, 4, 2, 1 * MIB, 1),  # a single epoch
+    (100, 4, 1, 1 * MIB, 1),  # one core
+    (100, 4, 4, 200 * MIB, 3),  # the epochs beside the first hold at most 512 MiB of weights
+    (100, 4, 4, 600 * MIB, 1),  # a large model: one epoch at a time
 ])
-def test_short_epochs_are_probed_side_by_side(epochs, runs, streams, at_once):
-    assert pipeline.epochs_at_once(epochs, runs, streams) == at_once
+def test_short_epochs_are_probed_side_by_side(epochs, runs, streams, weights, at_once):
+    assert pipeline.SIDE_BY_SIDE_WEIGHTS == 512 * MIB
+    assert pipeline.epochs_at_once(epochs, runs, streams, weights) == at_once
 
 
 def test_prefetched_without_workers_runs_each_item_in_the_callers_thread():
