@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 __all__ = ["HOST_TAP_BUDGET", "IN_FLIGHT", "MAX_STREAMS", "SHORT_EPOCH_RUNS", "SIDE_BY_SIDE_WEIGHTS",
            "tap_bytes_per_image", "sub_batch_size", "cpu_streams", "epochs_at_once",
-           "prefetched", "worker_pool", "one_blas_thread"]
+           "prefetched", "worker_pool", "one_blas_thread", "PROCESS_LOCK"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,11 +103,22 @@ _POOLS: dict[tuple[int, str, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+#: Held by a probe job's threads while they change or use what the whole process shares:
+#: warnings filters and ``sys.stdout``/``sys.stderr`` (swapped by ``warnings.catch_warnings``
+#: and ``contextlib.redirect_*`` for every thread at once), a checkpoint source (which need not
+#: be thread-safe: :class:`nasprobe.contract.CheckpointSource`) and the run-context caches. The
+#: job's main thread reports each epoch under it, so that a warning it gives is never lost to a
+#: filter another thread set for a moment.
+PROCESS_LOCK = threading.RLock()
+
+
 def _forget_pools() -> None:
-    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
-    global _POOLS_LOCK
+    """In a forked child: the parent's pool threads do not exist there, so start afresh (and a
+    lock another thread of the parent held would never be released there)."""
+    global _POOLS_LOCK, PROCESS_LOCK
     _POOLS.clear()
     _POOLS_LOCK = threading.Lock()
+    PROCESS_LOCK = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -47,6 +47,7 @@ from nasprobe.store.layout import LayerInfo
 from nasprobe.store.storage import checked_path, is_url, location
 from nasprobe.store.writer import EPOCHS_PER_CHUNK, RunWriter, Store, new_job_id
 
+from . import pipeline
 from .options import ProbeOptions
 from .pipeline import one_blas_thread, prefetched
 from .run_context import RunSpec, context, forget_remote
@@ -366,7 +367,8 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
             try:
                 with one_blas_thread():  # the weight correlations' products: see its docstring
                     for task, probed in _probed(tasks, plans):
-                        handle(commit_epoch(task, probed))
+                        with pipeline.PROCESS_LOCK:  # warnings: see its comment
+                            handle(commit_epoch(task, probed))
             finally:  # the epochs held for shared chunks: also when stopped by an error or ^C
                 for plan in plans.values():
                     if plan.writer is not None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,12 +31,13 @@ from nasprobe.probesets import ProbeSet, is_text_probe, load_probe_set, load_tex
 from nasprobe.store.download_cache import local_copy
 from nasprobe.store.storage import is_url
 
+from . import pipeline
 from .epoch import output_kind
 from .options import ProbeOptions
 from .runtime import CPU, CUDA, TappedModel, provider_notice, run_batch, select_providers
 
 __all__ = ["RunSpec", "RunContext", "context", "host_nas", "reading", "forget_remote",
-           "CACHE_SIZE", "BLOCKED_MIN_VALUES", "SOURCE_LOCK"]
+           "CACHE_SIZE", "BLOCKED_MIN_VALUES"]
 
 #: Run contexts (tapped model + probe set) kept per process.
 CACHE_SIZE = 2
@@ -101,20 +100,6 @@ class RunContext:
 BLOCKED_MIN_VALUES = 2 ** 28
 
 _CONTEXTS: OrderedDict[str, RunContext] = OrderedDict()
-#: Held while the two caches are used or a checkpoint source runs (a context is built, a
-#: checkpoint read): epochs probed side by side take their turns, since sources need not be
-#: thread-safe (:class:`nasprobe.contract.CheckpointSource`).
-SOURCE_LOCK = threading.RLock()
-
-
-def _fresh_lock() -> None:
-    """In a forked child: a lock another thread of the parent held would never be released."""
-    global SOURCE_LOCK
-    SOURCE_LOCK = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock)
 _PROBESETS: OrderedDict[tuple, ProbeSet] = OrderedDict()
 
 
@@ -240,7 +225,7 @@ def host_nas(nas_on: str, provider: str = CPU) -> bool:
 def forget_remote() -> None:
     """Drop this process's cached contexts and probe sets: a new probe job with remote inputs
     reads them again (the objects may have been rewritten since the last job)."""
-    with SOURCE_LOCK:
+    with pipeline.PROCESS_LOCK:
         _CONTEXTS.clear()
         _PROBESETS.clear()
 
@@ -249,8 +234,9 @@ def context(spec: RunSpec) -> RunContext:
     """The run's :class:`RunContext`, from this process's cache or built (and cached). A
     cached context whose remote probe set has another hash than the job's is built again (a
     long-lived Dask worker after the object was rewritten). Thread-safe: epochs probed side by
-    side ask for their runs' contexts at once (one is built at a time)."""
-    with SOURCE_LOCK:
+    side ask for their runs' contexts at once; they are looked up and built under
+    :data:`nasprobe.job.pipeline.PROCESS_LOCK` (a checkpoint source need not be thread-safe)."""
+    with pipeline.PROCESS_LOCK:
         return _context(spec)
 
 

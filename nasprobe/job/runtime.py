@@ -27,6 +27,7 @@ from onnx import numpy_helper
 from nasprobe.cpus import usable_cpus
 from nasprobe.errors import CheckpointError, NasprobeError
 
+from . import pipeline
 from .arena import shared_cpu_arena
 from .blocked_taps import BlockedGraph, plan_blocked
 from .weights import Placed, WeightPlacer
@@ -169,7 +170,8 @@ def new_session(model: bytes | str, providers: list[str], options=None):
     if quiet:  # CUDA, TensorRT: their libraries may come from the nvidia-* wheels
         preload_cuda_libraries()
     printed = io.StringIO()
-    with warnings.catch_warnings(), \
+    # catch_warnings and the redirections act on every thread: see pipeline.PROCESS_LOCK
+    with pipeline.PROCESS_LOCK, warnings.catch_warnings(), \
             (captured_stderr() if quiet else contextlib.nullcontext([])) as log, \
             (contextlib.redirect_stdout(printed) if quiet else contextlib.nullcontext()):
         warnings.simplefilter("ignore")

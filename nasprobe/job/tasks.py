@@ -28,7 +28,7 @@ from nasprobe.measures.correlation import corr_histogram
 from nasprobe.onnxgraph.taps import Tap
 from nasprobe.store.download_cache import local_copy
 
-from . import run_context
+from . import pipeline
 from .epoch import probe_epoch, run_size
 from .pipeline import HOST_TAP_BUDGET, cpu_streams, epochs_at_once, worker_pool
 from .run_context import RunSpec, context, reading
@@ -130,7 +130,7 @@ def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Ou
     if side_by_side > 1:
         streams, budget = 0, HOST_TAP_BUDGET // side_by_side
     try:
-        with run_context.SOURCE_LOCK:  # sources need not be thread-safe (nasprobe.contract)
+        with pipeline.PROCESS_LOCK:  # sources need not be thread-safe (nasprobe.contract)
             weights = reading(ck.path, ctx.source.weights, ck)
         session = reading(ck.path, partial(ctx.tapped.session, weights, ck.path, threads=threads))
     except CheckpointError as exc:

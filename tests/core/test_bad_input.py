@@ -174,3 +174,51 @@ def test_store_path_that_cannot_be_written(run, tmp_path, where):
     out = "afile" if where == "file" else "afile/nas.zarr"
     fault = "is a file, not a store folder" if where == "file" else f"cannot be created: {tmp_path / 'afile'} is a file"
     assert_bad(probe_cmd(tmp_path, run, out=out), str(tmp_path / out), fault)
+
+
+def test_a_warning_is_not_lost_to_a_filter_another_epoch_sets(run, tmp_path, monkeypatch):
+    """Short epochs are probed side by side (2 streams). While the job's main thread reports
+    epoch 1's non-finite weights, epoch 2's source reads its checkpoint with every warning
+    ignored for 0.3 s (``warnings.catch_warnings`` acts on all threads at once, as transformers'
+    loader does): the report waits for it, and the warning reaches the caller."""
+    import threading
+    import time
+    import warnings
+
+    from nasprobe import kernels
+    from nasprobe.frameworks.onnx_adapter import OnnxSource
+    from nasprobe.job import runtime
+
+    path = run / "epoch_001.onnx"
+    m = onnx.load(str(path))
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "conv2.weight":
+            w = numpy_helper.to_array(t).copy()
+            w[0, 0, 0, 0] = np.nan
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(m, str(path))
+    original, readers = OnnxSource.weights, set()
+
+    def quiet_reader(self, checkpoint):
+        readers.add(threading.get_ident())
+        if checkpoint.epoch == 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                time.sleep(0.3)
+                return original(self, checkpoint)
+        return original(self, checkpoint)
+
+    monkeypatch.setattr(OnnxSource, "weights", quiet_reader)
+    probe = tmp_path / "p.npy"
+    np.save(probe, np.random.default_rng(2).normal(0, 1, (6, 3, 8, 8)).astype(np.float32))
+    try:
+        runtime.set_intra_op_threads(2)
+        kernels.set_threads(2)
+        with pytest.warns(UserWarning, match=r"epoch_001\.onnx: non-finite weights in conv2"):
+            nasprobe.probe([run], probe=probe, out=tmp_path / "s.zarr", progress=False,
+                           nas_on="host")
+    finally:
+        runtime.set_intra_op_threads(None)
+        kernels.set_threads(None)
+    assert len(readers) == 2 and threading.get_ident() not in readers  # two epoch threads
+    assert run_info(tmp_path / "s.zarr")["run"]["nonfinite"] == {str(path): ["conv2.weight"]}
