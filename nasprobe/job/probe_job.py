@@ -362,13 +362,16 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
             shown = provider
             bar.set_postfix(provider=provider)
 
+    def report(o: Outcome) -> None:
+        with pipeline.PROCESS_LOCK:  # its warnings: see the lock's comment
+            handle(o)
+
     try:
         if workers is None and scheduler is None:
             try:
                 with one_blas_thread():  # the weight correlations' products: see its docstring
                     for task, probed in _probed(tasks, plans):
-                        with pipeline.PROCESS_LOCK:  # warnings: see its comment
-                            handle(commit_epoch(task, probed))
+                        report(commit_epoch(task, probed))  # the write itself needs no lock
             finally:  # the epochs held for shared chunks: also when stopped by an error or ^C
                 for plan in plans.values():
                     if plan.writer is not None:
