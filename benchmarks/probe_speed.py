@@ -72,7 +72,7 @@ from bench_models import export_vanilla, images, state_dicts, tiny_cnn
 HERE = Path(__file__).resolve().parent
 PARTS = ["startup", "tiny", "imports", "table", "long", "many", "breakdown", "resnet"]
 #: the distributions whose versions are printed per environment
-VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf"]
+VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf", "torch"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
 NASPROBE = ("import atexit, os, re, sys\n"
             "try:\n    import nasprobe.job.pipeline as p\n"  # before issue 23: nasprobe.pipeline
