@@ -341,37 +341,34 @@ def _execute(tasks: list[EpochTask], plans: dict[str, _Plan], on_error: str, pro
 
     def handle(o: Outcome) -> None:
         nonlocal shown
-        bar.update(1)
-        plan = plans[o.run]
-        if o.status == "crashed" and on_error == "fail":  # not the file's fault
-            raise JobFailedError(f"{o.path}: {o.message}")
-        if o.status in ("error", "crashed"):
-            if on_error == "fail":
-                raise CheckpointError(o.path, o.message)
-            plan.skipped[o.path] = o.message
-            print(printable(f"nasprobe: skipped {o.path}: {o.message}"), file=sys.stderr)
-            _record(plan)
-            return
-        if o.nonfinite:
-            plan.nonfinite[o.path] = o.nonfinite
-            _record(plan)
-            warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
-                          "of affected layers is recorded as NaN", stacklevel=4)
-        provider = o.provider.replace("ExecutionProvider", "")
-        if provider and provider != shown:  # a redraw per epoch: 6 % of 100 tiny epochs
-            shown = provider
-            bar.set_postfix(provider=provider)
-
-    def report(o: Outcome) -> None:
-        with pipeline.PROCESS_LOCK:  # its warnings: see the lock's comment
-            handle(o)
+        with pipeline.PROCESS_LOCK:  # its warnings vs. epoch threads' filters: see the lock
+            bar.update(1)
+            plan = plans[o.run]
+            if o.status == "crashed" and on_error == "fail":  # not the file's fault
+                raise JobFailedError(f"{o.path}: {o.message}")
+            if o.status in ("error", "crashed"):
+                if on_error == "fail":
+                    raise CheckpointError(o.path, o.message)
+                plan.skipped[o.path] = o.message
+                print(printable(f"nasprobe: skipped {o.path}: {o.message}"), file=sys.stderr)
+                _record(plan)
+                return
+            if o.nonfinite:
+                plan.nonfinite[o.path] = o.nonfinite
+                _record(plan)
+                warnings.warn(f"{o.path}: non-finite weights in {', '.join(o.nonfinite[:5])}; NAS "
+                              "of affected layers is recorded as NaN", stacklevel=4)
+            provider = o.provider.replace("ExecutionProvider", "")
+            if provider and provider != shown:  # a redraw per epoch: 6 % of 100 tiny epochs
+                shown = provider
+                bar.set_postfix(provider=provider)
 
     try:
         if workers is None and scheduler is None:
             try:
                 with one_blas_thread():  # the weight correlations' products: see its docstring
                     for task, probed in _probed(tasks, plans):
-                        report(commit_epoch(task, probed))  # the write itself needs no lock
+                        handle(commit_epoch(task, probed))  # the write itself needs no lock
             finally:  # the epochs held for shared chunks: also when stopped by an error or ^C
                 for plan in plans.values():
                     if plan.writer is not None:

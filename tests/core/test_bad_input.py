@@ -222,3 +222,25 @@ def test_a_warning_is_not_lost_to_a_filter_another_epoch_sets(run, tmp_path, mon
         kernels.set_threads(None)
     assert len(readers) == 2 and threading.get_ident() not in readers  # two epoch threads
     assert run_info(tmp_path / "s.zarr")["run"]["nonfinite"] == {str(path): ["conv2.weight"]}
+
+
+def test_the_nonfinite_warning_points_at_the_callers_line(run, tmp_path):
+    """The warning of a serial job names the line that called ``nasprobe.probe``, not a line
+    inside nasprobe (``stacklevel``), whichever way the job probes its epochs."""
+    import warnings
+
+    path = run / "epoch_002.onnx"
+    m = onnx.load(str(path))
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "conv2.weight":
+            w = numpy_helper.to_array(t).copy()
+            w[0, 0, 0, 0] = np.nan
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(m, str(path))
+    probe = tmp_path / "p.npy"
+    np.save(probe, np.random.default_rng(2).normal(0, 1, (6, 3, 8, 8)).astype(np.float32))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        nasprobe.probe([run], probe=probe, out=tmp_path / "s.zarr", progress=False)
+    got = [w for w in seen if "non-finite weights" in str(w.message)]
+    assert len(got) == 1 and got[0].filename == __file__, [(w.filename, w.lineno) for w in got]
