@@ -149,7 +149,8 @@ def _live(kinds):
 def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch, side_by_side):
     """One epoch at a time: at every commit the same objects are alive, whatever the epoch or
     run. Short epochs probed side by side: at most those of the epochs in flight. The peak of
-    Python-tracked memory (numpy included) grows with neither epochs nor runs."""
+    Python-tracked memory (numpy included) grows with neither epochs nor runs: one epoch at a
+    time, it is that of a small job; side by side, at most that of the epochs in flight."""
     import onnxruntime as ort
 
     from nasprobe.job import pipeline
@@ -204,17 +205,24 @@ def test_nothing_accumulates_per_epoch(tmp_path, monkeypatch, side_by_side):
             assert s["LayerStats"] <= at_once * layers and s["Outcome"] <= 1, s
     # The peak comparison runs in a fresh process: in this one, what earlier tests imported and
     # cached (torch, keras, zarr's async machinery) shifts the Python-heap peak by ~10 %.
-    small, large = _fresh_peaks(folders, probe, tmp_path)
-    assert large <= 1.1 * small, (small, large)
+    one, small, large = _fresh_peaks(folders, probe, tmp_path, side_by_side)
+    if side_by_side:  # whether two epochs' peaks meet depends on timing, even in the small job
+        # (measured on 2 cores: small 3.9 or 7.6 MB, large always 7.7 MB, one epoch 3.9 MB)
+        assert large <= 1.1 * max(small, at_once * one), (one, small, large, at_once)
+    else:
+        assert large <= 1.1 * small, (one, small, large)
 
 
 _PEAKS = """
 import gc, sys, tracemalloc
 from pathlib import Path
 import nasprobe
+from nasprobe.job import pipeline
 folders, probe, tmp = [Path(p) for p in sys.argv[1:4]], Path(sys.argv[4]), Path(sys.argv[5])
+side_by_side, default_runs = sys.argv[6] == "1", pipeline.SHORT_EPOCH_RUNS
 
-def peak(folders, epochs, name):
+def peak(folders, epochs, name, side_by_side=side_by_side):
+    pipeline.SHORT_EPOCH_RUNS = default_runs if side_by_side else 0
     for f in folders:
         for p in sorted(f.glob("*.onnx"))[epochs:]:
             p.rename(p.with_suffix(".later"))
@@ -229,20 +237,23 @@ def peak(folders, epochs, name):
     return result
 
 peak(folders, 6, "fresh-warm.zarr")  # first-use caches of the libraries
-print(peak(folders[:2], 2, "fresh-small.zarr"), peak(folders, 6, "fresh-large.zarr"))
+print(peak(folders[:1], 1, "fresh-one.zarr", False), peak(folders[:2], 2, "fresh-small.zarr"),
+      peak(folders, 6, "fresh-large.zarr"))
 """
 
 
-def _fresh_peaks(folders, probe, tmp_path):
-    """Python-heap peaks (bytes) of a 2-run × 2-epoch and a 3-run × 6-epoch job, measured in
-    a new interpreter after one warm-up job."""
+def _fresh_peaks(folders, probe, tmp_path, side_by_side):
+    """Python-heap peaks (bytes), measured in a new interpreter after one warm-up job: of a
+    one-epoch job, and of a 2-run × 2-epoch and a 3-run × 6-epoch job, their epochs probed one
+    at a time or (``side_by_side``) as the job decides."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", _PEAKS, *map(str, folders), str(probe),
-                          str(tmp_path)], capture_output=True, text=True, check=True)
-    small, large = (int(v) for v in out.stdout.split())
-    return small, large
+                          str(tmp_path), "1" if side_by_side else "0"],
+                         capture_output=True, text=True, check=True)
+    one, small, large = (int(v) for v in out.stdout.split())
+    return one, small, large
 
 
 class DieAtEpoch(WorkerPlugin):
