@@ -37,6 +37,17 @@ def committed(tmp_path, out="s.zarr"):
     return ds.epoch.values[ds.probed.any("run").values].tolist()
 
 
+def poison(path, value=np.nan):
+    """Set one value of ``conv2.weight`` in the ONNX checkpoint ``path`` to ``value``."""
+    m = onnx.load(str(path))
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "conv2.weight":
+            w = numpy_helper.to_array(t).copy()
+            w[0, 0, 0, 0] = value
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(m, str(path))
+
+
 def assert_bad(res, *fragments):
     assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
     for f in fragments:
@@ -79,13 +90,7 @@ def test_checkpoint_of_another_architecture(run, tmp_path):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_nonfinite_weights_give_nan_with_a_warning(run, tmp_path, value):
     path = run / "epoch_002.onnx"
-    m = onnx.load(str(path))
-    for i, t in enumerate(m.graph.initializer):
-        if t.name == "conv2.weight":
-            w = numpy_helper.to_array(t).copy()
-            w[0, 0, 0, 0] = value
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
-    onnx.save(m, str(path))
+    poison(path, value)
     probe = tmp_path / "p.npy"
     np.save(probe, np.random.default_rng(2).normal(0, 1, (6, 3, 8, 8)).astype(np.float32))
     with pytest.warns(UserWarning, match=r"epoch_002\.onnx: non-finite weights in conv2\.weight"):
@@ -190,13 +195,7 @@ def test_a_warning_is_not_lost_to_a_filter_another_epoch_sets(run, tmp_path, mon
     from nasprobe.job import runtime
 
     path = run / "epoch_001.onnx"
-    m = onnx.load(str(path))
-    for i, t in enumerate(m.graph.initializer):
-        if t.name == "conv2.weight":
-            w = numpy_helper.to_array(t).copy()
-            w[0, 0, 0, 0] = np.nan
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
-    onnx.save(m, str(path))
+    poison(path)
     original, readers = OnnxSource.weights, set()
 
     def quiet_reader(self, checkpoint):
@@ -230,13 +229,7 @@ def test_the_nonfinite_warning_points_at_the_callers_line(run, tmp_path):
     import warnings
 
     path = run / "epoch_002.onnx"
-    m = onnx.load(str(path))
-    for i, t in enumerate(m.graph.initializer):
-        if t.name == "conv2.weight":
-            w = numpy_helper.to_array(t).copy()
-            w[0, 0, 0, 0] = np.nan
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
-    onnx.save(m, str(path))
+    poison(path)
     probe = tmp_path / "p.npy"
     np.save(probe, np.random.default_rng(2).normal(0, 1, (6, 3, 8, 8)).astype(np.float32))
     with warnings.catch_warnings(record=True) as seen:
