@@ -63,14 +63,28 @@ def shape_view(model: onnx.ModelProto) -> onnx.ModelProto:
     the README's *Speed* section.
     """
     view = onnx.ModelProto()
-    view.CopyFrom(model)
-    del view.graph.initializer[:]
+    _copy_fields(model, view, but="graph")  # not CopyFrom: it would copy every weight first
+    _copy_fields(model.graph, view.graph, but="initializer")
     for t in model.graph.initializer:
         if math.prod(t.dims) <= SHAPE_VALUES:
             view.graph.initializer.append(t)
         else:
             view.graph.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
     return view
+
+
+def _copy_fields(src, dst, but: str) -> None:
+    """Copy every field of the protobuf message ``src`` that is set into ``dst``, but ``but``."""
+    for field, value in src.ListFields():
+        if field.name == but:
+            continue
+        repeated = getattr(field, "is_repeated", None)  # protobuf >= 6; before, its label
+        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 class GraphIndex:

@@ -167,6 +167,13 @@ def test_shape_inference_on_the_weightless_view_infers_what_the_full_model_does(
     before = model.SerializeToString()
     view = shape_view(model)
     assert model.SerializeToString() == before
+    bare_view, bare_model = onnx.ModelProto(), onnx.ModelProto()  # all but the initializers
+    bare_view.CopyFrom(view)
+    bare_model.CopyFrom(model)
+    for m in (bare_view, bare_model):
+        del m.graph.initializer[:]
+    assert bare_view.SerializeToString() == bare_model.SerializeToString()
+    assert [t.name for t in view.graph.initializer] == [t.name for t in model.graph.initializer]
     stripped = [t for t in view.graph.initializer if np.prod(t.dims) > SHAPE_VALUES]
     assert stripped and all(not t.raw_data and not t.float_data for t in stripped)
     full = shape_inference.infer_shapes(model, strict_mode=False).graph
