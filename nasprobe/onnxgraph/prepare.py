@@ -46,18 +46,18 @@ class Prepared:
 def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose main-graph ``Constant`` nodes holding a tensor (``value``)
     are initializers of the same name (some exporters, e.g. older paddle2onnx, store every
-    weight so), and how many were moved. Weights must be initializers to be found and swapped
-    per epoch."""
+    weight so), and how many were moved; ``model`` itself, not copied, when there is none.
+    Weights must be initializers to be found and swapped per epoch."""
+    if not any(_movable(n) for n in model.graph.node):
+        return model, 0
     out = onnx.ModelProto()
     out.CopyFrom(model)
     keep, moved = [], 0
     for n in out.graph.node:
-        value = [
-            a for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
-        ]
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and value and n.output:
+        value = _movable(n)
+        if value is not None:
             t = onnx.TensorProto()
-            t.CopyFrom(value[0].t)
+            t.CopyFrom(value)
             t.name = n.output[0]
             out.graph.initializer.append(t)
             if out.ir_version < 4:  # initializers were graph inputs before IR 4
@@ -69,6 +69,16 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
         del out.graph.node[:]
         out.graph.node.extend(keep)
     return out, moved
+
+
+def _movable(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a ``Constant`` node that :func:`constants_to_initializers` moves, or None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output:
+        return None
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return a.t
+    return None
 
 
 def _old_op(model: onnx.ModelProto, message: str) -> str:
@@ -210,6 +220,7 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     from .guard import check_inlining, rehearse
 
     notes: dict = {}
+    given = model  # left as it is: the steps below edit a copy (one copy at most of the weights)
     if len(model.functions):
         check_inlining(model, source)
     before = opset_of(model)
@@ -238,7 +249,12 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
         model = upgrade_opset(model, source)
         notes["opset_original"] = opset
     notes["opset"] = opset_of(model)
-    model, halves = widen_half(model)
+    if model is given:
+        model = onnx.ModelProto()
+        model.CopyFrom(given)
+    found: set[str] = set()
+    _widen_graph(model.graph, found)  # widen_half, in place on this copy
+    halves = sorted(found)
     if halves:
         notes["weights_dtype"] = "+".join(halves)
         notes["compute_dtype"] = "float32"

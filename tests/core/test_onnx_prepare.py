@@ -362,3 +362,37 @@ def test_two_heads_and_dynamic_spatial_dims(tmp_path):
     _check(ds, refs)
     for layer, want in [("trunk", (5, 9)), ("head_a", (5, 9)), ("head_b", (5, 9))]:
         assert ds[f"heatmaps/{layer}"].to_dataset().nas_map.shape[-2:] == want
+
+
+def _with_constant_weights(model):
+    """``model`` with its initializer ``w1`` stored as a Constant node instead."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    (w1,) = [t for t in out.graph.initializer if t.name == "w1"]
+    out.graph.node.insert(0, helper.make_node("Constant", [], ["w1"], value=w1))
+    out.graph.initializer.remove(w1)
+    return out
+
+
+def _with_negative_batch(model):
+    """``model`` whose input's batch dimension is written as -1 (made symbolic in place)."""
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    return model
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: _with_negative_batch(_mlp(rng, 17)[0]),
+    lambda rng: _mlp(rng, 11)[0],
+    lambda rng: _mlp(rng, 17, np.float16, TensorProto.FLOAT16)[0],
+    lambda rng: _with_constant_weights(_mlp(rng, 17)[0]),
+    lambda rng: _mlp(rng, 17, elem=TensorProto.DOUBLE)[0],
+], ids=["negative-dims", "old-opset", "float16", "constants", "double-input"])
+def test_preparing_leaves_the_given_model_as_it_was(make):
+    """prepare_model edits a copy (one at most, made by the first step that changes anything):
+    the model it is given, which the ONNX adapter still compares later files with, is unchanged."""
+    model = make(np.random.default_rng(0))
+    before = model.SerializeToString()
+    prepared = prepare_model(model, "m.onnx")
+    assert model.SerializeToString() == before
+    assert prepared.model is not model
+    assert prepared.model.SerializeToString() != before  # each case has something to prepare
