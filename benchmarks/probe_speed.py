@@ -80,7 +80,9 @@ NASPROBE = ("import atexit, os, re, sys\n"
             "p.HOST_TAP_BUDGET = int(os.environ.get('NASPROBE_TAP_BUDGET', p.HOST_TAP_BUDGET))\n"
             "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s*(\\d+)', "
             "open('/proc/self/status').read()).group(1), 'kB', file=sys.stderr))\n"
-            "from nasprobe.cli import main\nsys.argv[0] = 'nasprobe'\nmain()\n")
+            "try:\n    from nasprobe.cli import run\n"  # the console script's entry point
+            "except ImportError:\n    from nasprobe.cli import main as run\n"
+            "sys.argv[0] = 'nasprobe'\nrun()\n")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """``python -m nasprobe`` runs the command line."""
 
-from nasprobe.cli import main
+from nasprobe.cli import run
 
-main()
+run()
