@@ -59,8 +59,8 @@ def shape_view(model: onnx.ModelProto) -> onnx.ModelProto:
 
     onnx's shape inference serialises the whole model, weights included, and returns a parsed
     copy; on this view it serialises only the graph, with the same inferred types (no
-    operator's output shape depends on the values of a weight tensor). The time it saves is in
-    the README's *Speed* section.
+    operator's output shape depends on the values of a weight tensor). What it saves is in
+    docs/speed.md.
     """
     view = onnx.ModelProto()
     _copy_fields(model, view, but="graph")  # not CopyFrom: it would copy every weight first
