@@ -162,15 +162,13 @@ def _widen_graph(g: onnx.GraphProto, found: set[str]) -> None:
                 a.i = TensorProto.FLOAT
 
 
-def widen_half(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``model`` whose float16 / bfloat16 initializers, constants, casts and value
-    types are float32 (exact: both widen to float32 without rounding), and the half types found.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def widen_half(model: onnx.ModelProto) -> list[str]:
+    """Make ``model``'s float16 / bfloat16 initializers, constants, casts and value types
+    float32, in place (exact: both widen to float32 without rounding); returns the half types
+    found."""
     found: set[str] = set()
-    _widen_graph(out.graph, found)
-    return out, sorted(found)
+    _widen_graph(model.graph, found)
+    return sorted(found)
 
 
 def float_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -252,9 +250,7 @@ def prepare_model(model: onnx.ModelProto, source: str) -> Prepared:
     if model is given:
         model = onnx.ModelProto()
         model.CopyFrom(given)
-    found: set[str] = set()
-    _widen_graph(model.graph, found)  # widen_half, in place on this copy
-    halves = sorted(found)
+    halves = widen_half(model)  # in place, on this copy
     if halves:
         notes["weights_dtype"] = "+".join(halves)
         notes["compute_dtype"] = "float32"
