@@ -25,6 +25,7 @@ Two defences, both before :func:`nasprobe.onnxgraph.prepare.prepare_model` rewri
 from __future__ import annotations
 
 import faulthandler
+import functools
 import hashlib
 import json
 import os
@@ -194,18 +195,14 @@ def rehearse(model: onnx.ModelProto, source: str, *, inline: bool, upgrade_to: i
     raise GraphError(source, f"{step} {why}; the graph is malformed or hostile")
 
 
-_WARM = threading.Event()
-
-
+@functools.cache
 def warm_schemas() -> None:
     """Have onnx build its table of operator schemas, which it does on first use (about 9 ms),
     the first time this is called in this process. Every forked rehearsal paid that again, and
     so did this process's own first shape inference after it (finding the taps): built before
     the fork, the child inherits the table (a VanillaNet-m rehearsal's child: 17-25 → 5-7 ms;
     the taps: 14 → 5 ms)."""
-    if not _WARM.is_set():
-        onnx.defs.get_schema("Relu")
-        _WARM.set()
+    onnx.defs.get_schema("Relu")
 
 
 def forking_is_safe() -> bool:
