@@ -104,7 +104,12 @@ def test_readers_during_writes_on_s3(tmp_path, s3_bucket):
     write_run(folder, om.conv_bn_relu_net, [f"epoch_{i:03d}.onnx" for i in range(40)])
     rng = np.random.default_rng(2)
     probe = tmp_path / "probe.npz"
-    np.savez(probe, x=rng.normal(0, 1, (96, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 96))
+    # 4,096 images: a block of epochs takes about a second (a job commits at least once per
+    # second of work), long enough for the readers to see the store between two commits; with
+    # 96 images the next block could be committed 0.1 s after the first, before the first
+    # reader had opened the store
+    np.savez(probe, x=rng.normal(0, 1, (4096, 3, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 4, 4096))
     out = f"{s3_bucket}/live.zarr"
     legacy = __file__.rsplit("/", 1)[0] + "/data/store-0.1.0.zarr"  # warm the report's imports
     warm = CliRunner().invoke(main, ["report", legacy, "--out", str(tmp_path / "w.html")])
