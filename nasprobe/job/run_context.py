@@ -119,8 +119,9 @@ def _probe_set(spec: RunSpec, input_shape: tuple, input_dtype=np.float32, source
     if k not in _PROBESETS:
         while len(_PROBESETS) >= CACHE_SIZE:
             _PROBESETS.popitem(last=False)
+        # a large .npy is hashed and checked while the run's model is built (_build waits)
         _PROBESETS[k] = load_probe_set(local_copy(opts.probe), input_shape, mean=opts.mean,
-                                       std=opts.std, input_dtype=input_dtype)
+                                       std=opts.std, input_dtype=input_dtype, background=True)
     _PROBESETS.move_to_end(k)
     return _PROBESETS[k]
 
@@ -203,6 +204,12 @@ def _build(spec: RunSpec) -> RunContext:
         tapped.block_taps(fetch, sample, outs)
     base = reading(first, lambda: {t.name: numpy_helper.to_array(t)
                                    for t in arch.graph.initializer})
+    try:
+        probeset.wait()  # its background hash and check (_probe_set)
+    except ProbeSetError:
+        for k in [k for k, v in _PROBESETS.items() if v is probeset]:
+            del _PROBESETS[k]  # a fixed file is read again by the next job
+        raise
     return RunContext(source, taps, tapped, probeset, spatial, base, output_kind(arch), fetch,
                       host, acts)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import mmap
+import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from nasprobe.errors import ProbeSetError
 
 from .layout import CHANNELS, Layout, fits, format_dims
 
-__all__ = ["ArraySource", "array_source", "token_source", "load_arrays", "MAX_INFLATED_BYTES",
-           "RESIDENT_BYTES"]
+__all__ = ["ArraySource", "array_source", "check_finite", "token_source", "load_arrays",
+           "is_mapped", "hash_file", "MAX_INFLATED_BYTES", "RESIDENT_BYTES"]
 
 _CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much at once
 #: The largest compressed ``.npz`` member (its size once inflated, in bytes) that is read: a
@@ -122,14 +123,16 @@ def _plan_array(path: Path, shape: tuple, layout: Layout) -> tuple[tuple, tuple]
     return fitting[0]
 
 
-def array_source(path: Path, x: np.ndarray, layout: Layout) -> ArraySource:
+def array_source(path: Path, x: np.ndarray, layout: Layout, check: bool = True) -> ArraySource:
     """Images ``x`` ``(N, ...)`` fitted to a model input of ``layout``.
 
     Args:
         path: the probe file, for messages.
         x: the images, in memory or memory-mapped; uint8/uint16 (scaled to [0, 1] on read),
-            bool or float (checked finite here, a bounded slice at a time).
+            bool or float.
         layout: the model input's layout (:func:`~nasprobe.probesets.layout.model_layout`).
+        check: check here that float images are finite (:func:`check_finite`); False leaves
+            that to the caller.
 
     Raises:
         ProbeSetError: another dtype, no image, a shape that fits no adaptation, or a
@@ -142,16 +145,28 @@ def array_source(path: Path, x: np.ndarray, layout: Layout) -> ArraySource:
     if x.ndim >= 1 and len(x) == 0:
         raise ProbeSetError(path, f"probe set is empty (shape {x.shape})")
     steps, shape = _plan_array(path, x.shape, layout)
-    if kind == "f":  # only floats can hold NaN or inf
-        step = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
-        for start in range(0, len(x), step):
-            chunk = np.asarray(x[start:start + step])
-            bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
-            if bad.any():
-                raise ProbeSetError(path, f"probe image {start + int(np.argmax(bad))} has "
-                                          "non-finite values (NaN or inf)")
+    if check:
+        check_finite(path, x)
     divisor = float(np.iinfo(x.dtype).max) if kind == "u" else None
     return ArraySource(x, steps, divisor, tuple(int(s) for s in shape))
+
+
+def check_finite(path: Path, x: np.ndarray) -> None:
+    """Check that the images ``x`` ``(N, ...)`` hold no NaN or infinity, reading a bounded
+    slice (16 MiB) at a time; only float arrays are read.
+
+    Raises:
+        ProbeSetError: naming ``path`` and the first image with a non-finite value.
+    """
+    if x.dtype.kind != "f":  # only floats can hold NaN or inf
+        return
+    step = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
+    for start in range(0, len(x), step):
+        chunk = np.asarray(x[start:start + step])
+        bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        if bad.any():
+            raise ProbeSetError(path, f"probe image {start + int(np.argmax(bad))} has "
+                                      "non-finite values (NaN or inf)")
 
 
 def token_source(path: Path, x: np.ndarray, layout: Layout, dtype: np.dtype) -> ArraySource:
@@ -189,6 +204,32 @@ def _hash_stream(h, name: str, size: int, stream) -> None:
     h.update(f"{name}:{size}\n".encode())
     while chunk := stream.read(1 << 20):
         h.update(chunk)
+
+
+def is_mapped(path: Path) -> bool:
+    """Whether :func:`load_arrays` memory-maps ``path``: a ``.npy`` file over
+    :data:`RESIDENT_BYTES`."""
+    return path.suffix.lower() == ".npy" and path.stat().st_size > RESIDENT_BYTES
+
+
+def hash_file(h, name: str, path: Path) -> None:
+    """Hash the file ``path`` into ``h`` (a hashlib object) as :func:`load_arrays` hashes its
+    array ``name``. The file is hashed through one memory map in one call, during which
+    hashlib releases the GIL: on a thread it runs beside the caller's Python work.
+
+    Raises:
+        ProbeSetError: naming the file, when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(f"{name}:{size}\n".encode())
+            if size:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    h.update(m)
+    except (OSError, ValueError) as e:
+        raise ProbeSetError(path, f"cannot read the probe array ({e.__class__.__name__}: "
+                                  f"{str(e)[:300]})") from e
 
 
 def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
@@ -252,6 +293,8 @@ def _check_inflated(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> N
 def load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
     """Open a .npy/.npz source as ``(x, y)``, hashing the .npy bytes of ``x`` and ``y`` into
     ``h`` (a hashlib object), so that a ``.npy`` and an ``.npz`` of the same arrays hash alike.
+    With ``h`` None a memory-mapped ``.npy`` (:func:`is_mapped`) is not hashed: the caller
+    hashes it with :func:`hash_file`, which gives the same digest.
 
     Raises:
         ProbeSetError: naming the file: no ``x`` in an ``.npz``, a damaged or truncated file or
@@ -268,8 +311,8 @@ def load_arrays(path: Path, h) -> tuple[np.ndarray, np.ndarray | None]:
                 x = np.load(path, mmap_mode="r", allow_pickle=False)
             except ValueError:  # empty arrays cannot be mapped; object arrays fail again here
                 x = np.load(path, allow_pickle=False)
-            with open(path, "rb") as f:
-                _hash_stream(h, "x", size, f)
+            if h is not None:
+                hash_file(h, "x", path)
             return x, None
         with zipfile.ZipFile(path) as zf:
             members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -38,7 +40,7 @@ import numpy as np
 
 from nasprobe.errors import ProbeSetError
 
-from .arrays import array_source, load_arrays, token_source
+from .arrays import array_source, check_finite, hash_file, is_mapped, load_arrays, token_source
 from .layout import Layout, check_labels, model_layout
 
 __all__ = ["ProbeSet", "ProbeSource", "load_probe_set"]
@@ -81,10 +83,12 @@ class ProbeSet:
 
     ``labels``: ``(N,)`` int64 class indices or None. ``shape``: per-sample shape in the model's
     ``layout`` ("NCHW", "NHWC", "flat", or "tokens": integer ids ``(T,)``), e.g.
-    ``(3, 32, 32)``. ``sha256``: hex digest of the data (the .npy bytes of ``x`` and ``y``, so
-    ``.npy`` and ``.npz`` hash alike; for a folder the
-    sorted relative names, image bytes and labels.csv) and of the preprocessing (layout, shape,
-    mean, std); settings that give the same arrays (mean None or 0) give the same hash.
+    ``(3, 32, 32)``. ``digest``: the sha256 hex digest of the data (the .npy bytes of ``x`` and
+    ``y``, so ``.npy`` and ``.npz`` hash alike; for a folder the sorted relative names, image
+    bytes and labels.csv) and of the preprocessing (layout, shape, mean, std); settings that
+    give the same arrays (mean None or 0) give the same hash. While a large file is hashed in
+    the background (``load_probe_set(background=True)``) it is a ``Future`` of that digest:
+    read :attr:`sha256`, which waits for it.
     ``mask``: for a text probe (:mod:`.text`), ``(N, T)`` bool, False on padding.
     ``source``: what the examples are read from (:class:`ProbeSource`); :func:`load_probe_set`
     and :func:`~nasprobe.probesets.text.load_text_probe` make it.
@@ -92,7 +96,7 @@ class ProbeSet:
 
     path: Path
     size: int
-    sha256: str
+    digest: str | Future
     labels: np.ndarray | None
     shape: tuple[int, ...] = ()
     layout: str = "NCHW"
@@ -100,6 +104,24 @@ class ProbeSet:
     source: ProbeSource | None = field(default=None, repr=False)
     _mean: np.ndarray | None = field(default=None, repr=False)  # broadcastable to a batch
     _std: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """The probe set's sha256 hex digest (see the class docstring). Waits for a hash still
+        running in the background.
+
+        Raises:
+            ProbeSetError: the background hash or check found the file unreadable, or an
+                image not finite (naming the file and the image).
+        """
+        if isinstance(self.digest, Future):
+            self.digest = self.digest.result()
+        return self.digest
+
+    def wait(self) -> None:
+        """Wait for the background hash and check of a large ``.npy`` file
+        (``load_probe_set(background=True)``); raises what they found (see :attr:`sha256`)."""
+        self.sha256  # noqa: B018 (resolving the digest is the wait)
 
     @property
     def memory_mapped(self) -> bool:
@@ -138,7 +160,8 @@ class ProbeSet:
 
 
 def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: bool = True,
-                   channels_last: bool | None = None, input_dtype=None) -> ProbeSet:
+                   channels_last: bool | None = None, input_dtype=None,
+                   background: bool = False) -> ProbeSet:
     """Open a probe set (.npy, .npz or image folder) and fit it to a model input.
 
     Args:
@@ -152,6 +175,10 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
         input_dtype: the model input's numpy dtype (default float32); an integer dtype means
             token ids: an integer ``.npy``/``.npz`` array ``(N, T)`` fed unchanged, no
             ``mean``/``std``.
+        background: hash a memory-mapped ``.npy`` of images (over 16 MiB) and check that its
+            values are finite on a thread, while the caller goes on (a probe job builds its
+            model meanwhile): the set's :attr:`ProbeSet.sha256` (or :meth:`ProbeSet.wait`)
+            waits for them and raises what they found. Everything else is checked here.
 
     Raises:
         ProbeSetError: naming the file and the fault (expected and given shape for misfits).
@@ -162,6 +189,7 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
                                    for d in input_shape[1:]))
               if tokens else model_layout(path, input_shape, channels_last))
     h = hashlib.sha256(_HASH_TAG)
+    later = False  # the hash and check of a large .npy left to a thread (background)
     if tokens and (mean is not None or std is not None):
         raise ProbeSetError(path, "--mean/--std do not apply to token ids")
     if tokens and (path.is_dir() or path.suffix.lower() not in (".npy", ".npz")):
@@ -174,9 +202,10 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
     elif not path.exists():
         raise ProbeSetError(path, "no such probe file or folder")
     elif path.suffix.lower() in (".npy", ".npz"):
-        x, y = load_arrays(path, h)
+        later = background and not tokens and is_mapped(path)
+        x, y = load_arrays(path, None if later else h)
         source = (token_source(path, x, layout, np.dtype(input_dtype)) if tokens
-                  else array_source(path, x, layout))
+                  else array_source(path, x, layout, check=not later))
         labels = None if y is None else check_labels(path, y, len(x))
     else:
         raise ProbeSetError(path, "unsupported probe set: expected .npy, .npz or a folder of images")
@@ -187,9 +216,36 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
                 "std": std_v.tolist()}
     if tokens:
         settings["tokens"] = str(np.dtype(input_dtype))
-    h.update(json.dumps(settings).encode())
+    if later:
+        digest = _in_background(_hash_and_check, h, path, x, json.dumps(settings).encode())
+    else:
+        h.update(json.dumps(settings).encode())
+        digest = h.hexdigest()
     plain = not mean_v.any() and (std_v == 1).all()
     bshape = {"NCHW": (1, channels, 1, 1), "NHWC": (1, 1, 1, channels)}.get(layout.kind, (1,))
     m32, s32 = (None if plain else v.astype(np.float32).reshape(bshape) for v in (mean_v, std_v))
-    return ProbeSet(path=path, size=n, sha256=h.hexdigest(), labels=labels, shape=source.shape,
+    return ProbeSet(path=path, size=n, digest=digest, labels=labels, shape=source.shape,
                     layout="tokens" if tokens else layout.kind, source=source, _mean=m32, _std=s32)
+
+
+def _hash_and_check(h, path: Path, x: np.ndarray, settings: bytes) -> str:
+    """The digest of a memory-mapped ``.npy`` (``h`` holds the tag), after checking its images."""
+    hash_file(h, "x", path)
+    h.update(settings)
+    check_finite(path, x)
+    return h.hexdigest()
+
+
+def _in_background(func, *args) -> Future:
+    """``func(*args)`` on a daemon thread, as a ``Future``; hashlib and numpy release the GIL for
+    most of the work, so it runs beside the caller's."""
+    future: Future = Future()
+
+    def run():
+        try:
+            future.set_result(func(*args))
+        except BaseException as exc:  # handed to whoever reads the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="nasprobe-probe-hash", daemon=True).start()
+    return future

@@ -162,5 +162,5 @@ def load_text_probe(path, tokenize, max_length: int | None = None, input_dtype=n
                          "shape": list(ids.shape), "dtype": dtype.str}).encode())
     h.update(np.ascontiguousarray(ids).tobytes())
     source = TextSource(ids)
-    return ProbeSet(path=path, size=source.count, sha256=h.hexdigest(), labels=None,
+    return ProbeSet(path=path, size=source.count, digest=h.hexdigest(), labels=None,
                     shape=source.shape, layout="tokens", mask=mask, source=source)

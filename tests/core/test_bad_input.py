@@ -10,6 +10,7 @@ from onnx import numpy_helper
 import nasprobe
 from nasprobe.cli import main
 from nasprobe.job.probe_job import run_info
+from nasprobe.probesets import arrays
 from tests.core import onnx_models as om
 from tests.core.conftest import write_run
 
@@ -145,6 +146,23 @@ def test_probe_set_that_does_not_fit(run, tmp_path, array, fault):
     np.save(tmp_path / "bad.npy", array)
     assert_bad(probe_cmd(tmp_path, run, probe=tmp_path / "bad.npy"), str(tmp_path / "bad.npy"), fault)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_nan_in_a_large_probe_file_fails_before_the_store_and_is_read_again(run, tmp_path,
+                                                                            monkeypatch):
+    # a memory-mapped .npy is hashed and checked on a thread while the job builds its model
+    monkeypatch.setattr(arrays, "RESIDENT_BYTES", 0)
+    x = np.random.default_rng(2).normal(0, 1, (10, 3, 8, 8)).astype(np.float32)
+    x[6, 1, 2, 3] = np.nan
+    np.save(tmp_path / "big.npy", x)
+    assert_bad(probe_cmd(tmp_path, run, probe=tmp_path / "big.npy"), str(tmp_path / "big.npy"),
+               "probe image 6 has non-finite values")
+    assert not (tmp_path / "s.zarr").exists()
+    x[6, 1, 2, 3] = 0.0  # mended: the same process reads it again instead of its failed copy
+    np.save(tmp_path / "big.npy", x)
+    res = probe_cmd(tmp_path, run, probe=tmp_path / "big.npy")
+    assert res.exit_code == 0, res.output
+    assert committed(tmp_path) == [1, 2, 3]
 
 
 def test_store_of_another_probe_set_needs_force(run, tmp_path):

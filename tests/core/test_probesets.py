@@ -257,6 +257,37 @@ def test_shape_errors_name_file_and_both_shapes(tmp_path, shape, model, given, e
     assert "bad_probe.npy" in msg and given in msg and expected in msg
 
 
+@pytest.mark.parametrize("resident", [0, arrays.RESIDENT_BYTES])
+def test_background_hash_is_the_same_digest_and_waits_for_the_thread(tmp_path, monkeypatch,
+                                                                     resident):
+    # mapped (limit 0): hashed on a thread, digest a Future until read; resident: as before
+    monkeypatch.setattr(arrays, "RESIDENT_BYTES", resident)
+    x = RNG.random((40, 3, 32, 32), dtype=np.float32)
+    path = _save(tmp_path, "p.npy", x)
+    ps = load_probe_set(path, NCHW, mean=0.5, background=True)
+    assert isinstance(ps.digest, str) == (resident != 0)
+    now = load_probe_set(path, NCHW, mean=0.5)
+    assert isinstance(now.digest, str)
+    # the same bytes as a plain sha256 of the tag, the file and the settings
+    assert ps.sha256 == now.sha256 == ps.digest
+    assert ps.sha256 == load_probe_set(_save(tmp_path, "p.npz", x), NCHW, mean=0.5).sha256
+    assert ps.sha256 != load_probe_set(path, NCHW, background=True).sha256  # settings count
+    np.testing.assert_allclose(ps.first(2), x[:2] - 0.5)
+
+
+def test_background_check_reports_a_nan_when_the_digest_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(arrays, "RESIDENT_BYTES", 0)
+    x = np.zeros((30, 3, 32, 32), np.float32)
+    x[17, 2, 0, 0] = np.inf
+    path = _save(tmp_path, "late.npy", x)
+    ps = load_probe_set(path, NCHW, background=True)  # returns before the images are checked
+    for read in (ps.wait, lambda: ps.sha256):  # and says so each time it is asked
+        with pytest.raises(ProbeSetError) as e:
+            read()
+        assert "late.npy" in str(e.value) and "image 17" in str(e.value)
+    _raises(path, "non-finite", "image 17")  # without background, at once, as before
+
+
 def _raises(path, *words, model=NCHW, **kw):
     with pytest.raises(ProbeSetError) as e:
         load_probe_set(path, model, **kw)
