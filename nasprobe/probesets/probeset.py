@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -217,7 +216,9 @@ def load_probe_set(path, input_shape: Sequence, *, mean=None, std=None, resize: 
     if tokens:
         settings["tokens"] = str(np.dtype(input_dtype))
     if later:
-        digest = _in_background(_hash_and_check, h, path, x, json.dumps(settings).encode())
+        pool = ThreadPoolExecutor(1, thread_name_prefix="nasprobe-probe-hash")
+        digest = pool.submit(_hash_and_check, h, path, x, json.dumps(settings).encode())
+        pool.shutdown(wait=False)  # its thread ends with the hash
     else:
         h.update(json.dumps(settings).encode())
         digest = h.hexdigest()
@@ -235,17 +236,3 @@ def _hash_and_check(h, path: Path, x: np.ndarray, settings: bytes) -> str:
     check_finite(path, x)
     return h.hexdigest()
 
-
-def _in_background(func, *args) -> Future:
-    """``func(*args)`` on a daemon thread, as a ``Future``; hashlib and numpy release the GIL for
-    most of the work, so it runs beside the caller's."""
-    future: Future = Future()
-
-    def run():
-        try:
-            future.set_result(func(*args))
-        except BaseException as exc:  # handed to whoever reads the result
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="nasprobe-probe-hash", daemon=True).start()
-    return future
