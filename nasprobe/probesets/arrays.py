@@ -25,7 +25,7 @@ from nasprobe.errors import ProbeSetError
 from .layout import CHANNELS, Layout, fits, format_dims
 
 __all__ = ["ArraySource", "array_source", "check_finite", "token_source", "load_arrays",
-           "is_mapped", "hash_file", "MAX_INFLATED_BYTES", "RESIDENT_BYTES"]
+           "is_mapped", "hash_file", "MAX_INFLATED_BYTES", "RESIDENT_BYTES", "HASH_WINDOW"]
 
 _CHUNK_BYTES = 1 << 24  # 16 MiB: the finiteness check reads at most this much at once
 #: The largest compressed ``.npz`` member (its size once inflated, in bytes) that is read: a
@@ -38,6 +38,9 @@ MAX_INFLATED_BYTES = 1 << 30
 #: mapping costs about 0.1 ms more, paid per batch and epoch: most of an epoch's reading for a
 #: small model over many checkpoints.)
 RESIDENT_BYTES = 1 << 24
+#: Bytes of a file :func:`hash_file` maps and hashes at once (64 MiB; a multiple of
+#: ``mmap.ALLOCATIONGRANULARITY``).
+HASH_WINDOW = 1 << 26
 
 _OPS = {"expand": np.expand_dims, "squeeze": np.squeeze, "transpose": np.transpose,
         "flatten": lambda a, _: a.reshape(a.shape[0], -1)}
@@ -214,8 +217,9 @@ def is_mapped(path: Path) -> bool:
 
 def hash_file(h, name: str, path: Path) -> None:
     """Hash the file ``path`` into ``h`` (a hashlib object) as :func:`load_arrays` hashes its
-    array ``name``. The file is hashed through one memory map in one call, during which
-    hashlib releases the GIL: on a thread it runs beside the caller's Python work.
+    array ``name``. The file is hashed through memory maps of :data:`HASH_WINDOW` bytes, one
+    call each, during which hashlib releases the GIL: on a thread it runs beside the caller's
+    Python work, and no more than a window of the file is mapped at once.
 
     Raises:
         ProbeSetError: naming the file, when it cannot be read.
@@ -224,8 +228,9 @@ def hash_file(h, name: str, path: Path) -> None:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             h.update(f"{name}:{size}\n".encode())
-            if size:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for start in range(0, size, HASH_WINDOW):
+                with mmap.mmap(f.fileno(), min(HASH_WINDOW, size - start),
+                               access=mmap.ACCESS_READ, offset=start) as m:
                     h.update(m)
     except (OSError, ValueError) as e:
         raise ProbeSetError(path, f"cannot read the probe array ({e.__class__.__name__}: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -273,6 +275,17 @@ def test_background_hash_is_the_same_digest_and_waits_for_the_thread(tmp_path, m
     assert ps.sha256 == load_probe_set(_save(tmp_path, "p.npz", x), NCHW, mean=0.5).sha256
     assert ps.sha256 != load_probe_set(path, NCHW, background=True).sha256  # settings count
     np.testing.assert_allclose(ps.first(2), x[:2] - 0.5)
+
+
+@pytest.mark.parametrize("window", [4096, arrays.HASH_WINDOW])
+def test_a_file_is_hashed_window_by_window_as_a_whole(tmp_path, window, monkeypatch):
+    monkeypatch.setattr(arrays, "HASH_WINDOW", window)
+    path = tmp_path / "w.npy"
+    np.save(path, RNG.random((7, 3, 17, 19), dtype=np.float32))  # 27 KiB: 7 windows of 4 KiB
+    h = hashlib.sha256(b"tag")
+    arrays.hash_file(h, "x", path)
+    data = path.read_bytes()
+    assert h.hexdigest() == hashlib.sha256(b"tag" + f"x:{len(data)}\n".encode() + data).hexdigest()
 
 
 def test_background_check_reports_a_nan_when_the_digest_is_read(tmp_path, monkeypatch):
