@@ -85,7 +85,10 @@ def test_readers_during_writes_see_only_committed_cells(tmp_path):
     write_run(folder, om.conv_bn_relu_net, [f"epoch_{i:03d}.onnx" for i in range(40)])
     rng = np.random.default_rng(1)
     probe = tmp_path / "probe.npz"
-    np.savez(probe, x=rng.normal(0, 1, (400, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 400))
+    # 1,600 images: the job's last commit comes about 0.5 s after its first (with 400, 0.15 s:
+    # a reader on a busy machine could open the store only after it)
+    np.savez(probe, x=rng.normal(0, 1, (1600, 3, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 4, 1600))
     out = tmp_path / "s.zarr"
     # The report's imports (matplotlib) first, so that the reads below keep up with the job.
     warm = CliRunner().invoke(main, ["report", LEGACY, "--out", str(tmp_path / "w.html")])
