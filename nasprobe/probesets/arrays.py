@@ -203,8 +203,13 @@ def token_source(path: Path, x: np.ndarray, layout: Layout, dtype: np.dtype) -> 
     return ArraySource(x, (), None, tuple(int(s) for s in x.shape[1:]), np.dtype(dtype))
 
 
-def _hash_stream(h, name: str, size: int, stream) -> None:
+def _hash_header(h, name: str, size: int) -> None:
+    """What precedes an array's bytes in a probe set's hash: its name and size in bytes."""
     h.update(f"{name}:{size}\n".encode())
+
+
+def _hash_stream(h, name: str, size: int, stream) -> None:
+    _hash_header(h, name, size)
     while chunk := stream.read(1 << 20):
         h.update(chunk)
 
@@ -227,7 +232,7 @@ def hash_file(h, name: str, path: Path) -> None:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            h.update(f"{name}:{size}\n".encode())
+            _hash_header(h, name, size)
             for start in range(0, size, HASH_WINDOW):
                 with mmap.mmap(f.fileno(), min(HASH_WINDOW, size - start),
                                access=mmap.ACCESS_READ, offset=start) as m:

@@ -235,4 +235,3 @@ def _hash_and_check(h, path: Path, x: np.ndarray, settings: bytes) -> str:
     h.update(settings)
     check_finite(path, x)
     return h.hexdigest()
-
