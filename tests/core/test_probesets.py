@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pytest
@@ -277,11 +278,14 @@ def test_background_hash_is_the_same_digest_and_waits_for_the_thread(tmp_path, m
     np.testing.assert_allclose(ps.first(2), x[:2] - 0.5)
 
 
-@pytest.mark.parametrize("window", [4096, arrays.HASH_WINDOW])
+@pytest.mark.parametrize("window", [mmap.ALLOCATIONGRANULARITY, arrays.HASH_WINDOW])
 def test_a_file_is_hashed_window_by_window_as_a_whole(tmp_path, window, monkeypatch):
     monkeypatch.setattr(arrays, "HASH_WINDOW", window)
     path = tmp_path / "w.npy"
-    np.save(path, RNG.random((7, 3, 17, 19), dtype=np.float32))  # 27 KiB: 7 windows of 4 KiB
+    # the smallest window a memory map may start at (4 KiB here, 64 KiB on some machines):
+    # the file spans six and a half of them
+    values = 13 * mmap.ALLOCATIONGRANULARITY // 2 // 4
+    np.save(path, RNG.random(values, dtype=np.float32))
     h = hashlib.sha256(b"tag")
     arrays.hash_file(h, "x", path)
     data = path.read_bytes()
