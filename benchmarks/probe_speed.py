@@ -31,7 +31,11 @@ Prints:
   the floor (the plain script on copies with every tap tensor as an output) / plain, that
   floor with NAS computed on every tap output by nasprobe's kernel (``baselines.py ort-nas``:
   no statistics, no store) / plain, and the peak memory of 25 and of 100 checkpoints (flat in
-  the number of checkpoints);
+  the number of checkpoints); from the same job on 25 checkpoints, each command's cost per
+  checkpoint and its fixed cost;
+* ``bounds``: that job again with the statistics fold, the weight correlations and the NAS
+  kernel each replaced by a no-op, and all three at once: how far a faster part could bring
+  the row at most;
 * where the table job's time goes, inside one process of this script's interpreter
   (``breakdown.py``): onnxruntime plain and with the taps as outputs, the host NAS kernel, the
   statistics, one probe epoch;
@@ -70,7 +74,8 @@ from pathlib import Path
 from bench_models import export_vanilla, images, state_dicts, tiny_cnn
 
 HERE = Path(__file__).resolve().parent
-PARTS = ["startup", "tiny", "imports", "table", "long", "many", "breakdown", "resnet"]
+PARTS = ["startup", "tiny", "imports", "table", "long", "many", "bounds", "breakdown",
+         "resnet"]
 #: the distributions whose versions are printed per environment
 VERSIONS = ["numpy", "ml_dtypes", "onnx", "onnxruntime", "zarr", "protobuf", "torch"]
 #: runs the nasprobe console script in this interpreter and prints its VmHWM at exit
@@ -212,10 +217,9 @@ def tiny(envs: list[Env], tmp: Path, repeats: int) -> None:
               f"   CPU {a.cpu - b.cpu:6.2f} s", flush=True)
 
 
-def many(envs: list[Env], tmp: Path, repeats: int) -> None:
-    """100 checkpoints of the tiny CNN (copies of one file, each loaded as its own epoch) on
-    256 images: nasprobe / the plain script over the same files (target <= 1.30), and the peak
-    memory of 25 and of 100 checkpoints (it must not grow with the number of checkpoints)."""
+def many_inputs(tmp: Path) -> tuple[dict[int, Path], Path]:
+    """Folders of 25 and of 100 copies of the tiny CNN's checkpoint (each copy loaded as its
+    own epoch) and the probe set of 256 images of 16×16, made once."""
     src = tmp / "tiny"
     if not src.exists():
         tiny_cnn(src)
@@ -229,6 +233,18 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
             target = runs[n] / f"epoch_{i:03d}.onnx"
             if not target.exists():
                 target.write_bytes(one.read_bytes())
+    return runs, probe
+
+
+def many(envs: list[Env], tmp: Path, repeats: int) -> None:
+    """100 checkpoints of the tiny CNN (copies of one file, each loaded as its own epoch) on
+    256 images: nasprobe / the plain script over the same files (target <= 1.30), and the peak
+    memory of 25 and of 100 checkpoints (it must not grow with the number of checkpoints).
+
+    Both nasprobe and the plain script also run on 25 of the checkpoints: the difference is
+    75 checkpoints' work, so each command's time splits into a cost per checkpoint and a fixed
+    cost (start-up, set-up, the end), printed per environment."""
+    runs, probe = many_inputs(tmp)
     tapped = tmp / "many100-tapped"
     if not tapped.exists():  # the floor's graphs, written once outside the timing
         subprocess.run([sys.executable, str(HERE / "baselines.py"), "tap", str(runs[100]),
@@ -242,6 +258,7 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
                 "probe", str(run), "--probe", str(probe), "--out", str(tmp / f"many{n}-{e.label}{r}.zarr"),
                 "--keep-images", "0", "--run", "bench")
         cmds[f"plain@{e.label}"] = e.baseline("ort", str(runs[100]), str(probe))
+        cmds[f"plain25@{e.label}"] = e.baseline("ort", str(runs[25]), str(probe))
     got = side_by_side(cmds, repeats)
     print(f"100 checkpoints of the tiny CNN, 256 images of 16x16 (median of {repeats})")
     for e in envs:
@@ -256,6 +273,67 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
         ratio(f"[{e.label}] floor: taps / plain, 100 checkpoints", got[f"taps@{e.label}"], b, "-")
         ratio(f"[{e.label}] floor + NAS / plain, 100 checkpoints", got[f"tapsnas@{e.label}"], b,
               "-")
+        split = {}
+        for who, many_, few in (("nasprobe", a, got[f"nasprobe25@{e.label}"]),
+                                ("plain", b, got[f"plain25@{e.label}"])):
+            each = (many_.wall - few.wall) / 75
+            split[who] = (each, few.wall - 25 * each)
+        print(f"  {f'[{e.label}] per checkpoint (100 vs 25): nasprobe':48s} "
+              f"{split['nasprobe'][0] * 1e3:8.2f} ms   plain {split['plain'][0] * 1e3:.2f} ms",
+              flush=True)
+        print(f"  {f'[{e.label}] fixed cost: nasprobe':48s} {split['nasprobe'][1]:8.2f} s"
+              f"    plain {split['plain'][1]:.2f} s; 1.30 allows nasprobe "
+              f"{0.30 * b.wall:.2f} s more than plain in all", flush=True)
+
+
+#: run before the console script by :func:`bounds`: ``NASPROBE_WITHOUT`` (comma-separated)
+#: replaces parts of each epoch's work by no-ops that keep the job's shapes (its store is
+#: meaningless): ``fold`` (the statistics), ``corr`` (the weight correlations), ``nas`` (the
+#: NAS kernel)
+WITHOUT = ("import os\n"
+           "w = set(filter(None, os.environ.get('NASPROBE_WITHOUT', '').split(',')))\n"
+           "import numpy as np\n"
+           "import nasprobe.measures.aggregate as agg\n"
+           "import nasprobe.measures.activity as act\n"
+           "import nasprobe.job.tasks as tasks\n"
+           "def no_fold(values, count, lo, hi, hist, edges, channels):\n"
+           "    n = int(np.size(values)); count[0] += n; lo[0] = hi[0] = 0.0\n"
+           "    return n, 0, 0.0, 0.0\n"
+           "def no_nas(x, axis, threads=None, counts=None):\n"
+           "    return np.full([s for i, s in enumerate(x.shape) if i != axis % x.ndim], 0.5,\n"
+           "                   np.float32)\n"
+           "if 'fold' in w: agg.fold = no_fold\n"
+           "if 'corr' in w: tasks.weight_correlations = lambda taps, weights: {}\n"
+           "if 'nas' in w: act.nas_map = no_nas\n")
+
+
+def bounds(envs: list[Env], tmp: Path, repeats: int) -> None:
+    """The 100-checkpoint job with parts of each epoch's work replaced by no-ops
+    (:data:`WITHOUT`): how far making each part faster could bring the row at most. Not a
+    measurement of nasprobe as it runs; the plain script again for the ratios."""
+    runs, probe = many_inputs(tmp)
+    variants = {"as it is": "", "without the statistics fold": "fold",
+                "without the weight correlations": "corr", "without the NAS kernel": "nas",
+                "without all three": "fold,corr,nas"}
+    cmds = {}
+    for e in envs:
+        for label, without in variants.items():
+            cmds[f"{label}@{e.label}"] = lambda r, e=e, without=without: [
+                {"NASPROBE_WITHOUT": without}, e.python, "-c", WITHOUT + NASPROBE, "probe",
+                str(runs[100]), "--probe", str(probe), "--out",
+                str(tmp / f"bounds-{e.label}-{without or 'none'}{r}.zarr"), "--keep-images", "0",
+                "--run", "bench"]
+        cmds[f"plain@{e.label}"] = e.baseline("ort", str(runs[100]), str(probe))
+    got = side_by_side(cmds, repeats)
+    print(f"bounds: 100 checkpoints of the tiny CNN with parts of each epoch removed (median of "
+          f"{repeats})")
+    for e in envs:
+        plain = got[f"plain@{e.label}"]
+        row(f"[{e.label}] plain onnxruntime script, 100", plain, cpu=True)
+        for label in variants:
+            t = got[f"{label}@{e.label}"]
+            print(f"  {f'[{e.label}] nasprobe {label}':48s} {t.wall:8.2f} s   CPU {t.cpu:6.2f} s"
+                  f"   / plain {t.wall / plain.wall:.3f}", flush=True)
 
 
 def imports(envs: list[Env], tmp: Path, top: int = 8) -> None:
@@ -414,6 +492,8 @@ def main() -> None:
                 vanilla(envs, tmp, part, args.repeats)
         if "many" in parts:
             many(envs, tmp, args.repeats)
+        if "bounds" in parts:
+            bounds(envs, tmp, args.repeats)
         if "breakdown" in parts:
             print("where the time goes (one process, VanillaNet-m 32x32, 3072 images)", flush=True)
             if not (tmp / "vanilla1").exists():
