@@ -289,9 +289,11 @@ def many(envs: list[Env], tmp: Path, repeats: int) -> None:
 #: run before the console script by :func:`bounds`: ``NASPROBE_WITHOUT`` (comma-separated)
 #: replaces parts of each epoch's work by no-ops that keep the job's shapes (its store is
 #: meaningless): ``fold`` (the statistics), ``corr`` (the weight correlations), ``nas`` (the
-#: NAS kernel)
+#: NAS kernel). It imports numpy before the console script runs, so it starts OpenBLAS with
+#: one thread first, as the console script would.
 WITHOUT = ("import os\n"
            "w = set(filter(None, os.environ.get('NASPROBE_WITHOUT', '').split(',')))\n"
+           "os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')\n"
            "import numpy as np\n"
            "import nasprobe.measures.aggregate as agg\n"
            "import nasprobe.measures.activity as act\n"
