@@ -28,7 +28,13 @@ except ImportError:  # pragma: no cover - exercised only where no C compiler was
     ckernels = None
 
 __all__ = ["available", "extension_file", "simd", "nas_map", "nas_map_blocked", "count_positive",
-           "fold", "set_threads"]
+           "fold", "set_threads", "MIN_VALUES_PER_THREAD"]
+
+#: Values each thread of :func:`nas_map` gets at least: a smaller tensor uses fewer threads.
+#: Handing rows to the pool and waking its threads costs tens of µs; on a 2-core EPYC two
+#: threads were slower than one up to 262,144 values (a 1.5× loss at 131,072) and faster from
+#: 524,288 (docs/speed.md).
+MIN_VALUES_PER_THREAD = 1 << 18
 
 _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -95,8 +101,10 @@ def nas_map(a: np.ndarray, axis: int, bias: np.ndarray | None = None, *,
         axis: the channel axis (``D`` channels; negative counts from the end).
         bias: optional ``(D,)`` values subtracted per channel first.
         use_c: force (True) or forbid (False) the compiled kernel; default: use it when built.
-        threads: threads for the compiled kernel (default: :func:`set_threads`'s, all CPUs);
-            a probe stream passes its own share (:func:`nasprobe.job.pipeline.cpu_streams`).
+        threads: threads for the compiled kernel at most (default: :func:`set_threads`'s, all
+            CPUs); a probe stream passes its own share (:func:`nasprobe.job.pipeline.cpu_streams`).
+            A tensor of fewer than ``threads`` × :data:`MIN_VALUES_PER_THREAD` values uses
+            fewer (one below twice that), whatever the setting.
         counts: optional ``(D,)`` int64 array to which the same pass adds, per channel, how
             many values of ``a`` are above zero (before ``bias`` is subtracted; NaN counts as
             not above): the numerator of the unit activity (docs/measures.md, "Dead units").
@@ -185,10 +193,12 @@ def nas_map_blocked(a: np.ndarray, channels: int, block: int, *, threads: int | 
 def _rows(kernel, outer: int, size: int, threads: int | None, counts: np.ndarray | None,
           width: int) -> None:
     """``kernel(start, stop[, counts])`` over rows ``0..outer`` on up to ``threads`` threads
-    (the calling one takes the first rows), each counting into its own ``(width,)`` row that
-    is added to ``counts`` after."""
-    threads = min(_threads() if threads is None else max(1, threads), outer)
-    if threads <= 1 or size < 1 << 16:
+    (the calling one takes the first rows; at most one per :data:`MIN_VALUES_PER_THREAD` of
+    the ``size`` values), each counting into its own ``(width,)`` row that is added to
+    ``counts`` after."""
+    threads = min(_threads() if threads is None else max(1, threads), outer,
+                  max(1, size // MIN_VALUES_PER_THREAD))
+    if threads <= 1:
         kernel(0, outer, *(() if counts is None else (counts,)))
         return
     step = -(-outer // threads)
