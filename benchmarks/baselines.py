@@ -12,9 +12,10 @@ the floor of any tool that must read the taps out of onnxruntime: the same plain
 same imports, only the graph differs.
 
 ``ort-nas DST``: ``ort`` on those copies, with NAS computed over the channels (axis 1) of every
-output of every batch by nasprobe's compiled kernel on all cores (``nas_map``; importing it adds
-about 15 ms to numpy). No statistics, no store: the floor of any tool that must compute NAS per
-(image, location), before it summarises or writes anything.
+output of every batch by nasprobe's compiled kernel with its default threads (``nas_map``:
+every core, at least 262,144 values each; importing it adds about 15 ms to numpy). No
+statistics, no store: the floor of any tool that must compute NAS per (image, location),
+before it summarises or writes anything.
 
 ``torch``: the obvious PyTorch way — load each checkpoint's state dict (``.pt`` files holding
 the same weights as the ONNX files), forward hooks on every Conv2d/Linear computing NAS in
