@@ -196,6 +196,21 @@ def test_nan_bias_makes_every_location_nan():
     assert np.isnan(kernels.nas_map(a, 1, np.array([0, np.nan, 0, 0]), use_c=True)).all()
 
 
+def _row_calls(monkeypatch, a, axis, n_threads=None):
+    """The sorted row ranges ``nas_map(a, axis, threads=n_threads)`` hands to the compiled
+    kernel, and its result."""
+    calls, real = [], _c.nas_rows
+
+    def spy(x, outer, c, inner, b, out, start, stop):
+        calls.append((start, stop))
+        return real(x, outer, c, inner, b, out, start, stop)
+
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "ckernels", type("C", (), {"nas_rows": staticmethod(spy)}))
+        got = kernels.nas_map(a, axis, use_c=True, threads=n_threads)
+    return sorted(calls), got
+
+
 @pytest.mark.parametrize("shape, axis", [((7, 48, 15, 14), 1), ((7, 15, 14, 48), 3),
                                          ((9, 200, 40), 2)])
 @pytest.mark.parametrize("n", [2, 3])
@@ -209,36 +224,12 @@ def test_threads_give_the_single_threaded_result(threads, monkeypatch, shape, ax
     threads(1)
     single = kernels.nas_map(a, axis, use_c=True)
     # Record the row ranges the threads get: they must tile [0, outer) with several calls.
-    calls = []
-    real = _c.nas_rows
-
-    def spy(x, outer, c, inner, b, out, start, stop):
-        calls.append((start, stop))
-        return real(x, outer, c, inner, b, out, start, stop)
-
-    monkeypatch.setattr(kernels, "ckernels", type("C", (), {"nas_rows": staticmethod(spy)}))
     threads(n)
-    multi = kernels.nas_map(a, axis, use_c=True)
-    monkeypatch.undo()
+    calls, multi = _row_calls(monkeypatch, a, axis)
     np.testing.assert_array_equal(multi, single)
-    calls.sort()
     assert len(calls) > 1 and calls[0][0] == 0 and calls[-1][1] == shape[0]
     assert all(s1 == e0 for (_, e0), (s1, _) in zip(calls, calls[1:]))
     np.testing.assert_allclose(multi, _reference(a, axis), atol=1e-5, rtol=0)
-
-
-def _row_calls(monkeypatch, a, n_threads):
-    """The row ranges ``nas_map(a, 1, threads=n_threads)`` hands to the compiled kernel."""
-    calls, real = [], _c.nas_rows
-
-    def spy(x, outer, c, inner, b, out, start, stop):
-        calls.append((start, stop))
-        return real(x, outer, c, inner, b, out, start, stop)
-
-    with monkeypatch.context() as m:
-        m.setattr(kernels, "ckernels", type("C", (), {"nas_rows": staticmethod(spy)}))
-        got = kernels.nas_map(a, 1, use_c=True, threads=n_threads)
-    return sorted(calls), got
 
 
 def test_a_small_tensor_stays_on_the_calling_thread(monkeypatch):
@@ -247,7 +238,7 @@ def test_a_small_tensor_stays_on_the_calling_thread(monkeypatch):
     per = kernels.MIN_VALUES_PER_THREAD
     a = np.random.default_rng(10).normal(0, 1, (64, 8, 2 * per // 8 // 64 - 1)).astype(np.float32)
     assert per <= a.size < 2 * per
-    calls, got = _row_calls(monkeypatch, a, 4)
+    calls, got = _row_calls(monkeypatch, a, 1, 4)
     assert calls == [(0, 64)]
     np.testing.assert_array_equal(got, kernels.nas_map(a, 1, use_c=True, threads=1))
 
@@ -256,7 +247,7 @@ def test_threads_get_at_least_min_values_each(monkeypatch):
     """Two and a half times MIN_VALUES_PER_THREAD values: two threads, not the four asked."""
     per = kernels.MIN_VALUES_PER_THREAD
     a = np.random.default_rng(11).normal(0, 1, (64, 8, 5 * per // 2 // 8 // 64)).astype(np.float32)
-    calls, got = _row_calls(monkeypatch, a, 4)
+    calls, got = _row_calls(monkeypatch, a, 1, 4)
     assert calls == [(0, 32), (32, 64)]
     np.testing.assert_array_equal(got, kernels.nas_map(a, 1, use_c=True, threads=1))
     np.testing.assert_allclose(got, _reference(a, 1), atol=1e-5, rtol=0)
