@@ -137,9 +137,12 @@ def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Ou
         return Outcome(spec.run, epoch, str(path), "error", exc.message)
     bad = nonfinite(weights)
     # The weight correlations need only the weights: a thread computes them while the probe
-    # set runs, instead of after it on one core.
+    # set runs, instead of after it on one core. Epochs side by side already keep every core
+    # busy, so there each epoch's thread computes its own after its batches: a third and
+    # fourth thread only took turns on the same cores (docs/speed.md).
+    corr_aside = spec.options.corr and side_by_side <= 1
     pending = (worker_pool(1, "corr").submit(weight_correlations, ctx.taps, {**ctx.base, **weights})
-               if spec.options.corr else None)
+               if corr_aside else None)
     try:
         result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
                              batch_size=spec.options.batch_size,
@@ -150,7 +153,12 @@ def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Ou
                              streams=streams, threads=threads, acts=ctx.acts)
         provider = session.get_providers()[0]
         del session
-        corr = {} if pending is None else pending.result()
+        if pending is not None:
+            corr = pending.result()
+        elif spec.options.corr:
+            corr = weight_correlations(ctx.taps, {**ctx.base, **weights})
+        else:
+            corr = {}
     finally:  # an epoch that fails leaves no correlations running behind it
         if pending is not None:
             wait([pending])

@@ -214,14 +214,16 @@ def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
     epochs are probed at once, each in a thread of its own running its batches itself (0
     worker streams) with a session of one thread. Counted as long (``SHORT_EPOCH_RUNS`` 1),
     one epoch at a time, its batches in two streams sharing one session. Either way the store
-    is the same bit for bit as with one core, and epochs are committed in order."""
+    is the same bit for bit as with one core, and epochs are committed in order. The weight
+    correlations run on the pool's ``corr`` thread beside one epoch at a time, and in each
+    epoch's own thread when epochs run side by side."""
     import nasprobe
     from nasprobe import kernels
     from nasprobe.store.writer import RunWriter
 
     monkeypatch.setattr(pipeline, "SHORT_EPOCH_RUNS", short_epoch_runs)
-    seen, threads, committed = [], set(), []
-    original, write = tasks.probe_epoch, RunWriter.write_epoch
+    seen, threads, committed, corr_threads = [], set(), [], []
+    original, write, corr = tasks.probe_epoch, RunWriter.write_epoch, tasks.weight_correlations
 
     def recording(session, *args, **kw):
         seen.append((kw["streams"], kw["threads"],
@@ -233,8 +235,14 @@ def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
         committed.append(epoch)
         return write(self, epoch, *args, **kw)
 
+    def correlating(*args):
+        me = threading.current_thread()
+        corr_threads.append((me.ident in threads, me.name.startswith("nasprobe-corr")))
+        return corr(*args)
+
     monkeypatch.setattr(tasks, "probe_epoch", recording)
     monkeypatch.setattr(RunWriter, "write_epoch", writing)
+    monkeypatch.setattr(tasks, "weight_correlations", correlating)
     stores = {}
     try:
         for cores in (1, 2):
@@ -254,6 +262,7 @@ def test_a_cpu_probe_job_runs_as_streams_and_stores_what_one_stream_stores(
         assert len(threads) == 2 and threading.get_ident() not in threads
     else:
         assert threads == {threading.get_ident()}
+    assert corr_threads == [(False, True)] * 3 + [(side_by_side, not side_by_side)] * 3
     one, two = stores[1], stores[2]
     assert committed == [int(e) for e in one.epoch.values] * 2 and len(committed) == 6
     for var in one.data_vars:
