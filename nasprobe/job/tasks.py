@@ -140,9 +140,9 @@ def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Ou
     # set runs, instead of after it on one core. Epochs side by side already keep every core
     # busy, so there each epoch's thread computes its own after its batches: a third and
     # fourth thread only took turns on the same cores (docs/speed.md).
-    corr_aside = spec.options.corr and side_by_side <= 1
-    pending = (worker_pool(1, "corr").submit(weight_correlations, ctx.taps, {**ctx.base, **weights})
-               if corr_aside else None)
+    correlations = partial(weight_correlations, ctx.taps, {**ctx.base, **weights})
+    pending = (worker_pool(1, "corr").submit(correlations)
+               if spec.options.corr and side_by_side <= 1 else None)
     try:
         result = probe_epoch(session, ctx.probeset, ctx.taps, ctx.spatial,
                              batch_size=spec.options.batch_size,
@@ -155,10 +155,8 @@ def probe_checkpoint(task: EpochTask, side_by_side: int = 1) -> ProbedEpoch | Ou
         del session
         if pending is not None:
             corr = pending.result()
-        elif spec.options.corr:
-            corr = weight_correlations(ctx.taps, {**ctx.base, **weights})
         else:
-            corr = {}
+            corr = correlations() if spec.options.corr else {}
     finally:  # an epoch that fails leaves no correlations running behind it
         if pending is not None:
             wait([pending])
